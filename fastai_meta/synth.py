@@ -7,12 +7,12 @@ Docs: https://fastai-meta.github.io/fastai_meta/synth.html.md"""
 # %% auto #0
 __all__ = ['make_synthetic', 'point_getter']
 
-# %% ../nbs/05_synth.ipynb #e167ce20
+# %% ../nbs/05_synth.ipynb #628cee05
 import numpy as np, pandas as pd
 from pathlib import Path
 from PIL import Image
 
-# %% ../nbs/05_synth.ipynb #43caa5c7
+# %% ../nbs/05_synth.ipynb #f2d653f8
 _SITES = ['head', 'arm', 'back', 'leg']
 _QUADRANTS = {'tl': (0, 0), 'tr': (1, 0), 'bl': (0, 1), 'br': (1, 1)}
 
@@ -49,7 +49,7 @@ def make_synthetic(path, n=400, task='xor', size=32, seed=0):
     for f,im in zip(df.fname, imgs.clip(0, 255).astype('uint8')): Image.fromarray(im).save(img_dir/f)
     return df
 
-# %% ../nbs/05_synth.ipynb #7a64d1b8
+# %% ../nbs/05_synth.ipynb #e279cd77
 def point_getter(row):
     "The keypoint of a `'points'` row, as fastai's `PointBlock` wants it: an array of one (x, y)."
     return np.array([[row['x'], row['y']]], dtype='float32')

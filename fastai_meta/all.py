@@ -1,0 +1,6 @@
+"Everything a user needs in one import: `from fastai_meta.all import *` (not exported from a notebook)."
+from .data import *
+from .model import *
+from .learner import *
+from .interpret import *
+from .synth import *

@@ -1,0 +1,170 @@
+"meta_cnn_learner on data sets built so the answer is known: what only the metadata, or both inputs, reveal."
+import subprocess, sys, time
+import numpy as np, pandas as pd, pytest
+from fastai.vision.all import *
+from fastai.tabular.all import tabular_learner, TabularDataLoaders
+from fastai_meta.all import *
+from fastai_meta.learner import _online
+from fastai_meta.cli import run_demo
+from conftest import COLS, meta_dls, fit_quietly
+
+def test_label_only_metadata_reveals(synth):
+    "Images are noise: the meta learner learns the label, an image-only learner stays near chance (50%)."
+    path, df = synth('meta')
+    set_seed(0, reproducible=True)
+    meta_acc = fit_quietly(meta_cnn_learner(meta_dls(path, df, 'meta'), resnet18, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy), 8)[1]
+    set_seed(0, reproducible=True)
+    idls = ImageDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', seed=0, bs=32, num_workers=0)
+    img_acc = fit_quietly(vision_learner(idls, resnet18, pretrained=False, ps=0.1, metrics=accuracy), 8)[1]
+    print(f'meta task: image+metadata {meta_acc:.3f}, image only {img_acc:.3f}')
+    assert meta_acc >= 0.8 and img_acc <= 0.65
+
+def test_label_needs_image_and_metadata_together(synth):
+    "XOR of the image's tint and a boolean column: the meta learner beats image-only and metadata-only models."
+    res = run_demo(n=400, epochs=8, verbose=False)
+    path, df = synth('xor')
+    set_seed(0, reproducible=True)
+    tdls = TabularDataLoaders.from_df(df, path, cat_names=['flag'], cont_names=['noise'], y_names='label',
+                                      procs=[Categorify, FillMissing, Normalize], valid_idx=list(range(320, 400)), bs=32, num_workers=0)
+    tab_acc = fit_quietly(tabular_learner(tdls, metrics=accuracy), 8)[1]
+    print(f'xor task: image+metadata {res["image + metadata"]:.3f}, image only {res["image only"]:.3f}, metadata only {tab_acc:.3f}')
+    assert res['image + metadata'] >= 0.9
+    assert res['image + metadata'] - max(res['image only'], tab_acc) >= 0.25
+
+def _points_dls(path, df, with_meta=True):
+    kw = dict(get_y=point_getter, splitter=RandomSplitter(seed=0),
+              batch_tfms=aug_transforms(do_flip=False, max_rotate=3, max_zoom=1.02, max_warp=0, max_lighting=0.1))
+    blocks = (*TabularImageBlock('fname', *COLS['points'], pref=path/'images'), PointBlock) if with_meta else (ImageBlock, PointBlock)
+    if not with_meta: kw['get_x'] = ColReader('fname', pref=path/'images')
+    return DataLoaders.from_dblock(DataBlock(blocks=blocks, **kw), df, bs=32, num_workers=0)
+
+def test_keypoints_placed_by_metadata(synth):
+    "The point's quadrant and offset are in the metadata: the meta learner's error is far below image-only."
+    path, df = synth('points')
+    set_seed(0, reproducible=True)
+    meta_mse = fit_quietly(meta_cnn_learner(_points_dls(path, df), resnet18, pretrained=False, ps=0.1, meta_ps=0.1, y_range=(-1, 1)), 8)[0]
+    set_seed(0, reproducible=True)
+    img_mse = fit_quietly(vision_learner(_points_dls(path, df, False), resnet18, pretrained=False, ps=0.1, y_range=(-1, 1)), 8)[0]
+    print(f'points task: MSE image+metadata {meta_mse:.4f}, image only {img_mse:.4f}')
+    assert meta_mse < 0.3 * img_mse
+
+def test_multilabel(synth):
+    path, df = synth('meta')
+    df = df.assign(tags=np.where(df.site.isin(['head', 'arm']), 'upper ', '') + np.where(df.age > 50, 'old', 'young'))
+    dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='tags', label_delim=' ',
+                                  cat_names=['site'], cont_names=['age'], seed=0, bs=32, num_workers=0)
+    set_seed(0, reproducible=True)
+    learn = meta_cnn_learner(dls, resnet18, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy_multi)
+    acc = fit_quietly(learn, 6)[1]
+    print(f'multi-label accuracy {acc:.3f}')
+    assert acc >= 0.85
+    test_eq(learn.model[3][-1].out_features, 3)
+
+def test_regression(synth):
+    path, df = synth('meta')
+    df = df.assign(score=(df.age.fillna(50) - 50) / 30)
+    dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='score', y_block=RegressionBlock,
+                                  cat_names=['site'], cont_names=['age'], seed=0, bs=32, num_workers=0)
+    set_seed(0, reproducible=True)
+    mse = fit_quietly(meta_cnn_learner(dls, resnet18, pretrained=False, ps=0.1, meta_ps=0.1, n_out=1), 8)[0]
+    var = df.score.iloc[dls.splits[1]].var()
+    print(f'regression MSE {mse:.4f} vs target variance {var:.4f}')
+    assert mse < 0.3 * var
+
+@pytest.fixture(scope='module')
+def trained(synth):
+    "A meta learner trained briefly on the xor task."
+    path, df = synth('xor')
+    set_seed(0, reproducible=True)
+    learn = meta_cnn_learner(meta_dls(path, df, 'xor'), resnet18, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy)
+    fit_quietly(learn, 4)
+    return learn, path, df
+
+def test_predict_one_row(trained):
+    learn, path, df = trained
+    with learn.no_bar(): pred, idx, probs = learn.predict(df.iloc[0])
+    assert pred in ('yes', 'no') and learn.dls.vocab[idx] == pred
+    test_close(probs.sum().item(), 1.)
+
+def test_test_dl_new_gaps_and_unseen_values(trained):
+    learn, path, df = trained
+    new = df.iloc[:8].drop(columns='label').copy()
+    new['flag'] = ['maybe', None, True, False, 'True', 'False', np.nan, 'unknown']
+    new['noise'] = [np.nan, 1, 2, np.nan, 0, 0, 0, 0]
+    with learn.no_bar(): preds, _ = learn.get_preds(dl=learn.dls.test_dl(new))
+    test_eq(preds.shape, (8, 2))
+    assert torch.isfinite(preds).all()
+
+def test_export_load_in_fresh_process(trained, tmp_path):
+    learn, path, df = trained
+    learn.export(tmp_path/'learn.pkl')
+    rows = df.iloc[:16]
+    rows.to_pickle(tmp_path/'rows.pkl')
+    with learn.no_bar(): preds, _ = learn.get_preds(dl=learn.dls.test_dl(rows))
+    script = f"""
+import pandas as pd, torch, warnings; warnings.filterwarnings('ignore')
+from fastai.learner import load_learner
+learn = load_learner({str(tmp_path/'learn.pkl')!r})
+rows = pd.read_pickle({str(tmp_path/'rows.pkl')!r})
+with learn.no_bar(): preds, _ = learn.get_preds(dl=learn.dls.test_dl(rows)); pred = learn.predict(rows.iloc[0])[0]
+torch.save(preds, {str(tmp_path/'preds.pt')!r}); print(pred)
+"""
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    test_eq(torch.load(tmp_path/'preds.pt'), preds)
+    with learn.no_bar(): assert out.stdout.strip().splitlines()[-1] == learn.predict(rows.iloc[0])[0]
+
+def test_two_learners_with_different_schemas(synth):
+    (p1, d1), (p2, d2) = synth('meta'), synth('xor')
+    l1 = meta_cnn_learner(meta_dls(p1, d1, 'meta'), resnet18, pretrained=False)
+    l2 = meta_cnn_learner(meta_dls(p2, d2, 'xor'), resnet18, pretrained=False)
+    test_ne(l1.model[1].embeds[0].num_embeddings, l2.model[1].embeds[0].num_embeddings)
+    for l in (l1, l2):
+        x = l.dls.one_batch()
+        test_eq(l.model.eval()(*x[:2]).shape, (32, 2))
+
+def test_freeze_keeps_metadata_branch_and_head_trainable(synth):
+    path, df = synth('meta')
+    learn = meta_cnn_learner(meta_dls(path, df, 'meta'), resnet18, pretrained=False)
+    learn.freeze()
+    model = learn.model
+    assert not any(p.requires_grad for p in model[0][4].parameters() if p.ndim > 1)
+    for part in model[1:]: assert all(p.requires_grad for p in part.parameters())
+    n_grouped = sum(len(g) for g in learn.opt.param_lists)
+    test_eq(n_grouped, len(list(model.parameters())))  # every parameter is in some group
+    test_eq(len(learn.opt.param_lists), 3)              # resnet split: body, body, branch+fusion+head
+
+def test_timm_arch_by_name_fine_tune_and_lr_find(synth):
+    path, df = synth('xor', n=128)
+    learn = meta_cnn_learner(meta_dls(path, df, 'xor'), 'resnet18', pretrained=False, metrics=accuracy)
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(1, 1e-3)
+        sug = learn.lr_find(show_plot=False)
+    assert sug.valley > 0
+    assert isinstance(learn.model[0], TimmBody)
+
+def test_pretrained_without_network_fails_fast(synth, tmp_path):
+    if _online('download.pytorch.org', timeout=1): pytest.skip('network reachable: nothing to test')
+    path, df = synth('xor', n=64)
+    dls = meta_dls(path, df, 'xor')
+    for arch in (resnet18, 'resnet18'):
+        start = time.time()
+        with pytest.raises(RuntimeError, match='pretrained=False'): meta_cnn_learner(dls, arch)
+        assert time.time() - start < 15
+    torch.save(resnet18().state_dict(), tmp_path/'r18.pth')   # local weights work offline
+    learn = meta_cnn_learner(dls, resnet18, weights_path=tmp_path/'r18.pth')
+    assert learn.pretrained and not next(learn.model[0].parameters()).requires_grad
+
+def test_show_results_and_interpretation(trained):
+    learn, path, df = trained
+    with learn.no_bar():
+        learn.show_results(max_n=4)
+        texts = [t.get_text() for ax in plt.gcf().axes for t in ax.texts]
+        assert len(texts) == 4 and all('flag:' in t for t in texts)
+        interp = ClassificationInterpretation.from_learner(learn)
+        test_eq(interp.vocab, ['no', 'yes'])
+        cm = interp.confusion_matrix()
+        test_eq(cm.sum(), len(learn.dls.valid_ds))
+        interp.plot_top_losses(3)
+        assert sum(len(ax.texts) for ax in plt.gcf().axes) == 3
+    plt.close('all')
