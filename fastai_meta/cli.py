@@ -7,14 +7,14 @@ Docs: https://fastai-meta.github.io/fastai_meta/cli.html.md"""
 # %% auto #0
 __all__ = ['run_demo', 'train_csv', 'main']
 
-# %% ../nbs/04_cli.ipynb #288a954c
+# %% ../nbs/04_cli.ipynb #6c3e0fbe
 import argparse, json, tempfile, time, warnings
 from fastai.vision.all import *
 from .data import MetaDataLoaders
 from .learner import meta_cnn_learner
 from .synth import make_synthetic
 
-# %% ../nbs/04_cli.ipynb #d8eabe78
+# %% ../nbs/04_cli.ipynb #832d95e7
 def run_demo(n=400, size=32, epochs=8, arch='resnet18', seed=0, path=None, verbose=True):
     "Train image-only and image+metadata models on the synthetic `'xor'` task; return both validation accuracies."
     path = Path(path or tempfile.mkdtemp())
@@ -37,7 +37,7 @@ def run_demo(n=400, size=32, epochs=8, arch='resnet18', seed=0, path=None, verbo
         if verbose: print(f'{name:>18}: accuracy {res[name]:.3f}  ({time.time()-start:.0f}s, {epochs} epochs, {n} images)')
     return res
 
-# %% ../nbs/04_cli.ipynb #40246c11
+# %% ../nbs/04_cli.ipynb #cf370451
 def train_csv(csv, images, label, fname_col='fname', cat=(), cont=(), arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, valid_pct=0.2, seed=0, lr=None, out='export.pkl'):
     "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, images under `images`); export it to `out`."
@@ -51,7 +51,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=(), cont=(), arch='resn
     learn.export(out)
     return learn
 
-# %% ../nbs/04_cli.ipynb #228031f3
+# %% ../nbs/04_cli.ipynb #ef4d21bf
 def main(argv=None):
     "Entry point of the `fastai-meta` command."
     p = argparse.ArgumentParser(prog='fastai-meta', description=__doc__ or 'Images with metadata in fastai.')

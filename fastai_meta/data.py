@@ -8,16 +8,16 @@ Docs: https://fastai-meta.github.io/fastai_meta/data.html.md"""
 __all__ = ['NA', 'TensorMeta', 'MetaEncoding', 'MetaRow', 'MetaEncode', 'MetaBlock', 'TabularImageBlock', 'MetaDataLoaders',
            'show_batch']
 
-# %% ../nbs/00_data.ipynb #fff1dfb9
+# %% ../nbs/00_data.ipynb #d30ad121
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import *
 
-# %% ../nbs/00_data.ipynb #cf44f6f4
+# %% ../nbs/00_data.ipynb #2edf708b
 class TensorMeta(TensorBase):
     "A batch (or one row) of encoded metadata: category codes, then normalised continuous values."
     pass
 
-# %% ../nbs/00_data.ipynb #a4009bf6
+# %% ../nbs/00_data.ipynb #d39fd930
 NA = '#na#'
 
 def _canon(v):
@@ -37,7 +37,7 @@ def _cat_keys(values):
     vals = np.asarray(values, dtype=object)
     return np.array([None if m else _canon(v) for v,m in zip(vals, _missing(vals))], dtype=object)
 
-# %% ../nbs/00_data.ipynb #914e10c5
+# %% ../nbs/00_data.ipynb #f540f161
 def _to_float(values, col, rows=None):
     "`values` as float64 with NaN for gaps; raises naming `col`, the row and the value if one is not a number."
     vals = np.asarray(values, dtype=object)
@@ -53,7 +53,7 @@ def _to_float(values, col, rows=None):
                          f"Fix the data or list {col!r} in `cat_names`.")
     return out
 
-# %% ../nbs/00_data.ipynb #efe72d7b
+# %% ../nbs/00_data.ipynb #d5ca6969
 class MetaEncoding:
     "Vocabularies, fill values and statistics fitted on training rows; encodes rows to arrays, vectorised."
     def __init__(self, cat_names, cont_names, vocabs, fills, means, stds):
@@ -117,7 +117,7 @@ class MetaEncoding:
 
     def __repr__(self): return f'{type(self).__name__}(cat_names={self.cat_names}, cont_names={self.cont_names})'
 
-# %% ../nbs/00_data.ipynb #91574c26
+# %% ../nbs/00_data.ipynb #d4caa550
 def _check_columns(columns, needed):
     "Raise a `KeyError` naming each column of `needed` missing from `columns`."
     if len(set(columns)) != len(columns):
@@ -126,7 +126,7 @@ def _check_columns(columns, needed):
     missing = [c for c in needed if c not in set(columns)]
     if missing: raise KeyError(f"Metadata column(s) {missing} not found; the data has columns {list(columns)}")
 
-# %% ../nbs/00_data.ipynb #38bf44b0
+# %% ../nbs/00_data.ipynb #cf482056
 class MetaRow(dict):
     "Decoded metadata of one sample; `show` writes it on a matplotlib axis."
     def __str__(self): return '\n'.join(f'{k}: {v}' for k,v in self.items())
@@ -136,7 +136,7 @@ class MetaRow(dict):
                  bbox=dict(facecolor='white', alpha=0.75, edgecolor='none', pad=1.5))
         return ctx
 
-# %% ../nbs/00_data.ipynb #38a0ef17
+# %% ../nbs/00_data.ipynb #78310f17
 class MetaEncode(DisplayedTransform):
     "Encode a DataFrame row's metadata columns to a `TensorMeta`; fitted on the training split."
     order = 1
@@ -176,7 +176,7 @@ class MetaEncode(DisplayedTransform):
 
     def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k != '_layout'} | {'_layout': None}
 
-# %% ../nbs/00_data.ipynb #a957585b
+# %% ../nbs/00_data.ipynb #b392e269
 def _as_frame(items):
     "The training rows as a DataFrame (a DataFrame slice as is, a list of rows stacked)."
     if isinstance(items, pd.DataFrame): return items
@@ -186,19 +186,19 @@ def _as_frame(items):
                         "Pass the DataFrame as the source and `noop` as the metadata getter.")
     return pd.DataFrame(rows)
 
-# %% ../nbs/00_data.ipynb #25a2361b
+# %% ../nbs/00_data.ipynb #da1e86db
 def MetaBlock(cat_names=None, cont_names=None):
     "A `TransformBlock` for the metadata columns of a DataFrame row; use `noop` as its getter."
     return TransformBlock(type_tfms=MetaEncode(cat_names, cont_names))
 
-# %% ../nbs/00_data.ipynb #f4c07898
+# %% ../nbs/00_data.ipynb #664d121c
 def TabularImageBlock(fn_col, cat_names=None, cont_names=None, pref='', suff='', cls=PILImage):
     "The two input blocks of one row, image (read from `fn_col`) and metadata; unpack them into `blocks`."
     img = ImageBlock(cls)
     img.type_tfms = L(ColReader(fn_col, pref=pref, suff=suff)) + img.type_tfms
     return img, MetaBlock(cat_names, cont_names)
 
-# %% ../nbs/00_data.ipynb #a1948343
+# %% ../nbs/00_data.ipynb #1d915bb4
 class MetaDataLoaders(DataLoaders):
     "`DataLoaders` of images with metadata, built from a DataFrame."
     @classmethod
@@ -218,7 +218,7 @@ class MetaDataLoaders(DataLoaders):
                            item_tfms=item_tfms, batch_tfms=batch_tfms)
         return cls.from_dblock(dblock, df, path=path, **kwargs)
 
-# %% ../nbs/00_data.ipynb #2d10603e
+# %% ../nbs/00_data.ipynb #9b0c132f
 @dispatch
 def show_batch(x:tuple[TensorImage, TensorMeta], y, samples, ctxs=None, max_n=10, nrows=None, ncols=None, figsize=None, **kwargs):
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)

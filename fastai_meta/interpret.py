@@ -7,11 +7,11 @@ Docs: https://fastai-meta.github.io/fastai_meta/interpret.html.md"""
 # %% auto #0
 __all__ = ['show_results', 'plot_top_losses']
 
-# %% ../nbs/03_interpret.ipynb #baaf77ea
+# %% ../nbs/03_interpret.ipynb #3b783242
 from fastai.vision.all import *
 from .data import TensorMeta
 
-# %% ../nbs/03_interpret.ipynb #080b1d9f
+# %% ../nbs/03_interpret.ipynb #77a59cb0
 def _show_prediction(out, targ, ctx, **kwargs):
     "Draw a decoded prediction `out` on `ctx`, marked against the target `targ`."
     if isinstance(out, TensorPoint): return out.show(ctx=ctx, c='lime', marker='x', **kwargs)
@@ -26,7 +26,7 @@ def show_results(x:tuple[TensorImage, TensorMeta], y, samples, outs, ctxs=None, 
         ctxs = [b.show(ctx=c, **kwargs) for b,c,_ in zip(samples.itemgot(i), ctxs, range(max_n))]
     return [_show_prediction(o[0], s[-1], c, **kwargs) for s,o,c,_ in zip(samples, outs, ctxs, range(max_n))]
 
-# %% ../nbs/03_interpret.ipynb #c9ca9285
+# %% ../nbs/03_interpret.ipynb #a9efc874
 @dispatch
 def plot_top_losses(x:tuple[TensorImage, TensorMeta], y, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
     axs = get_grid(len(samples), nrows=nrows, ncols=ncols, figsize=figsize, title='Prediction/Actual/Loss/Probability')

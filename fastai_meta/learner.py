@@ -7,7 +7,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/learner.html.md"""
 # %% auto #0
 __all__ = ['meta_encode', 'meta_cnn_learner']
 
-# %% ../nbs/02_learner.ipynb #61f08f7b
+# %% ../nbs/02_learner.ipynb #3b55a185
 import socket
 from contextlib import contextmanager
 from fastai.vision.all import *
@@ -15,7 +15,7 @@ from fastai.vision.learner import _add_norm, _timm_norm, _default_meta
 from .data import MetaEncode
 from .model import *
 
-# %% ../nbs/02_learner.ipynb #99560d4d
+# %% ../nbs/02_learner.ipynb #090a9329
 def meta_encode(dls):
     "The `MetaEncode` transform of `dls`, checking that the inputs are `(image, metadata)`."
     tls = getattr(dls.train_ds, 'tls', None)
@@ -26,7 +26,7 @@ def meta_encode(dls):
         raise ValueError("meta_cnn_learner expects exactly two inputs, the image block first and the `MetaBlock` second.")
     return found[0][1]
 
-# %% ../nbs/02_learner.ipynb #a2dc8191
+# %% ../nbs/02_learner.ipynb #d8915c56
 def _online(host, timeout=3.):
     "Whether `host` answers on port 443 within `timeout` seconds."
     try:
@@ -45,7 +45,7 @@ def _no_weights(arch, e):
     return RuntimeError(f"Could not get pretrained weights for {arch!r} (no network, and none in the local cache: {e}). "
                         "Pass `pretrained=False` to train from scratch, or `weights_path=` a local weights file.")
 
-# %% ../nbs/02_learner.ipynb #472ad858
+# %% ../nbs/02_learner.ipynb #6bef4fc3
 def _timm_body(arch, pretrained, weights_path, n_in):
     "A timm model as a fastai `TimmBody`, its feature count and its config."
     import timm
@@ -73,7 +73,7 @@ def _torchvision_body(arch, pretrained, weights, weights_path, n_in, cut):
     body = create_body(model, n_in, pretrained, ifnone(cut, meta['cut']))
     return body, num_features_model(body), meta
 
-# %% ../nbs/02_learner.ipynb #e1fe37e3
+# %% ../nbs/02_learner.ipynb #8a35a58e
 _fusions = dict(concat=ConcatFusion)
 
 @delegates(Learner.__init__)

@@ -7,12 +7,12 @@ Docs: https://fastai-meta.github.io/fastai_meta/model.html.md"""
 # %% auto #0
 __all__ = ['MetaBranch', 'Fusion', 'ConcatFusion', 'MetaModel']
 
-# %% ../nbs/01_model.ipynb #35bb3eed
+# %% ../nbs/01_model.ipynb #4fb53cc5
 from fastai.vision.all import *
 from fastai.tabular.model import emb_sz_rule
 import fastai_meta.interpret  # registers show_results/plot_top_losses for (image, metadata), also after load_learner
 
-# %% ../nbs/01_model.ipynb #0d896533
+# %% ../nbs/01_model.ipynb #5b5fbb3f
 class MetaBranch(Module):
     "Embeddings for categorical codes, batchnorm for continuous values, then an MLP; takes a `TensorMeta`."
     def __init__(self, cardinalities, n_cont, layers=(512, 128), ps=0.3, embed_p=0., act_cls=nn.SiLU):
@@ -33,13 +33,13 @@ class MetaBranch(Module):
         if self.bn_cont is not None: parts.append(self.bn_cont(x_cont))
         return self.layers(torch.cat(parts, 1))
 
-# %% ../nbs/01_model.ipynb #b0e31a5e
+# %% ../nbs/01_model.ipynb #ca49eb82
 class Fusion(Module):
     "Base of fusion strategies: `after_stage` may modulate stage outputs, `forward(x, u)` makes the head's input."
     n_out = None
     def after_stage(self, i, x, u): return x
 
-# %% ../nbs/01_model.ipynb #43061ca0
+# %% ../nbs/01_model.ipynb #f4795a38
 class ConcatFusion(Fusion):
     "Late fusion: pooled image features concatenated with the metadata features (SIIM-ISIC 2020 winners)."
     def __init__(self, nf, n_meta, pool=True, concat_pool=True):
@@ -47,7 +47,7 @@ class ConcatFusion(Fusion):
         self.n_out = (2*nf if pool and concat_pool else nf) + n_meta
     def forward(self, x, u): return torch.cat([self.pool(x), u], 1)
 
-# %% ../nbs/01_model.ipynb #1f079b74
+# %% ../nbs/01_model.ipynb #2b7e9a0e
 class MetaModel(nn.Sequential):
     "Body `m[0]`, metadata branch `m[1]`, fusion `m[2]` and head `m[3]`; called as `model(image, meta)`."
     def __init__(self, *parts): super().__init__(*parts)  # `*parts`, not four names: slicing (splitters) calls it too

@@ -7,19 +7,20 @@ Docs: https://fastai-meta.github.io/fastai_meta/synth.html.md"""
 # %% auto #0
 __all__ = ['make_synthetic', 'point_getter']
 
-# %% ../nbs/05_synth.ipynb #628cee05
+# %% ../nbs/05_synth.ipynb #3757fea6
 import numpy as np, pandas as pd
 from pathlib import Path
 from PIL import Image
 
-# %% ../nbs/05_synth.ipynb #f2d653f8
+# %% ../nbs/05_synth.ipynb #5dfb11e4
 _SITES = ['head', 'arm', 'back', 'leg']
 _QUADRANTS = {'tl': (0, 0), 'tr': (1, 0), 'bl': (0, 1), 'br': (1, 1)}
 
 def _gaps(rng, values, frac=0.05):
-    "Copy of `values` (object) with about `frac` of them set to missing."
-    vals = np.asarray(values, dtype=object).copy()
-    vals[rng.random(len(vals)) < frac] = None
+    "Copy of `values` with about `frac` of them missing: NaN in numbers, `None` in text and booleans."
+    vals = np.asarray(values)
+    vals = vals.astype('float64') if vals.dtype.kind in 'if' else vals.astype(object)
+    vals[rng.random(len(vals)) < frac] = np.nan if vals.dtype.kind == 'f' else None
     return vals
 
 def make_synthetic(path, n=400, task='xor', size=32, seed=0):
@@ -49,7 +50,7 @@ def make_synthetic(path, n=400, task='xor', size=32, seed=0):
     for f,im in zip(df.fname, imgs.clip(0, 255).astype('uint8')): Image.fromarray(im).save(img_dir/f)
     return df
 
-# %% ../nbs/05_synth.ipynb #e279cd77
+# %% ../nbs/05_synth.ipynb #fa607953
 def point_getter(row):
     "The keypoint of a `'points'` row, as fastai's `PointBlock` wants it: an array of one (x, y)."
     return np.array([[row['x'], row['y']]], dtype='float32')
