@@ -14,6 +14,8 @@ from fastai.vision.all import *
 from fastai.vision.learner import _add_norm, _timm_norm, _default_meta
 from .data import MetaEncode
 from .model import *
+from .fusion import make_fusion, is_staged
+from .losses import StageProjections, SelfContrastive, ArcMarginProduct, ArcFaceLoss
 
 # %% ../nbs/02_learner.ipynb #090a9329
 def meta_encode(dls):
@@ -74,33 +76,55 @@ def _torchvision_body(arch, pretrained, weights, weights_path, n_in, cut):
     return body, num_features_model(body), meta
 
 # %% ../nbs/02_learner.ipynb #8a35a58e
-_fusions = dict(concat=ConcatFusion)
+def _image_body(arch, pretrained, weights, weights_path, n_in, cut, dls, normalize):
+    "The body, its feature count, whether it needs pooling, its splitter; adds image normalisation to `dls` as `vision_learner` does."
+    if isinstance(arch, str):
+        body, nf, cfg = _timm_body(arch, pretrained, weights_path, n_in)
+        if normalize: _timm_norm(dls, cfg, pretrained, n_in)
+        return body, nf, body.needs_pool, default_split
+    body, nf, meta = _torchvision_body(arch, pretrained, weights, weights_path, n_in, cut)
+    if normalize: _add_norm(dls, meta, pretrained, n_in)
+    return body, nf, True, meta['split']
 
+# %% ../nbs/02_learner.ipynb #963e61e1
 @delegates(Learner.__init__)
 def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pretrained=True, weights=None,
                      weights_path=None, cut=None, n_in=3, init=nn.init.kaiming_normal_, concat_pool=True,
                      lin_ftrs=None, ps=0.5, first_bn=True, bn_final=False, lin_first=False, y_range=None,
-                     meta_layers=(512, 128), meta_ps=0.3, embed_p=0., splitter=None, **kwargs):
+                     meta_layers=(512, 128), meta_ps=0.3, embed_p=0., contrastive=0., contrastive_tau=0.1,
+                     arcface=False, arc_s=30., arc_m=0.5, emb_dim=512, splitter=None, loss_func=None, cbs=None, **kwargs):
     "Build a `Learner` for `(image, metadata)` inputs from `dls` and `arch`, like `vision_learner`."
     if n_out is None: n_out = get_c(dls)
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"
     enc = meta_encode(dls).encoding
     pretrained = pretrained or weights_path is not None
-    if isinstance(arch, str):
-        body, nf, cfg = _timm_body(arch, pretrained, weights_path, n_in)
-        if normalize: _timm_norm(dls, cfg, pretrained, n_in)
-        pool, split = body.needs_pool, default_split
-    else:
-        body, nf, meta = _torchvision_body(arch, pretrained, weights, weights_path, n_in, cut)
-        if normalize: _add_norm(dls, meta, pretrained, n_in)
-        pool, split = True, meta['split']
+    body, nf, pool, split = _image_body(arch, pretrained, weights, weights_path, n_in, cut, dls, normalize)
     branch = MetaBranch(enc.cardinalities, enc.n_cont, meta_layers, meta_ps, embed_p)
-    if fusion not in _fusions: raise ValueError(f"Unknown fusion {fusion!r}; choose from {list(_fusions)}.")
-    fuse = _fusions[fusion](nf, branch.n_out, pool=pool, concat_pool=concat_pool)
-    head = create_head(fuse.n_out, n_out, lin_ftrs=lin_ftrs, ps=ps, pool=False, first_bn=first_bn, bn_final=bn_final,
-                       lin_first=lin_first, y_range=y_range)
+    stages = body_stages(body) if is_staged(fusion) or contrastive else None   # walk the body stage by stage?
+    channels = stage_channels(body, stages, n_in) if stages else [nf]
+    fuse = make_fusion(fusion, channels, branch.n_out, pool, concat_pool)
+    if arcface:
+        head = nn.Sequential(create_head(fuse.n_out, emb_dim, lin_ftrs=lin_ftrs, ps=ps, pool=False, first_bn=first_bn, lin_first=lin_first),
+                             ArcMarginProduct(emb_dim, n_out, s=arc_s))
+        loss_func = ifnone(loss_func, ArcFaceLoss(arc_s, arc_m))
+    else: head = create_head(fuse.n_out, n_out, lin_ftrs=lin_ftrs, ps=ps, pool=False, first_bn=first_bn, bn_final=bn_final,
+                             lin_first=lin_first, y_range=y_range)
     if init is not None: apply_init(head, init)
-    learn = Learner(dls, MetaModel(body, branch, fuse, head), splitter=ifnone(splitter, split), **kwargs)
+    parts = [body, branch, fuse, head] + ([StageProjections(channels)] if contrastive else [])
+    cbs = L(cbs) + ([SelfContrastive(contrastive, contrastive_tau)] if contrastive else [])
+    learn = Learner(dls, MetaModel(*parts, stages=stages), loss_func=loss_func, splitter=ifnone(splitter, split), cbs=cbs, **kwargs)
     if pretrained: learn.freeze()
     store_attr('arch,normalize,n_out,pretrained,fusion', self=learn)
     return learn
+
+# %% ../nbs/02_learner.ipynb #2c4554ac
+@patch
+def get_embeddings(self:Learner, dl=None, ds_idx=1):
+    "L2-normalised embeddings (the head's input to its last layer) and targets of `dl` (default: the validation set)."
+    dl = ifnone(dl, self.dls[ds_idx]).new(shuffle=False, drop_last=False)
+    model, embs, targs = self.model.eval(), [], []
+    with torch.no_grad():
+        for b in dl:
+            embs.append(model.embed(*b[:2]).float().cpu())
+            if len(b) > 2: targs.append(b[2].cpu())
+    return torch.cat(embs), (torch.cat(targs) if targs else None)

@@ -25,7 +25,7 @@ def _gaps(rng, values, frac=0.05):
 
 def make_synthetic(path, n=400, task='xor', size=32, seed=0):
     "Write `n` images of `size` pixels for `task` under `path/images`; return their DataFrame."
-    if task not in ('meta', 'xor', 'points'): raise ValueError(f"Unknown task {task!r}: use 'meta', 'xor' or 'points'.")
+    if task not in ('meta', 'xor', 'points', 'where'): raise ValueError(f"Unknown task {task!r}: use 'meta', 'xor', 'points' or 'where'.")
     rng = np.random.default_rng(seed)
     img_dir = Path(path)/'images'
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -40,6 +40,15 @@ def make_synthetic(path, n=400, task='xor', size=32, seed=0):
         tint = np.where(red[:,None], [[90, -60, -60]], [[-60, -60, 90]]).astype('float32')
         imgs = imgs*0.6 + 50 + tint[:, None, None, :]
         df['flag'], df['label'] = _gaps(rng, flag), np.where(red != flag, 'yes', 'no')
+    elif task == 'where':
+        quad, red = rng.choice(list(_QUADRANTS), n), rng.random((n, 4)) < 0.5
+        imgs = imgs*0.5 + 64
+        h, q = size//2, size//4
+        for k,(qx,qy) in enumerate(_QUADRANTS.values()):
+            colour = np.where(red[:, k, None], [[220, 30, 30]], [[30, 30, 220]])
+            imgs[:, qy*h + q//2: qy*h + q//2 + q, qx*h + q//2: qx*h + q//2 + q, :] = colour[:, None, None, :]
+        chosen = red[np.arange(n), [list(_QUADRANTS).index(o) for o in quad]]
+        df['quadrant'], df['label'] = _gaps(rng, quad, 0.), np.where(chosen, 'red', 'blue')
     else:
         quad = rng.choice(list(_QUADRANTS), n)
         dx, dy = rng.uniform(0.1, 0.9, n), rng.uniform(0.1, 0.9, n)
