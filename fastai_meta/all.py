@@ -1,6 +1,8 @@
 "Everything a user needs in one import: `from fastai_meta.all import *` (not exported from a notebook)."
 from .data import *
 from .model import *
+from .fusion import *
+from .losses import *
 from .learner import *
 from .interpret import *
 from .synth import *

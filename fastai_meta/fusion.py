@@ -55,8 +55,8 @@ class MetaBlockFusion(Fusion):
 # %% ../nbs/01a_fusion.ipynb #8a20140c
 class CSFBlock(Module):
     "One channel-spatial fusion block for feature maps of `c` channels."
-    def __init__(self, c, n_meta, grid=7):
-        self.grid = grid
+    def __init__(self, c, n_meta, grid=7, residual=True):
+        self.grid, self.residual = grid, residual
         self.channel = nn.Linear(n_meta, c)
         self.img_att = nn.Conv2d(2, 1, 7, padding=3)
         self.meta_map = nn.Linear(n_meta, grid*grid)
@@ -69,13 +69,14 @@ class CSFBlock(Module):
         m = F.interpolate(self.meta_map(u).view(-1, 1, self.grid, self.grid), size=x.shape[-2:], mode='bilinear', align_corners=False)
         xs = x * torch.sigmoid(self.alpha*a + self.beta*m)
         w = self.rectify(torch.cat([xc.mean((2, 3)), xs.mean((2, 3))], 1)).softmax(1)
-        return _bc(w[:, :1]) * xc + _bc(w[:, 1:]) * xs
+        out = _bc(w[:, :1]) * xc + _bc(w[:, 1:]) * xs
+        return x + out if self.residual else out
 
 class CSFFusion(Fusion):
     "SGMC-Net's channel-spatial fusion after each of the body's `stages` (default: all but the stem)."
     staged = True
-    def __init__(self, channels, n_meta, pool=True, concat_pool=True, concat_meta=True, stages=None, grid=7):
-        self.blocks = nn.ModuleDict({str(i): CSFBlock(channels[i], n_meta, grid) for i in _per_stage(stages, len(channels))})
+    def __init__(self, channels, n_meta, pool=True, concat_pool=True, concat_meta=True, stages=None, grid=7, residual=True):
+        self.blocks = nn.ModuleDict({str(i): CSFBlock(channels[i], n_meta, grid, residual) for i in _per_stage(stages, len(channels))})
         self.setup_pool(channels[-1], n_meta, pool, concat_pool, concat_meta)
     def after_stage(self, i, x, u): return self.blocks[str(i)](x, u) if str(i) in self.blocks else x
     def forward(self, x, u): return self.pooled(x, u)

@@ -125,6 +125,6 @@ def get_embeddings(self:Learner, dl=None, ds_idx=1):
     model, embs, targs = self.model.eval(), [], []
     with torch.no_grad():
         for b in dl:
-            embs.append(model.embed(*b[:2]).float().cpu())
-            if len(b) > 2: targs.append(b[2].cpu())
+            embs.append(model.embed(*b[:2]).float().cpu().as_subclass(Tensor))
+            if len(b) > 2: targs.append(b[2].cpu().as_subclass(Tensor))
     return torch.cat(embs), (torch.cat(targs) if targs else None)

@@ -92,7 +92,9 @@ def stage_channels(body, stages, n_in=3, size=128):
     try:
         with torch.no_grad():
             for names in stages:
-                for n in names: x = body.get_submodule(n)(x)
+                try:
+                    for n in names: x = body.get_submodule(n)(x)
+                except Exception as e: raise ValueError(f"Could not run the body stage by stage at {names} ({e}): this arch cannot be staged.") from e
                 if x.ndim != 4: raise ValueError(f"Stage {names} gives a {x.ndim}-d output, not feature maps: this arch cannot be staged.")
                 res.append(x.shape[1])
     finally: body.train(was_training)
