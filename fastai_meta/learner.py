@@ -117,7 +117,7 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
     store_attr('arch,normalize,n_out,pretrained,fusion', self=learn)
     return learn
 
-# %% ../nbs/02_learner.ipynb #2c4554ac
+# %% ../nbs/02_learner.ipynb #253d93e2
 @patch
 def get_embeddings(self:Learner, dl=None, ds_idx=1):
     "L2-normalised embeddings (the head's input to its last layer) and targets of `dl` (default: the validation set)."
