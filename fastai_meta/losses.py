@@ -40,9 +40,11 @@ class SelfContrastive(Callback):
         y = self.y.view(-1)
         if y.is_floating_point(): raise TypeError("Self-contrastive guidance needs single-label class targets (CategoryBlock).")
         shallow = self.embs[:-1] if self.stages is None else [self.embs[i] for i in self.stages]
-        self.learn.guidance_loss = torch.stack([sup_con_loss(e, self.embs[-1], y, self.tau) for e in shallow]).mean()
-        self.learn.loss_grad = self.loss_grad + self.delta * self.guidance_loss
-        self.learn.loss = self.loss_grad.clone()
+        guidance = torch.stack([sup_con_loss(e, self.embs[-1], y, self.tau) for e in shallow]).mean()
+        self.learn.loss_grad = self.loss_grad + self.delta * guidance
+        self.learn.loss, self.learn.guidance_loss = self.loss_grad.clone(), guidance.detach()
+
+    def after_batch(self): self.embs = None   # hold no graph between batches (nor in `export`)
 
 # %% ../nbs/01b_losses.ipynb #db011704
 class ArcMarginProduct(Module):

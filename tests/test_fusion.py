@@ -45,10 +45,10 @@ def test_fusion_learns_label_from_metadata(synth, fusion):
 @pytest.mark.parametrize('fusion', FUSIONS)
 def test_fusion_learns_keypoints_from_metadata(synth, fusion):
     "timm resnet18, 48 px: the keypoint's place is in the metadata."
-    path, df = synth('points')
+    path, df = synth('points', size=48)
     set_seed(0, reproducible=True)
     dls = _points_dls(path, df, 48)
-    mse = fit_quietly(meta_cnn_learner(dls, 'resnet18', fusion=fusion, pretrained=False, ps=0.1, meta_ps=0.1, y_range=(-1, 1)), 8)[0]
+    mse = fit_quietly(meta_cnn_learner(dls, 'resnet18', fusion=fusion, pretrained=False, ps=0.1, meta_ps=0.1, y_range=(-1, 1)), 10)[0]
     y = torch.cat([b[2] for b in dls.valid]).view(-1, 2)
     baseline = ((y - y.mean(0))**2).mean().item()                                # predicting the mean point
     print(f'{fusion}: keypoint MSE {mse:.4f}, baseline {baseline:.4f}')
@@ -76,7 +76,7 @@ def test_unstageable_arch_fails_clearly(synth):
     with pytest.raises(ValueError, match='stage'):
         meta_cnn_learner(dls, 'vit_tiny_patch16_224', fusion='csf', pretrained=False)
 
-def test_self_contrastive_guidance(synth):
+def test_self_contrastive_guidance(synth, tmp_path):
     path, df = synth('meta')
     set_seed(0, reproducible=True)
     learn = meta_cnn_learner(meta_dls(path, df, 'meta'), resnet18, pretrained=False, ps=0.1, meta_ps=0.1, contrastive=0.1, metrics=accuracy)
@@ -86,6 +86,9 @@ def test_self_contrastive_guidance(synth):
     assert acc >= 0.8 and learn.guidance_loss.item() > 0
     x, meta, _ = learn.dls.one_batch()
     test_eq(learn.model.eval()(x, meta).shape, (32, 2))                            # plain output outside training
+    learn.export(tmp_path/'guided.pkl')
+    loaded = load_learner(tmp_path/'guided.pkl')
+    with learn.no_bar(), loaded.no_bar(): test_close(loaded.predict(df.iloc[0])[2], learn.predict(df.iloc[0])[2])
 
 def test_arcface_head_and_embeddings(synth):
     path, df = synth('meta')
