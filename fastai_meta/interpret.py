@@ -9,7 +9,7 @@ __all__ = ['show_results', 'plot_top_losses']
 
 # %% ../nbs/03_interpret.ipynb #3b783242
 from fastai.vision.all import *
-from .data import TensorMeta
+from .data import TensorMeta, MetaEncode
 
 # %% ../nbs/03_interpret.ipynb #77a59cb0
 def _show_prediction(out, targ, ctx, **kwargs):
@@ -34,3 +34,35 @@ def plot_top_losses(x:tuple[TensorImage, TensorMeta], y, samples, outs, raws, lo
         s[0].show(ctx=ax, **kwargs)
         s[1].show(ctx=ax)
         ax.set_title(f'{o[0]}/{s[2]} / {l.item():.2f} / {r.max().item():.2f}')
+
+# %% ../nbs/03_interpret.ipynb #4ba0dccb
+class _BlankImage(Callback):
+    "Replace the image input by zeros (the mean after normalisation)."
+    order = 100
+    def before_batch(self): self.learn.xb = (torch.zeros_like(self.xb[0]),) + tuple(self.xb[1:])
+
+def _meta_columns(dls):
+    "Names of the metadata columns of `dls`."
+    enc = next(t for tl in dls.train_ds.tls for t in tl.tfms.fs if isinstance(t, MetaEncode))
+    return enc.cat_names + enc.cont_names
+
+@patch
+def meta_importance(self:Learner, dl=None, n_repeats=3, seed=0, show=True):
+    "Score drop when each metadata column is shuffled, and with no metadata or no image; a DataFrame, drawn as bars."
+    items = ifnone(dl, self.dls.valid).items
+    if not isinstance(items, pd.DataFrame): raise TypeError("meta_importance needs a DataLoader over DataFrame rows.")
+    def score(df, cbs=None):
+        with self.no_bar(), self.no_logging(): res = self.validate(dl=self.dls.test_dl(df, with_labels=True), cbs=cbs)
+        return res[1] if len(res) > 1 else -res[0]
+    base, cols, rng = score(items), _meta_columns(self.dls), np.random.default_rng(seed)
+    rows = []
+    for c in cols:
+        drops = [base - score(items.assign(**{c: rng.permutation(items[c].to_numpy())})) for _ in range(n_repeats)]
+        rows.append(dict(feature=c, kind='permuted column', score_drop=float(np.mean(drops))))
+    rows.append(dict(feature='all metadata missing', kind='ablation', score_drop=base - score(items.assign(**{c: None for c in cols}))))
+    rows.append(dict(feature='no image', kind='ablation', score_drop=base - score(items, cbs=_BlankImage())))
+    res = pd.DataFrame(rows).assign(base_score=base)
+    if show:
+        ax = res.plot.barh(x='feature', y='score_drop', legend=False, color=['C0']*len(cols) + ['C1', 'C1'])
+        ax.invert_yaxis(); ax.set_xlabel(f'drop in score (base {base:.3f})'); ax.set_ylabel('')
+    return res

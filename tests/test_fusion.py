@@ -103,3 +103,11 @@ def test_arcface_head_and_embeddings(synth):
     print(f'arcface: accuracy {acc:.3f}, nearest-neighbour retrieval accuracy {nn_acc:.3f}')
     assert acc >= 0.8 and nn_acc >= 0.8
     with learn.no_bar(): assert learn.predict(df.iloc[0])[0] in ('yes', 'no')
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_meta_importance_runs_for_every_fusion(synth, fusion):
+    path, df = synth('meta', n=64)
+    learn = meta_cnn_learner(meta_dls(path, df, 'meta', bs=8), resnet18, fusion=fusion, pretrained=False, metrics=accuracy)
+    res = learn.meta_importance(n_repeats=1, show=False)
+    test_eq(list(res.feature), ['site', 'age', 'noise', 'all metadata missing', 'no image'])
+    assert res.score_drop.notna().all()

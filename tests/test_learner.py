@@ -77,7 +77,7 @@ def trained(synth):
     path, df = synth('xor')
     set_seed(0, reproducible=True)
     learn = meta_cnn_learner(meta_dls(path, df, 'xor'), resnet18, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy)
-    fit_quietly(learn, 4)
+    assert fit_quietly(learn, 8)[1] >= 0.9
     return learn, path, df
 
 def test_predict_one_row(trained):
@@ -193,3 +193,12 @@ def test_cli_train_exports_a_learner(synth, tmp_path):
           '--arch', 'resnet18', '--epochs', '1', '--size', '32', '--out', str(tmp_path/'m.pkl')])
     learn = load_learner(tmp_path/'m.pkl')
     with learn.no_bar(): assert learn.predict(df.iloc[0])[0] in ('yes', 'no')
+
+def test_meta_importance_finds_the_informative_column(trained):
+    learn, path, df = trained
+    res = learn.meta_importance(n_repeats=2).set_index('feature')
+    plt.close('all')
+    print(res)
+    with learn.no_bar(): test_close(res.base_score.iloc[0], learn.validate()[1])
+    assert res.loc['flag', 'score_drop'] > 0.2 and abs(res.loc['noise', 'score_drop']) < 0.1
+    assert res.loc['all metadata missing', 'score_drop'] > 0.2 and res.loc['no image', 'score_drop'] > 0.2
