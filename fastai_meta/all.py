@@ -6,3 +6,4 @@ from .losses import *
 from .learner import *
 from .interpret import *
 from .synth import *
+from .deploy import *
