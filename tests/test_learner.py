@@ -182,6 +182,7 @@ def test_discriminative_lrs_and_mixed_precision(synth):
 def test_fp16_on_gpu(synth):
     path, df = synth('xor', n=128)
     learn = meta_cnn_learner(meta_dls(path, df, 'xor', device='cuda'), resnet18, pretrained=False, metrics=accuracy).to_fp16()
+    learn.model.to(memory_format=torch.channels_last)
     acc = fit_quietly(learn, 6)[1]
     assert acc > 0.9
 
