@@ -45,18 +45,22 @@ def _cat_keys(values):
 def _to_float(values, col, rows=None):
     "`values` as float64 with NaN for gaps; raises naming `col`, the row and the value if one is not a number."
     vals = np.asarray(values, dtype=object)
-    try: return vals.astype('float64')  # fast path: numbers, booleans, None, numeric text
-    except (TypeError, ValueError): pass
-    vals = np.array([{'true': 1., 'false': 0.}.get(v.strip().lower(), v) if isinstance(v, str) else v for v in vals], dtype=object)
-    miss = _missing(vals)
-    out = pd.to_numeric(pd.Series(np.where(miss, np.nan, vals), dtype=object), errors='coerce').to_numpy(dtype='float64')
-    bad = np.isnan(out) & ~miss
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        where = f" (row {rows[i]!r})" if rows is not None else ''
-        raise ValueError(f"Continuous column {col!r} holds a value that is not a number{where}: {vals[i]!r}. "
-                         f"Fix the data or list {col!r} in `cat_names`.")
+    try: out = vals.astype('float64')  # fast path: numbers, booleans, None, numeric text
+    except (TypeError, ValueError):
+        vals = np.array([{'true': 1., 'false': 0.}.get(v.strip().lower(), v) if isinstance(v, str) else v for v in vals], dtype=object)
+        miss = _missing(vals)
+        out = pd.to_numeric(pd.Series(np.where(miss, np.nan, vals), dtype=object), errors='coerce').to_numpy(dtype='float64')
+        _refuse(np.isnan(out) & ~miss, vals, col, rows, 'is not a number')
+    _refuse(np.isinf(out), vals, col, rows, 'is infinite')
     return out
+
+def _refuse(bad, vals, col, rows, what):
+    "Raise naming `col`, the first row where `bad` and its value."
+    if not bad.any(): return
+    i = int(np.flatnonzero(bad)[0])
+    where = f" (row {rows[i]!r})" if rows is not None else ''
+    raise ValueError(f"Continuous column {col!r} holds a value that {what}{where}: {vals[i]!r}. "
+                     f"Fix the data or list {col!r} in `cat_names`.")
 
 # %% ../nbs/00_data.ipynb #d5ca6969
 class MetaEncoding:

@@ -59,6 +59,9 @@ def test_label_with_gaps_is_refused(synth):
 # Property-based tests of the encoder over random mixed-type frames
 cat_values = st.one_of(st.none(), st.sampled_from(['a', 'b', ' c', 'true', 'False']), st.integers(-3, 3), st.booleans(), st.just(np.nan))
 cont_values = st.one_of(st.none(), st.just(np.nan), st.floats(-1e6, 1e6), st.integers(-1000, 1000))
+
+def test_infinite_values_are_refused():
+    with pytest.raises(ValueError, match=r"'age'.*infinite.*row 1"): MetaEncoding.fit(pd.DataFrame({'age': [1., np.inf]}), [], ['age'])
 frames = data_frames([column('c1', elements=cat_values, dtype=object), column('c2', elements=cat_values, dtype=object),
                       column('x1', elements=cont_values, dtype=object), column('x2', elements=cont_values, dtype=object)],
                      index=range_indexes(min_size=2, max_size=30))
