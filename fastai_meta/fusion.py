@@ -16,7 +16,9 @@ def _per_stage(stages, n):
     "Indices of the stages in `stages` (negative counts from the end) out of `n`; `None` means all but the stem."
     return sorted({s % n for s in (range(1, n) if stages is None else stages)})
 
-def _bc(v): return v[:, :, None, None]  # (B, C) -> (B, C, 1, 1), to broadcast over feature maps
+def _bc(v, x=None):
+    "(B, C) -> (B, C, 1, 1), to broadcast over the feature maps `x` (kept (B, C) when `x` is already pooled)."
+    return v if x is not None and x.ndim == 2 else v[:, :, None, None]
 
 # %% ../nbs/01a_fusion.ipynb #8a3ee8aa
 class FiLMFusion(Fusion):
@@ -40,7 +42,7 @@ class MetaNetFusion(Fusion):
     def __init__(self, channels, n_meta, pool=True, concat_pool=True, concat_meta=True, hidden=128):
         self.weights = nn.Sequential(nn.Linear(n_meta, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels[-1]), nn.Sigmoid())
         self.setup_pool(channels[-1], n_meta, pool, concat_pool, concat_meta)
-    def forward(self, x, u): return self.pooled(x * _bc(self.weights(u)), u)
+    def forward(self, x, u): return self.pooled(x * _bc(self.weights(u), x), u)
 
 # %% ../nbs/01a_fusion.ipynb #96aba562
 class MetaBlockFusion(Fusion):
@@ -50,7 +52,7 @@ class MetaBlockFusion(Fusion):
         self.f = nn.Sequential(nn.Linear(n_meta, c), nn.BatchNorm1d(c))
         self.g = nn.Sequential(nn.Linear(n_meta, c), nn.BatchNorm1d(c))
         self.setup_pool(c, n_meta, pool, concat_pool, concat_meta)
-    def forward(self, x, u): return self.pooled(torch.sigmoid(torch.tanh(x * _bc(self.f(u))) + _bc(self.g(u))), u)
+    def forward(self, x, u): return self.pooled(torch.sigmoid(torch.tanh(x * _bc(self.f(u), x)) + _bc(self.g(u), x)), u)
 
 # %% ../nbs/01a_fusion.ipynb #8a20140c
 class CSFBlock(Module):

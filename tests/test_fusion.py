@@ -111,3 +111,14 @@ def test_meta_importance_runs_for_every_fusion(synth, fusion):
     res = learn.meta_importance(n_repeats=1, show=False)
     test_eq(list(res.feature), ['site', 'age', 'noise', 'all metadata missing', 'no image'])
     assert res.score_drop.notna().all()
+
+@pytest.mark.parametrize('fusion', ['concat', 'metanet', 'metablock'])
+def test_late_fusions_on_a_body_that_pools_itself(synth, fusion):
+    "A timm ViT hands over pooled (B, C) features: the late fusions take them as they are."
+    path, df = synth('meta', n=64)
+    learn = meta_cnn_learner(meta_dls(path, df, 'meta', bs=4, item_tfms=Resize(224)), 'vit_tiny_patch16_224', fusion=fusion, pretrained=False)
+    x, meta, y = learn.dls.one_batch()
+    out = learn.model.train()(x, meta)
+    test_eq(out.shape, (4, 2))
+    learn.loss_func(out, y).backward()
+    assert learn.model[1].embeds[0].weight.grad.abs().sum() > 0
