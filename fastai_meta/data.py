@@ -6,7 +6,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/data.html.md"""
 
 # %% auto #0
 __all__ = ['NA', 'TensorMeta', 'MetaEncoding', 'MetaRow', 'MetaEncode', 'MetaBlock', 'ReadImage', 'TabularImageBlock',
-           'MetaDataLoaders', 'show_batch']
+           'meta_encode', 'MetaDataLoaders', 'show_batch']
 
 # %% ../nbs/00_data.ipynb #d30ad121
 import warnings
@@ -91,6 +91,13 @@ class MetaEncoding:
         return cls(list(cat_names), list(cont_names), vocabs, fills, means, stds)
 
     @property
+    def luts(self):
+        "Code of each vocabulary entry, per categorical column (derived from `vocabs`, built once)."
+        if getattr(self, '_luts', None) is None: self._luts = {c: {k:i for i,k in enumerate(v)} for c,v in self.vocabs.items()}
+        return self._luts
+    def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k != '_luts'}
+
+    @property
     def flag_names(self): return [f'{c}_na' for c in self.cont_names]
     @property
     def all_cat_names(self): return self.cat_names + self.flag_names
@@ -107,9 +114,7 @@ class MetaEncoding:
         "Encode raw arrays `cats` (n, n_cat_names) and `conts` (n, n_cont_names) to a float32 array (n, n_cat+n_cont); errors name `rows`."
         n = len(cats)
         cat_codes = np.zeros((n, len(self.cat_names)), dtype='float32')
-        for j,c in enumerate(self.cat_names):
-            lut = {k:i for i,k in enumerate(self.vocabs[c])}
-            cat_codes[:,j] = [lut.get(k, 0) for k in _cat_keys(cats[:,j])]
+        for j,c in enumerate(self.cat_names): cat_codes[:,j] = [self.luts[c].get(k, 0) for k in _cat_keys(cats[:,j])]
         x = np.stack([_to_float(conts[:,j], c, rows) for j,c in enumerate(self.cont_names)], 1) if self.cont_names else np.zeros((n,0))
         miss = np.isnan(x)
         x = np.where(miss, np.array(self.fills), x)
@@ -227,6 +232,17 @@ def TabularImageBlock(fn_col, cat_names=None, cont_names=None, pref='', suff='',
     return img, MetaBlock(cat_names, cont_names)
 
 # %% ../nbs/00_data.ipynb #3bfbd945
+def meta_encode(dls):
+    "The `MetaEncode` transform of `dls`, checking that the inputs are `(image, metadata)`."
+    tls = getattr(dls.train_ds, 'tls', None)
+    if tls is None: raise TypeError("`dls` must be built by a DataBlock with an image block and a `MetaBlock`.")
+    found = [(i, t) for i,tl in enumerate(tls) for t in tl.tfms.fs if isinstance(t, MetaEncode)]
+    if not found: raise ValueError("`dls` has no `MetaBlock`: add `MetaBlock(cat_names=..., cont_names=...)` to the blocks.")
+    if len(found) > 1 or found[0][0] != 1 or dls.n_inp != 2:
+        raise ValueError("Expected exactly two inputs, the image block first and the `MetaBlock` second.")
+    return found[0][1]
+
+# %% ../nbs/00_data.ipynb #28415926
 class MetaDataLoaders(DataLoaders):
     "`DataLoaders` of images with metadata, built from a DataFrame."
     @classmethod
@@ -251,7 +267,7 @@ class MetaDataLoaders(DataLoaders):
                            item_tfms=item_tfms, batch_tfms=batch_tfms)
         return cls.from_dblock(dblock, df, path=path, **kwargs)
 
-# %% ../nbs/00_data.ipynb #018f4448
+# %% ../nbs/00_data.ipynb #af09c77a
 @dispatch
 def show_batch(x:tuple[TensorImage, TensorMeta], y, samples, ctxs=None, max_n=10, nrows=None, ncols=None, figsize=None, **kwargs):
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)

@@ -10,7 +10,7 @@ __all__ = ['encode_meta', 'export_torchscript', 'export_onnx']
 # %% ../nbs/06_deploy.ipynb #5971ced9
 import warnings
 from fastai.vision.all import *
-from .learner import meta_encode
+from .data import meta_encode
 
 # %% ../nbs/06_deploy.ipynb #52f8e4b0
 def encode_meta(learn, df):

@@ -9,7 +9,7 @@ __all__ = ['show_results', 'plot_top_losses']
 
 # %% ../nbs/03_interpret.ipynb #3b783242
 from fastai.vision.all import *
-from .data import TensorMeta, MetaEncode
+from .data import TensorMeta, meta_encode
 
 # %% ../nbs/03_interpret.ipynb #77a59cb0
 def _show_prediction(out, targ, ctx, **kwargs):
@@ -41,11 +41,6 @@ class _BlankImage(Callback):
     order = 100
     def before_batch(self): self.learn.xb = (torch.zeros_like(self.xb[0]),) + tuple(self.xb[1:])
 
-def _meta_columns(dls):
-    "Names of the metadata columns of `dls`."
-    enc = next(t for tl in dls.train_ds.tls for t in tl.tfms.fs if isinstance(t, MetaEncode))
-    return enc.cat_names + enc.cont_names
-
 @patch
 def meta_importance(self:Learner, dl=None, n_repeats=3, seed=0, show=True):
     "Score drop when each metadata column is shuffled, and with no metadata or no image; a DataFrame, drawn as bars."
@@ -54,7 +49,8 @@ def meta_importance(self:Learner, dl=None, n_repeats=3, seed=0, show=True):
     def score(df, cbs=None):
         with self.no_bar(), self.no_logging(): res = self.validate(dl=self.dls.test_dl(df, with_labels=True), cbs=cbs)
         return res[1] if len(res) > 1 else -res[0]
-    base, cols, rng = score(items), _meta_columns(self.dls), np.random.default_rng(seed)
+    enc = meta_encode(self.dls)
+    base, cols, rng = score(items), enc.cat_names + enc.cont_names, np.random.default_rng(seed)
     rows = []
     for c in cols:
         drops = [base - score(items.assign(**{c: rng.permutation(items[c].to_numpy())})) for _ in range(n_repeats)]
