@@ -9,6 +9,7 @@ __all__ = ['run_demo', 'train_csv', 'main']
 
 # %% ../nbs/04_cli.ipynb #6c3e0fbe
 import argparse, json, tempfile, time, warnings
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)   # fastai.layers, at import
 from fastai.vision.all import *
 from .data import MetaDataLoaders
 from .learner import meta_cnn_learner

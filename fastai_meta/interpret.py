@@ -21,6 +21,7 @@ def _show_prediction(out, targ, ctx, **kwargs):
 
 @dispatch
 def show_results(x:tuple[TensorImage, TensorMeta], y, samples, outs, ctxs=None, max_n=10, nrows=None, ncols=None, figsize=None, **kwargs):
+    "Show `samples` with their metadata, each target with the model's prediction (green when right, red when wrong; points as a lime x)."
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
     for i in range(len(samples[0])):
         ctxs = [b.show(ctx=c, **kwargs) for b,c,_ in zip(samples.itemgot(i), ctxs, range(max_n))]
@@ -29,6 +30,7 @@ def show_results(x:tuple[TensorImage, TensorMeta], y, samples, outs, ctxs=None, 
 # %% ../nbs/03_interpret.ipynb #a9efc874
 @dispatch
 def plot_top_losses(x:tuple[TensorImage, TensorMeta], y, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
+    "Plot the top-loss `samples` with their metadata, titled prediction / actual / loss / probability."
     axs = get_grid(len(samples), nrows=nrows, ncols=ncols, figsize=figsize, title='Prediction/Actual/Loss/Probability')
     for ax,s,o,r,l in zip(axs, samples, outs, raws, losses):
         s[0].show(ctx=ax, **kwargs)

@@ -6,7 +6,6 @@ import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
 
-warnings.filterwarnings('ignore', category=FutureWarning)
 COLS = dict(meta=(['site'], ['age', 'noise']), xor=(['flag'], ['noise']), points=(['quadrant'], ['dx', 'dy', 'noise']))
 
 @pytest.fixture(scope='session')

@@ -1,0 +1,146 @@
+"""Throughput: does the metadata cost anything, and how much faster is the image cache?
+
+One run measures, on the same images and settings, side by side:
+- the DataLoader alone (every batch through `after_batch`, on the device), without and with metadata,
+  and with the metadata plus the image cache (`ImageCache`, each image decoded once);
+- training end to end (one timed epoch after a warm one): `vision_learner`, `meta_cnn_learner` with
+  each fusion, and `'concat'` with the image cache;
+- building DataLoaders for 1,000,000 rows of synthetic metadata (no images read).
+Every number is also given as a ratio to the same run's `vision_learner` (or DataLoader without
+metadata), so runs on different machines compare by ratio. Images: HAM10000 from ../shared when it is
+there, else synthetic. From-scratch weights; fp16 + channels_last on a GPU.
+
+Run: .venv/bin/python bench/throughput.py              (CPU: a small size, minutes)
+     python bench/throughput.py --n 0 --size 128 --bs 512 --workers 16      (a GPU, all images)
+Writes bench/results/throughput-<cpu|gpu>.json and .md.
+"""
+import argparse, json, platform, tempfile, time, warnings
+from pathlib import Path
+warnings.filterwarnings('ignore')
+import numpy as np, pandas as pd
+from fastai.vision.all import *
+from fastai_meta.all import *
+from fastai_meta.fusion import fusions
+
+OUT = Path(__file__).parent/'results'
+HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
+
+def images(n, size, seed=0):
+    "(df, common from_df kwargs, metadata kwargs): HAM10000 if present, else a synthetic set."
+    if (HAM/'metadata.csv').exists():
+        df = pd.read_csv(HAM/'metadata.csv').replace('unknown', np.nan)
+        if n: df = df.sample(n, random_state=seed).reset_index(drop=True)
+        return df, dict(path=HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx'), \
+               dict(cat_names=['sex', 'localization'], cont_names=['age']), 'HAM10000'
+    path = Path(tempfile.mkdtemp())
+    df = make_synthetic(path, n=n or 2000, task='meta', size=max(size, 64), seed=seed)
+    return df, dict(path=path, folder='images', fn_col='fname', label_col='label'), \
+           dict(cat_names=['site'], cont_names=['age', 'noise']), 'synthetic'
+
+class TrainTimer(Callback):
+    "Seconds and items of each training phase (validation left out)."
+    order = 100
+    def before_fit(self): self.times = []
+    def before_train(self): self.n, self.start = 0, None
+    def before_batch(self):
+        if self.start is None:
+            if torch.cuda.is_available(): torch.cuda.synchronize()
+            self.start = time.perf_counter()
+    def after_batch(self):
+        if self.training: self.n += find_bs(self.yb)
+    def after_train(self):
+        if torch.cuda.is_available(): torch.cuda.synchronize()
+        self.times.append((time.perf_counter() - self.start, self.n))
+
+def dl_rate(dl, epochs=2):
+    "Items per second of iterating `dl`, best of `epochs` epochs (the first warms caches and workers)."
+    best = 0
+    for _ in range(epochs):
+        start, n = time.perf_counter(), 0
+        for b in dl: n += len(b[0])
+        if torch.cuda.is_available(): torch.cuda.synchronize()
+        best = max(best, n / (time.perf_counter() - start))
+    return best
+
+def fit_rate(learn, a):
+    "Training items per second: one warm epoch, then `a.epochs` timed ones (best)."
+    if a.gpu: learn.to_fp16(); learn.model.to(memory_format=torch.channels_last)
+    timer = TrainTimer()
+    with learn.no_bar(), learn.no_logging(): learn.fit(1 + a.epochs, 1e-3, cbs=timer)
+    return max(n / t for t,n in timer.times[1:])
+
+def build_million(n=1_000_000, seed=0):
+    """Seconds to build DataLoaders (MetaBlock + CategoryBlock, random split) for `n` rows of synthetic metadata.
+
+    The label vocabulary is given (`CategoryBlock(vocab=...)`): without it fastai's `Categorize` reads the
+    label of every training row one pandas row at a time, which alone takes ~20 s for a million rows."""
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(0, 90, n); age[rng.random(n) < 0.05] = np.nan
+    df = pd.DataFrame({'sex': rng.choice(['male', 'female', None], n), 'site': rng.choice([f's{i}' for i in range(15)], n),
+                       'smoker': rng.choice([True, False, None], n), 'age': age, 'bmi': rng.normal(25, 4, n),
+                       'label': rng.choice(list('abcdefg'), n)})
+    dblock = DataBlock(blocks=(MetaBlock(cat_names=['sex', 'site', 'smoker'], cont_names=['age', 'bmi']), CategoryBlock(vocab=list('abcdefg'))),
+                       get_x=noop, get_y=ColReader('label'), splitter=RandomSplitter(seed=seed))
+    start = time.perf_counter()
+    dls = dblock.dataloaders(df, bs=1024, num_workers=0)
+    secs = time.perf_counter() - start
+    assert len(dls.train_ds) + len(dls.valid_ds) == n
+    return secs
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--n', type=int, default=1024, help='images (0: all)'); p.add_argument('--size', type=int, default=64)
+    p.add_argument('--bs', type=int, default=64); p.add_argument('--workers', type=int, default=0)
+    p.add_argument('--arch', default='resnet18'); p.add_argument('--epochs', type=int, default=1)
+    p.add_argument('--from-json', help='only rewrite the table from this json')
+    a = p.parse_args()
+    if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
+    a.gpu = torch.cuda.is_available()
+    device = 'gpu' if a.gpu else 'cpu'
+    arch = getattr(__import__('torchvision.models', fromlist=[a.arch]), a.arch)
+    df, common, meta_kw, source = images(a.n, a.size)
+    common.update(bs=a.bs, num_workers=a.workers, valid_pct=0.1, seed=0, batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
+    res = dict(device=torch.cuda.get_device_name() if a.gpu else f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)',
+               torch=torch.__version__, data=source, n_images=len(df), size=a.size, bs=a.bs, workers=a.workers, arch=a.arch,
+               precision='fp16 + channels_last' if a.gpu else 'fp32')
+    def say(k, v): res[k] = v; print(f'{k}: {v:.4g}' if isinstance(v, float) else f'{k}: {v}', flush=True)
+
+    plain = ImageDataLoaders.from_df(df, item_tfms=Resize(a.size), **common)
+    meta = MetaDataLoaders.from_df(df, item_tfms=Resize(a.size), **common, **meta_kw)
+    start = time.perf_counter()
+    cache = ImageCache(a.size, n_workers=max(a.workers, defaults.cpus))
+    cached = MetaDataLoaders.from_df(df, cache=cache, **common, **meta_kw)
+    say('cache_build_s', time.perf_counter() - start); say('cache_mib', cache.nbytes / 2**20)
+    say('dl_no_meta', dl_rate(plain.train)); say('dl_meta', dl_rate(meta.train)); say('dl_meta_cached', dl_rate(cached.train))
+    set_seed(0)
+    say('vision_learner', fit_rate(vision_learner(plain, arch, pretrained=False), a))
+    for f in fusions:
+        set_seed(0)
+        say(f, fit_rate(meta_cnn_learner(meta, arch, fusion=f, pretrained=False), a))
+    set_seed(0)
+    say('concat_cached', fit_rate(meta_cnn_learner(cached, arch, pretrained=False), a))
+    say('build_1m_rows_s', build_million())
+    OUT.mkdir(exist_ok=True)
+    (OUT/f'throughput-{device}.json').write_text(json.dumps(res, indent=2))
+    write_md(res, device)
+
+def write_md(res, device=None):
+    "The results of `res` as a table, ratios to the same run's baselines."
+    device = device or ('cpu' if res['device'].startswith('CPU') else 'gpu')
+    base, dl0 = res['vision_learner'], res['dl_no_meta']
+    md = [f"{res['data']}, {res['n_images']} images at {res['size']} px, batch {res['bs']}, {res['workers']} DataLoader workers, "
+          f"{res['arch']} from scratch, {res['precision']}, on {res['device']}, torch {res['torch']}. Training: one timed epoch after a warm one.", '',
+          '| what | images/s | ratio |', '|---|---:|---:|',
+          f"| DataLoader alone, no metadata (`ImageDataLoaders`) | {dl0:,.0f} | 1.00 |",
+          f"| DataLoader alone, with metadata (`MetaDataLoaders`) | {res['dl_meta']:,.0f} | {res['dl_meta']/dl0:.2f} |",
+          f"| DataLoader alone, metadata + `ImageCache` | {res['dl_meta_cached']:,.0f} | {res['dl_meta_cached']/dl0:.2f} |",
+          f"| training, `vision_learner` | {base:,.0f} | 1.00 |"]
+    md += [f"| training, `meta_cnn_learner`, `'{f}'` | {res[f]:,.0f} | {res[f]/base:.2f} |" for f in fusions]
+    md += [f"| training, `'concat'` + `ImageCache` | {res['concat_cached']:,.0f} | {res['concat_cached']/base:.2f} |", '',
+           f"Time of each fusion relative to `'concat'`: " + ', '.join(f"{f} {res['concat']/res[f]:.2f}x" for f in fusions) + '.',
+           f"The cache took {res['cache_build_s']:.1f} s to fill ({res['cache_mib']:.0f} MiB of uint8 images). "
+           f"DataLoaders for 1,000,000 rows of metadata (no images, label vocabulary given): built in {res['build_1m_rows_s']:.1f} s."]
+    (OUT/f'throughput-{device}.md').write_text('\n'.join(md) + '\n')
+    print('\n'.join(md))
+
+if __name__ == '__main__': main()

@@ -1,0 +1,126 @@
+"""Build the documentation site in `_site/` from the notebooks, offline, without quarto.
+
+1. nbdev processes the notebooks (`proc_nbs`, into `_proc/`): `show_doc` cells are executed and
+   rendered, `#| hide` cells dropped, backticked names linked to their docs (ours and fastai's).
+2. This script turns each processed notebook into a MyST-NB source page: quarto front matter
+   becomes the page title, quarto cell options (`echo`, `output`, `include`) become MyST-NB tags,
+   `show_doc` output becomes a real section (so it gets an anchor and a place in the page's table
+   of contents), and links to this project's own site become relative links.
+3. Sphinx (MyST-NB, the Furo theme) renders the pages. Notebooks are rendered with the outputs
+   they were saved with: nothing is executed here, so the site builds without data or a GPU
+   (refresh the outputs with `make nb-outputs`).
+
+Run: `make docs`, or `python docs/build.py [--out _site]`.
+"""
+import argparse, json, re, shutil, subprocess, sys
+from pathlib import Path
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE_URL = 'https://fastai-meta.github.io/fastai_meta/'
+NAV = {'Tutorials': 'tutorials/', 'Reference': ''}   # sidebar sections, by folder of the page
+_re_opt = re.compile(r'^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
+
+def cell_options(src):
+    "Quarto/nbdev `#| key: value` options at the top of a code cell, and the source without them."
+    lines, opts = src.splitlines(), {}
+    while lines and (m := _re_opt.match(lines[0])):
+        opts[m.group(1)] = m.group(2).strip().lower() or 'true'
+        lines = lines[1:]
+    return opts, '\n'.join(lines)
+
+def _text(x): return ''.join(x) if isinstance(x, list) else (x or '')
+
+def show_doc_markdown(md):
+    "`show_doc`'s markdown with an HTML anchor named as nbdev's index names it (`metaencoding.fit`)."
+    m = re.search(r'^#+\s+(\S+)', md, re.MULTILINE)
+    return (f'<a id="{m.group(1).lower()}"></a>\n\n' if m else '') + md.replace('\n---\n', '\n', 1).lstrip('-\n')
+
+_re_attrs = re.compile(r'(\]\([^)\s]+\))\{[^}]*\}')   # quarto's `[text](url){target="_blank" ...}`
+
+_re_api_heading = re.compile(r'^(#{2,4}) `?([A-Za-z_][\w.]*)`?\s*$', re.MULTILINE)   # `### show_batch`: an API entry written by hand
+
+def relink(src, depth):
+    "Links to this project's site made relative to a page `depth` folders below the site root; quarto link attributes dropped."
+    return _re_attrs.sub(r'\1', src.replace(SITE_URL, '../'*depth))
+
+def convert(nb, depth):
+    "A processed notebook as a MyST-NB page: title from the front matter, quarto options as tags."
+    cells, fm = [], {}
+    for cell in nb['cells']:
+        src = _text(cell['source'])
+        if cell['cell_type'] == 'raw' and src.startswith('---'):
+            fm = yaml.safe_load(src.strip().strip('-')) or {}
+            head = f"# {fm.get('title', '')}\n\n" + (f"> {fm['description']}\n" if fm.get('description') else '')
+            cells.append(dict(cell_type='markdown', metadata={}, source=relink(head, depth)))
+            continue
+        if cell['cell_type'] == 'markdown':
+            if src.startswith('<!-- WARNING'): continue
+            src = _re_api_heading.sub(lambda m: f'<a id="{m.group(2).lower()}"></a>\n\n{m.group(0)}', src)
+            cells.append(dict(cell_type='markdown', metadata={}, source=relink(src, depth)))
+            continue
+        if cell['cell_type'] != 'code': continue
+        opts, src = cell_options(src)
+        if opts.get('include') == 'false': continue
+        outs = cell.get('outputs', [])
+        mds = [_text(o.get('data', {}).get('text/markdown')) for o in outs if 'text/markdown' in o.get('data', {})]
+        if opts.get('echo') == 'false' and opts.get('output') == 'asis' and mds:   # show_doc and tables: real markdown
+            cells.append(dict(cell_type='markdown', metadata={}, source=relink('\n\n'.join(show_doc_markdown(m) for m in mds), depth)))
+            continue
+        tags = (['remove-input'] if opts.get('echo') == 'false' else []) + (['remove-output'] if opts.get('output') == 'false' else [])
+        if not src.strip() and not outs: continue
+        for o in outs:
+            if 'text/markdown' in o.get('data', {}): o['data']['text/markdown'] = relink(_text(o['data']['text/markdown']), depth)
+        cells.append(dict(cell_type='code', metadata={'tags': tags} if tags else {}, source=src, outputs=outs, execution_count=None))
+    for i,c in enumerate(cells): c['id'] = f'c{i}'
+    nb = dict(nb, cells=cells, nbformat=4, nbformat_minor=5)
+    nb['metadata'] = {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'},
+                      'language_info': {'name': 'python'}}
+    return nb, fm
+
+def toctree(caption, pages):
+    return f"```{{toctree}}\n:caption: {caption}\n:hidden:\n\n" + '\n'.join(pages) + '\n```\n'
+
+def build_sources(proc, src):
+    "Write the Sphinx source folder `src` from nbdev's `proc` folder; return the pages by section."
+    if src.exists(): shutil.rmtree(src)
+    src.mkdir(parents=True)
+    pages = {k: [] for k in NAV}
+    for fn in sorted(proc.rglob('*.ipynb')):
+        nb = json.loads(fn.read_text())
+        rel = fn.relative_to(proc)
+        fm = yaml.safe_load(_text(nb['cells'][0]['source']).strip().strip('-')) if nb['cells'] and nb['cells'][0]['cell_type'] == 'raw' else {}
+        name = Path(fm.get('output-file', rel.with_suffix('.html').name)).with_suffix('')
+        out = rel.parent/name
+        page, _ = convert(nb, len(out.parts) - 1)
+        (src/out).parent.mkdir(parents=True, exist_ok=True)
+        (src/out).with_suffix('.ipynb').write_text(json.dumps(page))
+        if str(out) != 'index':
+            section = 'Tutorials' if out.parts[0] == 'tutorials' else 'Reference'
+            pages[section].append(str(out))
+    for md in (ROOT/'nbs').glob('*.md'): shutil.copy(md, src/md.name)
+    index = src/'index.ipynb'
+    nb = json.loads(index.read_text())
+    nav = [toctree(k, v) for k,v in pages.items() if v] + [toctree('Project', [p.stem for p in sorted((ROOT/'nbs').glob('*.md'))])]
+    nb['cells'].append(dict(cell_type='markdown', metadata={}, source='\n'.join(nav)))
+    index.write_text(json.dumps(nb))
+    return pages
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--out', default=str(ROOT/'_site'), help='where the HTML site goes')
+    p.add_argument('--skip-proc', action='store_true', help="reuse `_proc/` from an earlier run")
+    a = p.parse_args(argv)
+    if not a.skip_proc:
+        from nbdev.serve import proc_nbs
+        proc_nbs(path=str(ROOT/'nbs'), n_workers=2)
+    src = ROOT/'_docs'/'src'
+    build_sources(ROOT/'_proc', src)
+    out = Path(a.out)
+    if out.exists(): shutil.rmtree(out)
+    cmd = [sys.executable, '-m', 'sphinx', '-q', '-b', 'html', '-c', str(ROOT/'docs'), '-j', '2', str(src), str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    (out/'.nojekyll').touch()
+    print(f'Site written to {out}/index.html')
+
+if __name__ == '__main__': main()

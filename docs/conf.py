@@ -1,0 +1,20 @@
+"Sphinx configuration of the docs site; the pages come from `docs/build.py` (run `make docs`)."
+import fastai_meta
+
+project = 'fastai_meta'
+author = 'fastai_meta developers'
+release = version = fastai_meta.__version__
+extensions = ['myst_nb', 'sphinx-mathjax-offline']   # MathJax served from the site itself: it renders offline
+nb_execution_mode = 'off'                  # notebooks are rendered with their saved outputs
+nb_render_markdown_format = 'myst'
+myst_enable_extensions = ['dollarmath', 'html_image']
+myst_all_links_external = True             # links are already site-relative (docs/build.py)
+myst_heading_anchors = 3
+html_theme = 'furo'
+html_title = f'fastai_meta {version}'
+html_static_path = ['_static']
+html_favicon = '_static/favicon.svg'
+html_show_sourcelink = False
+html_copy_source = False
+exclude_patterns = ['**/.ipynb_checkpoints']
+suppress_warnings = ['myst.header', 'mystnb.unknown_mime_type', 'misc.highlighting_failure']

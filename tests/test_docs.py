@@ -1,0 +1,101 @@
+"The docs site: built from the notebooks by `make docs`'s script, then opened in headless Chromium."
+import functools, http.server, importlib, os, re, shutil, subprocess, sys, threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse, unquote
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ['data', 'model', 'fusion', 'losses', 'learner', 'interpret', 'cli', 'synth', 'deploy']
+TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating']
+CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync', '--no-first-run', '--disable-quic']
+
+def _browser_or_skip():
+    "Path of a Chromium and playwright's API, or skip (fail where FASTAI_META_REQUIRE_BROWSER is set, as in CI)."
+    exe = shutil.which('chromium') or shutil.which('chromium-browser')
+    try: from playwright.sync_api import sync_playwright
+    except ImportError: sync_playwright = None
+    why = 'no Chromium installed (Debian: apt-get install chromium)' if not exe else 'playwright is not installed' if not sync_playwright else None
+    if why:
+        if os.environ.get('FASTAI_META_REQUIRE_BROWSER'): pytest.fail(f'the docs browser test must run here, but {why}')
+        pytest.skip(why)
+    return exe, sync_playwright
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    "Build the site once into a temporary folder and serve it on localhost: (folder, base URL)."
+    exe, sync_playwright = _browser_or_skip()
+    out = tmp_path_factory.mktemp('site')
+    res = subprocess.run([sys.executable, str(ROOT/'docs'/'build.py'), '--out', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    handler = functools.partial(_QuietHandler, directory=str(out))
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield out, f'http://127.0.0.1:{srv.server_port}/', browser
+        browser.close()
+    srv.shutdown()
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args): pass
+
+def _open(browser, url):
+    "Load `url`; return the page and the console errors and uncaught exceptions it raised."
+    page, errors = browser.new_page(), []
+    page.on('console', lambda m: errors.append(m.text) if m.type == 'error' else None)
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    page.on('requestfailed', lambda r: errors.append(f'request failed: {r.url}'))
+    resp = page.goto(url, wait_until='networkidle')
+    assert resp.ok, f'{url}: HTTP {resp.status}'
+    return page, errors
+
+def test_pages_load_without_console_errors_and_links_resolve(site):
+    out, base, browser = site
+    pages = ['index.html', *[f'{m}.html' for m in MODULES], *[f'tutorials/{t}.html' for t in TUTORIALS], 'contributing.html']
+    for p in pages: assert (out/p).exists(), f'{p} was not built'
+    broken = []
+    for p in pages:
+        page, errors = _open(browser, base + p)
+        assert not errors, f'{p}: console errors {errors}'
+        nav = page.eval_on_selector_all('.sidebar-tree a', 'els => els.map(e => e.getAttribute("href"))')
+        assert len(nav) >= len(pages) - 1, f'{p}: the sidebar lists {len(nav)} pages'
+        for href in page.eval_on_selector_all('a[href]', 'els => els.map(e => e.href)'):
+            u = urlparse(href)
+            if not href.startswith(base): continue                       # external: docs.fast.ai, GitHub
+            target = out/unquote(u.path[1:] or 'index.html')
+            if target.is_dir(): target = target/'index.html'
+            if not target.exists(): broken.append(f'{p} -> {href}'); continue
+            if u.fragment and target.suffix == '.html' and f'id="{u.fragment}"' not in target.read_text():
+                broken.append(f'{p} -> {href} (no such anchor)')
+        page.close()
+    assert not broken, '\n'.join(sorted(set(broken)))
+
+def test_every_public_symbol_has_its_entry(site):
+    out, base, browser = site
+    missing = []
+    for m in MODULES:
+        html = (out/f'{m}.html').read_text()
+        for name in importlib.import_module(f'fastai_meta.{m}').__all__:
+            if f'id="{name.lower()}"' not in html: missing.append(f'{m}.{name}')
+    assert not missing, f'no show_doc entry on the module page for: {missing}'
+
+def test_links_to_fastai_docs(site):
+    out, *_ = site
+    assert 'https://docs.fast.ai/' in (out/'data.html').read_text()
+
+def test_search_finds_meta_cnn_learner(site):
+    out, base, browser = site
+    page, errors = _open(browser, base + 'search.html?q=meta_cnn_learner')
+    page.wait_for_selector('#search-results li a', timeout=15000)
+    hits = page.eval_on_selector_all('#search-results li a', 'els => els.map(e => e.getAttribute("href"))')
+    assert any(h.startswith('learner.html') for h in hits), hits
+    assert not errors, errors
+
+def test_tutorials_show_images(site):
+    out, base, browser = site
+    for t in ['keypoints', 'choosing_a_fusion']:
+        page, errors = _open(browser, base + f'tutorials/{t}.html')
+        sizes = page.eval_on_selector_all('img', 'els => els.map(e => [e.naturalWidth, e.naturalHeight])')
+        assert any(w > 100 and h > 100 for w,h in sizes), f'{t}: no image rendered ({sizes})'
+        page.close()

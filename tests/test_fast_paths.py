@@ -1,0 +1,66 @@
+"Metadata encoded once per frame, and the image cache: same batches as the default path, and nothing else changes."
+import pickle
+import numpy as np, pandas as pd, pytest
+from fastai.vision.all import *
+from fastai_meta.all import *
+from fastai_meta.data import EncodedRows
+from conftest import meta_dls
+
+def _valid_batch(dls): return dls.valid.new(shuffle=False, drop_last=False).one_batch()
+
+def test_metadata_is_encoded_once_per_frame(synth):
+    path, df = synth('meta')
+    dls = meta_dls(path, df, 'meta')
+    for ds in (dls.train_ds, dls.valid_ds):
+        assert isinstance(ds.tls[1].items, EncodedRows)       # the metadata block fetches by index...
+        assert isinstance(ds.items, pd.DataFrame)              # ...and the dataset still shows its DataFrame
+    enc = meta_encode(dls).encoding
+    valid = df.iloc[dls.splits[1]]
+    _, meta, _ = _valid_batch(dls)
+    test_eq(meta, torch.as_tensor(enc.encode_df(valid.iloc[:len(meta)])))
+    rows = valid.iloc[:8]                                      # a frame, and the same rows one by one, agree
+    test_eq(dls.test_dl(rows).one_batch()[1], dls.test_dl([r for _,r in rows.iterrows()]).one_batch()[1])
+    assert isinstance(dls.test_dl(rows).dataset.tls[1].items, EncodedRows)
+
+def test_custom_metadata_getter_keeps_the_row_path(synth):
+    "A getter that is not `noop` sees real rows: no pre-encoding is forced on it."
+    path, df = synth('meta', n=64)
+    dblock = DataBlock(blocks=(ImageBlock, MetaBlock(cat_names=['site'], cont_names=['age']), CategoryBlock),
+                       get_x=[ColReader('fname', pref=path/'images'), lambda r: r[['site', 'age']]], get_y=ColReader('label'),
+                       splitter=RandomSplitter(seed=0), item_tfms=Resize(32))
+    dls = dblock.dataloaders(df, bs=8, num_workers=0)
+    assert isinstance(dls.valid_ds.tls[1].items, pd.DataFrame)
+    test_eq(dls.valid.one_batch()[1].shape, (8, 3))           # site, age_na, age
+
+@pytest.mark.parametrize('mapped', [False, True], ids=['memory', 'memmap'])
+def test_image_cache_gives_the_default_batches(synth, tmp_path, mapped):
+    path, df = synth('meta', n=96, size=48)
+    kw = dict(path=path, folder='images', fn_col='fname', label_col='label', cat_names=['site'], cont_names=['age', 'noise'],
+              seed=0, bs=16, num_workers=0)
+    plain = MetaDataLoaders.from_df(df, item_tfms=Resize(32), **kw)
+    cache = ImageCache(32, path=tmp_path/'cache' if mapped else None)
+    fast = MetaDataLoaders.from_df(df, cache=cache, **kw)
+    test_eq(len(cache), len(df))                               # every image decoded once, when the DataLoaders were made
+    if mapped: assert list((tmp_path/'cache').glob('*.npy'))
+    for a,b in zip(_valid_batch(plain), _valid_batch(fast)): test_eq(a, b)   # images, metadata and labels per item
+    xb, mb, yb = fast.one_batch()
+    test_eq(xb.shape, (16, 3, 32, 32)); assert xb.dtype == torch.float32
+    assert len(pickle.dumps(fast.new_empty())) < 50_000             # an export carries no images
+    fast.show_batch(max_n=2); plt.close('all')
+
+def test_cached_learner_predicts_after_export(synth, tmp_path):
+    path, df = synth('meta', n=64)
+    dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', cat_names=['site'], cont_names=['age'],
+                                  seed=0, bs=16, num_workers=0, cache=ImageCache(32))
+    learn = meta_cnn_learner(dls, resnet18, pretrained=False)
+    with learn.no_bar():
+        pred = learn.predict(df.iloc[0])
+        learn.export(tmp_path/'m.pkl')
+        loaded = load_learner(tmp_path/'m.pkl')
+        test_close(loaded.predict(df.iloc[0])[2], pred[2])      # a cache miss decodes and resizes the same way
+
+def test_cache_refuses_points(synth):
+    path, df = synth('points', n=32)
+    with pytest.raises(ValueError, match='points'):
+        MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='x', y_block=PointBlock, cat_names=['quadrant'],
+                                cache=ImageCache(32), num_workers=0)
