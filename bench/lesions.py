@@ -9,8 +9,8 @@ one-vs-rest ROC AUC on the held-out fold, reported as mean ± std over folds.
 `--per-class N` caps each diagnosis at N images (0: all 10,015); the CPU default is a small balanced
 run that fits CI's 2-core machine, the GPU run (`--per-class 0 --size 128 --epochs 12`) uses everything.
 
-Run: .venv/bin/python bench/ham10000.py [--folds 3] [--per-class 150] [--size 64] [--epochs 4]
-Writes bench/results/ham10000-<cpu|gpu>.json and .md.
+Run: .venv/bin/python bench/lesions.py [--folds 3] [--per-class 150] [--size 64] [--epochs 4]
+Writes bench/results/lesions-<cpu|gpu>.json and .md.
 """
 import argparse, json, time, warnings
 from pathlib import Path
@@ -79,7 +79,7 @@ def main():
     res = dict({k:v for k,v in vars(a).items() if k != 'arch'}, n_images=len(df), rows=rows,
                torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
-    (OUT/f'ham10000-{a.device}.json').write_text(json.dumps(res, indent=2))
+    (OUT/f'lesions-{a.device}.json').write_text(json.dumps(res, indent=2))
     write_md(res)
 
 def summary(res):
@@ -98,7 +98,7 @@ def write_md(res):
     for m,r in s.iterrows():
         md.append(f"| {m} | {r[('balanced_accuracy','mean')]:.3f} ± {r[('balanced_accuracy','std')]:.3f} | "
                   f"{r[('macro_auc','mean')]:.3f} ± {r[('macro_auc','std')]:.3f} |")
-    (OUT/f"ham10000-{res['device']}.md").write_text('\n'.join(md) + '\n')
+    (OUT/f"lesions-{res['device']}.md").write_text('\n'.join(md) + '\n')
     print('\n'.join(md))
 
 if __name__ == '__main__': main()
