@@ -3,7 +3,8 @@
 One run measures, on the same images and settings, side by side:
 - the DataLoader alone (every batch through `after_batch`, on the device), without and with metadata,
   and with the metadata plus the image cache (`ImageCache`, each image decoded once);
-- training end to end (one timed epoch after a warm one): `vision_learner`, `meta_cnn_learner` with
+- training end to end (a warm epoch, then the best of `--epochs` timed ones; learners and DataLoaders are
+  timed in turn, round by round, so a machine's drift does not favour one): `vision_learner`, `meta_cnn_learner` with
   each fusion, and `'concat'` with the image cache;
 - building DataLoaders for 1,000,000 rows of synthetic metadata (no images read).
 Every number is also given as a ratio to the same run's `vision_learner` (or DataLoader without
@@ -40,7 +41,9 @@ def images(n, size, seed=0):
 class TrainTimer(Callback):
     "Seconds and items of each training phase (validation left out)."
     order = 100
-    def before_fit(self): self.times = []
+    times = None
+    def before_fit(self):
+        if self.times is None: self.times = []
     def before_train(self): self.n, self.start = 0, None
     def before_batch(self):
         if self.start is None:
@@ -52,22 +55,32 @@ class TrainTimer(Callback):
         if torch.cuda.is_available(): torch.cuda.synchronize()
         self.times.append((time.perf_counter() - self.start, self.n))
 
-def dl_rate(dl, epochs=2):
-    "Items per second of iterating `dl`, best of `epochs` epochs (the first warms caches and workers)."
-    best = 0
-    for _ in range(epochs):
-        start, n = time.perf_counter(), 0
-        for b in dl: n += len(b[0])
-        if torch.cuda.is_available(): torch.cuda.synchronize()
-        best = max(best, n / (time.perf_counter() - start))
-    return best
+def _epoch_rate(dl):
+    "Items per second of one pass over `dl`."
+    start, n = time.perf_counter(), 0
+    for b in dl: n += len(b[0])
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
 
-def fit_rate(learn, a):
-    "Training items per second: one warm epoch, then `a.epochs` timed ones (best)."
-    if a.gpu: learn.to_fp16(); learn.model.to(memory_format=torch.channels_last)
-    timer = TrainTimer()
-    with learn.no_bar(), learn.no_logging(): learn.fit(1 + a.epochs, 1e-3, cbs=timer)
-    return max(n / t for t,n in timer.times[1:])
+def dl_rates(dls, rounds=3):
+    "Items per second of iterating each of `dls` (a dict), best of `rounds` passes taken in turn (after a warm one), so drift hits all alike."
+    for dl in dls.values(): _epoch_rate(dl)
+    rates = {k: [] for k in dls}
+    for _ in range(rounds):
+        for k,dl in dls.items(): rates[k].append(_epoch_rate(dl))
+    return {k: max(v) for k,v in rates.items()}
+
+def fit_rates(learners, a):
+    "Training items per second of each of `learners` (a dict): one warm epoch each, then `a.epochs` timed epochs each, taken in turn (best)."
+    timers = {}
+    for k,learn in learners.items():
+        if a.gpu: learn.to_fp16(); learn.model.to(memory_format=torch.channels_last)
+        timers[k] = TrainTimer()
+        learn.add_cb(timers[k])
+    for r in range(1 + a.epochs):
+        for k,learn in learners.items():
+            with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    return {k: max(n / t for t,n in timer.times[1:]) for k,timer in ((k, timers[k]) for k in learners)}
 
 def build_million(n=1_000_000, seed=0):
     """Seconds to build DataLoaders (MetaBlock + CategoryBlock, random split) for `n` rows of synthetic metadata.
@@ -91,7 +104,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument('--n', type=int, default=1024, help='images (0: all)'); p.add_argument('--size', type=int, default=64)
     p.add_argument('--bs', type=int, default=64); p.add_argument('--workers', type=int, default=0)
-    p.add_argument('--arch', default='resnet18'); p.add_argument('--epochs', type=int, default=1)
+    p.add_argument('--arch', default='resnet18'); p.add_argument('--epochs', type=int, default=3, help='timed epochs per learner, best kept')
     p.add_argument('--from-json', help='only rewrite the table from this json')
     a = p.parse_args()
     if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
@@ -102,7 +115,7 @@ def main():
     common.update(bs=a.bs, num_workers=a.workers, valid_pct=0.1, seed=0, batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
     res = dict(device=torch.cuda.get_device_name() if a.gpu else f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)',
                torch=torch.__version__, data=source, n_images=len(df), size=a.size, bs=a.bs, workers=a.workers, arch=a.arch,
-               precision='fp16 + channels_last' if a.gpu else 'fp32')
+               precision='fp16 + channels_last' if a.gpu else 'fp32', epochs=a.epochs)
     def say(k, v): res[k] = v; print(f'{k}: {v:.4g}' if isinstance(v, float) else f'{k}: {v}', flush=True)
 
     plain = ImageDataLoaders.from_df(df, item_tfms=Resize(a.size), **common)
@@ -111,14 +124,14 @@ def main():
     cache = ImageCache(a.size, n_workers=max(a.workers, defaults.cpus))
     cached = MetaDataLoaders.from_df(df, cache=cache, **common, **meta_kw)
     say('cache_build_s', time.perf_counter() - start); say('cache_mib', cache.nbytes / 2**20)
-    say('dl_no_meta', dl_rate(plain.train)); say('dl_meta', dl_rate(meta.train)); say('dl_meta_cached', dl_rate(cached.train))
-    set_seed(0)
-    say('vision_learner', fit_rate(vision_learner(plain, arch, pretrained=False), a))
-    for f in fusions:
+    for k,v in dl_rates(dict(dl_no_meta=plain.train, dl_meta=meta.train, dl_meta_cached=cached.train)).items(): say(k, v)
+    learners = {}
+    for k in ['vision_learner', *fusions, 'concat_cached']:
         set_seed(0)
-        say(f, fit_rate(meta_cnn_learner(meta, arch, fusion=f, pretrained=False), a))
-    set_seed(0)
-    say('concat_cached', fit_rate(meta_cnn_learner(cached, arch, pretrained=False), a))
+        learners[k] = (vision_learner(plain, arch, pretrained=False) if k == 'vision_learner' else
+                       meta_cnn_learner(cached if k == 'concat_cached' else meta, arch, fusion=k.replace('_cached', ''), pretrained=False))
+    for k,v in fit_rates(learners, a).items(): say(k, v)
+    del learners
     say('build_1m_rows_s', build_million())
     OUT.mkdir(exist_ok=True)
     (OUT/f'throughput-{device}.json').write_text(json.dumps(res, indent=2))
@@ -129,7 +142,7 @@ def write_md(res, device=None):
     device = device or ('cpu' if res['device'].startswith('CPU') else 'gpu')
     base, dl0 = res['vision_learner'], res['dl_no_meta']
     md = [f"{res['data']}, {res['n_images']} images at {res['size']} px, batch {res['bs']}, {res['workers']} DataLoader workers, "
-          f"{res['arch']} from scratch, {res['precision']}, on {res['device']}, torch {res['torch']}. Training: one timed epoch after a warm one.", '',
+          f"{res['arch']} from scratch, {res['precision']}, on {res['device']}, torch {res['torch']}. Training: best of {res.get('epochs', 1)} timed epochs per learner after a warm one, learners taken in turn.", '',
           '| what | images/s | ratio |', '|---|---:|---:|',
           f"| DataLoader alone, no metadata (`ImageDataLoaders`) | {dl0:,.0f} | 1.00 |",
           f"| DataLoader alone, with metadata (`MetaDataLoaders`) | {res['dl_meta']:,.0f} | {res['dl_meta']/dl0:.2f} |",

@@ -10,9 +10,11 @@ __all__ = ['NA', 'TensorMeta', 'MetaEncoding', 'MetaRow', 'MetaEncode', 'MetaBlo
 
 # %% ../nbs/00_data.ipynb #d30ad121
 import warnings
+from types import MethodType
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import *
+from plum import NotFoundLookupError
 
 # %% ../nbs/00_data.ipynb #2edf708b
 class TensorMeta(TensorBase):
@@ -264,6 +266,25 @@ class ImageCache:
         if at is None: return self.load(fn, img_cls)
         return TensorImage(torch.from_numpy(self.chunks[at[0]][at[1]]))
 
+    def locate(self, fns):
+        "(chunk, position) of each image of `fns` in the cache, as an int array, or `None` if one is not there."
+        at = [self.index.get(str(fn)) for fn in fns]
+        return None if any(o is None for o in at) else np.array(at, dtype=np.int64).reshape(-1, 2)
+
+    def holds(self, locs):
+        "Whether the images at `locs` are in this process's cache (a copy made by pickling holds none)."
+        return len(locs) > 0 and len(self.chunks) > int(locs[:, 0].max())
+
+    def gather(self, locs, idxs):
+        "The images at `locs[idxs]` as one uint8 `TensorImage` batch (B, C, H, W)."
+        at = locs[np.asarray(idxs)]
+        chunks = np.unique(at[:, 0])
+        if len(chunks) == 1: arr = self.chunks[chunks[0]][at[:, 1]]
+        else:
+            arr = np.empty((len(at), *self.chunks[chunks[0]].shape[1:]), dtype=np.uint8)
+            for k in chunks: arr[at[:, 0] == k] = self.chunks[k][at[at[:, 0] == k, 1]]
+        return TensorImage(torch.from_numpy(np.ascontiguousarray(arr)))
+
     @property
     def nbytes(self): return sum(a.nbytes for a in self.chunks)
     def __len__(self): return len(self.index)
@@ -277,9 +298,14 @@ class ReadImage(DisplayedTransform):
         self.reader, self.img_cls, self.cache = ColReader(fn_col, pref=pref, suff=suff), img_cls, cache
     def fill(self, df):
         "Put the images of the rows of `df` in the cache."
+        self.cache.fill(self._names(df), self.img_cls, rows=df.index)
+    def locate(self, df):
+        "Where the images of the rows of `df` are in the cache (see `ImageCache.locate`)."
+        return self.cache.locate(self._names(df))
+    def _names(self, df):
         r, col = self.reader, self.reader.cols[0]
         names = df.iloc[:, col] if isinstance(col, int) else df[col]
-        self.cache.fill([f'{r.pref}{o}{r.suff}' for o in names], self.img_cls, rows=df.index)
+        return [f'{r.pref}{o}{r.suff}' for o in names]
     def encodes(self, row:pd.Series):
         fn = self.reader(row)
         try: return self.img_cls.create(fn) if self.cache is None else self.cache.get(fn, self.img_cls)
@@ -320,15 +346,67 @@ def _prepare_items(dataset):
     for tl in getattr(dataset, 'tls', []):
         if not isinstance(tl.items, pd.DataFrame) or not len(tl.items): continue
         enc = _identity_upto(tl.tfms.fs, MetaEncode, tl.items.iloc[0])
-        if enc is not None and enc.encoding is not None: tl.items = EncodedRows.from_frame(tl.items, enc.encoding)
+        if enc is not None and enc.encoding is not None:
+            tl.items = EncodedRows.from_frame(tl.items, enc.encoding)
+            continue
         for f in tl.tfms.fs:
             if isinstance(f, ReadImage) and f.cache is not None: f.fill(tl.items)
+        read = _identity_upto(tl.tfms.fs, ReadImage, tl.items.iloc[0])
+        if read is not None and read.cache is not None and tl.tfms.fs[-1] is read: tl.cache_locs = read.locate(tl.items)
+
+def _gather_rows(rows, idxs): return rows.codes[idxs].as_subclass(TensorMeta)
+
+def _gatherer(tl):
+    "A function from indices to a batch of `tl`'s items where they can be gathered whole (encoded metadata, cached images), else `None`."
+    last = tl.tfms.fs[-1] if len(tl.tfms.fs) else None
+    if isinstance(tl.items, EncodedRows) and isinstance(last, MetaEncode): return partial(_gather_rows, tl.items)
+    locs = getattr(tl, 'cache_locs', None)
+    if locs is not None and isinstance(last, ReadImage) and last.cache.holds(locs): return partial(last.cache.gather, locs)
+
+def _acts_on(t, x):
+    "Whether item transform `t` could change `x`: it sees the whole tuple (`ItemTransform`), or has an `encodes` for `type(x)`."
+    if isinstance(t, ItemTransform): return True
+    f = getattr(t, 'encodes', None)
+    if f is None: return False
+    f, args = (f._f, (t, x)) if isinstance(f, MethodType) else (f, (x,))
+    try: f._resolve_method_with_cache(args); return True
+    except NotFoundLookupError: return False
+    except Exception: return True   # cannot tell: keep the element in the item
 
 class MetaDL(TfmdDL):
-    "A `TfmdDL` that encodes its frame's metadata at once when it is made (and fills the image cache, if any)."
+    "A `TfmdDL` that encodes its frame's metadata at once when it is made (and fills the image cache, if any), and gathers both per batch."
     def __init__(self, dataset=None, *args, **kwargs):
         if dataset is not None: _prepare_items(dataset)
         super().__init__(dataset, *args, **kwargs)
+
+    def _gathered(self):
+        "Gatherers of the item elements fetched per batch, by position; recomputed when the transforms change."
+        key = (os.getpid(), id(self.dataset), tuple(map(id, self.after_item.fs)), len(self.before_batch.fs), self.indexed, self.bs)
+        if getattr(self, '_gather_key', None) != key: self._gather_key, self._gather = key, self._find_gathered()
+        return self._gather
+
+    def _find_gathered(self):
+        "Elements that skip the item pipeline: gatherable, and no item transform acts on them (a `before_batch` transform keeps them all)."
+        tls = getattr(self.dataset, 'tls', None)
+        if tls is None or not self.indexed or self.prebatched or self.before_batch.fs or not len(self.dataset): return {}
+        res = {i: _gatherer(tl) for i,tl in enumerate(tls)}
+        return {i:g for i,g in res.items() if g is not None and not any(_acts_on(t, tls[i][0]) for t in self.after_item.fs)}
+
+    def create_batches(self, samps):
+        "As fastai's, but the gathered elements skip the item pipeline and join each batch with one index."
+        gather = self._gathered()
+        if not gather: yield from super().create_batches(samps); return
+        keep = [i for i in range(len(self.dataset.tls)) if i not in gather]
+        def item(s):
+            try: return self.after_item(tuple(self.dataset.tls[i][s] for i in keep)), s
+            except SkipItemException: return None
+        def batch(b):
+            items, idxs = [o[0] for o in b], [o[1] for o in b]
+            res = list(self.retain(self.create_batch(items), items)) if keep else []
+            for i in sorted(gather): res.insert(i, gather[i](idxs))
+            return tuple(res)
+        yield from map(batch, self.chunkify(o for o in map(item, samps) if o is not None))
+
 
 # %% ../nbs/00_data.ipynb #3bfbd945
 def meta_encode(dls):

@@ -32,6 +32,34 @@ def test_custom_metadata_getter_keeps_the_row_path(synth):
     assert isinstance(dls.valid_ds.tls[1].items, pd.DataFrame)
     test_eq(dls.valid.one_batch()[1].shape, (8, 3))           # site, age_na, age
 
+class _ZeroMeta(Transform):
+    "An item transform acting on the metadata (as a metadata dropout would)."
+    def encodes(self, x:TensorMeta): return x*0
+
+def test_metadata_joins_the_batch_by_index(synth):
+    "No item transform acts on the metadata: items skip it and the batch gathers it, equal to the item path."
+    path, df = synth('meta', n=96)
+    dls = meta_dls(path, df, 'meta', bs=16, item_tfms=Resize(32))
+    slow = meta_dls(path, df, 'meta', bs=16, item_tfms=[Resize(32), Transform(noop)])   # an untyped transform could act on it
+    assert list(dls.valid._gathered()) == [1] and not slow.valid._gathered()
+    fast_b, slow_b = _valid_batch(dls), _valid_batch(slow)
+    for a,b in zip(fast_b, slow_b): test_eq(a, b); test_eq(type(a), type(b))
+    test_eq(fast_b[1], torch.stack([dls.valid_ds[i][1] for i in range(16)]))
+    zeroed = meta_dls(path, df, 'meta', bs=16, item_tfms=[Resize(32), _ZeroMeta()])
+    assert not zeroed.valid._gathered() and (_valid_batch(zeroed)[1] == 0).all()   # the transform is applied, not skipped
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_shuffled_batches_keep_rows_together(synth, workers):
+    "Each item's metadata, image and label come from the same row, shuffled, in worker processes too."
+    path, df = synth('meta', n=96)
+    df = df.assign(rowid=np.arange(len(df), dtype='float64'))
+    dblock = DataBlock(blocks=(*TabularImageBlock('fname', cont_names=['rowid'], pref=path/'images'), RegressionBlock),
+                       get_y=ColReader('rowid'), splitter=RandomSplitter(seed=0), item_tfms=Resize(32))
+    dls = dblock.dataloaders(df, bs=16, num_workers=workers)
+    enc = meta_encode(dls).encoding
+    for xb, mb, yb in list(dls.train)[:2]:
+        test_close(mb[:, 1].cpu() * enc.stds[0] + enc.means[0], yb.cpu(), eps=1e-3)
+
 @pytest.mark.parametrize('mapped', [False, True], ids=['memory', 'memmap'])
 def test_image_cache_gives_the_default_batches(synth, tmp_path, mapped):
     path, df = synth('meta', n=96, size=48)
@@ -42,7 +70,11 @@ def test_image_cache_gives_the_default_batches(synth, tmp_path, mapped):
     fast = MetaDataLoaders.from_df(df, cache=cache, **kw)
     test_eq(len(cache), len(df))                               # every image decoded once, when the DataLoaders were made
     if mapped: assert list((tmp_path/'cache').glob('*.npy'))
-    for a,b in zip(_valid_batch(plain), _valid_batch(fast)): test_eq(a, b)   # images, metadata and labels per item
+    assert sorted(fast.valid._gathered()) == [0, 1]                 # images and metadata join the batch whole...
+    for a,b in zip(_valid_batch(plain), _valid_batch(fast)): test_eq(a, b)   # ...as the same images, metadata and labels
+    copy = pickle.loads(pickle.dumps(fast.valid.new(shuffle=False, drop_last=False)))   # as a spawned worker gets it: no images
+    assert list(copy._gathered()) == [1]
+    for a,b in zip(_valid_batch(plain), copy.one_batch()): test_eq(a, b)   # a miss decodes and resizes the same way
     xb, mb, yb = fast.one_batch()
     test_eq(xb.shape, (16, 3, 32, 32)); assert xb.dtype == torch.float32
     assert len(pickle.dumps(fast.new_empty())) < 50_000             # an export carries no images
