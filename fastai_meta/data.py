@@ -9,7 +9,7 @@ __all__ = ['NA', 'TensorMeta', 'MetaEncoding', 'MetaRow', 'MetaEncode', 'MetaBlo
            'TabularImageBlock', 'EncodedRows', 'MetaDL', 'meta_encode', 'MetaDataLoaders', 'show_batch']
 
 # %% ../nbs/00_data.ipynb #d30ad121
-import warnings
+import json, warnings
 from types import MethodType
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np, pandas as pd, torch
@@ -229,10 +229,36 @@ def MetaBlock(cat_names=None, cont_names=None):
 
 # %% ../nbs/00_data.ipynb #6479abd7
 class ImageCache:
-    "Images decoded once, resized to `size` as fastai's `Resize` does for validation, kept as uint8: in memory, or memory-mapped under `path`."
+    "Images decoded once, resized to `size` as fastai's `Resize` does for validation, kept as uint8: in memory, or memory-mapped under `path` (kept across runs)."
     def __init__(self, size, path=None, method=ResizeMethod.Crop, n_workers=None):
         store_attr('size,path,method'); self.n_workers = ifnone(n_workers, defaults.cpus)
-        self.resize, self.index, self.chunks = Resize(size, method=method), {}, []
+        self.resize, self.index, self.chunks, self.files = Resize(size, method=method), {}, [], []
+        if path is not None: self._open()
+
+    @property
+    def made_by(self): return dict(size=list(self.resize.size), method=str(self.resize.method), pad_mode=str(self.resize.pad_mode))
+
+    def _open(self, strict=True):
+        "Reopen, read-only, the images a previous run kept under `path` (listed in its `index.json`), if they were resized the same way."
+        f = Path(self.path)/'index.json'
+        if not f.exists(): return
+        saved = json.loads(f.read_text())
+        if saved['made_by'] != self.made_by:
+            if not strict: return
+            raise ValueError(f"{self.path} holds images cached with {saved['made_by']}, not {self.made_by}: pass another `path`, or delete that folder.")
+        try: self.chunks = [np.load(Path(self.path)/n, mmap_mode='r') for n in saved['files']]
+        except (OSError, ValueError) as e:
+            self.chunks = []
+            if strict: raise ValueError(f"The image cache in {self.path} is damaged ({e}): delete that folder.") from e
+            return
+        self.files, self.index = list(saved['files']), {fn: tuple(at) for fn,at in saved['index'].items()}
+
+    def _save(self):
+        "Write `index.json` beside the memory-mapped images (atomically: readers see the old or the new one)."
+        f = Path(self.path)/'index.json'
+        tmp = f.with_name(f'index-{os.getpid()}.tmp')
+        tmp.write_text(json.dumps(dict(made_by=self.made_by, files=self.files, index=self.index)))
+        os.replace(tmp, f)
 
     def load(self, fn, img_cls=PILImage):
         "Image `fn` decoded and resized, as a uint8 `TensorImage` (C, H, W)."
@@ -253,18 +279,19 @@ class ImageCache:
         if self.path is None: arr = np.empty(shape, dtype=np.uint8)
         else:
             Path(self.path).mkdir(parents=True, exist_ok=True)
-            arr = np.lib.format.open_memmap(Path(self.path)/f'images-{len(self.chunks)}-{os.getpid()}.npy', mode='w+', dtype=np.uint8, shape=shape)
+            name = f'images-{len(self.chunks)}-{os.getpid()}.npy'
+            arr = np.lib.format.open_memmap(Path(self.path)/name, mode='w+', dtype=np.uint8, shape=shape)
         def put(i): arr[i] = (first if i == 0 else load(todo[i])).numpy()
         with ThreadPoolExecutor(self.n_workers) as ex: list(ex.map(put, range(len(todo))))
-        if self.path is not None: arr.flush()
         self.index.update({fn: (len(self.chunks), i) for i,fn in enumerate(todo)})
         self.chunks.append(arr)
+        if self.path is not None: arr.flush(); self.files.append(name); self._save()
 
     def get(self, fn, img_cls=PILImage):
         "Image `fn` from the cache, or decoded now (and not kept) if it is not there."
         at = self.index.get(str(fn))
         if at is None: return self.load(fn, img_cls)
-        return TensorImage(torch.from_numpy(self.chunks[at[0]][at[1]]))
+        return TensorImage(torch.from_numpy(np.array(self.chunks[at[0]][at[1]])))   # a copy: the cache is never written through
 
     def locate(self, fns):
         "(chunk, position) of each image of `fns` in the cache, as an int array, or `None` if one is not there."
@@ -288,7 +315,11 @@ class ImageCache:
     @property
     def nbytes(self): return sum(a.nbytes for a in self.chunks)
     def __len__(self): return len(self.index)
-    def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('index', 'chunks')} | dict(index={}, chunks=[])
+    def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('index', 'chunks', 'files')} | dict(index={}, chunks=[], files=[])
+    def __setstate__(self, d):
+        "Unpickled (an export, a spawned worker): no images, except those kept under `path`, reopened if they are there."
+        self.__dict__.update(d)
+        if self.path is not None: self._open(strict=False)
     def __repr__(self): return f'{type(self).__name__}(size={self.size}, {len(self)} images, {self.nbytes/2**20:.0f} MiB{"" if self.path is None else ", memory-mapped"})'
 
 class ReadImage(DisplayedTransform):
