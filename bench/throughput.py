@@ -80,7 +80,7 @@ def fit_rates(learners, a):
     for r in range(1 + a.epochs):
         for k,learn in learners.items():
             with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
-    return {k: max(n / t for t,n in timer.times[1:]) for k,timer in ((k, timers[k]) for k in learners)}
+    return {k: max(n / t for t,n in timers[k].times[1:]) for k in learners}
 
 def build_million(n=1_000_000, seed=0):
     """Seconds to build DataLoaders (MetaBlock + CategoryBlock, random split) for `n` rows of synthetic metadata.

@@ -85,7 +85,7 @@ class MetaEncoding:
         "Fit vocabularies and statistics on the training rows `df`."
         _check_columns(df.columns, list(cat_names) + list(cont_names))
         if len(df) == 0: raise ValueError("Cannot fit metadata on an empty training set.")
-        vocabs = {c: [NA] + sorted({k for k in _cat_keys(_distinct(df[c].to_numpy())[1]) if k is not None}) for c in cat_names}
+        vocabs = {c: [NA] + sorted({k for k in _cat_keys(df[c].to_numpy()) if k is not None}) for c in cat_names}
         fills, means, stds = [], [], []
         for c in cont_names:
             x = _to_float(df[c].to_numpy(), c, rows=df.index)
@@ -309,7 +309,9 @@ class ImageCache:
         if len(chunks) == 1: arr = self.chunks[chunks[0]][at[:, 1]]
         else:
             arr = np.empty((len(at), *self.chunks[chunks[0]].shape[1:]), dtype=np.uint8)
-            for k in chunks: arr[at[:, 0] == k] = self.chunks[k][at[at[:, 0] == k, 1]]
+            for k in chunks:
+                m = at[:, 0] == k
+                arr[m] = self.chunks[k][at[m, 1]]
         return TensorImage(torch.from_numpy(np.ascontiguousarray(arr)))
 
     @property
@@ -363,7 +365,7 @@ class EncodedRows:
         if isinstance(i, (int, np.integer)): return self.codes[i].as_subclass(TensorMeta)
         i = i if isinstance(i, slice) else np.asarray(i)
         return type(self)(self.codes[i], self.index[i])
-    def itertuples(self): return (self[i] for i in range(len(self)))
+    def itertuples(self): return (self[i] for i in range(len(self)))   # how fastcore's `L` iterates items that have `iloc`
     def __repr__(self): return f'{type(self).__name__}({len(self)} rows x {self.codes.shape[1]} codes)'
 
 def _identity_upto(fs, cls, x):
@@ -380,10 +382,10 @@ def _prepare_items(dataset):
         if enc is not None and enc.encoding is not None:
             tl.items = EncodedRows.from_frame(tl.items, enc.encoding)
             continue
-        for f in tl.tfms.fs:
-            if isinstance(f, ReadImage) and f.cache is not None: f.fill(tl.items)
-        read = _identity_upto(tl.tfms.fs, ReadImage, tl.items.iloc[0])
-        if read is not None and read.cache is not None and tl.tfms.fs[-1] is read: tl.cache_locs = read.locate(tl.items)
+        read = _identity_upto(tl.tfms.fs, ReadImage, tl.items.iloc[0])   # the cache reads file names from the frame's rows as they are
+        if read is not None and read.cache is not None:
+            read.fill(tl.items)
+            if tl.tfms.fs[-1] is read: tl.cache_locs = read.locate(tl.items)
 
 def _gather_rows(rows, idxs): return rows.codes[idxs].as_subclass(TensorMeta)
 

@@ -36,6 +36,10 @@ class _ZeroMeta(Transform):
     "An item transform acting on the metadata (as a metadata dropout would)."
     def encodes(self, x:TensorMeta): return x*0
 
+class _Invert(Transform):
+    "An item transform acting on (cached, uint8) images."
+    def encodes(self, x:TensorImage): return 255 - x
+
 def test_metadata_joins_the_batch_by_index(synth):
     "No item transform acts on the metadata: items skip it and the batch gathers it, equal to the item path."
     path, df = synth('meta', n=96)
@@ -79,6 +83,9 @@ def test_image_cache_gives_the_default_batches(synth, tmp_path, mapped):
     test_eq(xb.shape, (16, 3, 32, 32)); assert xb.dtype == torch.float32
     assert len(pickle.dumps(fast.new_empty())) < 50_000             # an export carries no images
     fast.show_batch(max_n=2); plt.close('all')
+    tensor_tfm = MetaDataLoaders.from_df(df, cache=cache, item_tfms=_Invert(), **kw)     # an item transform on the images...
+    assert list(tensor_tfm.valid._gathered()) == [1]                                    # ...keeps them in the items
+    test_close(_valid_batch(tensor_tfm)[0], 1 - _valid_batch(fast)[0])                  # (batches are floats in [0, 1])
 
 def test_memmapped_cache_is_kept_across_runs(synth, tmp_path):
     "A second `ImageCache` on the same folder reopens the images: nothing is decoded again, and the batches are the same."
@@ -95,6 +102,8 @@ def test_memmapped_cache_is_kept_across_runs(synth, tmp_path):
     copy = pickle.loads(pickle.dumps(dls.valid.new(shuffle=False, drop_last=False)))   # a spawned worker reopens them too
     assert sorted(copy._gathered()) == [0, 1]
     with pytest.raises(ValueError, match='cache'): ImageCache(48, path=tmp_path/'cache')   # another size: refused, naming the folder
+    next((tmp_path/'cache').glob('*.npy')).unlink()
+    with pytest.raises(ValueError, match='damaged'): ImageCache(32, path=tmp_path/'cache')
 
 def test_cached_learner_predicts_after_export(synth, tmp_path):
     path, df = synth('meta', n=64)
