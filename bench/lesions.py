@@ -44,11 +44,10 @@ def train_one(name, df, a):
                   num_workers=a.workers, item_tfms=Resize(a.size), batch_tfms=aug_transforms(flip_vert=True, max_warp=0))
     metrics = [BalancedAccuracy(), RocAuc()]
     if name.startswith('image only'):
-        learn = vision_learner(ImageDataLoaders.from_df(df, **common), a.arch, pretrained=False, metrics=metrics)
+        learn = vision_learner(ImageDataLoaders.from_df(df, **common), a.arch, pretrained=False, metrics=metrics).to_fast()
     else:
         dls = MetaDataLoaders.from_df(df, cat_names=['sex', 'localization'], cont_names=['age'], **common)
-        learn = meta_cnn_learner(dls, a.arch, fusion=name, pretrained=False, metrics=metrics)
-    if a.fp16: learn.to_fp16()
+        learn = meta_cnn_learner(dls, a.arch, fusion=name, pretrained=False, metrics=metrics)   # to_fast() by default
     start = time.time()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(a.epochs, a.lr)
     _, _, bal, auc = learn.recorder.values[-1]
@@ -64,7 +63,6 @@ def main():
     a = p.parse_args()
     if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
     a.device = 'gpu' if torch.cuda.is_available() else 'cpu'
-    a.fp16 = a.device == 'gpu'
     a.arch_name, a.arch = a.arch, getattr(__import__('torchvision.models', fromlist=[a.arch]), a.arch)
     df = load_ham(a.per_class, a.seed)
     df['fold'] = lesion_folds(df, a.folds, a.seed)

@@ -6,10 +6,15 @@ One run measures, on the same images and settings, side by side:
 - training end to end (a warm epoch, then the best of `--epochs` timed ones; learners and DataLoaders are
   timed in turn, round by round, so a machine's drift does not favour one): `vision_learner`, `meta_cnn_learner` with
   each fusion, and `'concat'` with the image cache;
-- building DataLoaders for 1,000,000 rows of synthetic metadata (no images read).
+- building DataLoaders for 1,000,000 rows of synthetic metadata (no images read);
+- the training speed at the limit of the machine, for each body and size of `--speed` (the archs and sizes the
+  accuracy benchmarks use): a bare PyTorch training step of the same body (its own classifier, random images;
+  float32, channels-last, channels-last + autocast), against the library's training epoch with fastai's
+  defaults (`fast=False`), with `to_fast` (the default), and with `to_fast` plus `ImageCache`.
 Every number is also given as a ratio to the same run's `vision_learner` (or DataLoader without
 metadata), so runs on different machines compare by ratio. Images: HAM10000 from ../shared when it is
-there, else synthetic. From-scratch weights; fp16 + channels_last on a GPU.
+there, else synthetic. From-scratch weights. Every learner of the fusion comparison, `vision_learner` included,
+trains with `to_fast()` (channels-last, autocast where measured faster).
 
 Run: .venv/bin/python bench/throughput.py              (CPU: a small size, minutes)
      python bench/throughput.py --n 0 --size 128 --bs 512 --workers 16      (a GPU, all images)
@@ -74,13 +79,60 @@ def fit_rates(learners, a):
     "Training items per second of each of `learners` (a dict): one warm epoch each, then `a.epochs` timed epochs each, taken in turn (best)."
     timers = {}
     for k,learn in learners.items():
-        if a.gpu: learn.to_fp16(); learn.model.to(memory_format=torch.channels_last)
         timers[k] = TrainTimer()
         learn.add_cb(timers[k])
     for r in range(1 + a.epochs):
         for k,learn in learners.items():
             with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     return {k: max(n / t for t,n in timers[k].times[1:]) for k in learners}
+
+def classifier(arch, n_out=7):
+    "`arch`'s own classifier, as a bare PyTorch user builds it: a timm name or a torchvision function."
+    if isinstance(arch, str):
+        import timm
+        return timm.create_model(arch, num_classes=n_out)
+    return arch(num_classes=n_out)
+
+def raw_step_rates(arch, size, bs, device, warm=2, n=4):
+    "Images/s of a bare PyTorch training step (forward, cross-entropy, backward, Adam) of `arch` on random images, per precision and memory format."
+    amp = torch.bfloat16 if device == 'cpu' or torch.cuda.is_bf16_supported() else torch.float16
+    configs = {'raw_fp32': (False, None), 'raw_channels_last': (True, None)}
+    if device != 'cpu' or cpu_bf16_supported(): configs['raw_channels_last_amp'] = (True, amp)
+    res = {}
+    for k,(cl, dtype) in configs.items():
+        torch.manual_seed(0)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        model = classifier(arch).to(device).to(memory_format=fmt).train()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, 7, (bs,), device=device)
+        def step():
+            with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = F.cross_entropy(model(x).float(), y)
+            loss.backward(); opt.step(); opt.zero_grad()
+        for _ in range(warm): step()
+        if device == 'cuda': torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(n): step()
+        if device == 'cuda': torch.cuda.synchronize()
+        res[k] = bs * n / (time.perf_counter() - start)
+    return res
+
+def speed_rates(df, common, meta_kw, arch_name, size, a):
+    "The raw step's rates, and the library's training rates with fastai's defaults, with `to_fast`, and with `to_fast` + `ImageCache`."
+    arch = arch_name if 'efficientnet' in arch_name else getattr(__import__('torchvision.models', fromlist=[arch_name]), arch_name)
+    res = raw_step_rates(arch, size, a.bs, 'cuda' if a.gpu else 'cpu')
+    kw = dict(common, batch_tfms=aug_transforms(size=size, flip_vert=True, max_warp=0))
+    meta = MetaDataLoaders.from_df(df, item_tfms=Resize(size), **kw, **meta_kw)
+    cached = MetaDataLoaders.from_df(df, cache=ImageCache(size, n_workers=max(a.workers, defaults.cpus)), **kw, **meta_kw)
+    learners = {}
+    for k,dls,fast in [('library_default', meta, False), ('library_fast', meta, True), ('library_fast_cached', cached, True)]:
+        set_seed(0)
+        learners[k] = meta_cnn_learner(dls, arch, pretrained=False, fast=fast)
+    res.update(fit_rates(learners, a))
+    amp = learners['library_fast'].fast_training.amp_dtype
+    res['amp_chosen'] = str(amp).replace('torch.', '') if amp else 'float32'
+    return res
 
 def build_million(n=1_000_000, seed=0):
     """Seconds to build DataLoaders (MetaBlock + CategoryBlock, random split) for `n` rows of synthetic metadata.
@@ -105,6 +157,8 @@ def main():
     p.add_argument('--n', type=int, default=1024, help='images (0: all)'); p.add_argument('--size', type=int, default=64)
     p.add_argument('--bs', type=int, default=64); p.add_argument('--workers', type=int, default=0)
     p.add_argument('--arch', default='resnet18'); p.add_argument('--epochs', type=int, default=3, help='timed epochs per learner, best kept')
+    p.add_argument('--speed', default='tf_efficientnet_lite0@64,tf_efficientnet_lite0@128,resnet18@64',
+                   help='body@size pairs for the training-speed comparison (empty: skip it)')
     p.add_argument('--from-json', help='only rewrite the table from this json')
     a = p.parse_args()
     if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
@@ -115,7 +169,7 @@ def main():
     common.update(bs=a.bs, num_workers=a.workers, valid_pct=0.1, seed=0, batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
     res = dict(device=torch.cuda.get_device_name() if a.gpu else f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)',
                torch=torch.__version__, data=source, n_images=len(df), size=a.size, bs=a.bs, workers=a.workers, arch=a.arch,
-               precision='fp16 + channels_last' if a.gpu else 'fp32', epochs=a.epochs)
+               precision='to_fast (channels-last, autocast where measured faster)', epochs=a.epochs)
     def say(k, v): res[k] = v; print(f'{k}: {v:.4g}' if isinstance(v, float) else f'{k}: {v}', flush=True)
 
     plain = ImageDataLoaders.from_df(df, item_tfms=Resize(a.size), **common)
@@ -128,11 +182,16 @@ def main():
     learners = {}
     for k in ['vision_learner', *fusions, 'concat_cached']:
         set_seed(0)
-        learners[k] = (vision_learner(plain, arch, pretrained=False) if k == 'vision_learner' else
+        learners[k] = (vision_learner(plain, arch, pretrained=False).to_fast() if k == 'vision_learner' else
                        meta_cnn_learner(cached if k == 'concat_cached' else meta, arch, fusion=k.replace('_cached', ''), pretrained=False))
     for k,v in fit_rates(learners, a).items(): say(k, v)
     del learners
     say('build_1m_rows_s', build_million())
+    res['speed'] = {}
+    for pair in filter(None, a.speed.split(',')):
+        arch_name, size = pair.split('@')
+        res['speed'][pair] = r = speed_rates(df, common, meta_kw, arch_name, int(size), a)
+        print(pair, {k: (round(v, 1) if isinstance(v, float) else v) for k,v in r.items()}, flush=True)
     OUT.mkdir(exist_ok=True)
     (OUT/f'throughput-{device}.json').write_text(json.dumps(res, indent=2))
     write_md(res, device)
@@ -153,7 +212,26 @@ def write_md(res, device=None):
            f"Time of each fusion relative to `'concat'`: " + ', '.join(f"{f} {res['concat']/res[f]:.2f}x" for f in fusions) + '.',
            f"The cache took {res['cache_build_s']:.1f} s to fill ({res['cache_mib']:.0f} MiB of uint8 images). "
            f"DataLoaders for 1,000,000 rows of metadata (no images, label vocabulary given): built in {res['build_1m_rows_s']:.1f} s."]
+    if res.get('speed'): md += ['', *speed_md(res)]
     (OUT/f'throughput-{device}.md').write_text('\n'.join(md) + '\n')
     print('\n'.join(md))
+
+def speed_md(res):
+    "The training-speed comparison as a table: images/s, and the library's fast path as ratios."
+    amp = 'bf16' if 'CPU' in res['device'] else 'amp'
+    md = ['### Training speed at the limit of the machine', '',
+          f"Training images/s, batch {res['bs']}. *Raw*: a bare PyTorch step (forward, cross-entropy, backward, Adam) of the body's own "
+          "classifier on random images, no data loading. *Library*: `meta_cnn_learner` ('concat', metadata, augmentation) training epochs "
+          "on the images above, best of the timed ones; *default* is `fast=False` (fastai's float32, contiguous), *fast* the default "
+          "`to_fast()` (channels-last; autocast kept where measured faster, the choice in the last column).", '',
+          f"| body @ px | raw fp32 | raw channels-last | raw channels-last + {amp} | library default | library fast | fast + `ImageCache` "
+          "| fast + cache / raw channels-last | fast + cache / default | autocast chosen |",
+          '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+    for pair,r in res['speed'].items():
+        rawamp = f"{r['raw_channels_last_amp']:,.0f}" if 'raw_channels_last_amp' in r else '–'
+        md.append(f"| `{pair.replace('@', '` @ ')} | {r['raw_fp32']:,.0f} | {r['raw_channels_last']:,.0f} | {rawamp} | {r['library_default']:,.0f} "
+                  f"| {r['library_fast']:,.0f} | {r['library_fast_cached']:,.0f} | **{r['library_fast_cached']/r['raw_channels_last']:.2f}** "
+                  f"| **{r['library_fast_cached']/r['library_default']:.2f}** | {r['amp_chosen']} |")
+    return md
 
 if __name__ == '__main__': main()

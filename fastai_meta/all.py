@@ -3,6 +3,7 @@ from .data import *
 from .model import *
 from .fusion import *
 from .losses import *
+from .speed import *
 from .learner import *
 from .interpret import *
 from .synth import *

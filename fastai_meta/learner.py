@@ -15,6 +15,7 @@ from fastai.vision.learner import _add_norm, _timm_norm, _default_meta
 from .data import meta_encode
 from .model import *
 from .fusion import make_fusion, is_staged
+from .speed import FastTraining
 from .losses import StageProjections, SelfContrastive, ArcMarginProduct, ArcFaceLoss
 
 # %% ../nbs/02_learner.ipynb #090a9329
@@ -81,7 +82,7 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
                      weights_path=None, cut=None, n_in=3, init=nn.init.kaiming_normal_, concat_pool=True,
                      lin_ftrs=None, ps=0.5, first_bn=True, bn_final=False, lin_first=False, y_range=None,
                      meta_layers=(512, 128), meta_ps=0.3, embed_p=0., contrastive=0., contrastive_tau=0.1,
-                     arcface=False, arc_s=30., arc_m=0.5, emb_dim=512, splitter=None, loss_func=None, cbs=None, **kwargs):
+                     arcface=False, arc_s=30., arc_m=0.5, emb_dim=512, splitter=None, loss_func=None, cbs=None, fast=True, **kwargs):
     "Build a `Learner` for `(image, metadata)` inputs from `dls` and `arch`, like `vision_learner`."
     if n_out is None: n_out = get_c(dls)
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"
@@ -103,6 +104,7 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
     cbs = L(cbs) + ([SelfContrastive(contrastive, contrastive_tau)] if contrastive else [])
     learn = Learner(dls, MetaModel(*parts, stages=stages), loss_func=loss_func, splitter=ifnone(splitter, split), cbs=cbs, **kwargs)
     if pretrained: learn.freeze()
+    if fast: learn.to_fast()
     store_attr('arch,normalize,n_out,pretrained,fusion', self=learn)
     return learn
 
