@@ -86,6 +86,11 @@ def fit_rates(learners, a):
             with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     return {k: max(n / t for t,n in timers[k].times[1:]) for k in learners}
 
+def amp_chosen(learn):
+    "The autocast dtype `learn`'s `to_fast` chose, as text."
+    cb = getattr(learn, 'fast_training', None)
+    return 'off' if cb is None else str(cb.amp_dtype or 'float32').replace('torch.', '')
+
 def classifier(arch, n_out=7):
     "`arch`'s own classifier, as a bare PyTorch user builds it: a timm name or a torchvision function."
     if isinstance(arch, str):
@@ -130,8 +135,7 @@ def speed_rates(df, common, meta_kw, arch_name, size, a):
         set_seed(0)
         learners[k] = meta_cnn_learner(dls, arch, pretrained=False, fast=fast)
     res.update(fit_rates(learners, a))
-    amp = learners['library_fast'].fast_training.amp_dtype
-    res['amp_chosen'] = str(amp).replace('torch.', '') if amp else 'float32'
+    res['amp_chosen'] = amp_chosen(learners['library_fast'])
     return res
 
 def build_million(n=1_000_000, seed=0):
@@ -185,6 +189,8 @@ def main():
         learners[k] = (vision_learner(plain, arch, pretrained=False).to_fast() if k == 'vision_learner' else
                        meta_cnn_learner(cached if k == 'concat_cached' else meta, arch, fusion=k.replace('_cached', ''), pretrained=False))
     for k,v in fit_rates(learners, a).items(): say(k, v)
+    res['amp'] = {k: amp_chosen(l) for k,l in learners.items()}
+    print('autocast chosen:', res['amp'])
     del learners
     say('build_1m_rows_s', build_million())
     res['speed'] = {}
@@ -210,9 +216,14 @@ def write_md(res, device=None):
     md += [f"| training, `meta_cnn_learner`, `'{f}'` | {res[f]:,.0f} | {res[f]/base:.2f} |" for f in fusions]
     md += [f"| training, `'concat'` + `ImageCache` | {res['concat_cached']:,.0f} | {res['concat_cached']/base:.2f} |", '',
            f"Time of each fusion relative to `'concat'`: " + ', '.join(f"{f} {res['concat']/res[f]:.2f}x" for f in fusions) + '.',
+           *([f"Autocast each learner's `to_fast` chose: " + ', '.join(f"{k} {v}" for k,v in res['amp'].items()) + '.'] if 'amp' in res else []),
            f"The cache took {res['cache_build_s']:.1f} s to fill ({res['cache_mib']:.0f} MiB of uint8 images). "
            f"DataLoaders for 1,000,000 rows of metadata (no images, label vocabulary given): built in {res['build_1m_rows_s']:.1f} s."]
-    if res.get('speed'): md += ['', *speed_md(res)]
+    if res.get('speed'):
+        md += ['', *speed_md(res)]
+        head = (f"{res['data']}, {res['n_images']} images, {res['workers']} DataLoader workers, from scratch, on {res['device']}, "
+                f"torch {res['torch']}; library: best of {res.get('epochs', 1)} timed epochs after a warm one.")
+        (OUT/f'speed-{device}.md').write_text('\n'.join([head, *speed_md(res)[1:]]) + '\n')
     (OUT/f'throughput-{device}.md').write_text('\n'.join(md) + '\n')
     print('\n'.join(md))
 
@@ -223,14 +234,15 @@ def speed_md(res):
           f"Training images/s, batch {res['bs']}. *Raw*: a bare PyTorch step (forward, cross-entropy, backward, Adam) of the body's own "
           "classifier on random images, no data loading. *Library*: `meta_cnn_learner` ('concat', metadata, augmentation) training epochs "
           "on the images above, best of the timed ones; *default* is `fast=False` (fastai's float32, contiguous), *fast* the default "
-          "`to_fast()` (channels-last; autocast kept where measured faster, the choice in the last column).", '',
+          "`to_fast()` (channels-last; autocast kept where measured faster, the choice in the last column). *Best raw* is the fastest "
+          "of the three raw columns: the limit of this machine for that body.", '',
           f"| body @ px | raw fp32 | raw channels-last | raw channels-last + {amp} | library default | library fast | fast + `ImageCache` "
-          "| fast + cache / raw channels-last | fast + cache / default | autocast chosen |",
+          "| fast + cache / best raw | fast + cache / default | autocast chosen |",
           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
     for pair,r in res['speed'].items():
         rawamp = f"{r['raw_channels_last_amp']:,.0f}" if 'raw_channels_last_amp' in r else '–'
         md.append(f"| `{pair.replace('@', '` @ ')} | {r['raw_fp32']:,.0f} | {r['raw_channels_last']:,.0f} | {rawamp} | {r['library_default']:,.0f} "
-                  f"| {r['library_fast']:,.0f} | {r['library_fast_cached']:,.0f} | **{r['library_fast_cached']/r['raw_channels_last']:.2f}** "
+                  f"| {r['library_fast']:,.0f} | {r['library_fast_cached']:,.0f} | **{r['library_fast_cached']/max(v for k,v in r.items() if k.startswith('raw')):.2f}** "
                   f"| **{r['library_fast_cached']/r['library_default']:.2f}** | {r['amp_chosen']} |")
     return md
 
