@@ -44,6 +44,43 @@ def relink(src, depth):
     "Links to this project's site made relative to a page `depth` folders below the site root; quarto link attributes dropped."
     return _re_attrs.sub(r'\1', src.replace(SITE_URL, '../'*depth))
 
+_re_bar = re.compile(r'\d+\.\d+% \[\d+/\d+|^\s*█\s*$|^\s*(Epoch \d+/\d+ :)?\s*$')   # fastprogress's console bars and their leftovers
+
+def terminal_lines(text):
+    "What a terminal shows of `text`: each line's last carriage-return segment, progress bars dropped."
+    lines = []
+    for line in text.split('\n'):
+        segs = [x for x in line.split('\r') if x.strip() and not _re_bar.search(x)]
+        if segs: lines.append(segs[-1].rstrip())
+    return lines
+
+def _html_table(rows):
+    head = ''.join(f'<th>{c}</th>' for c in rows[0])
+    body = ''.join('<tr>' + ''.join(f'<td>{c}</td>' for c in r) + '</tr>' for r in rows[1:])
+    return f'<table class="dataframe epoch-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+def split_epoch_tables(lines):
+    "`lines` as a list of ('text', lines) and ('table', rows) parts: fastai's console epoch tables (`epoch  train_loss ...`) taken out."
+    parts = []
+    for l in lines:
+        cols = l.split()
+        if l.startswith('epoch '): parts.append(('table', [cols]))
+        elif parts and parts[-1][0] == 'table' and cols and cols[0].isdigit() and len(cols) == len(parts[-1][1][0]): parts[-1][1].append(cols)
+        elif parts and parts[-1][0] == 'text': parts[-1][1].append(l)
+        else: parts.append(('text', [l]))
+    return parts
+
+def clean_outputs(outs):
+    "Outputs with fastprogress's console bars removed, and fastai's epoch tables as HTML tables, as docs.fast.ai shows them."
+    res = []
+    for o in outs:
+        if o.get('output_type') != 'stream': res.append(o); continue
+        if o.get('name') == 'stderr': continue     # warnings from dependencies and download logs are not content
+        for kind, part in split_epoch_tables(terminal_lines(_text(o.get('text')))):
+            if kind == 'text': res.append(dict(o, text='\n'.join(part) + '\n'))
+            else: res.append(dict(output_type='display_data', metadata={}, data={'text/html': _html_table(part), 'text/plain': '\n'.join('  '.join(r) for r in part)}))
+    return res
+
 def convert(nb, depth):
     "A processed notebook as a MyST-NB page: title from the front matter, quarto options as tags."
     cells, fm = [], {}
@@ -62,7 +99,7 @@ def convert(nb, depth):
         if cell['cell_type'] != 'code': continue
         opts, src = cell_options(src)
         if opts.get('include') == 'false': continue
-        outs = cell.get('outputs', [])
+        outs = clean_outputs(cell.get('outputs', []))
         mds = [_text(o.get('data', {}).get('text/markdown')) for o in outs if 'text/markdown' in o.get('data', {})]
         if opts.get('echo') == 'false' and opts.get('output') == 'asis' and mds:   # show_doc and tables: real markdown
             cells.append(dict(cell_type='markdown', metadata={}, source=relink('\n\n'.join(show_doc_markdown(m) for m in mds), depth)))

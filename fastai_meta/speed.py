@@ -13,7 +13,7 @@ from fastai.vision.all import *
 from fastai.callback.fp16 import MixedPrecision
 from torch.amp import GradScaler, autocast
 
-# %% ../nbs/02a_speed.ipynb #b67e7285
+# %% ../nbs/02a_speed.ipynb #5a0f94e6
 def cpu_bf16_supported():
     "Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), so that autocasting to it can pay."
     try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -28,7 +28,7 @@ def pick_amp(times, margin=1.1):
     best = min(times, key=times.get)
     return best if best is not None and times[None] >= margin * times[best] else None
 
-# %% ../nbs/02a_speed.ipynb #e2f3fdb7
+# %% ../nbs/02a_speed.ipynb #03dafa9a
 _amp_choices = {}       # (device, model, its parameters, trainable ones, input shapes, threads) -> autocast dtype or None
 _undecided = object()
 
@@ -103,7 +103,7 @@ class FastTraining(MixedPrecision):
         "The autocast dtype of the last training batches (`None`: float32, or not chosen yet)."
         return getattr(self, 'chosen', None)
 
-# %% ../nbs/02a_speed.ipynb #ad0c15a2
+# %% ../nbs/02a_speed.ipynb #5062151e
 @patch
 @delegates(FastTraining)
 def to_fast(self:Learner, **kwargs):

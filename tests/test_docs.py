@@ -58,6 +58,9 @@ def test_pages_load_without_console_errors_and_links_resolve(site):
     for p in pages:
         page, errors = _open(browser, base + p)
         assert not errors, f'{p}: console errors {errors}'
+        text = page.inner_text('body')
+        bar = re.search(r'█|\d+\.\d+% \[\d+/\d+', text)
+        assert bar is None, f'{p}: progress-bar text on the page: {text[max(0, bar.start()-60):bar.end()+60]!r}'
         nav = page.eval_on_selector_all('.sidebar-tree a', 'els => els.map(e => e.getAttribute("href"))')
         assert len(nav) >= len(pages) - 1, f'{p}: the sidebar lists {len(nav)} pages'
         for href in page.eval_on_selector_all('a[href]', 'els => els.map(e => e.href)'):
