@@ -58,7 +58,7 @@ def train_one(name, df, a):
     else:
         cache = dict(cache=ImageCache(a.size)) if a.pretrained else dict(item_tfms=Resize(a.size))
         dls = MetaDataLoaders.from_df(df, cat_names=['sex', 'localization'], cont_names=['age'], **cache, **common)
-        learn = meta_cnn_learner(dls, a.arch, fusion=name, pretrained=pre, weights_path=a.weights if pre else None, metrics=metrics)   # to_fast() by default
+        learn = meta_cnn_learner(dls, a.arch, fusion=name, pretrained=pre, weights_path=a.weights if pre else None, metrics=metrics, fast=True)
     start = time.time()
     with learn.no_bar(), learn.no_logging():
         if pre: learn.fine_tune(a.epochs, a.lr)

@@ -10,7 +10,7 @@ One run measures, on the same images and settings, side by side:
 - the training speed at the limit of the machine, for each body and size of `--speed` (the archs and sizes the
   accuracy benchmarks use): a bare PyTorch training step of the same body (its own classifier, random images;
   float32, channels-last, channels-last + autocast), against the library's training epoch with fastai's
-  defaults (`fast=False`), with `to_fast` (the default), and with `to_fast` plus `ImageCache`.
+  defaults (`fast=False`), with `to_fast`, and with `to_fast` plus `ImageCache`.
 Every number is also given as a ratio to the same run's `vision_learner` (or DataLoader without
 metadata), so runs on different machines compare by ratio. Images: HAM10000 from ../shared when it is
 there, else synthetic. From-scratch weights. Every learner of the fusion comparison, `vision_learner` included,
@@ -187,7 +187,7 @@ def main():
     for k in ['vision_learner', *fusions, 'concat_cached']:
         set_seed(0)
         learners[k] = (vision_learner(plain, arch, pretrained=False).to_fast() if k == 'vision_learner' else
-                       meta_cnn_learner(cached if k == 'concat_cached' else meta, arch, fusion=k.replace('_cached', ''), pretrained=False))
+                       meta_cnn_learner(cached if k == 'concat_cached' else meta, arch, fusion=k.replace('_cached', ''), pretrained=False, fast=True))
     for k,v in fit_rates(learners, a).items(): say(k, v)
     res['amp'] = {k: amp_chosen(l) for k,l in learners.items()}
     print('autocast chosen:', res['amp'])
@@ -233,7 +233,7 @@ def speed_md(res):
     md = ['### Training speed at the limit of the machine', '',
           f"Training images/s, batch {res['bs']}. *Raw*: a bare PyTorch step (forward, cross-entropy, backward, Adam) of the body's own "
           "classifier on random images, no data loading. *Library*: `meta_cnn_learner` ('concat', metadata, augmentation) training epochs "
-          "on the images above, best of the timed ones; *default* is `fast=False` (fastai's float32, contiguous), *fast* the default "
+          "on the images above, best of the timed ones; *default* is `fast=False` (fastai's float32, contiguous), *fast* "
           "`to_fast()` (channels-last; autocast kept where measured faster, the choice in the last column). *Best raw* is the fastest "
           "of the three raw columns: the limit of this machine for that body.", '',
           f"| body @ px | raw fp32 | raw channels-last | raw channels-last + {amp} | library default | library fast | fast + `ImageCache` "

@@ -116,7 +116,7 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
                      weights_path=None, cut=None, n_in=3, init=nn.init.kaiming_normal_, concat_pool=True,
                      lin_ftrs=None, ps=0.5, first_bn=True, bn_final=False, lin_first=False, y_range=None,
                      meta_layers=(512, 128), meta_ps=0.3, embed_p=0., contrastive=0., contrastive_tau=0.1,
-                     arcface=False, arc_s=30., arc_m=0.5, emb_dim=512, splitter=None, loss_func=None, cbs=None, fast=True, **kwargs):
+                     arcface=False, arc_s=30., arc_m=0.5, emb_dim=512, splitter=None, loss_func=None, cbs=None, fast=False, **kwargs):
     "Build a `Learner` for `(image, metadata)` inputs from `dls` and `arch`, like `vision_learner`."
     if n_out is None: n_out = get_c(dls)
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"

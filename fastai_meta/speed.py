@@ -98,6 +98,11 @@ class FastTraining(MixedPrecision):
 
     def after_fit(self): self.after_loss(); self.autocast, self.learn.scaler, self.scales = None, None, None
 
+    _transient = ('autocast', 'device', 'cands', 'times', 'choice', 'chosen', 'batch_dtype', 'other_amp', 'start')
+    def __getstate__(self):
+        "Pickle (`export`) the settings only: the device, dtypes and measurements are made again where the learner is loaded."
+        return {k:v for k,v in self.__dict__.items() if k not in self._transient}
+
     @property
     def amp_dtype(self):
         "The autocast dtype of the last training batches (`None`: float32, or not chosen yet)."
