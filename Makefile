@@ -35,4 +35,5 @@ docs: $(VENV)/.installed
 # Run every notebook and save its outputs (the docs show the saved outputs); run with ../shared beside the clone.
 nb-outputs: $(VENV)/.installed
 	$(VENV)/bin/nbdev-test --n-workers 2 --save $(NB_SKIP)
+	$(PY) docs/build.py --clean-outputs   # fastprogress's console bars out, epoch tables as tables
 	$(VENV)/bin/nbdev-clean

@@ -81,6 +81,14 @@ def clean_outputs(outs):
             else: res.append(dict(output_type='display_data', metadata={}, data={'text/html': _html_table(part), 'text/plain': '\n'.join('  '.join(r) for r in part)}))
     return res
 
+def clean_saved_outputs(paths):
+    "Rewrite the notebooks at `paths` with `clean_outputs` applied to their saved outputs (run by `make nb-outputs`)."
+    for p in paths:
+        nb = json.loads(Path(p).read_text())
+        for c in nb['cells']:
+            if c.get('outputs'): c['outputs'] = clean_outputs(c['outputs'])
+        Path(p).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
+
 def convert(nb, depth):
     "A processed notebook as a MyST-NB page: title from the front matter, quarto options as tags."
     cells, fm = [], {}
@@ -147,7 +155,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', default=str(ROOT/'_site'), help='where the HTML site goes')
     p.add_argument('--skip-proc', action='store_true', help="reuse `_proc/` from an earlier run")
+    p.add_argument('--clean-outputs', nargs='*', metavar='NB', help='only strip progress bars from these notebooks\' saved outputs')
     a = p.parse_args(argv)
+    if a.clean_outputs is not None: return clean_saved_outputs(a.clean_outputs or sorted(ROOT.glob('nbs/**/*.ipynb')))
     if not a.skip_proc:
         from nbdev.serve import proc_nbs
         proc_nbs(path=str(ROOT/'nbs'), n_workers=2)
