@@ -16,7 +16,9 @@ from torch.amp import GradScaler, autocast
 # %% ../nbs/02a_speed.ipynb #5a0f94e6
 def cpu_bf16_supported():
     "Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), so that autocasting to it can pay."
-    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    # Not `torch.ops.mkldnn...`: cloudpickle, pickling this function by value (a notebook's copy of it),
+    # would take the submodule `torch.ops` along and fail on it ('cannot pickle _Ops object').
+    try: return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except Exception: return False
 
 def _to_format(xb, fmt):

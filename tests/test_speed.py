@@ -83,3 +83,18 @@ def test_vision_learner_to_fast_and_deferring_to_fastai_amp(synth):
     assert learn.fast_training.amp_dtype is None                                         # fastai's MixedPrecision decides
     learn.to_fp32()
     assert not learn.cbs.filter(lambda c: isinstance(c, MixedPrecision))                 # to_fp32 removes both
+
+def test_exports_when_library_is_pickled_by_value(synth, tmp_path):
+    "A learner trained with `to_fast` exports even when cloudpickle copies the library's code by value, as it does for a notebook's own definitions (nbdev-test runs the source notebooks and other notebooks in one process)."
+    import cloudpickle, fastai_meta
+    mods = [m for n, m in sys.modules.items() if n.startswith('fastai_meta.') and n.count('.') == 1]
+    path, df = synth('xor', n=96)
+    learn = xor_learner(path, df, fast=True)
+    fit_quietly(learn, 1)
+    for m in mods: cloudpickle.register_pickle_by_value(m)
+    try: learn.export(tmp_path/'m.pkl')
+    finally:
+        for m in mods: cloudpickle.unregister_pickle_by_value(m)
+    loaded = load_learner(tmp_path/'m.pkl', cpu=True)
+    assert type(loaded.fast_training).__name__ == 'FastTraining'
+    with loaded.no_bar(): assert loaded.predict(df.iloc[0])[2].shape == (2,)
