@@ -58,7 +58,7 @@ def train_one(name, df, a):
     else:
         cache = dict(cache=ImageCache(a.size)) if a.pretrained else dict(item_tfms=Resize(a.size))
         dls = MetaDataLoaders.from_df(df, cat_names=['sex', 'localization'], cont_names=['age'], **cache, **common)
-        learn = meta_cnn_learner(dls, a.arch, fusion=name, pretrained=pre, weights_path=a.weights if pre else None, metrics=metrics, fast=True)
+        learn = meta_cnn_learner(dls, a.arch, fusion=name.split()[0], wide='wide' in name, pretrained=pre, weights_path=a.weights if pre else None, metrics=metrics, fast=True)
     start = time.time()
     with learn.no_bar(), learn.no_logging():
         if pre: learn.fine_tune(a.epochs, a.lr)
@@ -74,6 +74,8 @@ def main():
     p.add_argument('--arch', default='resnet18'); p.add_argument('--workers', type=int, default=0)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--from-json', help='only rewrite the table from this json')
     p.add_argument('--pretrained', action='store_true', help='EfficientNet-Lite0 with ImageNet weights, fine_tune, against image only from scratch')
+    p.add_argument('--models', help="only these models, separated by ';' (e.g. 'concat + wide': concat with wide=True)")
+    p.add_argument('--add', action='store_true', help='add these models\' rows to the results json of the same settings')
     a = p.parse_args()
     if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
     a.device = 'gpu' if torch.cuda.is_available() else 'cpu'
@@ -87,14 +89,21 @@ def main():
     for k in range(a.folds):
         fdf = df.assign(is_valid=df.fold == k)
         assert not set(fdf.lesion_id[fdf.is_valid]) & set(fdf.lesion_id[~fdf.is_valid])
-        for name in (PRETRAINED_MODELS if a.pretrained else MODELS):
+        for name in (a.models.split(';') if a.models else PRETRAINED_MODELS if a.pretrained else MODELS):
             set_seed(a.seed + k, reproducible=True)
             rows.append(dict(fold=k, model=name, n_valid=int(fdf.is_valid.sum()), **train_one(name, fdf, a)))
             print(rows[-1], flush=True)
     res = dict({k:v for k,v in vars(a).items() if k not in ('arch', 'weights')}, n_images=len(df), rows=rows,
-               torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
+               threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
-    (OUT/f"lesions{'-pretrained' if a.pretrained else ''}-{a.device}.json").write_text(json.dumps(res, indent=2))
+    out = OUT/f"lesions{'-pretrained' if a.pretrained else ''}-{a.device}.json"
+    if a.add:
+        old = json.loads(out.read_text())
+        same = ('folds', 'per_class', 'size', 'epochs', 'bs', 'lr', 'seed', 'n_images')
+        if any(old[k] != res[k] for k in same): raise ValueError(f'--add needs the settings of {out}: {[(k, old[k], res[k]) for k in same]}')
+        names = set(r['model'] for r in rows)
+        res = dict(old, rows=[r for r in old['rows'] if r['model'] not in names] + rows)
+    out.write_text(json.dumps(res, indent=2))
     write_md(res)
 
 def summary(res):
@@ -112,7 +121,7 @@ def _pm(mean, std, scale=1., fmt='.3f'): return f"{mean*scale:{fmt}} ± {std*sca
 def write_md(res):
     "Write the results table of `res` next to its json."
     s, pre = summary(res), res.get('pretrained', False)
-    where = res['gpu'] or f"CPU, torch {res['torch']}"
+    where = res['gpu'] or f"CPU{' (%d threads)' % res['threads'] if 'threads' in res else ''}, torch {res['torch']}"
     how = (f"{res['arch_name']} with ImageNet weights (`offline_weights`) at {res['size']} px, `fine_tune({res['epochs']})` "
            f"(one frozen epoch first) at lr {res['lr']:g}; the from-scratch model trains `fit_one_cycle({res['epochs'] + 1})`"
            if pre else f"{res['arch_name']} from scratch at {res['size']} px, {res['epochs']} epochs of one-cycle at lr {res['lr']:g}")

@@ -1,5 +1,5 @@
 "The metadata pipeline: fitting on the training split only, gaps, unseen values, clear errors, no attribute leaks."
-import pickle
+import pickle, warnings
 import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
@@ -85,7 +85,6 @@ def test_booleans_and_mixed_spellings(tmp_path):
 @pytest.mark.parametrize('bad, msg', [
     (dict(cat_names=['site'], cont_names=['site']), 'both'),
     (dict(cat_names=['site', 'site']), 'twice'),
-    (dict(), 'cat_names'),
 ])
 def test_bad_block_arguments(bad, msg):
     with pytest.raises(ValueError, match=msg): MetaBlock(**bad)
@@ -122,3 +121,91 @@ def test_multilabel_show_batch(synth):
     dls.show_batch(max_n=4)
     assert sum(len(ax.texts) for ax in plt.gcf().axes) == 4
     plt.close('all')
+
+def infer_frame(df):
+    "The 'meta' rows with an id, file paths, a split column, a constant, an empty column and a recoded copy of the label."
+    return df.assign(patient_id=[f'P{i:04d}' for i in range(len(df))], file=['images/' + f for f in df.fname],
+                     is_valid=np.arange(len(df)) % 5 == 0, diagnosis=df.label.map({'yes': 'Y', 'no': 'N'}),
+                     clinic='A', empty=np.nan, visits=np.arange(len(df)) % 4, age_days=df.age * 365.25)
+
+def uncalled_dblock(path, get_y=ColReader('label'), meta=MetaBlock, splitter=ColSplitter('is_valid')):
+    return DataBlock(blocks=(ImageBlock, meta, CategoryBlock), get_x=[ColReader('fname', pref=path/'images'), noop],
+                     get_y=get_y, splitter=splitter, item_tfms=Resize(32))
+
+def test_uncalled_metablock_infers_columns_safely(synth):
+    "`blocks=(ImageBlock, MetaBlock, CategoryBlock)`: usable columns become metadata; what other blocks read, ids, paths, constants and empties do not."
+    path, df = synth('meta', n=100)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        dls = uncalled_dblock(path).dataloaders(infer_frame(df), bs=16, num_workers=0)
+    enc = meta_encode(dls).encoding
+    test_eq(enc.cat_names, ['site', 'diagnosis', 'visits'])     # text, and an integer of few values
+    test_eq(enc.cont_names, ['age', 'noise', 'age_days'])        # floats
+    test_eq(set(enc.left_out), {'fname', 'label', 'is_valid', 'patient_id', 'file', 'clinic', 'empty'})
+    assert 'label' in enc.left_out['label'] and 'splitter' in enc.left_out['is_valid'] and 'id' in enc.left_out['patient_id']
+    assert enc.left_out['file'] == 'file paths' and 'constant' in enc.left_out['clinic'] and 'missing' in enc.left_out['empty']
+    assert 'left_out' in repr(enc) and 'diagnosis' in repr(enc)
+    leaks = [str(o.message) for o in w if 'reproduces the label' in str(o.message)]
+    assert len(leaks) == 1 and "'diagnosis'" in leaks[0]                # the recoded label, and only it
+    test_eq(dls.one_batch()[1].shape[1], 3 + 3 + 3)                      # 3 categories, 3 _na flags, 3 continuous
+    ex = meta_encode(uncalled_dblock(path, meta=MetaBlock(exclude=['diagnosis', 'age_days'])).dataloaders(infer_frame(df), bs=16, num_workers=0)).encoding
+    test_eq(ex.cat_names + ex.cont_names, ['site', 'visits', 'age', 'noise'])
+    assert ex.left_out['diagnosis'] == 'excluded'
+
+def test_uncalled_metablock_refuses_to_guess(synth):
+    "A label read by a lambda (or any function of the row) cannot be kept out of the metadata: it refuses, asking for names."
+    path, df = synth('meta', n=100)
+    with pytest.raises(ValueError, match='cannot tell which columns block 2.*cat_names'):
+        uncalled_dblock(path, get_y=lambda r: r['label']).dataloaders(infer_frame(df), bs=16, num_workers=0)
+    named = uncalled_dblock(path, get_y=lambda r: r['label'], meta=MetaBlock(['site'], ['age']))   # names given: fine
+    test_eq(meta_encode(named.dataloaders(df.assign(is_valid=False), bs=16, num_workers=0)).encoding.cat_names, ['site'])
+
+def test_named_columns_that_copy_the_label_are_named(synth):
+    "With names given too: a column equal to the label under another coding, or a monotone copy of a number, is warned about."
+    path, df = synth('meta', n=100)
+    with pytest.warns(UserWarning, match="'dx2' reproduces the label 'label'"):
+        uncalled_dblock(path, meta=MetaBlock(['site', 'dx2'], ['age']), splitter=RandomSplitter(seed=0)).dataloaders(
+            df.assign(dx2=df.label.str.upper()), bs=16, num_workers=0)
+    scored = df.assign(score=df.noise.fillna(0) * 3 + 1)
+    copy = scored.assign(score_log=np.log(scored.score - scored.score.min() + 1))
+    with pytest.warns(UserWarning, match="'score_log' reproduces the label 'score'"):
+        MetaDataLoaders.from_df(copy, path, folder='images', fn_col='fname', label_col='score', y_block=RegressionBlock,
+                                cat_names=['site'], cont_names=['age', 'score_log'], seed=0, num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)          # honest columns: no warning
+        MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', cat_names=['site'],
+                                cont_names=['age', 'noise'], seed=0, num_workers=0)
+
+def lesion_rows(n_groups=500, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), rng.integers(1, 6, n_groups))
+    return pd.DataFrame({'lesion_id': [f'L{g}' for g in groups], 'dx': rng.choice(['nv', 'mel', 'bkl'], len(groups), p=[.7, .2, .1])})
+
+@pytest.mark.parametrize('pct', [0.2, 0.3])
+def test_group_splitter(pct):
+    "No group on both sides, the valid share close to `valid_pct`, label proportions kept when stratified, the same split for the same seed."
+    rows = lesion_rows()
+    tr, va = GroupSplitter('lesion_id', valid_pct=pct, seed=0, stratify='dx')(rows)
+    assert not set(rows.lesion_id.iloc[tr]) & set(rows.lesion_id.iloc[va])
+    test_eq(sorted(list(tr) + list(va)), list(range(len(rows))))
+    assert abs(len(va) / len(rows) - pct) < 0.02
+    share = rows.dx.iloc[va].value_counts() / rows.dx.value_counts()
+    assert (share - pct).abs().max() < 0.03, share
+    test_eq(GroupSplitter('lesion_id', valid_pct=pct, seed=0, stratify='dx')(rows), (tr, va))
+    assert GroupSplitter('lesion_id', valid_pct=pct, seed=1, stratify='dx')(rows)[1] != va
+    folds = [GroupSplitter('lesion_id', seed=3, n_folds=3, fold=k)(rows)[1] for k in range(3)]
+    test_eq(sorted(sum(map(list, folds), [])), list(range(len(rows))))       # the folds partition the rows
+    assert max(map(len, folds)) - min(map(len, folds)) < 0.03 * len(rows)
+
+def test_group_col_on_from_df(synth):
+    "`group_col=` splits by group in `from_df`; the group column never becomes metadata; a missing group is an error naming the row."
+    path, df = synth('meta', n=100)
+    df = df.assign(patient=[f'P{i // 3}' for i in range(len(df))])
+    dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', group_col='patient', seed=0, num_workers=0)
+    tr, va = dls.splits
+    assert not set(df.patient.iloc[tr]) & set(df.patient.iloc[va]) and abs(len(va) / len(df) - 0.2) < 0.05
+    enc = meta_encode(dls).encoding
+    assert 'patient' not in enc.cat_names + enc.cont_names and 'splitter' in enc.left_out['patient']
+    bad = df.copy(); bad.loc[7, 'patient'] = None
+    with pytest.raises(ValueError, match=r"'patient'.*row 7"):
+        MetaDataLoaders.from_df(bad, path, folder='images', fn_col='fname', label_col='label', group_col='patient', num_workers=0)

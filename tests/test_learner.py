@@ -195,3 +195,57 @@ def test_meta_importance_finds_the_informative_column(trained):
     with learn.no_bar(): test_close(res.base_score.iloc[0], learn.validate()[1])
     assert res.loc['flag', 'score_drop'] > 0.2 and abs(res.loc['noise', 'score_drop']) < 0.1
     assert res.loc['all metadata missing', 'score_drop'] > 0.2 and res.loc['no image', 'score_drop'] > 0.2
+
+def price_dls(synth, **kw):
+    "The 'meta' task with a price near 10,000 (spread about 2,000) that only the metadata (age) reveals."
+    path, df = synth('meta')
+    df = df.assign(price=10_000 + 2_000 * (df.age.fillna(50) - 50) / 17)
+    return df, MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='price', y_block=RegressionBlock,
+                                       cat_names=['site'], cont_names=['age'], seed=0, bs=32, num_workers=0, **kw)
+
+def test_regression_far_from_zero_in_users_units(synth, tmp_path):
+    "Targets near 10,000 are learned to a few percent with default arguments; the model starts at the mean and answers in the user's units, also after export."
+    df, dls = price_dls(synth)
+    set_seed(0, reproducible=True)
+    learn = meta_cnn_learner(dls, resnet18, pretrained=False, metrics=mae)
+    train_mean = float(df.price.iloc[dls.splits[0]].mean())
+    with learn.no_bar(): p0 = learn.get_preds()[0]
+    test_close(p0, torch.full_like(p0, train_mean), eps=1.)         # starts at the training mean, in the user's units
+    err = fit_quietly(learn, 8, 3e-3)[1]
+    print(f'MAE {err:.0f} ({err/100:.1f}% of 10,000); predicting the mean would be off by about 1,600')
+    assert err < 600
+    rows = df.iloc[dls.splits[1][:16]]
+    with learn.no_bar(): preds = learn.get_preds(dl=learn.dls.test_dl(rows))[0]
+    learn.export(tmp_path/'r.pkl')
+    loaded = load_learner(tmp_path/'r.pkl', cpu=True)
+    with loaded.no_bar():
+        preds2 = loaded.get_preds(dl=loaded.dls.test_dl(rows))[0]
+        one = loaded.predict(rows.iloc[0])[0][0]
+    test_close(preds2, preds.cpu(), eps=0.5)
+    test_close(one, preds2[0, 0], eps=0.5)
+    assert (preds2[:, 0] - tensor(rows.price.values).float()).abs().mean() < 1_000   # the user's units
+
+def test_regression_y_range_in_users_units(synth):
+    "`y_range` is in the user's units: outputs stay inside it, and the model still starts at the training mean."
+    df, dls = price_dls(synth)
+    learn = meta_cnn_learner(dls, resnet18, pretrained=False, y_range=(4_000, 16_000))
+    with learn.no_bar(): p0 = learn.get_preds()[0]
+    test_close(p0, torch.full_like(p0, float(df.price.iloc[dls.splits[0]].mean())), eps=5.)
+    x, m, _ = dls.one_batch()
+    learn.model[3][-1].weight.data.normal_(0, 100.)                   # saturate: still inside the range
+    with torch.no_grad(): out = learn.model.eval()(x, m)
+    assert out.min() >= 4_000 and out.max() <= 16_000 and out.std() > 1_000
+
+def test_points_and_classification_heads_start(synth):
+    "Keypoint heads start at the mean point (in fastai's [-1, 1] scale); classification heads are fastai's own."
+    from fastai_meta.synth import point_getter
+    path, df = synth('points')
+    dblock = DataBlock(blocks=(*TabularImageBlock('fname', ['quadrant'], ['dx', 'dy'], pref=path/'images'), PointBlock),
+                       get_y=point_getter, splitter=RandomSplitter(seed=0))
+    dls = dblock.dataloaders(df, bs=32, num_workers=0)
+    learn = meta_cnn_learner(dls, resnet18, pretrained=False, y_range=(-1, 1))
+    x, m, y = dls.one_batch()
+    with torch.no_grad(): out = learn.model.eval()(x, m)
+    assert out.std(0).max() < 1e-4 and out.abs().max() < 0.5           # one point for every image, near the centre
+    clf = meta_cnn_learner(meta_dls(*synth('xor'), 'xor'), resnet18, pretrained=False)
+    assert 'out' not in clf.model._modules and clf.model[3][-1].bias is None and clf.model[3][-1].weight.abs().sum() > 0
