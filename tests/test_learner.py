@@ -249,3 +249,25 @@ def test_points_and_classification_heads_start(synth):
     assert out.std(0).max() < 1e-4 and out.abs().max() < 0.5           # one point for every image, near the centre
     clf = meta_cnn_learner(meta_dls(*synth('xor'), 'xor'), resnet18, pretrained=False)
     assert 'out' not in clf.model._modules and clf.model[3][-1].bias is None and clf.model[3][-1].weight.abs().sum() > 0
+
+def test_cli_predict_reports_bad_rows(synth, tmp_path):
+    "`fastai-meta predict`: one row out per row in, each class's probability; an unreadable image and a bad value are reported by row, the rest predicted."
+    from fastai_meta.cli import main
+    path, df = synth('meta', n=64)
+    df.to_csv(tmp_path/'data.csv', index=False)
+    main(['train', str(tmp_path/'data.csv'), str(path/'images'), '--label', 'label', '--group-col', 'fname', '--fusion', 'film',
+          '--arch', 'resnet18', '--epochs', '1', '--size', '32', '--out', str(tmp_path/'m.pkl')])
+    new = df.drop(columns='label').iloc[:20].copy()
+    new.loc[3, 'fname'] = 'missing.png'
+    new = new.astype({'age': object}); new.loc[5, 'age'] = 'forty'
+    new.to_csv(tmp_path/'new.csv', index=False)
+    with pytest.warns(UserWarning, match='Row 3 not predicted'):
+        main(['predict', str(tmp_path/'m.pkl'), str(tmp_path/'new.csv'), str(path/'images'), '--out', str(tmp_path/'p.csv')])
+    out = pd.read_csv(tmp_path/'p.csv')
+    test_eq(len(out), 20); test_eq(list(out.row), list(range(20)))
+    assert 'missing.png' in out.error[3] and "'forty'" in out.error[5] and out.error.drop([3, 5]).isna().all()
+    good = out.drop([3, 5])
+    assert good.prediction.isin(['yes', 'no']).all() and out.prediction[[3, 5]].isna().all()
+    test_close(good[['p_no', 'p_yes']].sum(axis=1).values, np.ones(18), eps=1e-4)
+    learn = load_learner(tmp_path/'m.pkl')
+    with learn.no_bar(): test_eq(learn.predict(df.iloc[0])[0], good.prediction[0])
