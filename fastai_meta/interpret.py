@@ -9,7 +9,8 @@ __all__ = ['show_results', 'plot_top_losses']
 
 # %% ../nbs/03_interpret.ipynb #3b783242
 from fastai.vision.all import *
-from .data import TensorMeta, meta_encode
+from types import SimpleNamespace
+from .data import TensorMeta, meta_encode, _missing, _cat_keys, _check_columns
 
 # %% ../nbs/03_interpret.ipynb #77a59cb0
 def _show_prediction(out, targ, ctx, **kwargs):
@@ -64,3 +65,59 @@ def meta_importance(self:Learner, dl=None, n_repeats=3, seed=0, show=True):
         ax = res.plot.barh(x='feature', y='score_drop', legend=False, color=['C0']*len(cols) + ['C1', 'C1'])
         ax.invert_yaxis(); ax.set_xlabel(f'drop in score (base {base:.3f})'); ax.set_ylabel('')
     return res
+
+# %% ../nbs/03_interpret.ipynb #f3a4b5c1
+def _metric_value(m, pred, targ):
+    "Value of fastai metric `m` (a function, `AvgMetric` or `AccumMetric`) on raw outputs `pred` and targets `targ`."
+    m = m if isinstance(m, Metric) else mk_metric(m)
+    fake = SimpleNamespace(pred=pred, yb=(targ,), to_detach=to_detach, y=targ)
+    m.reset(); m.accumulate(fake)
+    try: return float(m.value)
+    except Exception: return float('nan')   # e.g. ROC AUC of a group holding one class only
+
+def _groups(values, continuous, bins):
+    "A group label per row: the value (or its quantile bin when `continuous`); missing values form the group 'missing'."
+    vals = pd.Series(values)
+    miss = pd.Series(_missing(vals.to_numpy(dtype=object)), index=vals.index)
+    if continuous:
+        num = pd.to_numeric(vals.where(~miss), errors='coerce')
+        cut = pd.qcut(num, bins, duplicates='drop') if num.nunique() > 1 else num
+        lab = cut.astype(str)
+    else: lab = pd.Series(_cat_keys(vals.to_numpy()), index=vals.index).astype(str)
+    return lab.where(~miss, 'missing')
+
+@patch
+def meta_report(self:Learner, cols=None, dl=None, bins=4, metrics=None, show=False):
+    "The learner's metrics on `dl` (default: the validation set) for each value of the metadata columns `cols` (continuous ones in `bins` quantile bins; missing their own group), with each group's count."
+    items = ifnone(dl, self.dls.valid).items
+    if not isinstance(items, pd.DataFrame): raise TypeError("meta_report needs a DataLoader over DataFrame rows (with their labels).")
+    enc = meta_encode(self.dls).encoding
+    cols = list(L(ifnone(cols, enc.cat_names + enc.cont_names)))
+    _check_columns(items.columns, cols)
+    metrics = L(ifnone(metrics, self.metrics))
+    if not metrics: raise ValueError("No metrics to report: pass `metrics=` or give the learner some.")
+    with self.no_bar(), self.no_logging():
+        preds, targs = self.get_preds(dl=self.dls.test_dl(items, with_labels=True), act=noop)
+    names = [getattr(m, 'name', getattr(m, '__name__', str(m))) for m in metrics]
+    rows = [dict(column='(all)', group='(all)', count=len(items), **{n: _metric_value(m, preds, targs) for n,m in zip(names, metrics)})]
+    for c in cols:
+        g = _groups(items[c].to_numpy(dtype=object), c in enc.cont_names, bins).to_numpy()
+        for v in pd.unique(g):
+            idx = torch.as_tensor(np.flatnonzero(g == v))
+            rows.append(dict(column=c, group=v, count=len(idx), **{n: _metric_value(m, preds[idx], targs[idx]) for n,m in zip(names, metrics)}))
+    res = pd.DataFrame(rows)
+    if show: _plot_report(res, names[0])
+    return res
+
+def _plot_report(res, metric):
+    "Bars of `metric` per group, one panel per column, the overall value as a dashed line."
+    sub = res[res.column != '(all)']
+    cols = list(dict.fromkeys(sub.column))
+    fig, axs = plt.subplots(1, len(cols), figsize=(4*len(cols), 3), squeeze=False)
+    for ax, c in zip(axs[0], cols):
+        d = sub[sub.column == c]
+        ax.barh([f'{g} (n={n})' for g,n in zip(d.group, d['count'])], d[metric])
+        ax.axvline(res[metric].iloc[0], color='k', ls='--', lw=1)
+        ax.set_title(c); ax.set_xlabel(metric); ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

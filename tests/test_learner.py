@@ -7,6 +7,7 @@ from fastai_meta.all import *
 from fastai_meta.learner import _online
 from fastai_meta.cli import run_demo
 from conftest import COLS, meta_dls, fit_quietly
+from fastai_meta.data import _cat_keys
 
 def test_label_only_metadata_reveals(synth):
     "Images are noise: the meta learner learns the label, an image-only learner stays near chance (50%)."
@@ -271,3 +272,53 @@ def test_cli_predict_reports_bad_rows(synth, tmp_path):
     test_close(good[['p_no', 'p_yes']].sum(axis=1).values, np.ones(18), eps=1e-4)
     learn = load_learner(tmp_path/'m.pkl')
     with learn.no_bar(): test_eq(learn.predict(df.iloc[0])[0], good.prediction[0])
+
+class SeenMeta(Callback):
+    "The metadata batches the model sees, in training and in validation."
+    order = 50
+    def before_fit(self): self.seen = getattr(self, "seen", None) or {True: [], False: []}   # validate() fires before_fit too
+    def before_batch(self): self.seen[self.training].append(self.xb[1].detach().clone())
+
+def test_meta_dropout_shows_all_missing_rows_in_training_only(synth):
+    "`meta_dropout=0.5`: about half the training rows arrive as a fully missing row encodes; validation rows are untouched."
+    path, df = synth('xor')
+    dls = meta_dls(path, df, 'xor')
+    learn = meta_cnn_learner(dls, resnet18, pretrained=False, meta_dropout=0.5, cbs=SeenMeta())
+    fit_quietly(learn, 1)
+    enc = meta_encode(dls).encoding
+    blank = tensor(enc.encode_df(pd.DataFrame({c: [None] for c in enc.cat_names + enc.cont_names}))[0])
+    train, valid = torch.cat(learn.seen_meta.seen[True]), torch.cat(learn.seen_meta.seen[False])
+    share = (train == blank).all(1).float().mean().item()
+    assert 0.35 < share < 0.65, share
+    natural = (tensor(enc.encode_df(dls.valid.items)) == blank).all(1).float().mean().item()   # rows missing everything in the data
+    test_close((valid == blank).all(1).float().mean().item(), natural)
+    cb = MetaDropout(1., per_column=True); cb.learn = learn; cb.before_fit()
+    learn.training, learn.xb = True, (None, valid[:8])
+    cb.before_batch()
+    test_eq(learn.xb[1], blank.expand(8, -1))
+
+def test_meta_report_shows_the_group_it_fails(trained):
+    "A validation set whose labels are flipped where `flag` is True: the report shows the model right for False, wrong for True, and counts every row."
+    learn, path, df = trained
+    rows = learn.dls.valid.items.copy()
+    flag = pd.Series(_cat_keys(rows.flag.to_numpy()), index=rows.index)
+    rows.loc[flag == 'True', 'label'] = rows.label[flag == 'True'].map({'yes': 'no', 'no': 'yes'})
+    res = learn.meta_report(['flag', 'noise'], dl=learn.dls.test_dl(rows, with_labels=True), metrics=[accuracy])
+    plt.close('all')
+    print(res)
+    r = res.set_index(['column', 'group'])
+    assert r.loc[('flag', 'False'), 'accuracy'] > 0.8 and r.loc[('flag', 'True'), 'accuracy'] < 0.2
+    test_eq(r.loc['flag', 'count'].sum(), len(rows)); test_eq(r.loc['noise', 'count'].sum(), len(rows))
+    assert ('missing' in r.loc['flag'].index) == bool(flag.isna().any())
+
+def test_meta_report_regression_per_group(synth):
+    "For regression the report's MAE per site equals the MAE computed by hand on that site's rows."
+    df, dls = price_dls(synth)
+    learn = meta_cnn_learner(dls, resnet18, pretrained=False, metrics=mae)
+    res = learn.meta_report('site').set_index(['column', 'group'])
+    with learn.no_bar(): preds, targs = learn.get_preds()
+    rows = dls.valid.items
+    site = pd.Series(_cat_keys(rows.site.to_numpy()), index=rows.index).fillna('missing').to_numpy()
+    for g in np.unique(site):
+        i = np.flatnonzero(site == g)
+        test_close(res.loc[('site', g), 'mae'], (preds[i, 0] - targs[i]).abs().mean().item(), eps=1e-2)
