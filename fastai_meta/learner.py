@@ -111,24 +111,19 @@ def _image_body(arch, pretrained, weights, weights_path, n_in, cut, dls, normali
     return body, nf, True, meta['split']
 
 # %% ../nbs/02_learner.ipynb #c3a1f0d2
-def _train_targets(dls):
-    "The training set's targets as stored (before batch transforms), read without loading images, with the rows' index."
-    tls = getattr(dls.train_ds, 'tls', None)
-    if tls is None or len(tls) <= dls.n_inp: return None, None
-    tl = tls[dls.n_inp]
-    index = tl.items.index if isinstance(tl.items, pd.DataFrame) else range(len(tl))
-    return [tl[i] for i in range(len(tl))], index
-
 def target_stats(dls):
     "The kind of target of `dls` ('regression', 'points' or 'other') and, for the first two, the training targets' mean and std."
-    ys, index = _train_targets(dls)
-    if not ys: return 'other', None, None
-    y0 = ys[0]
+    tls = getattr(dls.train_ds, 'tls', None)
+    if tls is None or len(tls) <= dls.n_inp or not len(tls[dls.n_inp]): return 'other', None, None
+    tl = tls[dls.n_inp]                       # the targets as stored, read without loading any image
+    y0 = tl[0]
     if isinstance(y0, TensorPoint):          # scaled to [-1, 1] by an item transform: take one batch's
         y = dls.train.one_batch()[dls.n_inp].float().flatten(1)
         return 'points', y.mean(0).cpu(), y.std(0).cpu()
     if isinstance(y0, (TensorCategory, TensorMultiCategory)) or not (isinstance(y0, Tensor) and y0.is_floating_point()):
         return 'other', None, None
+    index = tl.items.index if isinstance(tl.items, pd.DataFrame) else range(len(tl))
+    ys = [tl[i] for i in range(len(tl))]
     y = torch.stack(ys).float().reshape(len(ys), -1)
     bad = torch.isnan(y).any(1)
     if bad.any():

@@ -225,6 +225,10 @@ def test_regression_far_from_zero_in_users_units(synth, tmp_path):
     test_close(preds2, preds.cpu(), eps=0.5)
     test_close(one, preds2[0, 0], eps=0.5)
     assert (preds2[:, 0] - tensor(rows.price.values).float()).abs().mean() < 1_000   # the user's units
+    traced = export_torchscript(learn, tmp_path/'r.pt')                            # TorchScript answers in them too
+    x, m, _ = learn.dls.valid.one_batch()
+    with torch.no_grad(): test_close(traced(x.as_subclass(Tensor), m.as_subclass(Tensor)), learn.model.eval()(x, m), eps=0.5)
+    assert traced(x.as_subclass(Tensor), m.as_subclass(Tensor)).mean() > 5_000
 
 def test_regression_y_range_in_users_units(synth):
     "`y_range` is in the user's units: outputs stay inside it, and the model still starts at the training mean."
