@@ -260,14 +260,22 @@ def test_cli_predict_reports_bad_rows(synth, tmp_path):
     from fastai_meta.cli import main
     path, df = synth('meta', n=64)
     df.to_csv(tmp_path/'data.csv', index=False)
-    main(['train', str(tmp_path/'data.csv'), str(path/'images'), '--label', 'label', '--group-col', 'fname', '--fusion', 'film',
-          '--arch', 'resnet18', '--epochs', '1', '--size', '32', '--out', str(tmp_path/'m.pkl')])
-    new = df.drop(columns='label').iloc[:20].copy()
-    new.loc[3, 'fname'] = 'missing.png'
+    cli = [str(Path(sys.executable).parent/'fastai-meta')]                     # the console command itself
+    names = df.assign(fname=df.fname.str.replace('.png', '', regex=False))       # file names without their extension
+    names.to_csv(tmp_path/'names.csv', index=False)
+    r = subprocess.run(cli + ['train', str(tmp_path/'names.csv'), str(path/'images'), '--suff', '.png', '--label', 'label',
+                              '--group-col', 'fname', '--fusion', 'film', '--arch', 'resnet18', '--epochs', '1', '--size', '32',
+                              '--out', str(tmp_path/'m.pkl')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'balanced_accuracy' in r.stdout and 'exported to' in r.stdout             # fastai's progress table, the task's metrics
+    new = names.drop(columns='label').iloc[:20].copy()
+    new.loc[3, 'fname'] = 'missing'
     new = new.astype({'age': object}); new.loc[5, 'age'] = 'forty'
     new.to_csv(tmp_path/'new.csv', index=False)
-    with pytest.warns(UserWarning, match='Row 3 not predicted'):
-        main(['predict', str(tmp_path/'m.pkl'), str(tmp_path/'new.csv'), str(path/'images'), '--out', str(tmp_path/'p.csv')])
+    r = subprocess.run(cli + ['predict', str(tmp_path/'m.pkl'), str(tmp_path/'new.csv'), str(path/'images'), '--out', str(tmp_path/'p.csv')],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and '18 of 20 rows predicted; 2 not' in r.stdout, r.stdout + r.stderr[-2000:]
+    assert 'Row 3 not predicted' in r.stderr
     out = pd.read_csv(tmp_path/'p.csv')
     test_eq(len(out), 20); test_eq(list(out.row), list(range(20)))
     assert 'missing.png' in out.error[3] and "'forty'" in out.error[5] and out.error.drop([3, 5]).isna().all()
@@ -275,7 +283,7 @@ def test_cli_predict_reports_bad_rows(synth, tmp_path):
     assert good.prediction.isin(['yes', 'no']).all() and out.prediction[[3, 5]].isna().all()
     test_close(good[['p_no', 'p_yes']].sum(axis=1).values, np.ones(18), eps=1e-4)
     learn = load_learner(tmp_path/'m.pkl')
-    with learn.no_bar(): test_eq(learn.predict(df.iloc[0])[0], good.prediction[0])
+    with learn.no_bar(): test_eq(learn.predict(names.iloc[0])[0], good.prediction[0])
 
 class SeenMeta(Callback):
     "The metadata batches the model sees, in training and in validation."
