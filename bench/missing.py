@@ -74,11 +74,13 @@ def main():
     p.add_argument('--size', type=int, default=96); p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--lr', type=float, default=3e-3); p.add_argument('--p', type=float, default=0.25)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--from-json', help='only rewrite the table and plot from this json')
+    p.add_argument('--only-dropout', action='store_true', help="train only the row-dropout model at this --p and add its rows to the results json")
     a = p.parse_args()
     if a.from_json: return write(json.loads(Path(a.from_json).read_text()))
     a.device = 'gpu' if torch.cuda.is_available() else 'cpu'
     a.arch = 'tf_efficientnet_lite0'; a.weights = offline_weights(a.arch)
     models = ['image only', 'concat', f'concat, meta_dropout={a.p:g} (rows)', f'concat, meta_dropout={a.p:g} (per column)']
+    if a.only_dropout: models = [f'concat, meta_dropout={a.p:g} (rows)']
     df = load_ham(a.per_class, a.seed)
     df['fold'] = lesion_folds(df, a.folds, a.seed)
     rows = []
@@ -95,7 +97,13 @@ def main():
     res = dict({k:v for k,v in vars(a).items() if k not in ('arch', 'weights')}, arch_name=a.arch, n_images=len(df), rows=rows,
                threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
-    (OUT/f'missing-{a.device}.json').write_text(json.dumps(res, indent=2))
+    out = OUT/f'missing-{a.device}.json'
+    if a.only_dropout:
+        old = json.loads(out.read_text())
+        same = ('folds', 'per_class', 'size', 'epochs', 'lr', 'seed', 'n_images')
+        if any(old[k] != res[k] for k in same): raise ValueError(f'--only-dropout needs the settings of {out}')
+        res = dict(old, rows=[r for r in old['rows'] if r['model'] not in models] + rows)
+    out.write_text(json.dumps(res, indent=2))
     write(res)
 
 def write(res):
