@@ -97,14 +97,16 @@ def main():
                threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
     out = OUT/f"lesions{'-pretrained' if a.pretrained else ''}-{a.device}.json"
-    if a.add:
-        old = json.loads(out.read_text())
-        same = ('folds', 'per_class', 'size', 'epochs', 'bs', 'lr', 'seed', 'n_images')
-        if any(old[k] != res[k] for k in same): raise ValueError(f'--add needs the settings of {out}: {[(k, old[k], res[k]) for k in same]}')
-        names = set(r['model'] for r in rows)
-        res = dict(old, rows=[r for r in old['rows'] if r['model'] not in names] + rows)
+    if a.add: res = merged(out, res, ('folds', 'per_class', 'size', 'epochs', 'bs', 'lr', 'seed', 'n_images'))
     out.write_text(json.dumps(res, indent=2))
     write_md(res)
+
+def merged(out, res, same):
+    "The results json `out` with `res`'s rows in place of its rows of the same models; refuses if a setting in `same` differs."
+    old = json.loads(out.read_text())
+    if any(old[k] != res[k] for k in same): raise ValueError(f'{out} was made with other settings: {[(k, old[k], res[k]) for k in same]}')
+    names = {r['model'] for r in res['rows']}
+    return dict(old, rows=[r for r in old['rows'] if r['model'] not in names] + res['rows'])
 
 def summary(res):
     "Mean and std over folds of each model's scores, as a DataFrame."

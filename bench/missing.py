@@ -20,7 +20,7 @@ import numpy as np, pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from fastai.vision.all import *
 from fastai_meta.all import *
-from lesions import HAM, OUT, load_ham, lesion_folds
+from lesions import HAM, OUT, load_ham, lesion_folds, merged
 
 META = dict(cat_names=['sex', 'localization'], cont_names=['age'])
 COLS = META['cat_names'] + META['cont_names']
@@ -98,11 +98,7 @@ def main():
                threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
     out = OUT/f'missing-{a.device}.json'
-    if a.only_dropout:
-        old = json.loads(out.read_text())
-        same = ('folds', 'per_class', 'size', 'epochs', 'lr', 'seed', 'n_images')
-        if any(old[k] != res[k] for k in same): raise ValueError(f'--only-dropout needs the settings of {out}')
-        res = dict(old, rows=[r for r in old['rows'] if r['model'] not in models] + rows)
+    if a.only_dropout: res = merged(out, res, ('folds', 'per_class', 'size', 'epochs', 'lr', 'seed', 'n_images'))
     out.write_text(json.dumps(res, indent=2))
     write(res)
 

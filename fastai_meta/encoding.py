@@ -11,6 +11,7 @@ __all__ = ['NA', 'TensorMeta', 'MetaEncoding', 'MetaRow', 'MetaEncode', 'infer_m
 import inspect, json, warnings
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import *
+from fastai.tabular.core import cont_cat_split
 
 # %% ../nbs/00_encoding.ipynb #2edf708b
 class TensorMeta(TensorBase):
@@ -270,7 +271,7 @@ def _block_columns(context, columns):
 
 def infer_meta_columns(df, read=None, exclude=(), max_card=20, id_frac=0.95):
     "Categorical and continuous columns of `df` (training rows) as fastai's `cont_cat_split` would split them, and those left out, with why."
-    cats, conts, left, read = [], [], {}, ifnone(read, {})
+    left, read = {}, ifnone(read, {})
     for c in df.columns:
         s = df[c]
         vals = s.to_numpy(dtype=object)
@@ -284,8 +285,7 @@ def infer_meta_columns(df, read=None, exclude=(), max_card=20, id_frac=0.95):
         elif pd.api.types.is_datetime64_any_dtype(s): left[c] = 'dates: turn them into numbers first (fastai: `add_datepart`)'
         elif text and pd.Series(ok.astype(str)).str.contains(_PATHS, case=False).mean() > 0.5: left[c] = 'file paths'
         elif text and len(ok) >= 20 and n_uniq >= id_frac * len(ok): left[c] = 'an id: a distinct value on nearly every row'
-        elif pd.api.types.is_float_dtype(s) or (pd.api.types.is_integer_dtype(s) and n_uniq > max_card): conts.append(c)
-        else: cats.append(c)
+    conts, cats = cont_cat_split(df[[c for c in df.columns if c not in left]], max_card=max_card)   # fastai's own split
     return cats, conts, left
 
 def warn_label_copies(df, names, label):
