@@ -14,9 +14,11 @@ its PyPI wheel), `fine_tune(epochs)` (one frozen epoch first), `ImageCache` for 
 models: image only from scratch (same budget, `fit_one_cycle(epochs + 1)`), image only pretrained
 (`vision_learner` with the same weights), and `meta_cnn_learner` with concat, film, metablock and csf.
 The table adds each model's paired lift over the pretrained image-only model, fold by fold.
+`--lr-mult`: fine_tune's `lr_mult`. timm bodies are one parameter group in fastai (`default_split`), so
+fastai's default 100 trains the whole body at a hundredth of the head's rate; 1 trains it at the head's.
 
 Run: .venv/bin/python bench/lesions.py [--folds 3] [--per-class 150] [--size 64] [--epochs 4]
-     .venv/bin/python bench/lesions.py --pretrained [--per-class 250] [--size 96] [--epochs 5]
+     .venv/bin/python bench/lesions.py --pretrained [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3] [--lr-mult 1]
 Writes bench/results/lesions[-pretrained]-<cpu|gpu>.json and .md.
 """
 import argparse, json, time, warnings
@@ -49,6 +51,12 @@ def lesion_folds(df, n_folds, seed=0):
 
 def train_one(name, df, a):
     "Train model `name` on `df` (its `is_valid` column is the held-out fold); return its scores."
+    learn = trained(name, df, a)
+    _, _, bal, auc = learn.recorder.values[-1]
+    return dict(balanced_accuracy=float(bal), macro_auc=float(auc), seconds=learn.fit_seconds)
+
+def trained(name, df, a):
+    "Model `name` trained on `df` (its `is_valid` column is the held-out fold), as a `Learner`."
     common = dict(path=HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx', valid_col='is_valid', bs=a.bs,
                   num_workers=a.workers, batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
     metrics, pre = [BalancedAccuracy(), RocAuc()], a.pretrained and 'scratch' not in name
@@ -60,21 +68,23 @@ def train_one(name, df, a):
         dls = MetaDataLoaders.from_df(df, cat_names=['sex', 'localization'], cont_names=['age'], **cache, **common)
         learn = meta_cnn_learner(dls, a.arch, fusion=name.split()[0], wide='wide' in name, pretrained=pre, weights_path=a.weights if pre else None, metrics=metrics, fast=True)
     start = time.time()
+    lr_mult = float(name.split('lr_mult=')[1].rstrip(')')) if 'lr_mult=' in name else a.lr_mult   # e.g. 'concat (lr_mult=100)'
     with learn.no_bar(), learn.no_logging():
-        if pre: learn.fine_tune(a.epochs, a.lr)
+        if pre: learn.fine_tune(a.epochs, a.lr, lr_mult=lr_mult)
         else: learn.fit_one_cycle(a.epochs + a.pretrained, a.lr)     # the same number of epochs as fine_tune's
-    _, _, bal, auc = learn.recorder.values[-1]
-    return dict(balanced_accuracy=float(bal), macro_auc=float(auc), seconds=time.time() - start)
+    learn.fit_seconds = time.time() - start
+    return learn
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--folds', type=int, default=3); p.add_argument('--per-class', type=int, default=150)
     p.add_argument('--size', type=int, default=64); p.add_argument('--epochs', type=int, default=4)
     p.add_argument('--bs', type=int, default=32); p.add_argument('--lr', type=float, default=2e-3)
+    p.add_argument('--lr-mult', type=float, default=100, help="fine_tune's lr_mult: the body's lr is the head's divided by it (fastai's default 100)")
     p.add_argument('--arch', default='resnet18'); p.add_argument('--workers', type=int, default=0)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--from-json', help='only rewrite the table from this json')
     p.add_argument('--pretrained', action='store_true', help='EfficientNet-Lite0 with ImageNet weights, fine_tune, against image only from scratch')
-    p.add_argument('--models', help="only these models, separated by ';' (e.g. 'concat + wide': concat with wide=True)")
+    p.add_argument('--models', help="only these models, separated by ';' (e.g. 'concat + wide': concat with wide=True; 'concat (lr_mult=100)')")
     p.add_argument('--add', action='store_true', help='add these models\' rows to the results json of the same settings')
     a = p.parse_args()
     if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
@@ -97,14 +107,14 @@ def main():
                threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
     out = OUT/f"lesions{'-pretrained' if a.pretrained else ''}-{a.device}.json"
-    if a.add: res = merged(out, res, ('folds', 'per_class', 'size', 'epochs', 'bs', 'lr', 'seed', 'n_images'))
+    if a.add: res = merged(out, res, ('folds', 'per_class', 'size', 'epochs', 'bs', 'lr', 'lr_mult', 'seed', 'n_images'))
     out.write_text(json.dumps(res, indent=2))
     write_md(res)
 
 def merged(out, res, same):
     "The results json `out` with `res`'s rows in place of its rows of the same models; refuses if a setting in `same` differs."
     old = json.loads(out.read_text())
-    if any(old[k] != res[k] for k in same): raise ValueError(f'{out} was made with other settings: {[(k, old[k], res[k]) for k in same]}')
+    if any(old.get(k) != res.get(k) for k in same): raise ValueError(f'{out} was made with other settings: {[(k, old.get(k), res.get(k)) for k in same]}')
     names = {r['model'] for r in res['rows']}
     return dict(old, rows=[r for r in old['rows'] if r['model'] not in names] + res['rows'])
 
@@ -125,7 +135,7 @@ def write_md(res):
     s, pre = summary(res), res.get('pretrained', False)
     where = res['gpu'] or f"CPU{' (%d threads)' % res['threads'] if 'threads' in res else ''}, torch {res['torch']}"
     how = (f"{res['arch_name']} with ImageNet weights (`offline_weights`) at {res['size']} px, `fine_tune({res['epochs']})` "
-           f"(one frozen epoch first) at lr {res['lr']:g}; the from-scratch model trains `fit_one_cycle({res['epochs'] + 1})`"
+           f"(one frozen epoch first) at lr {res['lr']:g}, `lr_mult={res.get('lr_mult', 100):g}`; the from-scratch model trains `fit_one_cycle({res['epochs'] + 1})`"
            if pre else f"{res['arch_name']} from scratch at {res['size']} px, {res['epochs']} epochs of one-cycle at lr {res['lr']:g}")
     md = [f"HAM10000, {res['n_images']} images ({'all' if not res['per_class'] else 'at most ' + str(res['per_class']) + ' per diagnosis'}), "
           f"{res['folds']} lesion-grouped folds, {how}, batch {res['bs']}, on {where}. Mean ± std over folds."
@@ -140,6 +150,12 @@ def write_md(res):
             row += ' – | – |' if m == BASE else (f" {_pm(l[('balanced_accuracy','mean')], l[('balanced_accuracy','std')], 100, '+.1f')} |"
                                                  f" {_pm(l[('macro_auc','mean')], l[('macro_auc','std')], 100, '+.1f')} |")
         md.append(row)
+    for m in s.index:                                # a fusion at another lr_mult, against image only at that lr_mult
+        base = f"image only, lr_mult={m.split('lr_mult=')[-1].rstrip(')')}"
+        if 'lr_mult=' in m and m != base and base in s.index:
+            l = paired_lifts(res, base).xs(m, level='model').agg(['mean', 'std'])
+            md += ['', f"Paired lift of {m} over {base}: {_pm(l.balanced_accuracy['mean'], l.balanced_accuracy['std'], 100, '+.1f')} "
+                       f"balanced accuracy, {_pm(l.macro_auc['mean'], l.macro_auc['std'], 100, '+.1f')} macro AUC (points)."]
     secs = pd.DataFrame(res['rows']).groupby('model', sort=False).seconds.mean()
     md += ['', 'Training seconds per fold: ' + ', '.join(f"{m} {v:.0f}" for m,v in secs.items()) + '.']
     (OUT/f"lesions{'-pretrained' if pre else ''}-{res['device']}.md").write_text('\n'.join(md) + '\n')
