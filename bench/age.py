@@ -51,7 +51,7 @@ def net_mae(name, df, a):
         learn = meta_cnn_learner(dls, a.arch, fusion=name.split()[0], wide='wide' in name, weights_path=a.weights, fast=True)
         unscale = noop
     with learn.no_bar(), learn.no_logging():
-        learn.fine_tune(a.epochs, a.lr)
+        learn.fine_tune(a.epochs, a.lr, lr_mult=a.lr_mult)
         preds, _ = learn.get_preds()
     return float((unscale(preds[:, 0]) - tensor(df.age[df.is_valid].values).float()).abs().mean())
 
@@ -60,6 +60,7 @@ def main():
     p.add_argument('--n', type=int, default=1500, help='images drawn at random from those with an age (0: all)')
     p.add_argument('--folds', type=int, default=3); p.add_argument('--size', type=int, default=96)
     p.add_argument('--epochs', type=int, default=4); p.add_argument('--lr', type=float, default=3e-3)
+    p.add_argument('--lr-mult', type=float, default=100, help="fine_tune's lr_mult (fastai's default 100; 1 trains a timm body at the head's rate, see lesions.py)")
     p.add_argument('--seed', type=int, default=0); p.add_argument('--models', default=';'.join(MODELS), help='names separated by ;')
     p.add_argument('--from-json', help='only rewrite the table from this json')
     a = p.parse_args()
@@ -94,7 +95,7 @@ def write_md(res):
     s = d.groupby('model', sort=False).mae.agg(['mean', 'std'])
     where = res['gpu'] or f"CPU ({res['threads']} threads), torch {res['torch']}"
     md = [f"HAM10000 age (years; std {res['age_std']:.1f}), {res['n_images']} images with an age, {res['folds']} lesion-grouped folds; "
-          f"networks: {res['arch_name']} with ImageNet weights at {res['size']} px, `fine_tune({res['epochs']}, {res['lr']:g})`, "
+          f"networks: {res['arch_name']} with ImageNet weights at {res['size']} px, `fine_tune({res['epochs']}, {res['lr']:g}, lr_mult={res.get('lr_mult', 100):g})`, "
           f"batch 32, on {where}. Mean absolute error, mean ± std over folds, and per fold.", '',
           '| model | MAE (years) | ' + ' | '.join(f'fold {k}' for k in per_fold.index) + ' |',
           '|---|---:|' + '---:|'*len(per_fold)]

@@ -113,7 +113,7 @@ def main():
 
 def merged(out, res, same):
     "The results json `out` with `res`'s rows in place of its rows of the same models; refuses if a setting in `same` differs."
-    old = json.loads(out.read_text())
+    old = {'lr_mult': 100., **json.loads(out.read_text())}       # runs from before --lr-mult used fastai's default
     if any(old.get(k) != res.get(k) for k in same): raise ValueError(f'{out} was made with other settings: {[(k, old.get(k), res.get(k)) for k in same]}')
     names = {r['model'] for r in res['rows']}
     return dict(old, rows=[r for r in old['rows'] if r['model'] not in names] + res['rows'])

@@ -55,7 +55,7 @@ def train(name, df, a):
         dls = MetaDataLoaders.from_df(df, cache=ImageCache(a.size), **META, **common)
         cbs = [MetaDropout(a.p, per_column=True)] if 'per column' in name else []
         learn = meta_cnn_learner(dls, a.arch, weights_path=a.weights, meta_dropout=a.p if 'rows' in name else 0., cbs=cbs, fast=True)
-    with learn.no_bar(), learn.no_logging(): learn.fine_tune(a.epochs, a.lr)
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(a.epochs, a.lr, lr_mult=a.lr_mult)
     return learn
 
 def evaluate(learn, name, df, seed):
@@ -72,7 +72,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument('--folds', type=int, default=3); p.add_argument('--per-class', type=int, default=200)
     p.add_argument('--size', type=int, default=96); p.add_argument('--epochs', type=int, default=5)
-    p.add_argument('--lr', type=float, default=3e-3); p.add_argument('--p', type=float, default=0.25)
+    p.add_argument('--lr', type=float, default=3e-3)
+    p.add_argument('--lr-mult', type=float, default=100, help="fine_tune's lr_mult (fastai's default 100; 1 trains a timm body at the head's rate, see lesions.py)")
+    p.add_argument('--p', type=float, default=0.25)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--from-json', help='only rewrite the table and plot from this json')
     p.add_argument('--only-dropout', action='store_true', help="train only the row-dropout model at this --p and add its rows to the results json")
     a = p.parse_args()
@@ -98,7 +100,7 @@ def main():
                threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
     out = OUT/f'missing-{a.device}.json'
-    if a.only_dropout: res = merged(out, res, ('folds', 'per_class', 'size', 'epochs', 'lr', 'seed', 'n_images'))
+    if a.only_dropout: res = merged(out, res, ('folds', 'per_class', 'size', 'epochs', 'lr', 'lr_mult', 'seed', 'n_images'))
     out.write_text(json.dumps(res, indent=2))
     write(res)
 
@@ -111,7 +113,7 @@ def write(res):
     conds = [c for c in CONDITIONS if c in mean.columns]
     where = res['gpu'] or f"CPU ({res['threads']} threads), torch {res['torch']}"
     md = [f"HAM10000, {res['n_images']} images (at most {res['per_class']} per diagnosis), {res['folds']} lesion-grouped folds, "
-          f"{res['arch_name']} with ImageNet weights at {res['size']} px, `fine_tune({res['epochs']}, {res['lr']:g})`, on {where}. "
+          f"{res['arch_name']} with ImageNet weights at {res['size']} px, `fine_tune({res['epochs']}, {res['lr']:g}, lr_mult={res.get('lr_mult', 100):g})`, on {where}. "
           "Balanced accuracy on the held-out fold (mean ± std over folds) with the metadata of that share of rows removed, "
           "or with one column removed from every row. The image-only model sees no metadata: one score.", '',
           '| model | ' + ' | '.join(conds) + ' |', '|---|' + '---:|'*len(conds)]
