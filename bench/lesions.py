@@ -67,13 +67,17 @@ def trained(name, df, a):
         cache = dict(cache=ImageCache(a.size)) if a.pretrained else dict(item_tfms=Resize(a.size))
         dls = MetaDataLoaders.from_df(df, cat_names=['sex', 'localization'], cont_names=['age'], **cache, **common)
         learn = meta_cnn_learner(dls, a.arch, fusion=name.split()[0], wide='wide' in name, pretrained=pre, weights_path=a.weights if pre else None, metrics=metrics, fast=True)
+    lr_mult = name_lr_mult(name, a.lr_mult)
     start = time.time()
-    lr_mult = float(name.split('lr_mult=')[1].rstrip(')')) if 'lr_mult=' in name else a.lr_mult   # e.g. 'concat (lr_mult=100)'
     with learn.no_bar(), learn.no_logging():
         if pre: learn.fine_tune(a.epochs, a.lr, lr_mult=lr_mult)
         else: learn.fit_one_cycle(a.epochs + a.pretrained, a.lr)     # the same number of epochs as fine_tune's
     learn.fit_seconds = time.time() - start
     return learn
+
+def name_lr_mult(name, default=None):
+    "The `lr_mult` a model name asks for (e.g. 'concat (lr_mult=100)', 'image only, lr_mult=100'), else `default`."
+    return float(name.split('lr_mult=')[1].rstrip(')')) if 'lr_mult=' in name else default
 
 def main():
     p = argparse.ArgumentParser()
@@ -151,8 +155,8 @@ def write_md(res):
                                                  f" {_pm(l[('macro_auc','mean')], l[('macro_auc','std')], 100, '+.1f')} |")
         md.append(row)
     for m in s.index:                                # a fusion at another lr_mult, against image only at that lr_mult
-        base = f"image only, lr_mult={m.split('lr_mult=')[-1].rstrip(')')}"
-        if 'lr_mult=' in m and m != base and base in s.index:
+        base = f"image only, lr_mult={name_lr_mult(m):g}" if name_lr_mult(m) else None
+        if base and m != base and base in s.index:
             l = paired_lifts(res, base).xs(m, level='model').agg(['mean', 'std'])
             md += ['', f"Paired lift of {m} over {base}: {_pm(l.balanced_accuracy['mean'], l.balanced_accuracy['std'], 100, '+.1f')} "
                        f"balanced accuracy, {_pm(l.macro_auc['mean'], l.macro_auc['std'], 100, '+.1f')} macro AUC (points)."]
