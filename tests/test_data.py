@@ -132,25 +132,32 @@ def uncalled_dblock(path, get_y=ColReader('label'), meta=MetaBlock, splitter=Col
     return DataBlock(blocks=(ImageBlock, meta, CategoryBlock), get_x=[ColReader('fname', pref=path/'images'), noop],
                      get_y=get_y, splitter=splitter, item_tfms=Resize(32))
 
-def test_uncalled_metablock_infers_columns_safely(synth):
-    "`blocks=(ImageBlock, MetaBlock, CategoryBlock)`: usable columns become metadata; what other blocks read, ids, paths, constants and empties do not."
+def test_uncalled_metablock_infers_columns_safely(synth, capsys):
+    "`blocks=(ImageBlock, MetaBlock, CategoryBlock)`: usable columns become metadata; what other blocks read, ids, paths, constants, empties and label copies do not; the choice is printed."
     path, df = synth('meta', n=100)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         dls = uncalled_dblock(path).dataloaders(infer_frame(df), bs=16, num_workers=0)
     enc = meta_encode(dls).encoding
-    test_eq(enc.cat_names, ['site', 'diagnosis', 'visits'])     # text, and an integer of few values
+    test_eq(enc.cat_names, ['site', 'visits'])                 # text, and an integer of few values
     test_eq(enc.cont_names, ['age', 'noise', 'age_days'])        # floats
-    test_eq(set(enc.left_out), {'fname', 'label', 'is_valid', 'patient_id', 'file', 'clinic', 'empty'})
+    test_eq(set(enc.left_out), {'fname', 'label', 'is_valid', 'patient_id', 'file', 'clinic', 'empty', 'diagnosis'})
     assert 'label' in enc.left_out['label'] and 'splitter' in enc.left_out['is_valid'] and 'id' in enc.left_out['patient_id']
     assert enc.left_out['file'] == 'file paths' and 'constant' in enc.left_out['clinic'] and 'missing' in enc.left_out['empty']
+    assert enc.left_out['diagnosis'].startswith('gives the label away: the label \'label\' is a function of it')
     assert 'left_out' in repr(enc) and 'diagnosis' in repr(enc)
-    leaks = [str(o.message) for o in w if 'reproduces the label' in str(o.message)]
-    assert len(leaks) == 1 and "'diagnosis'" in leaks[0]                # the recoded label, and only it
-    test_eq(dls.one_batch()[1].shape[1], 3 + 3 + 3)                      # 3 categories, 3 _na flags, 3 continuous
-    ex = meta_encode(uncalled_dblock(path, meta=MetaBlock(exclude=['diagnosis', 'age_days'])).dataloaders(infer_frame(df), bs=16, num_workers=0)).encoding
-    test_eq(ex.cat_names + ex.cont_names, ['site', 'visits', 'age', 'noise'])
-    assert ex.left_out['diagnosis'] == 'excluded'
+    assert not [o for o in w if 'Metadata column' in str(o.message)]   # what is left out is said, not warned about
+    said = capsys.readouterr().out
+    assert 'categorical: site, visits' in said and 'continuous:  age, noise, age_days' in said and 'diagnosis' in said and 'exclude=' in said
+    test_eq(dls.one_batch()[1].shape[1], 2 + 3 + 3)                      # 2 categories, 3 _na flags, 3 continuous
+    ex = meta_encode(uncalled_dblock(path, meta=MetaBlock(exclude=['noise', 'age_days'], verbose=False)).dataloaders(infer_frame(df), bs=16, num_workers=0)).encoding
+    test_eq(ex.cat_names + ex.cont_names, ['site', 'visits', 'age'])
+    assert ex.left_out['noise'] == 'excluded' and capsys.readouterr().out == ''
+
+def test_explicitly_empty_names_are_an_error():
+    "`MetaBlock(cat_names=[], cont_names=[])` names no column: an error, not a silent choice of every column."
+    with pytest.raises(ValueError, match='no columns'): MetaBlock(cat_names=[], cont_names=[])
+    with pytest.raises(ValueError, match='no columns'): MetaBlock(cat_names=[])
 
 def test_uncalled_metablock_refuses_to_guess(synth):
     "A label read by a lambda (or any function of the row) cannot be kept out of the metadata: it refuses, asking for names."
@@ -163,12 +170,12 @@ def test_uncalled_metablock_refuses_to_guess(synth):
 def test_named_columns_that_copy_the_label_are_named(synth):
     "With names given too: a column equal to the label under another coding, or a monotone copy of a number, is warned about."
     path, df = synth('meta', n=100)
-    with pytest.warns(UserWarning, match="'dx2' reproduces the label 'label'"):
+    with pytest.warns(UserWarning, match="'dx2': the label 'label' is a function of it"):
         uncalled_dblock(path, meta=MetaBlock(['site', 'dx2'], ['age']), splitter=RandomSplitter(seed=0)).dataloaders(
             df.assign(dx2=df.label.str.upper()), bs=16, num_workers=0)
     scored = df.assign(score=df.noise.fillna(0) * 3 + 1)
     copy = scored.assign(score_log=np.log(scored.score - scored.score.min() + 1))
-    with pytest.warns(UserWarning, match="'score_log' reproduces the label 'score'"):
+    with pytest.warns(UserWarning, match="'score_log': a monotone copy of the label 'score'"):
         MetaDataLoaders.from_df(copy, path, folder='images', fn_col='fname', label_col='score', y_block=RegressionBlock,
                                 cat_names=['site'], cont_names=['age', 'score_log'], seed=0, num_workers=0)
     with warnings.catch_warnings():
@@ -176,26 +183,61 @@ def test_named_columns_that_copy_the_label_are_named(synth):
         MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', cat_names=['site'],
                                 cont_names=['age', 'noise'], seed=0, num_workers=0)
 
-def lesion_rows(n_groups=500, seed=0):
+def lesion_rows(seed=0):
+    "Real-shaped groups: one lesion of 150 images, two of 80 and 40, 1,500 of 1 to 5 (most of 1); a rare class (2 %)."
     rng = np.random.default_rng(seed)
-    groups = np.repeat(np.arange(n_groups), rng.integers(1, 6, n_groups))
-    return pd.DataFrame({'lesion_id': [f'L{g}' for g in groups], 'dx': rng.choice(['nv', 'mel', 'bkl'], len(groups), p=[.7, .2, .1])})
+    sizes = np.r_[150, 80, 40, rng.choice([1, 1, 1, 2, 3, 5], 1500)]
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    return pd.DataFrame({'lesion_id': [f'L{g}' for g in groups], 'dx': rng.choice(['nv', 'mel', 'akiec'], len(groups), p=[.83, .15, .02])})
+
+def sides_alike(rows, group_col, label, tr, va):
+    "Validation over training: the share of rows, each label's rate, the share of rows from multi-image groups and from groups of 3+."
+    size = rows[group_col].map(rows[group_col].value_counts())
+    ratio = {f'rate of {c}': (rows[label].iloc[va] == c).mean() / (rows[label].iloc[tr] == c).mean() for c in rows[label].unique()}
+    return dict(valid_share=len(va) / len(rows), multi=(size.iloc[va] > 1).mean() / (size.iloc[tr] > 1).mean(),
+                three_plus=(size.iloc[va] > 2).mean() / (size.iloc[tr] > 2).mean(), **ratio)
 
 @pytest.mark.parametrize('pct', [0.2, 0.3])
 def test_group_splitter(pct):
-    "No group on both sides, the valid share close to `valid_pct`, label proportions kept when stratified, the same split for the same seed."
+    "No group on both sides; both sides alike in share, label rates (a rare class too) and group sizes; the same split for the same seed."
     rows = lesion_rows()
-    tr, va = GroupSplitter('lesion_id', valid_pct=pct, seed=0, stratify='dx')(rows)
-    assert not set(rows.lesion_id.iloc[tr]) & set(rows.lesion_id.iloc[va])
-    test_eq(sorted(list(tr) + list(va)), list(range(len(rows))))
-    assert abs(len(va) / len(rows) - pct) < 0.02
-    share = rows.dx.iloc[va].value_counts() / rows.dx.value_counts()
-    assert (share - pct).abs().max() < 0.03, share
-    test_eq(GroupSplitter('lesion_id', valid_pct=pct, seed=0, stratify='dx')(rows), (tr, va))
-    assert GroupSplitter('lesion_id', valid_pct=pct, seed=1, stratify='dx')(rows)[1] != va
-    folds = [GroupSplitter('lesion_id', seed=3, n_folds=3, fold=k)(rows)[1] for k in range(3)]
+    for seed in range(3):
+        tr, va = GroupSplitter('lesion_id', valid_pct=pct, seed=seed, stratify='dx')(rows)
+        assert not set(rows.lesion_id.iloc[tr]) & set(rows.lesion_id.iloc[va])
+        test_eq(sorted(list(tr) + list(va)), list(range(len(rows))))
+        r = sides_alike(rows, 'lesion_id', 'dx', tr, va)
+        assert abs(r['valid_share'] - pct) < 0.02, r
+        assert all(abs(r[f'rate of {c}'] - 1) < 0.05 for c in ('nv', 'mel')) and abs(r['rate of akiec'] - 1) < 0.3, r
+        assert abs(r['multi'] - 1) < 0.1 and abs(r['three_plus'] - 1) < 0.15, r
+    test_eq(GroupSplitter('lesion_id', valid_pct=pct, seed=0, stratify='dx')(rows), GroupSplitter('lesion_id', valid_pct=pct, seed=0, stratify='dx')(rows))
+    assert GroupSplitter('lesion_id', valid_pct=pct, seed=1, stratify='dx')(rows)[1] != tr
+    folds = [GroupSplitter('lesion_id', seed=3, n_folds=3, fold=k, stratify='dx')(rows)[1] for k in range(3)]
     test_eq(sorted(sum(map(list, folds), [])), list(range(len(rows))))       # the folds partition the rows
     assert max(map(len, folds)) - min(map(len, folds)) < 0.03 * len(rows)
+
+def test_group_splitter_without_stratify_keeps_group_sizes():
+    "With no column to stratify on, the folds keep the groups' sizes alike: validation is not only single-image groups."
+    rows = lesion_rows(1)
+    tr, va = GroupSplitter('lesion_id', valid_pct=0.2, seed=0)(rows)
+    r = sides_alike(rows, 'lesion_id', 'dx', tr, va)
+    assert abs(r['multi'] - 1) < 0.1 and abs(r['valid_share'] - 0.2) < 0.05, r
+
+REAL = [('ham10000/metadata.csv', 'lesion_id', 'dx'), ('siim-isic-2020-half/train.csv', 'patient_id', 'target')]
+
+@pytest.mark.parametrize('table,group_col,label', REAL)
+def test_group_splitter_on_real_tables(table, group_col, label):
+    "On HAM10000 by lesion and SIIM-ISIC by patient, validation looks like training: label rates, multi-image share, group sizes within a few percent."
+    f = Path(__file__).resolve().parents[2]/'shared'/'data'/table
+    if not f.exists(): pytest.skip(f'needs ../shared/data/{table}')
+    rows = pd.read_csv(f)
+    tr, va = GroupSplitter(group_col, valid_pct=0.2, seed=0, stratify=label)(rows)
+    assert not set(rows[group_col].iloc[tr]) & set(rows[group_col].iloc[va])
+    r = sides_alike(rows, group_col, label, tr, va)
+    size = rows[group_col].map(rows[group_col].value_counts())
+    mean_size = size.iloc[va].mean() / size.iloc[tr].mean()
+    rare = rows[label].value_counts().idxmin()
+    assert abs(r['valid_share'] - 0.2) < 0.01 and abs(r['multi'] - 1) < 0.05 and abs(mean_size - 1) < 0.1, (r, mean_size)
+    assert all(abs(v - 1) < (0.1 if k == f'rate of {rare}' else 0.05) for k,v in r.items() if k.startswith('rate')), r
 
 def test_group_col_on_from_df(synth):
     "`group_col=` splits by group in `from_df`; the group column never becomes metadata; a missing group is an error naming the row."
@@ -204,6 +246,7 @@ def test_group_col_on_from_df(synth):
     dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', group_col='patient', seed=0, num_workers=0)
     tr, va = dls.splits
     assert not set(df.patient.iloc[tr]) & set(df.patient.iloc[va]) and abs(len(va) / len(df) - 0.2) < 0.05
+    test_eq(GroupSplitter('patient', seed=0, stratify='label')(df), (tr, va))     # stratified by the label
     enc = meta_encode(dls).encoding
     assert 'patient' not in enc.cat_names + enc.cont_names and 'splitter' in enc.left_out['patient']
     bad = df.copy(); bad.loc[7, 'patient'] = None
