@@ -115,8 +115,14 @@ def _pure_level(keys, y, n_min=10, alpha=1e-10):
     if logp[i] > np.log10(alpha / d.k.nunique()): return None
     return g.index[i], int(g['size'].iloc[i]), g['first'].iloc[i], float(logp[i])
 
+def _auc_low(auc, n_pos, n_neg):
+    "The lower end of a 95% interval of a ROC AUC from `n_pos` and `n_neg` rows (Hanley & McNeil, Radiology 1982)."
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
+    return auc - 1.96 * np.sqrt(max(var, 0))
+
 def _lookup_score(keys, y, classes, seed=0):
-    "How well a lookup of `keys` fitted on one random half predicts `y` on the other (both ways): the best one-vs-rest ROC AUC and its class, or R² for a quantity."
+    "How well a lookup of `keys` fitted on one random half predicts `y` on the other (both ways): the best one-vs-rest ROC AUC (the lower end of its 95% interval) and its class, or R² for a quantity."
     keys = pd.Series(keys).fillna(NA).to_numpy()
     if classes:
         y = pd.Series(y).astype(str).to_numpy()
@@ -131,12 +137,13 @@ def _lookup_score(keys, y, classes, seed=0):
         pred[~fit] = tab.reindex(keys[~fit]).fillna(pd.Series(prior)).to_numpy()
     if not classes: return float(1 - ((pred - targ)**2).sum() / ((targ - targ.mean())**2).sum()), None
     order = np.argsort(targ.sum(0), kind='stable')                        # rarest class first: it names a binary label's tie
-    aucs = {np.unique(y)[j]: roc_auc_score(targ[:, j], pred[:, j]) for j in order if 0 < targ[:, j].sum() < len(targ)}
+    aucs = {np.unique(y)[j]: _auc_low(roc_auc_score(targ[:, j], pred[:, j]), targ[:, j].sum(), len(targ) - targ[:, j].sum())
+            for j in order if 0 < targ[:, j].sum() < len(targ)}
     best = max(aucs, key=aucs.get, default=None)
     return (float(aucs[best]), best) if best is not None else (0.5, None)
 
 # %% ../nbs/00_columns.ipynb #5456a754
-def label_proxies(df, names, label, min_score=0.95):
+def label_proxies(df, names, label, min_score=0.9):
     "Columns of `names` that give `label` away on the training rows `df`, as {column: (kind, why)}: kind 'determines' (left out when inferred) or 'strong' (warned about)."
     y, res = df[label], {}
     classes = _is_classes(y)
@@ -157,7 +164,7 @@ def label_proxies(df, names, label, min_score=0.95):
                                         f'probability 1e{int(np.ceil(logp))}: recorded with the diagnosis?'); continue
         score, cls = _lookup_score(_levels(xs), ys.to_numpy(), classes)
         if score >= min_score:
-            what = f'tells {label!r} = {cls!r} from the rest with ROC AUC {score:.2f}' if classes else f'predicts {label!r} with R² {score:.2f}'
+            what = f'tells {label!r} = {cls!r} from the rest with ROC AUC above {score:.2f}' if classes else f'predicts {label!r} with R² {score:.2f}'
             res[c] = ('strong', f'alone it {what} (a lookup of its values, out of fold, on the training rows)')
     return res
 

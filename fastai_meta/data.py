@@ -313,8 +313,8 @@ class MetaDataLoaders(DataLoaders):
     @delegates(DataLoaders.from_dblock)
     def from_df(cls, df, path='.', fn_col=0, label_col=1, cat_names=None, cont_names=None, valid_pct=0.2, seed=None,
                 folder=None, suff='', label_delim=None, y_block=None, valid_col=None, group_col=None, splitter=None,
-                item_tfms=None, batch_tfms=None, img_cls=PILImage, cache=None, **kwargs):
-        "Create from `df`: images in `path/folder` named by `fn_col`, metadata `cat_names`/`cont_names` (default: inferred), labels in `label_col`; `group_col`: split by group (stratified by a single label); `cache`: an `ImageCache`."
+                item_tfms=None, batch_tfms=None, img_cls=PILImage, cache=None, exclude=None, **kwargs):
+        "Create from `df`: images in `path/folder` named by `fn_col`, metadata `cat_names`/`cont_names` (default: inferred, leaving out `exclude`), labels in `label_col`; `group_col`: split by group (stratified by a single label); `cache`: an `ImageCache`."
         pref = f'{Path(path) if folder is None else Path(path)/folder}{os.path.sep}'
         if y_block is None:
             is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None
@@ -332,7 +332,7 @@ class MetaDataLoaders(DataLoaders):
                                  f"{col.index[col.isna()][0]!r}; drop or fill them (`df.dropna(subset=[{col.name!r}])`).")
         if cache is not None and y_block in (PointBlock, BBoxBlock):
             raise ValueError("`cache` keeps resized images, but points and boxes are resized with the image by `item_tfms`: use no cache.")
-        dblock = DataBlock(blocks=(*TabularImageBlock(fn_col, cat_names, cont_names, pref=pref, suff=suff, cls=img_cls, cache=cache), y_block),
+        dblock = DataBlock(blocks=(*TabularImageBlock(fn_col, cat_names, cont_names, pref=pref, suff=suff, cls=img_cls, cache=cache, exclude=exclude), y_block),
                            get_y=ColReader(label_col, label_delim=label_delim), splitter=splitter,
                            item_tfms=item_tfms, batch_tfms=batch_tfms)
         return cls.from_dblock(dblock, df, path=path, **kwargs)

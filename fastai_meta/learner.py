@@ -213,6 +213,16 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
     store_attr('arch,normalize,n_out,pretrained,fusion', self=learn)
     return learn
 
+# %% ../nbs/02_learner.ipynb #5979d647
+_predict = getattr(Learner.predict, '_fastai_predict', Learner.predict)   # fastai's own, also when this cell runs again
+
+@patch
+def predict(self:Learner, item, rm_type_tfms=None, with_input=False):
+    "fastai's `Learner.predict`; for a model with metadata, `item` may also be a `dict` of one row's values."
+    if isinstance(item, dict) and isinstance(self.model, MetaModel): item = pd.Series(item)
+    return _predict(self, item, rm_type_tfms=rm_type_tfms, with_input=with_input)
+Learner.predict._fastai_predict = _predict
+
 # %% ../nbs/02_learner.ipynb #f2a3b4c1
 def _blank_row(enc):
     "The encoding of a row with every metadata value missing: `#na#` codes, `_na` flags set, continuous values at their fill."

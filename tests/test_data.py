@@ -252,3 +252,24 @@ def test_group_col_on_from_df(synth):
     bad = df.copy(); bad.loc[7, 'patient'] = None
     with pytest.raises(ValueError, match=r"'patient'.*row 7"):
         MetaDataLoaders.from_df(bad, path, folder='images', fn_col='fname', label_col='label', group_col='patient', num_workers=0)
+
+REAL_CHOICE = [('ham10000/metadata.csv', 'image_id', 'dx', ['sex', 'localization'], ['age'], {'lesion_id': 'an id', 'dx_type': 'gives the label away'}),
+               ('siim-isic-2020-half/train.csv', 'image_name', 'target', ['sex', 'anatom_site_general_challenge'], ['age_approx'],
+                {'patient_id': 'an id', 'diagnosis': 'gives the label away', 'benign_malignant': 'gives the label away'})]
+
+@pytest.mark.parametrize('table,fn_col,label,cats,conts,left', REAL_CHOICE)
+def test_uncalled_metablock_on_real_tables(table, fn_col, label, cats, conts, left, capsys):
+    "The real tables as downloaded, a random split, `blocks=(ImageBlock, MetaBlock, CategoryBlock)`: no id and no label proxy becomes metadata."
+    f = Path(__file__).resolve().parents[2]/'shared'/'data'/table
+    if not f.exists(): pytest.skip(f'needs ../shared/data/{table}')
+    rows = pd.read_csv(f)
+    for n in (400, len(rows)):                              # whatever the table's size
+        dblock = DataBlock(blocks=(ImageBlock, MetaBlock, CategoryBlock), get_x=[ColReader(fn_col, pref=f.parent/'images', suff='.jpg'), noop],
+                           get_y=ColReader(label), splitter=RandomSplitter(seed=0), item_tfms=Resize(32))
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', UserWarning)       # what is left out is said, not warned about
+            enc = meta_encode(dblock.dataloaders(rows.sample(n, random_state=0), bs=8, num_workers=0)).encoding
+        test_eq(enc.cat_names, cats); test_eq(enc.cont_names, conts)
+        assert all(enc.left_out[c].startswith(why) for c,why in left.items()), enc.left_out
+        said = capsys.readouterr().out
+        assert all(c in said for c in left), said

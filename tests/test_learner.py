@@ -274,8 +274,8 @@ def test_cli_predict_reports_bad_rows(synth, tmp_path):
     new.to_csv(tmp_path/'new.csv', index=False)
     r = subprocess.run(cli + ['predict', str(tmp_path/'m.pkl'), str(tmp_path/'new.csv'), str(path/'images'), '--out', str(tmp_path/'p.csv')],
                        capture_output=True, text=True)
-    assert r.returncode == 0 and '18 of 20 rows predicted; 2 not' in r.stdout, r.stdout + r.stderr[-2000:]
-    assert 'Row 3 not predicted' in r.stderr
+    assert r.returncode == 1 and '18 of 20 rows predicted; 2 not' in r.stdout, r.stdout + r.stderr[-2000:]   # failure is not success
+    assert 'row 3 not predicted' in r.stderr and 'Traceback' not in r.stderr and len(r.stderr.splitlines()) < 10
     out = pd.read_csv(tmp_path/'p.csv')
     test_eq(len(out), 20); test_eq(list(out.row), list(range(20)))
     assert 'missing.png' in out.error[3] and "'forty'" in out.error[5] and out.error.drop([3, 5]).isna().all()

@@ -1,0 +1,71 @@
+"The command line says what it does and fails loudly: columns used and left out, the recipe, one clear line and a non-zero exit for bad input."
+import subprocess, sys
+import numpy as np, pandas as pd, pytest
+from fastai.vision.all import *
+from fastai_meta.all import *
+from fastai_meta.cli import main
+
+@pytest.fixture(scope='module')
+def exported(synth, tmp_path_factory):
+    "A learner trained by `fastai-meta train` with inferred columns on a table with an id and a label copy; what it printed."
+    path, df = synth('meta', n=64)
+    tmp = tmp_path_factory.mktemp('cli')
+    table = df.assign(patient_id=[f'P{i // 2}' for i in range(len(df))], outcome=df.label.map({'yes': 'bad', 'no': 'good'}))
+    table.to_csv(tmp/'train.csv', index=False)
+    args = ['train', str(tmp/'train.csv'), str(path/'images'), '--label', 'label', '--group-col', 'patient_id', '--exclude', 'noise',
+            '--arch', 'resnet18', '--epochs', '1', '--size', '32', '--out', str(tmp/'m.pkl')]
+    return path, table, tmp, args
+
+def test_train_says_columns_split_and_recipe(exported, capsys):
+    path, table, tmp, args = exported
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert 'categorical: site' in out and 'continuous:  age' in out                        # the choice, printed
+    assert "patient_id  the splitter reads it" in out and 'noise       excluded' in out
+    assert "outcome     gives the label away" in out                                        # the recoded label is left out
+    assert "by 'patient_id', groups kept on one side, stratified by the label" in out and 'fit_one_cycle(1, 0.01)' in out
+    enc = meta_encode(load_learner(tmp/'m.pkl').dls).encoding
+    test_eq(enc.cat_names + enc.cont_names, ['site', 'age'])
+
+def test_timm_body_is_fine_tuned_with_lr_mult_1(synth, tmp_path, capsys):
+    "A pretrained timm body is fine-tuned as the docs recommend: `lr_mult=1` (fastai's 100 would train it at lr/200)."
+    from fastai_meta.cli import _recipe
+    test_eq(_recipe('convnext_tiny', True, 5, None), ('fine_tune', (5, 3e-3), dict(lr_mult=1)))
+    test_eq(_recipe(resnet34, True, 5, None), ('fine_tune', (5, 2e-3), {}))
+    test_eq(_recipe('convnext_tiny', False, 5, 1e-3), ('fit_one_cycle', (5, 1e-3), {}))
+
+def run_cli(*args):
+    return subprocess.run([str(Path(sys.executable).parent/'fastai-meta'), *map(str, args)], capture_output=True, text=True)
+
+def test_predict_fails_loudly_on_bad_input(exported):
+    "A missing model, table, folder or metadata column: one line on stderr, exit code 2, no traceback, nothing written."
+    path, table, tmp, args = exported
+    if not (tmp/'m.pkl').exists(): assert main(args) == 0
+    table.drop(columns=['label', 'age']).to_csv(tmp/'no_age.csv', index=False)
+    for model, csv, images, says in [(tmp/'nope.pkl', tmp/'train.csv', path/'images', 'model file not found'),
+                                     (tmp/'m.pkl', tmp/'nope.csv', path/'images', 'table not found'),
+                                     (tmp/'m.pkl', tmp/'train.csv', tmp/'nope', 'image folder not found'),
+                                     (tmp/'m.pkl', tmp/'no_age.csv', path/'images', "lacks the column(s) ['age']")]:
+        r = run_cli('predict', model, csv, images, '--out', tmp/'p.csv')
+        assert r.returncode == 2 and says in r.stderr, (says, r.stderr[-1500:])
+        assert len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr, r.stderr[-1500:]
+        assert not (tmp/'p.csv').exists()
+    r = run_cli('train', tmp/'train.csv', path/'images', '--label', 'dx')
+    assert r.returncode == 2 and "label column 'dx' not in" in r.stderr and 'Traceback' not in r.stderr
+
+def test_predict_keeps_its_columns_when_every_row_fails(exported):
+    "Every image missing: every row out with an empty prediction and the reason; the same columns as a good run; exit code 1."
+    path, table, tmp, args = exported
+    if not (tmp/'m.pkl').exists(): assert main(args) == 0
+    table.iloc[:6].assign(fname='gone.png').to_csv(tmp/'gone.csv', index=False)
+    r = run_cli('predict', tmp/'m.pkl', tmp/'gone.csv', path/'images', '--out', tmp/'gone_p.csv')
+    assert r.returncode == 1 and '0 of 6 rows predicted; 6 not' in r.stdout, r.stdout + r.stderr[-1500:]
+    assert len(r.stderr.strip().splitlines()) == 6                                               # 5 rows named, then '... and 1 more'
+    out = pd.read_csv(tmp/'gone_p.csv')
+    test_eq(list(out.columns), ['row', 'prediction', 'p_no', 'p_yes', 'error'])
+    assert out.prediction.isna().all() and out.error.str.contains('gone.png').all()
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit): main(['train', '--help'])
+    h = capsys.readouterr().out
+    assert '(default: resnet34)' in h and '(default: 0.2)' in h and '--exclude' in h and '(default: 0)' in h
