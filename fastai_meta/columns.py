@@ -122,7 +122,7 @@ def _auc_low(auc, n_pos, n_neg):
     return auc - 1.96 * np.sqrt(max(var, 0))
 
 def _lookup_score(keys, y, classes, seed=0):
-    "How well a lookup of `keys` fitted on one random half predicts `y` on the other (both ways): the best one-vs-rest ROC AUC (the lower end of its 95% interval) and its class, or R² for a quantity."
+    "How well a lookup of `keys` fitted on one random half predicts `y` on the other (both ways): (score, its 95% lower end, class) for the class best told from the rest by ROC AUC, or R² for a quantity."
     keys = pd.Series(keys).fillna(NA).to_numpy()
     if classes:
         y = pd.Series(y).astype(str).to_numpy()
@@ -135,12 +135,12 @@ def _lookup_score(keys, y, classes, seed=0):
         g = pd.DataFrame(targ[fit]).groupby(keys[fit])
         tab = (g.sum() + prior) / (g.size().to_numpy()[:, None] + 1)          # shrunk towards the prior
         pred[~fit] = tab.reindex(keys[~fit]).fillna(pd.Series(prior)).to_numpy()
-    if not classes: return float(1 - ((pred - targ)**2).sum() / ((targ - targ.mean())**2).sum()), None
+    if not classes: return (r2 := float(1 - ((pred - targ)**2).sum() / ((targ - targ.mean())**2).sum())), r2, None
     order = np.argsort(targ.sum(0), kind='stable')                        # rarest class first: it names a binary label's tie
-    aucs = {np.unique(y)[j]: _auc_low(roc_auc_score(targ[:, j], pred[:, j]), targ[:, j].sum(), len(targ) - targ[:, j].sum())
-            for j in order if 0 < targ[:, j].sum() < len(targ)}
-    best = max(aucs, key=aucs.get, default=None)
-    return (float(aucs[best]), best) if best is not None else (0.5, None)
+    aucs = {np.unique(y)[j]: roc_auc_score(targ[:, j], pred[:, j]) for j in order if 0 < targ[:, j].sum() < len(targ)}
+    low = {c: _auc_low(a, (y == c).sum(), (y != c).sum()) for c,a in aucs.items()}
+    best = max(low, key=low.get, default=None)
+    return (float(aucs[best]), float(low[best]), best) if best is not None else (0.5, 0.5, None)
 
 # %% ../nbs/00_columns.ipynb #5456a754
 def label_proxies(df, names, label, min_score=0.9):
@@ -162,10 +162,10 @@ def label_proxies(df, names, label, min_score=0.9):
                 v, n, lab, logp = pure
                 res[c] = ('determines', f'its value {v!r} ({n:,} rows) always has the label {lab!r}, which chance would give with '
                                         f'probability 1e{int(np.ceil(logp))}: recorded with the diagnosis?'); continue
-        score, cls = _lookup_score(_levels(xs), ys.to_numpy(), classes)
-        if score >= min_score:
-            what = f'tells {label!r} = {cls!r} from the rest with ROC AUC above {score:.2f}' if classes else f'predicts {label!r} with R² {score:.2f}'
-            res[c] = ('strong', f'alone it {what} (a lookup of its values, out of fold, on the training rows)')
+        score, low, cls = _lookup_score(_levels(xs), ys.to_numpy(), classes)
+        if low >= min_score:
+            what = f'tells {label!r} = {cls!r} from the rest with ROC AUC {score:.2f} (95% interval from {low:.2f}; ' if classes else f'predicts {label!r} with R² {score:.2f} ('
+            res[c] = ('strong', f'alone it {what}a lookup of its values, out of fold, on the training rows)')
     return res
 
 def warn_leaks(df, names, label=None):

@@ -5,7 +5,7 @@ from urllib.parse import urljoin, urlparse, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ['encoding', 'data', 'model', 'fusion', 'losses', 'speed', 'learner', 'interpret', 'cli', 'synth', 'deploy']
+MODULES = ['columns', 'encoding', 'data', 'model', 'fusion', 'losses', 'speed', 'learner', 'interpret', 'cli', 'synth', 'deploy']
 TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']
