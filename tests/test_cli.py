@@ -37,30 +37,34 @@ def test_timm_body_is_fine_tuned_with_lr_mult_1(synth, tmp_path, capsys):
 def run_cli(*args):
     return subprocess.run([str(Path(sys.executable).parent/'fastai-meta'), *map(str, args)], capture_output=True, text=True)
 
-def test_predict_fails_loudly_on_bad_input(exported):
+def test_predict_fails_loudly_on_bad_input(exported, capsys):
     "A missing model, table, folder or metadata column: one line on stderr, exit code 2, no traceback, nothing written."
     path, table, tmp, args = exported
     if not (tmp/'m.pkl').exists(): assert main(args) == 0
     table.drop(columns=['label', 'age']).to_csv(tmp/'no_age.csv', index=False)
-    for model, csv, images, says in [(tmp/'nope.pkl', tmp/'train.csv', path/'images', 'model file not found'),
-                                     (tmp/'m.pkl', tmp/'nope.csv', path/'images', 'table not found'),
+    capsys.readouterr()
+    for model, csv, images, says in [(tmp/'m.pkl', tmp/'nope.csv', path/'images', 'table not found'),
                                      (tmp/'m.pkl', tmp/'train.csv', tmp/'nope', 'image folder not found'),
                                      (tmp/'m.pkl', tmp/'no_age.csv', path/'images', "lacks the column(s) ['age']")]:
-        r = run_cli('predict', model, csv, images, '--out', tmp/'p.csv')
-        assert r.returncode == 2 and says in r.stderr, (says, r.stderr[-1500:])
-        assert len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr, r.stderr[-1500:]
+        assert main(['predict', str(model), str(csv), str(images), '--out', str(tmp/'p.csv')]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, (says, err[-1500:])
         assert not (tmp/'p.csv').exists()
-    r = run_cli('train', tmp/'train.csv', path/'images', '--label', 'dx')
-    assert r.returncode == 2 and "label column 'dx' not in" in r.stderr and 'Traceback' not in r.stderr
+    assert main(['train', str(tmp/'train.csv'), str(path/'images'), '--label', 'dx']) == 2
+    assert "label column 'dx' not in" in capsys.readouterr().err
+    r = run_cli('predict', tmp/'nope.pkl', tmp/'train.csv', path/'images', '--out', tmp/'p.csv')    # the console command itself
+    assert r.returncode == 2 and 'model file not found' in r.stderr and r.stderr.count('\n') == 1 and 'Traceback' not in r.stderr, r.stderr[-1500:]
 
-def test_predict_keeps_its_columns_when_every_row_fails(exported):
+def test_predict_keeps_its_columns_when_every_row_fails(exported, capsys):
     "Every image missing: every row out with an empty prediction and the reason; the same columns as a good run; exit code 1."
     path, table, tmp, args = exported
     if not (tmp/'m.pkl').exists(): assert main(args) == 0
     table.iloc[:6].assign(fname='gone.png').to_csv(tmp/'gone.csv', index=False)
-    r = run_cli('predict', tmp/'m.pkl', tmp/'gone.csv', path/'images', '--out', tmp/'gone_p.csv')
-    assert r.returncode == 1 and '0 of 6 rows predicted; 6 not' in r.stdout, r.stdout + r.stderr[-1500:]
-    assert len(r.stderr.strip().splitlines()) == 6                                               # 5 rows named, then '... and 1 more'
+    capsys.readouterr()
+    assert main(['predict', str(tmp/'m.pkl'), str(tmp/'gone.csv'), str(path/'images'), '--out', str(tmp/'gone_p.csv')]) == 1
+    said = capsys.readouterr()
+    assert '0 of 6 rows predicted; 6 not' in said.out, said
+    assert len(said.err.strip().splitlines()) == 6                                               # 5 rows named, then '... and 1 more'
     out = pd.read_csv(tmp/'gone_p.csv')
     test_eq(list(out.columns), ['row', 'prediction', 'p_no', 'p_yes', 'error'])
     assert out.prediction.isna().all() and out.error.str.contains('gone.png').all()
