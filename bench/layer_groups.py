@@ -66,7 +66,8 @@ def write_md(res):
     where = res['gpu'] or f"CPU ({res['threads']} threads, {'bfloat16 autocast' if res['bf16'] else 'float32'}), torch {res['torch']}"
     md = [f"HAM10000, {res['n_images']} images (at most {res['per_class']} per diagnosis), {res['folds']} lesion-grouped folds, image-only "
           f"`vision_learner('tf_efficientnet_lite0')` with ImageNet weights at {res['size']} px, `fine_tune({res['epochs']}, {res['lr']:g}, lr_mult=...)`, "
-          f"batch {res['bs']}, on {where}. Mean ± std over folds; difference: minus `{BEST}` on the same fold, in points (×100).", '',
+          f"batch {res['bs']}, on {where}. Mean ± std over folds; difference: minus `{BEST}` on the same fold, in points (×100)."
+          + (f" **Partial: {res['stopped']}.**" if res.get('stopped') else ''), '',
           '| parameter groups, lr_mult | groups | balanced accuracy | macro ROC AUC | difference, balanced accuracy | difference, macro AUC |',
           '|---|---:|---:|---:|---:|---:|']
     for m,r in s.iterrows():

@@ -114,7 +114,7 @@ def _image_body(arch, pretrained, weights, weights_path, n_in, cut, dls, normali
     if isinstance(arch, str):
         body, nf, cfg = _timm_body(arch, pretrained, weights_path, n_in)
         if normalize: _timm_norm(dls, cfg, pretrained, n_in)
-        return body, nf, body.needs_pool, default_split
+        return body, nf, body.needs_pool, timm_split if hasattr(body.model, 'group_matcher') else default_split
     body, nf, meta = _torchvision_body(arch, pretrained, weights, weights_path, n_in, cut)
     if normalize: _add_norm(dls, meta, pretrained, n_in)
     return body, nf, True, meta['split']
@@ -220,7 +220,18 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
     if pretrained: learn.freeze()
     if fast: learn.to_fast()
     store_attr('arch,normalize,n_out,pretrained,fusion', self=learn)
+    if isinstance(arch, str): learn.fine_tune_lr_mult = 1       # a timm body: `fine_tune` trains it at the head's rate (see above)
     return learn
+
+# %% ../nbs/02_learner.ipynb #e3621b0a
+_fine_tune = getattr(Learner.fine_tune, '_fastai_fine_tune', Learner.fine_tune)   # fastai's own, also when this cell runs again
+
+@patch
+@delegates(_fine_tune)
+def fine_tune(self:Learner, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=None, **kwargs):
+    "fastai's `Learner.fine_tune`; `lr_mult` defaults to `self.fine_tune_lr_mult` where set (1 for a timm body in `meta_cnn_learner`), else fastai's 100."
+    return _fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult=ifnone(lr_mult, self.__dict__.get('fine_tune_lr_mult', 100)), **kwargs)
+Learner.fine_tune._fastai_fine_tune = _fine_tune
 
 # %% ../nbs/02_learner.ipynb #5979d647
 _predict = getattr(Learner.predict, '_fastai_predict', Learner.predict)   # fastai's own, also when this cell runs again

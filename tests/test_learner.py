@@ -143,6 +143,25 @@ def test_timm_arch_by_name_fine_tune_and_lr_find(synth):
         sug = learn.lr_find(show_plot=False)
     assert sug.valley > 0
     assert isinstance(learn.model[0], TimmBody)
+    test_eq(len(learn.opt.param_lists), 6)              # timm's groups of resnet18 (stem, 4 stages), then branch+fusion+head
+
+def final_lrs(learn, **kwargs):
+    "The learning rate of each parameter group at the end of `fine_tune(1, 1e-3, **kwargs)`."
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(1, 1e-3, **kwargs)
+    return [h['lr'] for h in learn.opt.hypers]
+
+def test_fine_tune_trains_a_timm_body_at_the_heads_rate(synth):
+    "A timm body: timm's layer groups, and `fine_tune` with no `lr_mult` trains them all at one rate; asked for, a slice spreads over them. torchvision: fastai's 100."
+    path, df = synth('xor', n=64)
+    dls = meta_dls(path, df, 'xor', bs=16)
+    lite = meta_cnn_learner(dls, 'tf_efficientnet_lite0', pretrained=False)
+    test_eq(len(lite.splitter(lite.model)), 9)                                 # stem, 6 stages, last conv; the rest
+    lrs = final_lrs(lite)
+    test_close(lrs, [lrs[-1]] * 9)                                             # lr_mult=1: one rate
+    lrs = final_lrs(lite, lr_mult=100)
+    test_close(lrs[-1] / lrs[0], 100, eps=1e-3); assert all(a < b for a,b in zip(lrs, lrs[1:]))   # spread over the body's depth
+    lrs = final_lrs(meta_cnn_learner(dls, resnet18, pretrained=False))
+    test_close(lrs[-1] / lrs[0], 100, eps=1e-3)                                # fastai's default kept
 
 def test_pretrained_without_network_fails_fast(synth, tmp_path):
     if _online('download.pytorch.org', timeout=1): pytest.skip('network reachable: nothing to test')
