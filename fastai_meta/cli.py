@@ -64,11 +64,10 @@ def _metrics(task, n_classes=2):
     if task == 'multilabel': return [accuracy_multi]
     return [accuracy, BalancedAccuracy()] + ([RocAucBinary()] if n_classes == 2 else [])
 
-def _recipe(arch, pretrained, epochs, lr):
-    "How to train: `fine_tune` for a pretrained body (a timm body with `lr_mult=1`), else `fit_one_cycle`; as (method, args, kwargs)."
-    if not pretrained: return 'fit_one_cycle', (epochs, lr or 1e-2), {}
-    if isinstance(arch, str): return 'fine_tune', (epochs, lr or 3e-3), dict(lr_mult=1)    # one parameter group: see the learner docs
-    return 'fine_tune', (epochs, lr or 2e-3), {}
+def _recipe(learn, epochs, lr):
+    "How to train `learn`: `fine_tune` for a pretrained body (with the `lr_mult` `meta_cnn_learner` chose for it), else `fit_one_cycle`; as (method, args, kwargs)."
+    if not learn.pretrained: return 'fit_one_cycle', (epochs, lr or 1e-2), {}
+    return 'fine_tune', (epochs, lr or (3e-3 if isinstance(learn.arch, str) else 2e-3)), dict(lr_mult=learn.__dict__.get('fine_tune_lr_mult', 100))
 
 def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
@@ -97,7 +96,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     learn = meta_cnn_learner(dls, arch, fusion=fusion, pretrained=pretrained, weights_path=weights,
                              metrics=_metrics(task, len(getattr(dls, 'vocab', [])) if task == 'classification' else 0))
     learn.path = Path('.')
-    method, args, kwargs = _recipe(arch, pretrained, epochs, lr)
+    method, args, kwargs = _recipe(learn, epochs, lr)
     print(f"Training: {method}({', '.join(map(str, args))}{''.join(f', {k}={v}' for k,v in kwargs.items())}), {task}.")
     getattr(learn, method)(*args, **kwargs)
     learn.export(out)

@@ -4,6 +4,7 @@ import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.cli import main
+from conftest import meta_dls
 
 @pytest.fixture(scope='module')
 def exported(synth, tmp_path_factory):
@@ -27,12 +28,15 @@ def test_train_says_columns_split_and_recipe(exported, capsys):
     enc = meta_encode(load_learner(tmp/'m.pkl').dls).encoding
     test_eq(enc.cat_names + enc.cont_names, ['site', 'age'])
 
-def test_timm_body_is_fine_tuned_with_lr_mult_1(synth, tmp_path, capsys):
-    "A pretrained timm body is fine-tuned as the docs recommend: `lr_mult=1` (fastai's 100 would train it at lr/200)."
+def test_timm_body_is_fine_tuned_with_lr_mult_1(synth):
+    "A pretrained timm body is fine-tuned with the learner's `lr_mult=1` (fastai's 100 would train it at lr/200); torchvision keeps 100."
     from fastai_meta.cli import _recipe
-    test_eq(_recipe('convnext_tiny', True, 5, None), ('fine_tune', (5, 3e-3), dict(lr_mult=1)))
-    test_eq(_recipe(resnet34, True, 5, None), ('fine_tune', (5, 2e-3), {}))
-    test_eq(_recipe('convnext_tiny', False, 5, 1e-3), ('fit_one_cycle', (5, 1e-3), {}))
+    dls = meta_dls(*synth('xor', n=64), 'xor', bs=16)
+    timm_learn = meta_cnn_learner(dls, 'resnet18', pretrained=False); timm_learn.pretrained = True     # as with --weights, without a file
+    test_eq(_recipe(timm_learn, 5, None), ('fine_tune', (5, 3e-3), dict(lr_mult=1)))
+    tv = meta_cnn_learner(dls, resnet18, pretrained=False); tv.pretrained = True
+    test_eq(_recipe(tv, 5, None), ('fine_tune', (5, 2e-3), dict(lr_mult=100)))
+    test_eq(_recipe(meta_cnn_learner(dls, 'resnet18', pretrained=False), 5, 1e-3), ('fit_one_cycle', (5, 1e-3), {}))
 
 def run_cli(*args):
     return subprocess.run([str(Path(sys.executable).parent/'fastai-meta'), *map(str, args)], capture_output=True, text=True)
