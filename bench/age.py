@@ -60,7 +60,7 @@ def main():
     p.add_argument('--n', type=int, default=1500, help='images drawn at random from those with an age (0: all)')
     p.add_argument('--folds', type=int, default=3); p.add_argument('--size', type=int, default=96)
     p.add_argument('--epochs', type=int, default=4); p.add_argument('--lr', type=float, default=3e-3)
-    p.add_argument('--lr-mult', type=float, default=100, help="fine_tune's lr_mult (fastai's default 100; 1 trains a timm body at the head's rate, see lesions.py)")
+    p.add_argument('--lr-mult', type=float, default=1, help="fine_tune's lr_mult (1: the library's recipe for a timm body, see bench/layer_groups.py; fastai's default is 100)")
     p.add_argument('--seed', type=int, default=0); p.add_argument('--models', default=';'.join(MODELS), help='names separated by ;')
     p.add_argument('--from-json', help='only rewrite the table from this json')
     a = p.parse_args()

@@ -8,7 +8,7 @@ lesion-grouped folds, data, seed and budget for every configuration (`bench/lesi
 fixed (bfloat16 where the CPU has it, else float32) so that a run repeats exactly; `to_fast`'s timed
 choice would make the numerics depend on the machine's load.
 
-Run: .venv/bin/python bench/layer_groups.py [--folds 3] [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3]
+Run: .venv/bin/python bench/layer_groups.py [--resume] [--folds 3] [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3]
 Writes bench/results/layer-groups-<cpu|gpu>.json and .md.
 """
 import argparse, json, time, warnings
@@ -40,21 +40,29 @@ def main():
     p.add_argument('--size', type=int, default=128); p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--bs', type=int, default=32); p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--from-json', help='only rewrite the table from this json')
+    p.add_argument('--resume', action='store_true', help="keep the rows of the last run's json (same settings) and train only the missing ones")
     a = p.parse_args()
     if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
     a.device, a.weights = 'gpu' if torch.cuda.is_available() else 'cpu', offline_weights('tf_efficientnet_lite0')
     df = load_ham(a.per_class, a.seed)
     df['fold'] = lesion_folds(df, a.folds, a.seed)
-    rows = []
+    out = OUT/f'layer-groups-{a.device}.json'
+    rows = [r for r in json.loads(out.read_text())['rows'] if r['model'] in CONFIGS] if a.resume and out.exists() else []
     for k in range(a.folds):
         for name,(splitter, lr_mult) in CONFIGS.items():
+            if any(r['fold'] == k and r['model'] == name for r in rows): continue    # every run is seeded: a kept row is what it would give again
             set_seed(a.seed + k, reproducible=True)
             rows.append(dict(fold=k, model=name, **train(df.assign(is_valid=df.fold == k), splitter, lr_mult, a)))
             print(rows[-1], flush=True)
-    res = dict({k:v for k,v in vars(a).items() if k != 'weights'}, n_images=len(df), rows=rows, threads=torch.get_num_threads(),
+            save(a, df, rows, out)
+
+def save(a, df, rows, out):
+    "Write the json after every model, so that a stopped run keeps what it trained (and says it is partial)."
+    res = dict({k:v for k,v in vars(a).items() if k not in ('weights', 'resume')}, n_images=len(df), rows=rows, threads=torch.get_num_threads(),
                torch=torch.__version__, bf16=cpu_bf16_supported(), gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
+    if len(rows) < a.folds * len(CONFIGS): res['stopped'] = f'{len(rows)} of {a.folds * len(CONFIGS)} models trained'
     OUT.mkdir(exist_ok=True)
-    (OUT/f'layer-groups-{a.device}.json').write_text(json.dumps(res, indent=2))
+    out.write_text(json.dumps(res, indent=2))
     write_md(res)
 
 def write_md(res):

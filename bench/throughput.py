@@ -10,13 +10,15 @@ One run measures, on the same images and settings, side by side:
 - the training speed at the limit of the machine, for each body and size of `--speed` (the archs and sizes the
   accuracy benchmarks use): a bare PyTorch training step of the same body (its own classifier, random images;
   float32, channels-last, channels-last + autocast), against the library's training epoch with fastai's
-  defaults (`fast=False`), with `to_fast`, and with `to_fast` plus `ImageCache`.
+  defaults (`fast=False`), channels-last in float32 (`meta_cnn_learner`'s default), with `to_fast` (`fast=True`),
+  and with `to_fast` plus `ImageCache`.
 Every number is also given as a ratio to the same run's `vision_learner` (or DataLoader without
 metadata), so runs on different machines compare by ratio. Images: HAM10000 from ../shared when it is
 there, else synthetic. From-scratch weights. Every learner of the fusion comparison, `vision_learner` included,
-trains with `to_fast()` (channels-last, autocast where measured faster).
+trains with `to_fast()` (channels-last, autocast by `amp_rule`).
 
 Run: .venv/bin/python bench/throughput.py              (CPU: a small size, minutes)
+     .venv/bin/python bench/throughput.py --only-speed (the training-speed comparison again; the rest kept from the last json)
      python bench/throughput.py --n 0 --size 128 --bs 512 --workers 16      (a GPU, all images)
 Writes bench/results/throughput-<cpu|gpu>.json and .md.
 """
@@ -124,14 +126,15 @@ def raw_step_rates(arch, size, bs, device, warm=2, n=4):
     return res
 
 def speed_rates(df, common, meta_kw, arch_name, size, a):
-    "The raw step's rates, and the library's training rates with fastai's defaults, with `to_fast`, and with `to_fast` + `ImageCache`."
+    "The raw step's rates, and the library's training rates with fastai's defaults, channels-last, `to_fast`, and `to_fast` + `ImageCache`."
     arch = arch_name if 'efficientnet' in arch_name else getattr(__import__('torchvision.models', fromlist=[arch_name]), arch_name)
     res = raw_step_rates(arch, size, a.bs, 'cuda' if a.gpu else 'cpu')
     kw = dict(common, batch_tfms=aug_transforms(size=size, flip_vert=True, max_warp=0))
     meta = MetaDataLoaders.from_df(df, item_tfms=Resize(size), **kw, **meta_kw)
     cached = MetaDataLoaders.from_df(df, cache=ImageCache(size, n_workers=max(a.workers, defaults.cpus)), **kw, **meta_kw)
     learners = {}
-    for k,dls,fast in [('library_default', meta, False), ('library_fast', meta, True), ('library_fast_cached', cached, True)]:
+    for k,dls,fast in [('library_default', meta, False), ('library_channels_last', meta, 'channels_last'), ('library_fast', meta, True),
+                       ('library_fast_cached', cached, True)]:
         set_seed(0)
         learners[k] = meta_cnn_learner(dls, arch, pretrained=False, fast=fast)
     res.update(fit_rates(learners, a))
@@ -164,16 +167,18 @@ def main():
     p.add_argument('--speed', default='tf_efficientnet_lite0@64,tf_efficientnet_lite0@128,resnet18@64',
                    help='body@size pairs for the training-speed comparison (empty: skip it)')
     p.add_argument('--from-json', help='only rewrite the table from this json')
+    p.add_argument('--only-speed', action='store_true', help="measure only the training-speed comparison; keep the rest of the last json")
     a = p.parse_args()
     if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
     a.gpu = torch.cuda.is_available()
     device = 'gpu' if a.gpu else 'cpu'
+    if a.only_speed: return only_speed(a, device)
     arch = getattr(__import__('torchvision.models', fromlist=[a.arch]), a.arch)
     df, common, meta_kw, source = images(a.n, a.size)
     common.update(bs=a.bs, num_workers=a.workers, valid_pct=0.1, seed=0, batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
     res = dict(device=torch.cuda.get_device_name() if a.gpu else f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)',
                torch=torch.__version__, data=source, n_images=len(df), size=a.size, bs=a.bs, workers=a.workers, arch=a.arch,
-               precision='to_fast (channels-last, autocast where measured faster)', epochs=a.epochs)
+               precision='to_fast (channels-last, autocast by amp_rule)', epochs=a.epochs)
     def say(k, v): res[k] = v; print(f'{k}: {v:.4g}' if isinstance(v, float) else f'{k}: {v}', flush=True)
 
     plain = ImageDataLoaders.from_df(df, item_tfms=Resize(a.size), **common)
@@ -193,13 +198,28 @@ def main():
     print('autocast chosen:', res['amp'])
     del learners
     say('build_1m_rows_s', build_million())
-    res['speed'] = {}
-    for pair in filter(None, a.speed.split(',')):
-        arch_name, size = pair.split('@')
-        res['speed'][pair] = r = speed_rates(df, common, meta_kw, arch_name, int(size), a)
-        print(pair, {k: (round(v, 1) if isinstance(v, float) else v) for k,v in r.items()}, flush=True)
+    res['speed'] = speeds(df, common, meta_kw, a)
     OUT.mkdir(exist_ok=True)
     (OUT/f'throughput-{device}.json').write_text(json.dumps(res, indent=2))
+    write_md(res, device)
+
+def speeds(df, common, meta_kw, a):
+    "`speed_rates` of every body@size of `--speed`."
+    out = {}
+    for pair in filter(None, a.speed.split(',')):
+        arch_name, size = pair.split('@')
+        out[pair] = r = speed_rates(df, common, meta_kw, arch_name, int(size), a)
+        print(pair, {k: (round(v, 1) if isinstance(v, float) else v) for k,v in r.items()}, flush=True)
+    return out
+
+def only_speed(a, device):
+    "Measure the training-speed comparison again, keeping the rest of the last run's json."
+    out = OUT/f'throughput-{device}.json'
+    res = json.loads(out.read_text())
+    df, common, meta_kw, _ = images(res['n_images'], res['size'])
+    common.update(bs=res['bs'], num_workers=res['workers'], valid_pct=0.1, seed=0)
+    res.update(speed=speeds(df, common, meta_kw, a), speed_torch=torch.__version__, speed_epochs=a.epochs)
+    out.write_text(json.dumps(res, indent=2))
     write_md(res, device)
 
 def write_md(res, device=None):
@@ -228,22 +248,25 @@ def write_md(res, device=None):
     print('\n'.join(md))
 
 def speed_md(res):
-    "The training-speed comparison as a table: images/s, and the library's fast path as ratios."
+    "The training-speed comparison as two narrow tables: the bare PyTorch step, and the library's training, with ratios."
     amp = 'bf16' if 'CPU' in res['device'] else 'amp'
     md = ['### Training speed at the limit of the machine', '',
           f"Training images/s, batch {res['bs']}. *Raw*: a bare PyTorch step (forward, cross-entropy, backward, Adam) of the body's own "
-          "classifier on random images, no data loading. *Library*: `meta_cnn_learner` ('concat', metadata, augmentation) training epochs "
-          "on the images above, best of the timed ones; *default* is `fast=False` (fastai's float32, contiguous), *fast* "
-          "`to_fast()` (channels-last; autocast kept where measured faster, the choice in the last column). *Best raw* is the fastest "
-          "of the three raw columns: the limit of this machine for that body.", '',
-          f"| body @ px | raw fp32 | raw channels-last | raw channels-last + {amp} | library default | library fast | fast + `ImageCache` "
-          "| fast + cache / best raw | fast + cache / default | autocast chosen |",
-          '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+          "classifier on random images, no data loading; *best raw* is the fastest of the three, the limit of this machine for that body.", '',
+          f"| body @ px | raw float32 | raw channels-last | raw channels-last + {amp} |", '|---|---:|---:|---:|']
     for pair,r in res['speed'].items():
         rawamp = f"{r['raw_channels_last_amp']:,.0f}" if 'raw_channels_last_amp' in r else '–'
-        md.append(f"| `{pair.replace('@', '` @ ')} | {r['raw_fp32']:,.0f} | {r['raw_channels_last']:,.0f} | {rawamp} | {r['library_default']:,.0f} "
-                  f"| {r['library_fast']:,.0f} | {r['library_fast_cached']:,.0f} | **{r['library_fast_cached']/max(v for k,v in r.items() if k.startswith('raw')):.2f}** "
-                  f"| **{r['library_fast_cached']/r['library_default']:.2f}** | {r['amp_chosen']} |")
+        md.append(f"| `{pair.replace('@', '` @ ')} | {r['raw_fp32']:,.0f} | {r['raw_channels_last']:,.0f} | {rawamp} |")
+    md += ['', "*Library*: `meta_cnn_learner` ('concat', metadata, augmentation) training epochs on the images above, best of the timed "
+           "ones. *fastai*: `fast=False` (float32, contiguous); *default*: channels-last, float32; *fast*: `fast=True` (channels-last, "
+           "autocast by `amp_rule`, the dtype in the last column); *+ cache*: `fast=True` with `ImageCache`.", '',
+           '| body @ px | fastai | default | fast | + cache | default ÷ fastai | + cache ÷ best raw | autocast |', '|---|---:|---:|---:|---:|---:|---:|---|']
+    for pair,r in res['speed'].items():
+        cl = r.get('library_channels_last')
+        gain = f"**{cl/r['library_default']:.2f}**" if cl else '–'
+        md.append(f"| `{pair.replace('@', '` @ ')} | {r['library_default']:,.0f} | {f'{cl:,.0f}' if cl else '–'} | {r['library_fast']:,.0f} "
+                  f"| {r['library_fast_cached']:,.0f} | {gain} "
+                  f"| **{r['library_fast_cached']/max(v for k,v in r.items() if k.startswith('raw')):.2f}** | {r['amp_chosen']} |")
     return md
 
 if __name__ == '__main__': main()

@@ -31,18 +31,38 @@ def cell_options(src):
 
 def _text(x): return ''.join(x) if isinstance(x, list) else (x or '')
 
+_re_source = re.compile(r'^\[source\]\([^)]*\)(\{[^}]*\})?[ \t]*\n', re.MULTILINE)
+
 def show_doc_markdown(md):
-    "`show_doc`'s markdown with an HTML anchor named as nbdev's index names it (`metaencoding.fit`)."
+    "`show_doc`'s markdown with an index entry, an HTML anchor named as nbdev's index names it (`metaencoding.fit`), and its source link under its heading."
+    md = md.replace('\n---\n', '\n', 1).lstrip('-\n')
+    src = _re_source.search(md)
+    if src: md = md[:src.start()] + md[src.end():]
+    m = re.search(r'^#+\s+(\S+).*$', md, re.MULTILINE)
+    if not m: return md
+    link = f"\n\n{src.group(0).strip()}" if src else ''      # quarto floated it right, above the heading; here it follows the heading
+    return (f'```{{index}} single: {m.group(1)}\n```\n\n<a id="{m.group(1).lower()}"></a>\n\n'
+            + md[:m.end()] + link + md[m.end():])
+
+def show_doc_name(md):
+    "The documented name of `show_doc`'s markdown (its heading)."
     m = re.search(r'^#+\s+(\S+)', md, re.MULTILINE)
-    return (f'<a id="{m.group(1).lower()}"></a>\n\n' if m else '') + md.replace('\n---\n', '\n', 1).lstrip('-\n')
+    return m and m.group(1)
+
+# fastai's docs index names that nbdev links to the wrong page here: our fusion `'concat'`, not `torch_core.concat`;
+# `encodes`/`setups` of our own transforms, not `tabular.core`'s
+WRONG_LINKS = ('concat', 'encodes', 'setups')
+_re_wrong_link = re.compile(r'\[`(' + '|'.join(WRONG_LINKS) + r')`\]\(https://docs\.fast\.ai/[^)]*\)')
+
+def unlink_wrong(src): return _re_wrong_link.sub(r'`\1`', src)
 
 _re_attrs = re.compile(r'(\]\([^)\s]+\))\{[^}]*\}')   # quarto's `[text](url){target="_blank" ...}`
 
 _re_api_heading = re.compile(r'^(#{2,4}) `?([A-Za-z_][\w.]*)`?\s*$', re.MULTILINE)   # `### show_batch`: an API entry written by hand
 
 def relink(src, depth):
-    "Links to this project's site made relative to a page `depth` folders below the site root; quarto link attributes dropped."
-    return _re_attrs.sub(r'\1', src.replace(SITE_URL, '../'*depth))
+    "Links to this project's site made relative to a page `depth` folders below the site root; quarto link attributes and wrong fastai links dropped."
+    return unlink_wrong(_re_attrs.sub(r'\1', src.replace(SITE_URL, '../'*depth)))
 
 _re_bar = re.compile(r'\d+\.\d+% \[\d+/\d+|^\s*█\s*$|^\s*(Epoch \d+/\d+ :)?\s*$')   # fastprogress's console bars and their leftovers
 
@@ -59,12 +79,16 @@ def _html_table(rows):
     body = ''.join('<tr>' + ''.join(f'<td>{c}</td>' for c in r) + '</tr>' for r in rows[1:])
     return f'<table class="dataframe epoch-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
+# A cell of fastai's console epoch table: a time (`00:01`), a float (fastai prints 6 decimals), or any other word. A value wider
+# than its column runs into the next one (`1753.83581500:01`); these patterns split it again.
+_re_epoch_cell = re.compile(r'\d+(?::\d\d)+|-?\d+\.\d{6}|\S+')
+
 def split_epoch_tables(lines):
     "`lines` as a list of ('text', lines) and ('table', rows) parts: fastai's console epoch tables (`epoch  train_loss ...`) taken out."
     parts = []
     for l in lines:
-        cols = l.split()
-        if l.startswith('epoch '): parts.append(('table', [cols]))
+        cols = _re_epoch_cell.findall(l) if parts and parts[-1][0] == 'table' else l.split()
+        if l.startswith('epoch '): parts.append(('table', [l.split()]))
         elif parts and parts[-1][0] == 'table' and cols and cols[0].isdigit() and len(cols) == len(parts[-1][1][0]): parts[-1][1].append(cols)
         elif parts and parts[-1][0] == 'text': parts[-1][1].append(l)
         else: parts.append(('text', [l]))
@@ -91,7 +115,7 @@ def clean_saved_outputs(paths):
 
 def convert(nb, depth):
     "A processed notebook as a MyST-NB page: title from the front matter, quarto options as tags."
-    cells, fm = [], {}
+    cells, fm, documented = [], {}, set()
     for cell in nb['cells']:
         src = _text(cell['source'])
         if cell['cell_type'] == 'raw' and src.startswith('---'):
@@ -110,6 +134,9 @@ def convert(nb, depth):
         outs = clean_outputs(cell.get('outputs', []))
         mds = [_text(o.get('data', {}).get('text/markdown')) for o in outs if 'text/markdown' in o.get('data', {})]
         if opts.get('echo') == 'false' and opts.get('output') == 'asis' and mds:   # show_doc and tables: real markdown
+            names = {show_doc_name(m) for m in mds} - {None}
+            if names and names <= documented: continue     # nbdev documents a patched method twice (`Learner.to_fast` vs `to_fast`)
+            documented |= names
             cells.append(dict(cell_type='markdown', metadata={}, source=relink('\n\n'.join(show_doc_markdown(m) for m in mds), depth)))
             continue
         tags = (['remove-input'] if opts.get('echo') == 'false' else []) + (['remove-output'] if opts.get('output') == 'false' else [])

@@ -27,7 +27,7 @@ def run_demo(n=400, size=32, epochs=8, arch='resnet18', seed=0, path=None, verbo
         set_seed(seed, reproducible=True)
         if name == 'image only':
             dls = ImageDataLoaders.from_df(df, **common)
-            learn = vision_learner(dls, arch, pretrained=False, ps=0.1, metrics=accuracy)
+            learn = vision_learner(dls, arch, pretrained=False, ps=0.1, metrics=accuracy).to_fast(amp=False)   # channels-last, as meta_cnn_learner's default
         else:
             dls = MetaDataLoaders.from_df(df, cat_names=['flag'], cont_names=['noise'], **common)
             learn = meta_cnn_learner(dls, arch, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy)

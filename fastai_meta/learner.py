@@ -187,7 +187,7 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
                      lin_ftrs=None, ps=0.5, first_bn=True, bn_final=False, lin_first=False, y_range=None,
                      meta_layers=(512, 128), meta_ps=0.3, embed_p=0., contrastive=0., contrastive_tau=0.1,
                      arcface=False, arc_s=30., arc_m=0.5, emb_dim=512, scale_y=True, wide=False, meta_dropout=0., splitter=None, loss_func=None,
-                     cbs=None, fast=False, **kwargs):
+                     cbs=None, fast='channels_last', **kwargs):
     "Build a `Learner` for `(image, metadata)` inputs from `dls` and `arch`, like `vision_learner`."
     if n_out is None: n_out = get_c(dls)
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"
@@ -218,7 +218,8 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
     model = MetaModel(body, branch, fuse, head, stages=stages, wide=wide, out=scale, proj=proj)
     learn = Learner(dls, model, loss_func=loss_func, splitter=ifnone(splitter, split), cbs=cbs, **kwargs)
     if pretrained: learn.freeze()
-    if fast: learn.to_fast()
+    if fast not in (True, False, 'channels_last'): raise ValueError(f"`fast` is True, False or 'channels_last', not {fast!r}.")
+    if fast: learn.to_fast(amp='auto' if fast is True else False)      # 'channels_last': float32, in the faster memory format
     store_attr('arch,normalize,n_out,pretrained,fusion', self=learn)
     if isinstance(arch, str): learn.fine_tune_lr_mult = 1       # a timm body: `fine_tune` trains it at the head's rate (see above)
     return learn

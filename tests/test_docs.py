@@ -1,5 +1,5 @@
 "The docs site: built from the notebooks by `make docs`'s script, then opened in headless Chromium."
-import functools, http.server, importlib, os, re, shutil, subprocess, sys, threading
+import functools, http.server, importlib, json, os, re, shutil, subprocess, sys, threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse, unquote
 import pytest
@@ -61,6 +61,8 @@ def test_pages_load_without_console_errors_and_links_resolve(site):
         text = page.inner_text('body')
         bar = re.search(r'█|\d+\.\d+% \[\d+/\d+', text)
         assert bar is None, f'{p}: progress-bar text on the page: {text[max(0, bar.start()-60):bar.end()+60]!r}'
+        run_together = re.search(r'\d\.\d{6}\d+:\d\d', text)     # an epoch row whose value overflowed its column, printed as text
+        assert run_together is None, f'{p}: an epoch row printed as text: {run_together.group(0)}'
         nav = page.eval_on_selector_all('.sidebar-tree a', 'els => els.map(e => e.getAttribute("href"))')
         assert len(nav) >= len(pages) - 1, f'{p}: the sidebar lists {len(nav)} pages'
         for href in page.eval_on_selector_all('a[href]', 'els => els.map(e => e.href)'):
@@ -97,8 +99,39 @@ def test_search_finds_meta_cnn_learner(site):
 
 def test_tutorials_show_images(site):
     out, base, browser = site
-    for t in ['keypoints', 'choosing_a_fusion']:
+    for t in ['keypoints', 'choosing_a_fusion', 'ham10000']:
         page, errors = _open(browser, base + f'tutorials/{t}.html')
         sizes = page.eval_on_selector_all('img', 'els => els.map(e => [e.naturalWidth, e.naturalHeight])')
         assert any(w > 100 and h > 100 for w,h in sizes), f'{t}: no image rendered ({sizes})'
         page.close()
+
+def test_ham10000_shows_its_images_with_their_attribution(site):
+    "The tutorial keeps a batch and the top losses of real HAM10000 images (CC BY-NC 4.0 allows a few in non-commercial docs) and says whose they are."
+    out, *_ = site
+    nb = json.loads((ROOT/'nbs'/'tutorials'/'01_ham10000.ipynb').read_text())
+    for call in ('dls.show_batch(', 'interp.plot_top_losses('):
+        c = next(c for c in nb['cells'] if c['cell_type'] == 'code' and call in ''.join(c['source']))
+        assert any('image/png' in o.get('data', {}) for o in c['outputs']), f'{call}: no image in the saved outputs'
+    text = (out/'tutorials'/'ham10000.html').read_text()
+    assert text.count('CC BY-NC 4.0') >= 2 and 'Tschandl' in text and 'doi.org/10.1038/sdata.2018.161' in text
+
+def test_each_entry_once_and_in_the_index(site):
+    "nbdev documents a patched method twice (`Learner.to_fast` and `to_fast`); the site shows it once, and the general index lists it."
+    out, *_ = site
+    for m in MODULES:
+        ids = re.findall(r'<a id="([^"]+)"></a>', (out/f'{m}.html').read_text())
+        assert len(ids) == len(set(ids)), f'{m}.html: entries shown twice: {sorted(i for i in set(ids) if ids.count(i) > 1)}'
+    index = (out/'genindex.html').read_text()
+    for name in ('meta_cnn_learner', 'MetaBlock', 'Learner.to_fast', 'amp_rule'): assert f'>{name}<' in index, f'{name} not in genindex.html'
+
+def test_footer_names_the_repository_and_licence(site):
+    out, *_ = site
+    for page in ('index.html', 'learner.html', 'tutorials/ham10000.html'):
+        html = (out/page).read_text()
+        assert 'https://github.com/fastai-meta/fastai_meta' in html and 'Apache-2.0' in html, page
+
+def test_no_wrong_fastai_links(site):
+    "`concat` is our fusion, not fastai's `torch_core.concat`."
+    out, *_ = site
+    for p in [f'{m}.html' for m in MODULES] + [f'tutorials/{t}.html' for t in TUTORIALS]:
+        assert 'torch_core.html#concat' not in (out/p).read_text(), p

@@ -1,8 +1,8 @@
-"Channels-last and mixed precision on the learner's device (`to_fast`): same accuracy as float32, float32 inference, a measured choice."
+"Channels-last and mixed precision on the learner's device (`to_fast`): same accuracy as float32, float32 inference, a fixed rule that repeats across processes."
+import subprocess
 import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.speed import _amp_choices
 from conftest import meta_dls, fit_quietly
 
 GPU = torch.cuda.is_available()
@@ -53,22 +53,28 @@ def test_mixed_precision_matches_fp32_and_predicts_in_fp32(synth, tmp_path):
     x, m = learn.dls.valid.one_batch()[:2]
     with torch.no_grad(): test_close(traced(x.as_subclass(Tensor), m.as_subclass(Tensor)), learn.model.eval()(x, m), eps=1e-4)
 
-@pytest.mark.skipif(GPU or not cpu_bf16_supported(), reason='measuring only happens on a CPU with native bfloat16')
-def test_choice_is_measured_and_remembered(synth):
-    "On a bf16 CPU, the first training batches time float32 and bf16 in turn; the faster is kept, and remembered for the same model and shape."
-    path, df = synth('xor', n=160)
-    _amp_choices.clear()
-    learn = xor_learner(path, df, fast=True).add_cb(Dtypes())
-    fit_quietly(learn, 2)
-    trial = learn.amp_trial
-    assert set(trial) == {'float32', 'bfloat16'} and all(t > 0 for t in trial.values())
-    expected = torch.bfloat16 if trial['float32'] >= 1.1 * trial['bfloat16'] else None
-    assert learn.fast_training.amp_dtype == expected
-    assert learn.dtypes.seen[True] == {torch.float32, torch.bfloat16}                  # both were tried, on real batches
-    again = xor_learner(path, df, fast=True).add_cb(Dtypes())
-    fit_quietly(again, 1)
-    assert again.fast_training.amp_dtype == expected and not hasattr(again, 'amp_trial')
-    assert again.dtypes.seen[True] == {expected or torch.float32}                      # no trial the second time
+def test_seeded_training_repeats_across_processes(tmp_path):
+    "Two processes, started together, train bit-identical models from one seed, with the rule's autocast and with the other precision."
+    make_synthetic(tmp_path, n=64, task='xor', size=32, seed=1).to_pickle(tmp_path/'df.pkl')
+    worker = str(Path(__file__).parent/'repro_worker.py')
+    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path), str(tmp_path/f'run{i}.pt')], stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    for p in procs: assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+    a, b = (torch.load(tmp_path/f'run{i}.pt') for i in (0, 1))
+    expected = str(torch.bfloat16 if cpu_bf16_supported() else None)    # resnet18 has no depthwise convolutions
+    assert a['dtype'] == b['dtype'] == expected and {a['other_dtype'], b['other_dtype']} == {str(torch.bfloat16 if expected == 'None' else None)}
+    for k in ('rule', 'other'):
+        assert all(torch.equal(a[k][n], b[k][n]) for n in a[k]), f'{k}: the two processes trained different weights'
+    assert any(not torch.equal(a['rule'][n], a['other'][n]) for n in a['rule'])     # the two precisions train differently: the check can fail
+
+def test_rule_keeps_depthwise_bodies_in_float32(synth):
+    "EfficientNet's depthwise convolutions train slower in bf16 on a CPU: `to_fast` keeps float32 for them, bf16 for ResNet where the CPU has it."
+    import timm
+    path, df = synth('xor', n=96)
+    learn = meta_cnn_learner(meta_dls(path, df, 'xor', device='cpu'), 'tf_efficientnet_lite0', pretrained=False, fast=True)
+    fit_quietly(learn, 1)
+    assert learn.fast_training.amp_dtype is None and has_depthwise(learn.model)
+    assert amp_rule(timm.create_model('tf_efficientnet_lite0'), 'cpu', bf16=True) is None
+    assert amp_rule(resnet18(), 'cpu', bf16=True) == torch.bfloat16 and amp_rule(resnet18(), 'cpu', bf16=False) is None
 
 def test_vision_learner_to_fast_and_deferring_to_fastai_amp(synth):
     "fastai's own learners get the same path in one call; with fastai's `to_fp16()` it keeps only the memory format."
@@ -98,3 +104,14 @@ def test_exports_when_library_is_pickled_by_value(synth, tmp_path):
     loaded = load_learner(tmp_path/'m.pkl', cpu=True)
     assert type(loaded.fast_training).__name__ == 'FastTraining'
     with loaded.no_bar(): assert loaded.predict(df.iloc[0])[2].shape == (2,)
+
+def test_meta_cnn_learner_trains_channels_last_in_float32_by_default(synth):
+    "The default `fast='channels_last'`: the faster memory format, no autocast, whatever the CPU; a wrong value is refused."
+    path, df = synth('xor', n=96)
+    dls = meta_dls(path, df, 'xor', bs=16, device='cpu')
+    learn = meta_cnn_learner(dls, resnet18, pretrained=False).add_cb(Dtypes())
+    fit_quietly(learn, 1)
+    assert learn.model[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert learn.fast_training.amp_dtype is None and learn.dtypes.seen[True] == {torch.float32}
+    assert not meta_cnn_learner(dls, resnet18, pretrained=False, fast=False).cbs.filter(lambda c: isinstance(c, FastTraining))
+    with pytest.raises(ValueError, match="'channels_last'"): meta_cnn_learner(dls, resnet18, pretrained=False, fast='bf16')
