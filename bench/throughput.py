@@ -212,13 +212,19 @@ def speeds(df, common, meta_kw, a):
         print(pair, {k: (round(v, 1) if isinstance(v, float) else v) for k,v in r.items()}, flush=True)
     return out
 
+def cpu_name():
+    "The CPU's model name, from /proc/cpuinfo where there is one (the bf16 rule and the speeds depend on it)."
+    try: return next(l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name'))
+    except Exception: return platform.processor() or 'unknown CPU'
+
 def only_speed(a, device):
     "Measure the training-speed comparison again, keeping the rest of the last run's json."
     out = OUT/f'throughput-{device}.json'
     res = json.loads(out.read_text())
     df, common, meta_kw, _ = images(res['n_images'], res['size'])
     common.update(bs=res['bs'], num_workers=res['workers'], valid_pct=0.1, seed=0)
-    res.update(speed=speeds(df, common, meta_kw, a), speed_torch=torch.__version__, speed_epochs=a.epochs)
+    res.update(speed=speeds(df, common, meta_kw, a), speed_torch=torch.__version__, speed_epochs=a.epochs, speed_cpu=cpu_name(),
+               speed_device=f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)' if not a.gpu else torch.cuda.get_device_name())
     out.write_text(json.dumps(res, indent=2))
     write_md(res, device)
 
@@ -240,9 +246,10 @@ def write_md(res, device=None):
            f"The cache took {res['cache_build_s']:.1f} s to fill ({res['cache_mib']:.0f} MiB of uint8 images). "
            f"DataLoaders for 1,000,000 rows of metadata (no images, label vocabulary given): built in {res['build_1m_rows_s']:.1f} s."]
     if res.get('speed'):
-        md += ['', *speed_md(res)]
-        head = (f"{res['data']}, {res['n_images']} images, {res['workers']} DataLoader workers, from scratch, on {res['device']}, "
-                f"torch {res['torch']}; library: best of {res.get('epochs', 1)} timed epochs after a warm one.")
+        head = (f"{res['data']}, {res['n_images']} images, {res['workers']} DataLoader workers, from scratch, on "
+                f"{res.get('speed_device', res['device'])}{', ' + res['speed_cpu'] if 'speed_cpu' in res else ''}, torch {res.get('speed_torch', res['torch'])}; "
+                f"library: best of {res.get('speed_epochs', res.get('epochs', 1))} timed epochs after a warm one.")
+        md += ['', speed_md(res)[0], '', head, *speed_md(res)[1:]]
         (OUT/f'speed-{device}.md').write_text('\n'.join([head, *speed_md(res)[1:]]) + '\n')
     (OUT/f'throughput-{device}.md').write_text('\n'.join(md) + '\n')
     print('\n'.join(md))

@@ -41,8 +41,11 @@ def show_doc_markdown(md):
     m = re.search(r'^#+\s+(\S+).*$', md, re.MULTILINE)
     if not m: return md
     link = f"\n\n{src.group(0).strip()}" if src else ''      # quarto floated it right, above the heading; here it follows the heading
-    return (f'```{{index}} single: {m.group(1)}\n```\n\n<a id="{m.group(1).lower()}"></a>\n\n'
-            + md[:m.end()] + link + md[m.end():])
+    # The anchor and the index entry follow the heading: before it, they would end the previous section, and links would land there.
+    # The index entry's target goes on the signature block below it: Sphinx's search shows that block's text as the hit's summary
+    # (on an empty target it fails with a console error).
+    return (md[:m.end()] + f'\n\n<a id="{m.group(1).lower()}"></a>' + link
+            + f'\n\n```{{index}} single: {m.group(1)}\n```\n' + md[m.end():])
 
 def show_doc_name(md):
     "The documented name of `show_doc`'s markdown (its heading)."
@@ -116,6 +119,8 @@ def clean_saved_outputs(paths):
 def convert(nb, depth):
     "A processed notebook as a MyST-NB page: title from the front matter, quarto options as tags."
     cells, fm, documented = [], {}, set()
+    shown = {show_doc_name(_text(o.get('data', {}).get('text/markdown'))).lower() for c in nb['cells'] if c['cell_type'] == 'code'
+             for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {}) and show_doc_name(_text(o['data']['text/markdown']))}
     for cell in nb['cells']:
         src = _text(cell['source'])
         if cell['cell_type'] == 'raw' and src.startswith('---'):
@@ -125,7 +130,7 @@ def convert(nb, depth):
             continue
         if cell['cell_type'] == 'markdown':
             if src.startswith('<!-- WARNING'): continue
-            src = _re_api_heading.sub(lambda m: f'<a id="{m.group(2).lower()}"></a>\n\n{m.group(0)}', src)
+            src = _re_api_heading.sub(lambda m: m.group(0) if m.group(2).lower() in shown else f'{m.group(0)}\n\n<a id="{m.group(2).lower()}"></a>', src)
             cells.append(dict(cell_type='markdown', metadata={}, source=relink(src, depth)))
             continue
         if cell['cell_type'] != 'code': continue

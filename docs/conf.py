@@ -16,8 +16,7 @@ html_title = f'fastai_meta {version}'
 html_static_path = ['_static']
 html_css_files = ['custom.css']            # wide tables scroll instead of being cut off
 REPO = 'https://github.com/fastai-meta/fastai_meta'
-html_theme_options = {'source_repository': REPO + '/', 'source_branch': 'main', 'source_directory': 'nbs/',
-                      'footer_icons': [{'name': 'GitHub', 'url': REPO, 'class': '',
+html_theme_options = {'footer_icons': [{'name': 'GitHub', 'url': REPO, 'class': '',
                                         'html': f'<a href="{REPO}">{REPO.removeprefix("https://")}</a>'}]}
 html_favicon = '_static/favicon.svg'
 html_show_sourcelink = False

@@ -81,6 +81,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     if named: raise CLIError(f"column(s) {named} not in {csv}; it has {list(df.columns)}")
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = _task(df[label], label_delim, task)
+    set_seed(seed, reproducible=True)      # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
     dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label, label_delim=label_delim,
                                   y_block=RegressionBlock if task == 'regression' else None,
                                   cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None, exclude=exclude,

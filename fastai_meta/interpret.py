@@ -76,15 +76,18 @@ def _metric_value(m, pred, targ):
     except Exception: return float('nan')   # e.g. ROC AUC of a group holding one class only
 
 def _groups(values, continuous, bins):
-    "A group label per row: the value (or its quantile bin when `continuous`); missing values form the group 'missing'."
+    "A group label per row (the value, or its quantile bin when `continuous`; missing values form the group 'missing'), and the groups in order."
     vals = pd.Series(values)
     miss = pd.Series(_missing(vals.to_numpy(dtype=object)), index=vals.index)
     if continuous:
         num = pd.to_numeric(vals.where(~miss), errors='coerce')
         cut = pd.qcut(num, bins, duplicates='drop') if num.nunique() > 1 else num
         lab = cut.astype(str)
-    else: lab = pd.Series(_cat_keys(vals.to_numpy()), index=vals.index).astype(str)
-    return lab.where(~miss, 'missing')
+        order = [str(b) for b in cut.cat.categories] if hasattr(cut, 'cat') else list(pd.unique(lab[~miss]))   # bins low to high
+    else:
+        lab = pd.Series(_cat_keys(vals.to_numpy()), index=vals.index).astype(str)
+        order = list(lab[~miss].value_counts().index)                                                           # largest group first
+    return lab.where(~miss, 'missing'), order + ['missing']
 
 @patch
 def meta_report(self:Learner, cols=None, dl=None, bins=4, metrics=None, show=False):
@@ -101,8 +104,9 @@ def meta_report(self:Learner, cols=None, dl=None, bins=4, metrics=None, show=Fal
     names = [getattr(m, 'name', getattr(m, '__name__', str(m))) for m in metrics]
     rows = [dict(column='(all)', group='(all)', count=len(items), **{n: _metric_value(m, preds, targs) for n,m in zip(names, metrics)})]
     for c in cols:
-        g = _groups(items[c].to_numpy(dtype=object), c in enc.cont_names, bins).to_numpy()
-        for v in pd.unique(g):
+        g, order = _groups(items[c].to_numpy(dtype=object), c in enc.cont_names, bins)
+        g = g.to_numpy()
+        for v in (o for o in order if (g == o).any()):
             idx = torch.as_tensor(np.flatnonzero(g == v))
             rows.append(dict(column=c, group=v, count=len(idx), **{n: _metric_value(m, preds[idx], targs[idx]) for n,m in zip(names, metrics)}))
     res = pd.DataFrame(rows)
