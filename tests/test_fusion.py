@@ -40,7 +40,7 @@ def test_fusion_learns_label_from_metadata(synth, fusion):
     set_seed(0, reproducible=True)
     acc = fit_quietly(meta_cnn_learner(meta_dls(path, df, 'meta'), resnet18, fusion=fusion, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy), 6)[1]
     print(f'{fusion}: accuracy {acc:.3f}')
-    assert acc >= 0.7                  # working runs seen: 0.77 and above; chance: 0.50 ± 0.06 on 80 rows
+    assert acc >= 0.7                  # seen 0.80-0.975 over fusions at 1 and 2 threads, two hash seeds; chance: 0.50 ± 0.06 on 80 rows
 
 @pytest.mark.parametrize('fusion', FUSIONS)
 def test_fusion_learns_keypoints_from_metadata(synth, fusion):
@@ -83,7 +83,7 @@ def test_self_contrastive_guidance(synth, tmp_path):
     assert len(learn.model) == 5 and any(isinstance(cb, SelfContrastive) for cb in learn.cbs)
     acc = fit_quietly(learn, 6)[1]
     print(f'self-contrastive: accuracy {acc:.3f}, last guidance loss {learn.guidance_loss.item():.3f}')
-    assert acc >= 0.7 and learn.guidance_loss.item() > 0   # working: 0.77-0.93 over seeds and machines; chance 0.50 ± 0.06
+    assert acc >= 0.7 and learn.guidance_loss.item() > 0   # seen 0.85-0.975 (1 and 2 threads); chance 0.50 ± 0.06
     x, meta, _ = learn.dls.one_batch()
     test_eq(learn.model.eval()(x, meta).shape, (32, 2))                            # plain output outside training
     learn.export(tmp_path/'guided.pkl')
