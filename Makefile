@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
-	$(VENV)/bin/nbdev-test --n-workers 2 $(NB_SKIP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev-test --n-workers 2 $(NB_SKIP)   # two notebooks at a time, one thread each: no oversubscribed cores
 
 export: $(VENV)/.installed
 	$(VENV)/bin/nbdev-export
