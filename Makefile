@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/fastai-meta demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile   # two test files at a time (pytest-xdist), one thread each
 	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev-test --n-workers 2 $(NB_SKIP)   # two notebooks at a time, one thread each: no oversubscribed cores
 
 export: $(VENV)/.installed

@@ -8,5 +8,6 @@ from .losses import *
 from .speed import *
 from .learner import *
 from .interpret import *
+from .compare import *
 from .synth import *
 from .deploy import *

@@ -6,7 +6,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/learner.html.md"""
 
 # %% auto #0
 __all__ = ['map_state_dict', 'offline_weights', 'timm_split', 'target_stats', 'start_at', 'ScaledLoss', 'meta_cnn_learner',
-           'MetaDropout']
+           'PreciseBN', 'MetaDropout']
 
 # %% ../nbs/02_learner.ipynb #3b55a185
 import os, socket
@@ -233,6 +233,24 @@ def fine_tune(self:Learner, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=None,
     "fastai's `Learner.fine_tune`; `lr_mult` defaults to `self.fine_tune_lr_mult` where set (1 for a timm body in `meta_cnn_learner`), else fastai's 100."
     return _fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult=ifnone(lr_mult, self.__dict__.get('fine_tune_lr_mult', 100)), **kwargs)
 Learner.fine_tune._fastai_fine_tune = _fine_tune
+
+# %% ../nbs/02_learner.ipynb #b1c2d3e1
+class PreciseBN(Callback):
+    "After each epoch's training, recompute batchnorm statistics with the current weights over up to `n_samples` training images, so validation sees the network as it is."
+    order = 60
+    def __init__(self, n_samples=4096): store_attr()
+    def after_train(self):
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not bns: return
+        momenta = [b.momentum for b in bns]
+        for b in bns: b.reset_running_stats(); b.momentum = None      # a plain average over the batches below
+        seen = 0
+        with torch.no_grad():
+            for b in self.dls.train:
+                self.model(*b[:self.dls.n_inp])
+                seen += find_bs(b)
+                if seen >= self.n_samples: break
+        for b,m in zip(bns, momenta): b.momentum = m
 
 # %% ../nbs/02_learner.ipynb #5979d647
 _predict = getattr(Learner.predict, '_fastai_predict', Learner.predict)   # fastai's own, also when this cell runs again

@@ -24,19 +24,20 @@ def test_train_says_columns_split_and_recipe(exported, capsys):
     assert 'categorical: site' in out and 'continuous:  age' in out                        # the choice, printed
     assert "patient_id  the splitter reads it" in out and 'noise       excluded' in out
     assert "outcome     gives the label away" in out                                        # the recoded label is left out
-    assert "by 'patient_id', groups kept on one side, stratified by the label" in out and 'fit_one_cycle(1, 0.01)' in out
+    assert "by 'patient_id', groups kept on one side, stratified by the label" in out and 'fit_one_cycle(1, 0.01, cbs=PreciseBN)' in out
     enc = meta_encode(load_learner(tmp/'m.pkl').dls).encoding
     test_eq(enc.cat_names + enc.cont_names, ['site', 'age'])
 
 def test_timm_body_is_fine_tuned_with_lr_mult_1(synth):
     "A pretrained timm body is fine-tuned with the learner's `lr_mult=1` (fastai's 100 would train it at lr/200); torchvision keeps 100."
-    from fastai_meta.cli import _recipe
+    from fastai_meta.compare import fit_recipe as _recipe
     dls = meta_dls(*synth('xor', n=64), 'xor', bs=16)
     timm_learn = meta_cnn_learner(dls, 'resnet18', pretrained=False); timm_learn.pretrained = True     # as with --weights, without a file
     test_eq(_recipe(timm_learn, 5, None), ('fine_tune', (5, 3e-3), dict(lr_mult=1)))
     tv = meta_cnn_learner(dls, resnet18, pretrained=False); tv.pretrained = True
     test_eq(_recipe(tv, 5, None), ('fine_tune', (5, 2e-3), dict(lr_mult=100)))
-    test_eq(_recipe(meta_cnn_learner(dls, 'resnet18', pretrained=False), 5, 1e-3), ('fit_one_cycle', (5, 1e-3), {}))
+    method, args, kw = _recipe(meta_cnn_learner(dls, 'resnet18', pretrained=False), 5, 1e-3)
+    test_eq((method, args, list(kw)), ('fit_one_cycle', (5, 1e-3), ['cbs'])); assert isinstance(kw['cbs'], PreciseBN)   # from scratch: honest validation losses
 
 def run_cli(*args):
     return subprocess.run([str(Path(sys.executable).parent/'fastai-meta'), *map(str, args)], capture_output=True, text=True)

@@ -42,17 +42,17 @@ def test_fusion_learns_label_from_metadata(synth, fusion):
     print(f'{fusion}: accuracy {acc:.3f}')
     assert acc >= 0.7                  # seen 0.80-0.975 over fusions at 1 and 2 threads, two hash seeds; chance: 0.50 ± 0.06 on 80 rows
 
-@pytest.mark.parametrize('fusion', FUSIONS)
+@pytest.mark.parametrize('fusion', ['csf'])     # the staged fusion; concat: test_learner's augmented keypoint test; every fusion learns labels above
 def test_fusion_learns_keypoints_from_metadata(synth, fusion):
-    "timm resnet18, 48 px: the keypoint's place is in the metadata."
+    "timm resnet10t (half resnet18's time here), 48 px: the keypoint's place is in the metadata."
     path, df = synth('points', size=48)
     set_seed(0, reproducible=True)
     dls = _points_dls(path, df, 48)
-    mse = fit_quietly(meta_cnn_learner(dls, 'resnet18', fusion=fusion, pretrained=False, ps=0.1, meta_ps=0.1, y_range=(-1, 1)), 10)[0]
+    mse = fit_quietly(meta_cnn_learner(dls, 'resnet10t', fusion=fusion, pretrained=False, ps=0.1, meta_ps=0.1, y_range=(-1, 1)), 10)[0]
     y = torch.cat([b[2] for b in dls.valid]).view(-1, 2)
     baseline = ((y - y.mean(0))**2).mean().item()                                # predicting the mean point
     print(f'{fusion}: keypoint MSE {mse:.4f}, baseline {baseline:.4f}')
-    assert mse < 0.5 * baseline
+    assert mse < 0.5 * baseline                  # seen 0.07 x baseline at 1 thread
 
 def test_fusion_options_and_custom_fusion(synth):
     path, df = synth('meta', n=64)

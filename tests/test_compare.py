@@ -1,0 +1,98 @@
+"`meta_compare`: paired, grouped cross-validation of image only against fusions, the metadata alone and their product."
+import json
+import numpy as np, pandas as pd, pytest
+from PIL import Image
+from scipy import stats
+from fastai.vision.all import *
+from fastai_meta.all import *
+import fastai_meta.compare as compare
+from fastai_meta.cli import main
+
+def _compare(path, df, arch='lcnet_050', **kwargs):
+    "`meta_compare` from scratch with a small timm body (lcnet_050: 4x faster to train here than resnet18) on 16-pixel images."
+    return meta_compare(df, path, folder='images', group_col='patient', cat_names=['site'], cont_names=['age'], arch=arch,
+                        pretrained=False, size=16, **kwargs)
+
+def test_metadata_that_reveals_the_label_gives_an_interval_above_zero(synth):
+    "Images are noise and the label follows from age and site: concat's paired lift is large, its whole interval above 0; image only stays near chance."
+    path, df = synth('meta', n=200)
+    df = df.assign(patient=[f'P{i // 2}' for i in range(len(df))])
+    res = _compare(path, df, epochs=5, n_folds=4, bs=16)
+    image = res.scores[res.scores.model == compare.IMAGE].balanced_accuracy.mean()
+    l = res.lift['concat']['balanced_accuracy']
+    print(f"image only {image:.3f}; concat lift {l}")
+    assert image <= 0.65 and l['low'] > 0 and l['mean'] >= 0.2 and l['wins'] == 4      # seen: image 0.51, lift +0.37 [+0.24, +0.50]
+    assert res.verdict.startswith('metadata helps')
+
+def _colour_table(path, n=120, size=16, seed=0):
+    "Red or blue noise images (the label), with age and site drawn at random: metadata that is pure noise."
+    rng = np.random.default_rng(seed)
+    (path/'images').mkdir(parents=True, exist_ok=True)
+    red = rng.random(n) < 0.5
+    for i,r in enumerate(red):
+        im = rng.integers(0, 60, (size, size, 3)); im[..., 0 if r else 2] += 180
+        Image.fromarray(im.astype('uint8')).save(path/'images'/f'{i}.png')
+    return pd.DataFrame(dict(fname=[f'{i}.png' for i in range(n)], label=np.where(red, 'red', 'blue'), site=rng.choice(['head', 'arm', 'leg'], n),
+                             age=rng.uniform(20, 80, n).round(), patient=[f'P{i // 2}' for i in range(n)]))
+
+def test_noise_metadata_gives_an_interval_that_covers_zero(tmp_path):
+    "The image gives the label away and the metadata is noise: image only is near perfect, concat's interval covers 0, the metadata alone is near chance."
+    df = _colour_table(tmp_path)
+    res = _compare(tmp_path, df, 'resnet10t', epochs=5, n_folds=3, bs=16)    # lcnet_050 learns colour unevenly (0.59 to 0.98 over folds)
+    s = res.scores.groupby('model').balanced_accuracy.mean()
+    l = res.lift['concat']['balanced_accuracy']
+    print(s.to_dict(), l)
+    assert s[compare.IMAGE] >= 0.9 and s[compare.GBM] <= 0.7
+    assert l['low'] <= 0 <= l['high'] and not res.verdict.startswith('metadata helps')
+
+def test_paired_stats_against_a_hand_computation():
+    d, frac = [0.03, -0.01, 0.05, 0.02, 0.04], 0.2
+    n, mean, var = 5, 0.026, np.var(d, ddof=1)
+    half = stats.t.ppf(0.975, n - 1) * np.sqrt((1/n + frac/(1 - frac)) * var)        # Nadeau and Bengio's corrected variance
+    r = paired_stats(d, test_frac=frac)
+    test_close([r['mean'], r['low'], r['high']], [mean, mean - half, mean + half], eps=1e-12)
+    test_eq((r['wins'], r['n']), (4, 5))
+    plain = paired_stats(d)
+    test_close(plain['high'] - plain['mean'], 2.7764451051977987 * np.sqrt(var/n), eps=1e-9)   # t(4) at 0.975, by hand
+    assert np.isnan(paired_stats([0.1])['low']) and paired_stats([np.nan, 0.1, 0.2])['n'] == 2
+    p = product_of_experts([[0.8, 0.2]], [[0.5, 0.5]], [0.5, 0.5])
+    test_close(p, [[0.8, 0.2]])                                                       # an uninformative expert changes nothing
+
+def _fake_train(calls, stop_at=None):
+    "A stand-in for training: fusions know the label (0.9), image only does not (0.5); raises KeyboardInterrupt on call `stop_at`."
+    def train(name, df, valid, a):
+        calls.append(name)
+        if stop_at is not None and len(calls) == stop_at: raise KeyboardInterrupt
+        y = (df[a.label_col][valid] == 'yes').to_numpy()
+        p = np.where(y, 0.9, 0.1) if name != compare.IMAGE else np.full(len(y), 0.5)
+        run = dict(probs=np.stack([1 - p, p], 1).tolist(), vocab=['no', 'yes'])
+        if name != compare.IMAGE: run['columns'] = [['site'], ['age']]
+        return run
+    return train
+
+def test_an_interrupted_run_resumes(synth, tmp_path, monkeypatch):
+    "Stopped after 3 of 6 runs, a second call with the same settings trains only the other 3 and gives what one uninterrupted run gives; other settings are refused."
+    path, df = synth('meta', n=120)
+    df = df.assign(patient=[f'P{i // 2}' for i in range(len(df))])
+    calls = []
+    monkeypatch.setattr(compare, '_train', _fake_train(calls, stop_at=4))
+    with pytest.raises(KeyboardInterrupt): _compare(path, df, n_folds=3, out=tmp_path/'a')
+    test_eq(len(json.loads((tmp_path/'a'/'compare.json').read_text())['runs']), 3)
+    monkeypatch.setattr(compare, '_train', _fake_train(calls))
+    res = _compare(path, df, n_folds=3, out=tmp_path/'a')
+    test_eq(len(calls), 4 + 3)                                                        # the 4th was interrupted, so trained again
+    whole = _compare(path, df, n_folds=3, out=tmp_path/'b')
+    test_eq(res.verdict, whole.verdict); test_eq(res.lift, whole.lift)
+    saved = json.loads((tmp_path/'a'/'compare.json').read_text())
+    test_eq(saved['lift']['concat']['balanced_accuracy'], [res.lift['concat']['balanced_accuracy'][k] for k in ('mean', 'low', 'high')])
+    assert all((tmp_path/'a'/f'compare.{e}').exists() for e in ('md', 'png'))
+    with pytest.raises(ValueError, match="other settings.*epochs"): _compare(path, df, n_folds=3, epochs=2, out=tmp_path/'a')
+
+def test_bad_input_is_refused_clearly(synth, tmp_path, capsys):
+    path, df = synth('meta', n=64)
+    with pytest.raises(ValueError, match='regression'): meta_compare(df.assign(y=np.linspace(0, 1, len(df))), path, label_col='y')
+    with pytest.raises(ValueError, match="Group column 'patient' is missing"):
+        meta_compare(df.assign(patient=[None] + ['P'] * (len(df) - 1)), path, folder='images', group_col='patient')
+    df.to_csv(tmp_path/'t.csv', index=False)
+    assert main(['compare', str(tmp_path/'t.csv'), str(path/'images'), '--label', 'label', '--group-col', 'patient_id']) == 2
+    assert "group column 'patient_id' not in" in capsys.readouterr().err
