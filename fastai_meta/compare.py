@@ -58,12 +58,15 @@ def paired_stats(diffs, test_frac=None, level=0.95):
 def class_scores(y, probs, vocab):
     "Accuracy, balanced accuracy and ROC AUC (macro one-vs-rest for several classes) of class probabilities `probs` for labels `y`, and each class's recall."
     y, probs, vocab = np.asarray(y, dtype=object), np.asarray(probs, dtype=float), list(vocab)
+    probs = probs / probs.sum(1, keepdims=True)            # saved probabilities are rounded: scikit-learn's AUC wants rows summing to 1
     pred = np.array(vocab, dtype=object)[probs.argmax(1)]
     res = dict(accuracy=float(accuracy_score(y, pred)), balanced_accuracy=float(balanced_accuracy_score(y, pred)))
     try:
         res['roc_auc'] = float(roc_auc_score(y == vocab[1], probs[:, 1]) if len(vocab) == 2 else
                                roc_auc_score(y, probs, multi_class='ovr', labels=vocab))
-    except ValueError: res['roc_auc'] = float('nan')       # a fold without some class
+    except ValueError as e:                                  # a fold without some class: no AUC
+        if not ('Only one class' in str(e) or 'Number of classes' in str(e)): raise
+        res['roc_auc'] = float('nan')
     rec = recall_score(y, pred, labels=vocab, average=None, zero_division=np.nan)
     res['recall'] = {str(v): float(r) for v,r in zip(vocab, rec)}
     return res
@@ -99,7 +102,7 @@ METRICS = ('accuracy', 'balanced_accuracy', 'roc_auc')
 def _write_json(path, obj):
     "Write `obj` to `path` as JSON, atomically (an interrupted run never leaves half a file)."
     tmp = Path(f'{path}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1)); tmp.replace(path)
+    tmp.write_text(json.dumps(obj, separators=(',', ':'))); tmp.replace(path)          # compact: it holds every run's probabilities
 
 def _resumed(out, settings):
     "The runs saved in `out/compare.json` by a run with the same `settings` (none if there is no file); refuses other settings, naming them."
@@ -148,7 +151,8 @@ def _settings(df, a):
     "What a saved run must share with this one to be resumed: the data (its rows, file names and labels) and every training choice."
     rows = pd.util.hash_pandas_object(df[[a.fn_col, a.label_col]].astype(str), index=False).sum()
     return dict(n_rows=len(df), data_hash=str(int(rows) % 2**61), fn_col=a.fn_col, label_col=a.label_col, group_col=a.group_col,
-                cat_names=a.cat_names, cont_names=a.cont_names, exclude=list(L(a.exclude)), fusions=list(a.fusions),
+                cat_names=None if a.cat_names is None else list(L(a.cat_names)), cont_names=None if a.cont_names is None else list(L(a.cont_names)),
+                exclude=list(L(a.exclude)), fusions=list(a.fusions),
                 arch=a.arch if isinstance(a.arch, str) else a.arch.__name__, pretrained=bool(a.pretrained or a.weights_path),
                 weights=Path(a.weights_path).name if a.weights_path else None, epochs=a.epochs, lr=a.lr, size=a.size, bs=a.bs,
                 n_folds=a.n_folds, seeds=list(a.seeds))
@@ -176,7 +180,7 @@ def meta_compare(df, path='.', fn_col='fname', label_col='label', group_col=None
         set_seed(1000*s + k, reproducible=True)          # before the DataLoaders: fastai seeds their shuffling when they are made
         said = any('columns' in r for r in runs.values())
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) if said else contextlib.nullcontext():
-            warnings.simplefilter('ignore')                     # the columns the MetaBlock chose are printed once, by the first fusion
+            if said: warnings.simplefilter('ignore')       # what the MetaBlock chose and warned of is said once, by the first fusion
             runs[f'{s}/{k}/{m}'] = _train(m, df, folds[s] == k, a)
         if out is not None: _write_json(Path(out)/'compare.json', dict(settings=settings, runs=runs))
     res = CompareResult(df, settings, runs, folds, bins)

@@ -96,3 +96,14 @@ def test_bad_input_is_refused_clearly(synth, tmp_path, capsys):
     df.to_csv(tmp_path/'t.csv', index=False)
     assert main(['compare', str(tmp_path/'t.csv'), str(path/'images'), '--label', 'label', '--group-col', 'patient_id']) == 2
     assert "group column 'patient_id' not in" in capsys.readouterr().err
+
+def test_class_scores_of_several_classes_from_rounded_probabilities():
+    "Seven classes, probabilities rounded as `compare.json` keeps them (rows no longer sum to exactly 1): a finite AUC, and recall per class."
+    rng = np.random.default_rng(0)
+    vocab = [f'c{i}' for i in range(7)]
+    y = np.array(vocab)[np.arange(140) % 7]
+    p = rng.dirichlet(np.ones(7), 140); p[np.arange(140), np.arange(140) % 7] += 1
+    p = np.round(p / p.sum(1, keepdims=True), 5)
+    s = class_scores(y, p, vocab)
+    assert np.isfinite(s['roc_auc']) and s['roc_auc'] > 0.8 and set(s['recall']) == set(vocab)
+    assert np.isnan(class_scores(y[:2], p[:2, :], vocab)['roc_auc'])          # two rows, two classes of seven: no AUC, no error
