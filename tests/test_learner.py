@@ -30,11 +30,11 @@ def test_keypoints_placed_by_metadata(synth):
     path, df = synth('points')
     set_seed(0, reproducible=True)
     dls = _points_dls(path, df)
-    meta_mse = fit_quietly(meta_cnn_learner(dls, resnet18, pretrained=False, ps=0.1, meta_ps=0.1, y_range=(-1, 1)), 12)[0]
+    meta_mse = fit_quietly(meta_cnn_learner(dls, 'resnet10t', pretrained=False, ps=0.1, meta_ps=0.1, y_range=(-1, 1)), 12)[0]   # timm's resnet10t: 2/3 of resnet18's time
     y = torch.cat([b[-1] for b in dls.valid]).view(-1, 2)
     baseline = ((y - y.mean(0))**2).mean().item()               # always the mean point (image-only models stay near it: keypoints tutorial)
     print(f'points task: MSE image+metadata {meta_mse:.4f}, mean point {baseline:.4f}')
-    assert meta_mse < 0.3 * baseline
+    assert meta_mse < 0.3 * baseline                             # seen 0.10 x at 1 thread
 
 def test_multilabel(synth):
     path, df = synth('meta')

@@ -52,8 +52,8 @@ def test_pretrained_beats_scratch_on_real_images(weights):
     _, va = next(GroupShuffleSplit(1, test_size=0.3, random_state=0).split(df, groups=df.lesion_id))
     df['is_valid'] = df.index.isin(va)
     dls = MetaDataLoaders.from_df(df, HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx', valid_col='is_valid',
-                                  cat_names=['sex', 'localization'], cont_names=['age'], bs=32, num_workers=0, cache=ImageCache(128),
-                                  batch_tfms=aug_transforms(size=128, flip_vert=True, max_warp=0))
+                                  cat_names=['sex', 'localization'], cont_names=['age'], bs=32, num_workers=0, cache=ImageCache(96),
+                                  batch_tfms=aug_transforms(size=96, flip_vert=True, max_warp=0))
     scores = {}
     for pre in (True, False):
         set_seed(0, reproducible=True)
@@ -62,4 +62,4 @@ def test_pretrained_beats_scratch_on_real_images(weights):
             learn.fine_tune(4, 3e-3, lr_mult=1) if pre else learn.fit_one_cycle(5, 3e-3)   # 5 epochs each; lr_mult: see learner.html
             scores[pre] = learn.validate()[1]
     print(f'balanced accuracy, 4 classes: pretrained {scores[True]:.3f}, from scratch {scores[False]:.3f}')
-    assert scores[True] >= 0.42 and scores[True] >= scores[False] + 0.08     # seen, lr_mult=1: 0.540 vs 0.319 (2 threads), 0.542 vs 0.296 (1); chance 0.25
+    assert scores[True] >= 0.42 and scores[True] >= scores[False] + 0.08     # seen at 96 px, 1 thread: 0.619 vs 0.370 (at 128 px: 0.54 vs 0.32); chance 0.25
