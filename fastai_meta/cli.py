@@ -78,7 +78,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, images under `images`); say the columns, split and recipe; export it to `out`."
     df = _read_table(csv)
     _check_folder(images)
-    _check_named(df, csv, label=label, fname_col=fname_col, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
+    _check_named(df, csv, label=label, file_name=fname_col, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = _task(df[label], label_delim, task)
     set_seed(seed, reproducible=True)      # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
@@ -189,7 +189,7 @@ def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, excl
     "Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and table; write them to `out`."
     df = _read_table(csv)
     _check_folder(images)
-    _check_named(df, csv, label=label, fname_col=fname_col, group_col=group_col, named=L(cat) + L(cont) + L(exclude))
+    _check_named(df, csv, label=label, file_name=fname_col, group_col=group_col, named=L(cat) + L(cont) + L(exclude))
     arch = getattr(models, arch, None) or arch
     try:
         res = meta_compare(df, Path(images), fn_col=fname_col, label_col=label, group_col=group_col, cat_names=list(cat) if cat else None,

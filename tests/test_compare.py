@@ -21,7 +21,7 @@ def test_metadata_that_reveals_the_label_gives_an_interval_above_zero(synth):
     image = res.scores[res.scores.model == compare.IMAGE].balanced_accuracy.mean()
     l = res.lift['concat']['balanced_accuracy']
     print(f"image only {image:.3f}; concat lift {l}")
-    assert image <= 0.65 and l['low'] > 0 and l['mean'] >= 0.2 and l['wins'] == 4      # seen: image 0.51, lift +0.37 [+0.24, +0.50]
+    assert image <= 0.65 and l['low'] > 0 and l['mean'] >= 0.2 and l['wins'] == 4      # seen at 1 thread: image 0.46, lift +0.44 [+0.22, +0.67]
     assert res.verdict.startswith('metadata helps')
 
 def _colour_table(path, n=120, size=16, seed=0):
