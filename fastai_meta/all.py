@@ -8,6 +8,7 @@ from .losses import *
 from .speed import *
 from .learner import *
 from .interpret import *
+from .calibrate import *
 from .compare import *
 from .synth import *
 from .deploy import *

@@ -13,6 +13,8 @@ warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', ca
 from fastai.vision.all import *
 from .data import MetaDataLoaders, ReadImage, meta_encode
 from .learner import meta_cnn_learner
+from .calibrate import Learner   # patches `calibrate` and `set_operating_point` onto it
+from .deploy import load_safe, UnsafeFile
 from .compare import fit_recipe, meta_compare
 from .synth import make_synthetic
 
@@ -74,8 +76,9 @@ def _check_named(df, csv, named=(), **cols):
 
 def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
-              label_delim=None, task='auto', seed=0, lr=None, out='export.pkl', exclude=None):
-    "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, images under `images`); say the columns, split and recipe; export it to `out`."
+              label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
+              operating_point=None):
+    "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, images under `images`); say the columns, split and recipe; calibrate and set an `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."
     df = _read_table(csv)
     _check_folder(images)
     _check_named(df, csv, label=label, file_name=fname_col, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
@@ -100,8 +103,23 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     method, args, kwargs = fit_recipe(learn, epochs, lr)
     print(f"Training: {method}({', '.join(map(str, args))}{''.join(f', {k}={v}' for k,v in kwargs.items())}), {task}.")
     getattr(learn, method)(*args, **kwargs)
-    learn.export(out)
+    _decide(learn, calibrate, operating_point)
+    if Path(out).suffix == '.safetensors': learn.export_safe(out)
+    else: learn.export(out)
     return learn
+
+def _decide(learn, calibrate=False, operating_point=None):
+    "Fit temperature scaling and an operating point ('class=sensitivity') on the validation rows, saying what they gave."
+    if calibrate: print(f'Calibrated on the validation rows: {learn.calibrate()}.')
+    if operating_point:
+        cls, _, sens = str(operating_point).rpartition('=')
+        try: sens = float(sens)
+        except ValueError: raise CLIError(f"--operating-point is CLASS=SENSITIVITY (e.g. mel=0.95), not {operating_point!r}") from None
+        try: op = learn.set_operating_point(cls, sens)
+        except ValueError as e: raise CLIError(str(e)) from e
+        print(f"Operating point: {cls!r} whenever its probability reaches {op['threshold']:.4f}: on the {op['n']} validation rows, sensitivity "
+              f"{op['sensitivity']:.3f} (95 % interval {op['sensitivity_ci'][0]:.2f} to {op['sensitivity_ci'][1]:.2f}, {op['n_pos']} positives), "
+              f"specificity {op['specificity']:.3f}; chosen on these rows, so optimistic: check it on others.")
 
 # %% ../nbs/04_cli.ipynb #f1a2b3c1
 def _image_reader(learn):
@@ -136,6 +154,9 @@ def _row_error(learn, row_df):
 def _load(model):
     "The exported learner in the file `model`; a `CLIError` if it is missing or cannot be loaded."
     if not Path(model).is_file(): raise CLIError(f"model file not found: {model}")
+    if Path(model).suffix == '.safetensors':
+        try: return load_safe(model, cpu=not torch.cuda.is_available())
+        except UnsafeFile as e: raise CLIError(f"refused the model {model}: {e}") from e
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', 'load_learner` uses Python', UserWarning)   # said in the command's help: only load files you trust
@@ -247,7 +268,9 @@ def _parser():
     t.add_argument('--valid-col', help='boolean column marking validation rows')
     t.add_argument('--valid-pct', type=float, default=0.2, help='share of rows held out')
     t.add_argument('--fusion', default='concat', help='concat, film, metanet, metablock or csf')
-    t.add_argument('--out', default='export.pkl', help='where to export the trained learner')
+    t.add_argument('--calibrate', action='store_true', help='fit temperature scaling on the validation rows (calibrated probabilities)')
+    t.add_argument('--operating-point', metavar='CLASS=SENSITIVITY', help='decide CLASS whenever its probability reaches the threshold that gives this sensitivity on the validation rows (e.g. mel=0.95)')
+    t.add_argument('--out', default='model.safetensors', help='where to export the trained learner: .safetensors (no pickle) or .pkl (fastai\'s export)')
     c = _data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds'))
     c.set_defaults(arch='resnet18', size=128)
     c.add_argument('--fusions', nargs='+', default=['concat'], help='fusions to compare with image only (concat, film, metanet, metablock, csf)')
@@ -255,7 +278,7 @@ def _parser():
     c.add_argument('--seeds', type=int, default=1, help='repeat the cross-validation with this many seeds (other folds each time)')
     c.add_argument('--out', default='compare', help='folder for compare.json, compare.md and compare.png (a run there with the same options resumes)')
     q = add('predict', help='predict every row of a CSV with an exported learner; one row out per row in')
-    q.add_argument('model', help='the exported learner (.pkl); only load files you trust')
+    q.add_argument('model', help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)')
     q.add_argument('csv', help='a table with the columns used in training (the label may be absent)')
     q.add_argument('images', help='folder the file names are relative to')
     q.add_argument('--suff', help="appended to each file name (default: as in training)")
@@ -283,7 +306,8 @@ def main(argv=None):
             if a.json: Path(a.json).write_text(json.dumps(res, indent=2))
         elif a.cmd == 'train':
             train_csv(a.csv, a.images, a.label, a.fname_col, a.cat, a.cont, a.arch, a.epochs, a.size, a.bs, a.pretrained, a.weights,
-                      a.fusion, a.valid_pct, a.valid_col, a.group_col, a.suff, a.label_delim, a.task, a.seed, a.lr, out=a.out, exclude=a.exclude)
+                      a.fusion, a.valid_pct, a.valid_col, a.group_col, a.suff, a.label_delim, a.task, a.seed, a.lr, out=a.out, exclude=a.exclude,
+                      calibrate=a.calibrate, operating_point=a.operating_point)
             print(f'exported to {Path(a.out).resolve()}')
         elif a.cmd == 'compare':
             compare_csv(a.csv, a.images, a.label, a.fname_col, a.cat, a.cont, a.exclude, a.group_col, a.suff, a.fusions, a.arch, a.pretrained,

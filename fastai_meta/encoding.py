@@ -159,7 +159,15 @@ class MetaEncode(DisplayedTransform):
         self.cat_names, self.cont_names, self.encoding, self._layout = cat_names, cont_names, None, None
         self.infer, self.exclude, self.max_card, self.verbose, self._context = infer, list(L(exclude)), max_card, verbose, None
 
+    @classmethod
+    def fitted(cls, encoding):
+        "A `MetaEncode` that keeps `encoding` (e.g. read back from a file) instead of fitting one on the training rows."
+        res = cls(encoding.cat_names, encoding.cont_names, verbose=False)
+        res.encoding, res.fixed = encoding, True
+        return res
+
     def setups(self, items):
+        if getattr(self, 'fixed', False): return
         try: df = _as_frame(getattr(items, 'items', items))
         except AttributeError as e: raise TypeError(f"MetaBlock could not read its training rows: {e}") from e
         read, label = _block_columns(self._context, df.columns)

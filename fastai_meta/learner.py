@@ -122,6 +122,7 @@ def _image_body(arch, pretrained, weights, weights_path, n_in, cut, dls, normali
 # %% ../nbs/02_learner.ipynb #c3a1f0d2
 def target_stats(dls):
     "The kind of target of `dls` ('regression', 'points' or 'other') and, for the first two, the training targets' mean and std."
+    if getattr(dls, 'described_target', None) is not None: return dls.described_target   # DataLoaders rebuilt by `load_safe`: no rows
     tls = getattr(dls.train_ds, 'tls', None)
     if tls is None or len(tls) <= dls.n_inp or not len(tls[dls.n_inp]): return 'other', None, None
     tl = tls[dls.n_inp]                       # the targets as stored, read without loading any image
@@ -221,6 +222,10 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
     if fast not in (True, False, 'channels_last'): raise ValueError(f"`fast` is True, False or 'channels_last', not {fast!r}.")
     if fast: learn.to_fast(amp='auto' if fast is True else False)      # 'channels_last': float32, in the faster memory format
     store_attr('arch,normalize,n_out,pretrained,fusion', self=learn)
+    learn.meta_args = dict(arch=arch, fusion=fusion, n_out=n_out, n_in=n_in, cut=cut, concat_pool=concat_pool, lin_ftrs=lin_ftrs, ps=ps,
+                           first_bn=first_bn, bn_final=bn_final, lin_first=lin_first, y_range=y_range, meta_layers=meta_layers, meta_ps=meta_ps,
+                           embed_p=embed_p, contrastive=contrastive, contrastive_tau=contrastive_tau, arcface=arcface, arc_s=arc_s, arc_m=arc_m,
+                           emb_dim=emb_dim, scale_y=scale_y, wide=bool(wide), fast=fast)   # what `export_safe` describes
     if isinstance(arch, str): learn.fine_tune_lr_mult = 1       # a timm body: `fine_tune` trains it at the head's rate (see above)
     return learn
 

@@ -125,6 +125,7 @@ class MetaModel(nn.Sequential):
         h, u, feats = self._features(x, meta)
         out = self[3](h)
         if 'wide' in self._modules: out = out + self.wide(u)
+        if 'temp' in self._modules: out = self.temp(out)      # temperature scaling (`Learner.calibrate`)
         if 'out' in self._modules: out = self.out(out)
         proj = self._modules.get('proj', self._modules.get('4'))   # '4': learners exported before the parts had names
         return (out, proj(feats)) if proj is not None and self.training else out
