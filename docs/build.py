@@ -176,6 +176,7 @@ def build_sources(proc, src):
             section = 'Tutorials' if out.parts[0] == 'tutorials' else 'Reference'
             pages[section].append(str(out))
     for md in (ROOT/'nbs').glob('*.md'): shutil.copy(md, src/md.name)
+    if (ROOT/'nbs'/'images').exists(): shutil.copytree(ROOT/'nbs'/'images', src/'images')     # figures the pages link to (the app's screenshot)
     index = src/'index.ipynb'
     nb = json.loads(index.read_text())
     nav = [toctree(k, v) for k,v in pages.items() if v] + [toctree('Project', [p.stem for p in sorted((ROOT/'nbs').glob('*.md'))])]

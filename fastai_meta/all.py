@@ -12,3 +12,4 @@ from .calibrate import *
 from .compare import *
 from .synth import *
 from .deploy import *
+from .app import *

@@ -32,7 +32,11 @@ def fit_temperature(logits, targets, multi=False, bounds=(0.05, 20.)):
     logits = torch.as_tensor(logits).float()
     with torch.no_grad(): f = lambda lt: float(_nll(logits / np.exp(lt), targets, multi))
     res = minimize_scalar(f, bounds=tuple(np.log(bounds)), method='bounded', options=dict(xatol=1e-4))
-    return float(np.exp(res.x))
+    t = float(np.exp(res.x))
+    if not bounds[0]*1.01 < t < bounds[1]/1.01:
+        warnings.warn(f"The fitted temperature, {t:.3g}, is at the edge of {bounds}: the logits hardly predict these targets "
+                      "(a model no better than chance is calibrated by flattening it). Check the model before trusting its probabilities.")
+    return t
 
 # %% ../nbs/03b_calibrate.ipynb #f1dd57ea
 def calibration_error(probs, targets, n_bins=15):

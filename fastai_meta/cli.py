@@ -283,6 +283,11 @@ def _parser():
     q.add_argument('images', help='folder the file names are relative to')
     q.add_argument('--suff', help="appended to each file name (default: as in training)")
     q.add_argument('--out', default='predictions.csv', help='where to write one row per input row')
+    w = add('app', help='serve a local web app for an exported learner: an image, a form generated from its metadata, the prediction')
+    w.add_argument('model', help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)')
+    w.add_argument('--host', default='127.0.0.1', help='address to serve on (127.0.0.1: this machine only; 0.0.0.0: the network)')
+    w.add_argument('--port', type=int, default=7860, help='port to serve on')
+    w.add_argument('--share', action='store_true', help="also ask Gradio for a public link (off: keep patient data on this machine)")
     return p
 
 def _predict_command(a):
@@ -294,6 +299,14 @@ def _predict_command(a):
     for i,e in list(bad.items())[:5]: print(f'row {i!r} not predicted: {e}', file=sys.stderr)
     if len(bad) > 5: print(f'... and {len(bad) - 5} more rows', file=sys.stderr)
     return 1 if len(bad) else 0
+
+def _app_command(a):
+    "Run `app`: load the model (a `CLIError` if it cannot be) and serve it until interrupted."
+    try: from fastai_meta.app import meta_app
+    except ImportError as e: raise CLIError(f"the app needs gradio: pip install 'fastai_meta[app]' ({e})") from e
+    learn = _load(a.model)
+    print(f"Serving {a.model} on http://{a.host}:{a.port}" + (' and a public Gradio link' if a.share else ' (this machine only)' if a.host == '127.0.0.1' else ''))
+    meta_app(learn, title=f'fastai_meta: {Path(a.model).name}').launch(server_name=a.host, server_port=a.port, share=a.share)
 
 def main(argv=None):
     "Entry point of the `fastai-meta` command; returns its exit code (2: bad input, said in one line)."
@@ -312,6 +325,7 @@ def main(argv=None):
         elif a.cmd == 'compare':
             compare_csv(a.csv, a.images, a.label, a.fname_col, a.cat, a.cont, a.exclude, a.group_col, a.suff, a.fusions, a.arch, a.pretrained,
                         a.weights, a.epochs, a.size, a.bs, a.lr, a.folds, a.seeds, a.seed, a.out)
+        elif a.cmd == 'app': _app_command(a)
         else: return _predict_command(a)
     except CLIError as e:
         print(f'fastai-meta {a.cmd}: error: {e}', file=sys.stderr)

@@ -11,7 +11,7 @@ __all__ = ['FORMAT', 'VERSION', 'UnsafeFile', 'describe', 'load_safe', 'encode_m
 import hashlib, json, os, warnings
 import fastai
 from fastai.vision.all import *
-from fastai.vision.augment import AffineCoordTfm, LightingTfm
+from fastai.vision.augment import AffineCoordTfm
 from . import __version__
 from .encoding import MetaEncoding, MetaEncode, TensorMeta
 from .data import meta_encode, ReadImage, MetaDL
@@ -61,18 +61,19 @@ def _fusion(fusion):
 # %% ../nbs/06_deploy.ipynb #8d2e1f1c
 _ITEM = {Resize: ('size', 'method', 'pad_mode', 'resamples'), RandomResizedCrop: ('size', 'min_scale', 'ratio', 'resamples', 'val_xtra', 'max_scale'),
          ToTensor: (), PointScaler: ('do_scale', 'y_first')}
-_BATCH = {IntToFloatTensor: ('div', 'div_mask'), Normalize: ('mean', 'std', 'axes')}
+_BATCH = {IntToFloatTensor: ('div', 'div_mask'), Normalize: ('mean', 'std', 'axes'), AffineCoordTfm: ('size', 'mode', 'pad_mode', 'align_corners')}
 _IMG_CLS = dict(PILImage=PILImage, PILImageBW=PILImageBW)
 
 def _tfm(t, known):
     "Name and arguments of transform `t` if it is in `known`; `None` for one that does nothing at inference; else refused."
     nm = type(t).__name__
+    if isinstance(t, AffineCoordTfm) and AffineCoordTfm in known:      # `aug_transforms`' merged warps: at inference, a resampling only
+        return dict(name='AffineCoordTfm', args=_plain(dict(size=t.size, mode=t.mode, pad_mode=str(t.pad_mode), align_corners=t.align_corners)))
     if type(t) in known:
         args = {k: getattr(t, k) for k in known[type(t)]}
         if nm == 'Normalize': args = dict(mean=t.mean.flatten().tolist(), std=t.std.flatten().tolist(), axes=list(t.axes))
         return dict(name=nm, args=_plain({k: (str(v) if k in ('method', 'pad_mode') else [int(r) for r in v] if k == 'resamples' else v) for k,v in args.items()}))
     if getattr(t, 'split_idx', None) == 0: return None              # training only (augmentations)
-    if isinstance(t, (AffineCoordTfm, LightingTfm)) and getattr(t, 'size', None) is None: return None   # identity at inference (checked after export)
     raise UnsafeFile(f"The transform {t!r} cannot be described without pickle: use `learn.export()`, or build the DataLoaders with "
                      f"{[c.__name__ for c in known]} and augmentations only.")
 
@@ -221,7 +222,7 @@ def _make(spec, known, where):
         raise UnsafeFile(f"The loss's arguments {args} are not numbers.")
     if cls is Normalize: return Normalize.from_stats(args['mean'], args['std'], cuda=False)
     if 'resamples' in args: args = dict(args, resamples=tuple(args['resamples']))
-    if 'size' in args: args = dict(args, size=tuple(args['size']))
+    if isinstance(args.get('size'), list): args = dict(args, size=tuple(args['size']))
     return cls(**args)
 
 def _builder(arch):

@@ -5,7 +5,7 @@ from urllib.parse import urljoin, urlparse, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ['columns', 'encoding', 'data', 'model', 'fusion', 'losses', 'speed', 'learner', 'interpret', 'cli', 'synth', 'deploy']
+MODULES = ['columns', 'encoding', 'data', 'model', 'fusion', 'losses', 'speed', 'learner', 'interpret', 'calibrate', 'compare', 'cli', 'synth', 'deploy', 'app']
 TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']
@@ -82,6 +82,7 @@ def test_every_public_symbol_has_its_entry(site):
     for m in MODULES:
         html = (out/f'{m}.html').read_text()
         for name in importlib.import_module(f'fastai_meta.{m}').__all__:
+            if name.isupper(): continue                                    # constants (FORMAT, IMAGE): named in the prose, no entry
             if f'id="{name.lower()}"' not in html: missing.append(f'{m}.{name}')
     assert not missing, f'no show_doc entry on the module page for: {missing}'
 
@@ -99,8 +100,8 @@ def test_search_finds_meta_cnn_learner(site):
 
 def test_tutorials_show_images(site):
     out, base, browser = site
-    for t in ['keypoints', 'choosing_a_fusion', 'ham10000']:
-        page, errors = _open(browser, base + f'tutorials/{t}.html')
+    for t in ['tutorials/keypoints', 'tutorials/choosing_a_fusion', 'tutorials/ham10000', 'app', 'calibrate']:    # the app page: its screenshot
+        page, errors = _open(browser, base + f'{t}.html')
         sizes = page.eval_on_selector_all('img', 'els => els.map(e => [e.naturalWidth, e.naturalHeight])')
         assert any(w > 100 and h > 100 for w,h in sizes), f'{t}: no image rendered ({sizes})'
         page.close()
