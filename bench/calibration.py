@@ -74,7 +74,11 @@ def summarise(rows, a):
     s = {k: _ci(d[k]) for k in ('temperature', 'ece_before', 'ece_after', 'nll_before', 'nll_after', 'sens_op', 'spec_op', 'sens_argmax', 'spec_argmax', 'balanced_accuracy')}
     s['ece_change'], s['nll_change'] = _ci(d.ece_after - d.ece_before), _ci(d.nll_after - d.nll_before)
     s['sens_change'], s['spec_change'] = _ci(d.sens_op - d.sens_argmax), _ci(d.spec_op - d.spec_argmax)
-    s['mel_test_pooled'] = dict(hit=int(round((d.sens_op * d.n_mel_test).sum())), n=int(d.n_mel_test.sum()))
+    from scipy.stats import binomtest
+    hit, n = int(round((d.sens_op * d.n_mel_test).sum())), int(d.n_mel_test.sum())
+    ci = binomtest(hit, n).proportion_ci(0.95)
+    s['mel_test_pooled'] = dict(hit=hit, n=n, ci=[float(ci.low), float(ci.high)])
+    s['wins'] = dict(ece=int((d.ece_after < d.ece_before).sum()), nll=int((d.nll_after < d.nll_before).sum()), n=len(d))
     return s
 
 def to_markdown(res):
@@ -86,14 +90,16 @@ def to_markdown(res):
              f"each fold tested once, the next fold calibrates, the rest train concat `meta_cnn_learner` (pretrained EfficientNet-Lite0, "
              f"`fine_tune({a['epochs']}, {a['lr']})`). Means over folds with 95 % t intervals.", '',
              '| on the test fold | before calibration | after | change (paired) |', '|---|---|---|---|',
-             f"| expected calibration error (15 bins) | {f('ece_before')} | {f('ece_after')} | {f('ece_change')} |",
-             f"| negative log-likelihood | {f('nll_before')} | {f('nll_after')} | {f('nll_change')} |", '',
+             f"| expected calibration error (15 bins) | {f('ece_before')} | {f('ece_after')} | {f('ece_change')}, lower in {s['wins']['ece']} of {s['wins']['n']} folds |",
+             f"| negative log-likelihood | {f('nll_before')} | {f('nll_after')} | {f('nll_change')}, lower in {s['wins']['nll']} of {s['wins']['n']} folds |", '',
              f"Temperature fitted: {f('temperature', 2)}. Balanced accuracy (argmax, unchanged by the temperature): {f('balanced_accuracy')}.", '',
              f"| melanoma, on the test fold | at the operating point (target sensitivity {a['sensitivity']}, chosen on the calibration fold) | argmax | change (paired) |",
              '|---|---|---|---|',
              f"| sensitivity | {f('sens_op')} | {f('sens_argmax')} | {f('sens_change')} |",
              f"| specificity | {f('spec_op')} | {f('spec_argmax')} | {f('spec_change')} |", '',
-             f"Pooled over the test folds, {pooled['hit']} of {pooled['n']} melanomas are flagged at the operating point ({pooled['hit']/pooled['n']:.3f}).", '',
+             f"Pooled over the test folds, {pooled['hit']} of {pooled['n']} melanomas are flagged at the operating point: sensitivity "
+             f"{pooled['hit']/pooled['n']:.3f}, 95 % Clopper-Pearson interval [{pooled['ci'][0]:.3f}, {pooled['ci'][1]:.3f}] (the t interval above "
+             "can pass 1; this one cannot; it counts images, and a few lesions have several).", '',
              '| fold | T | ECE before | ECE after | threshold | sensitivity (calibration fold) | sensitivity (test) | specificity (test) | melanomas (test) |',
              '|---|---|---|---|---|---|---|---|---|']
     lines += [f"| {r['fold']} | {r['temperature']:.2f} | {r['ece_before']:.3f} | {r['ece_after']:.3f} | {r['threshold']:.3f} | {r['sens_cal']:.3f} | "
@@ -120,6 +126,13 @@ def main(a):
     ax = cal.plot(); ax.set_title('fold 0, test lesions', fontsize=9)
     plt.savefig(name.with_suffix('.png'), dpi=110, bbox_inches='tight')
     print(to_markdown(res))
+
+def rewrite(device='cpu'):
+    "Rewrite the Markdown from the saved json (after a change to `summarise` or `to_markdown`)."
+    f = OUT/f'calibration-ham10000-{device}.json'
+    res = json.loads(f.read_text())
+    res['summary'] = summarise(res['rows'], None)
+    f.write_text(json.dumps(res, indent=1)); f.with_suffix('.md').write_text(to_markdown(res))
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()

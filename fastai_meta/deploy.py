@@ -8,7 +8,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/deploy.html.md"""
 __all__ = ['FORMAT', 'VERSION', 'UnsafeFile', 'describe', 'load_safe', 'encode_meta', 'export_torchscript', 'export_onnx']
 
 # %% ../nbs/06_deploy.ipynb #5971ced9
-import hashlib, json, os, warnings
+import hashlib, inspect, json, os, warnings
 import fastai
 from fastai.vision.all import *
 from fastai.vision.augment import AffineCoordTfm
@@ -288,11 +288,16 @@ def load_safe(fname, cpu=True, sha256=None, images=None, bs=64):
     if bad: raise UnsafeFile(f"The learner arguments {bad} are not ones this format describes.")
     fus = _get(desc, 'fusion', dict)
     if _get(fus, 'name', str, 'fusion') not in fusions: raise UnsafeFile(f"Unknown fusion {fus['name']!r}; this version knows {list(fusions)}.")
-    fusion = partial(fusions[fus['name']], **_get(fus, 'kwargs', dict, 'fusion')) if fus['kwargs'] else fus['name']
+    kw = _get(fus, 'kwargs', dict, 'fusion')
+    unknown = set(kw) - set(inspect.signature(fusions[fus['name']]).parameters)
+    if unknown: raise UnsafeFile(f"The fusion {fus['name']!r} has no argument(s) {sorted(unknown)}.")
+    fusion = partial(fusions[fus['name']], **kw) if kw else fus['name']
     loss = _make(_get(desc, 'loss', dict), _LOSSES, 'loss')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        learn = meta_cnn_learner(dls, _builder(_get(desc, 'arch', dict)), fusion=fusion, pretrained=False, normalize=False, loss_func=loss, **lrn)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            learn = meta_cnn_learner(dls, _builder(_get(desc, 'arch', dict)), fusion=fusion, pretrained=False, normalize=False, loss_func=loss, **lrn)
+    except (TypeError, ValueError, AssertionError) as e: raise UnsafeFile(f"The described learner could not be built: {type(e).__name__}: {e}") from e
     if desc.get('temperature') is not None: learn.model.add_module('temp', Temperature(_get(desc, 'temperature', float)))
     try: learn.model.load_state_dict(tensors, strict=True)
     except RuntimeError as e: raise UnsafeFile(f"The weights do not fit the described model: {str(e)[:500]}") from e

@@ -69,4 +69,36 @@ def test_a_person_uploads_fills_and_reads(served, tmp_path):
         page.screenshot(path=str(tmp_path/'app.png'), full_page=True)
         browser.close()
     assert 'Decision: yes' in decision and 'with none' in effect
-    if os.environ.get('FASTAI_META_SCREENSHOT'): shutil.copy(tmp_path/'app.png', os.environ['FASTAI_META_SCREENSHOT'])
+
+def test_the_form_follows_the_metadata(synth):
+    "A boolean column becomes yes/no/unknown, a category a list with unknown, a quantity a number box; unknown and empty become gaps."
+    path, df = synth('xor', n=64)
+    dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', cat_names=['flag'], cont_names=['noise'],
+                                  seed=0, bs=16, num_workers=0)
+    learn = meta_cnn_learner(dls, 'resnet10t', pretrained=False)
+    fields = form_fields(learn)
+    assert [(c, k, ch) for c,k,ch,_ in fields] == [('flag', 'yes/no', ['yes', 'no', 'unknown']), ('noise', 'number', None)]
+    rows = form_rows(learn, path/'images'/df.fname[0], ['yes', None])
+    assert rows.flag.tolist() == ['True', None] and rows.noise.isna().all()
+    enc = meta_encode(learn.dls).encoding
+    assert enc.encode_df(rows)[0, 0] == enc.vocabs['flag'].index('True')
+
+@pytest.mark.parametrize('kind', ['regression', 'points'])
+def test_values_and_points_get_an_answer_and_an_app(synth, kind):
+    "Regression shows its value(s), keypoints the image with its points; both with and without the metadata."
+    import gradio as gr
+    if kind == 'points':
+        path, df = synth('points', n=48)
+        dls = DataLoaders.from_dblock(DataBlock(blocks=(*TabularImageBlock('fname', ['quadrant'], ['dx', 'dy'], pref=path/'images'), PointBlock),
+                                                get_y=point_getter, splitter=RandomSplitter(seed=0), item_tfms=Resize(24)), df, bs=16, num_workers=0)
+        values = ['tl', 0.1, None]
+    else:
+        path, df = synth('meta', n=64)
+        dls = MetaDataLoaders.from_df(df.assign(noise=df.noise.fillna(0.)), path, folder='images', fn_col='fname', label_col='noise',
+                                      y_block=RegressionBlock, cat_names=['site'], cont_names=['age'], seed=0, bs=16, num_workers=0)
+        values = ['head', 40]
+    learn = meta_cnn_learner(dls, 'resnet10t', pretrained=False)
+    res = explain(learn, path/'images'/df.fname[0], values)
+    assert res['kind'] == kind and len(res['with_meta']) == len(res['without_meta'])
+    if kind == 'points': assert len(res['points']) == 1 and res['image'].size == (24, 24)
+    assert isinstance(meta_app(learn), gr.Blocks)

@@ -51,6 +51,12 @@ def test_load_safe_predicts_as_the_original(synth, tmp_path, kind):
     if kind in ('category', 'multilabel'):
         assert 'temp' in loaded.model._modules and isinstance(loaded.loss_func, OperatingPoint)
         assert loaded.loss_func.threshold == learn.loss_func.threshold
+    if kind == 'category':            # ONNX carries the temperature too
+        ort = pytest.importorskip('onnxruntime')
+        img, meta = (t.as_subclass(Tensor) for t in loaded.dls.test_dl(new).one_batch())
+        export_onnx(loaded, tmp_path/'m.onnx', dl=loaded.dls.test_dl(new))
+        out = ort.InferenceSession(str(tmp_path/'m.onnx')).run(None, {'image': img.numpy(), 'meta': meta.numpy()})[0]
+        np.testing.assert_allclose(torch.tensor(out).softmax(1).numpy(), p0.numpy(), atol=1e-4)
     if kind != 'points':          # labels read by a column: the loaded learner scores labelled rows too
         assert len(loaded.get_preds(dl=loaded.dls.test_dl(new, with_labels=True))[1]) == len(new)
 
@@ -73,6 +79,8 @@ def _write(f, desc, tensors, checksum=None):
     (lambda d: d.update(arch=dict(source='timm', name='os.system')), "not a model of timm or torchvision"),
     (lambda d: d.update(arch=dict(source='builtins', name='eval')), "not a model of timm or torchvision"),
     (lambda d: d.update(fusion=dict(name='evil', kwargs={})), "Unknown fusion 'evil'"),
+    (lambda d: d.update(fusion=dict(name='film', kwargs=dict(__class__='os.system'))), "has no argument(s) ['__class__']"),
+    (lambda d: d['learner'].update(ps='x'), "are not ones this format describes"),
     (lambda d: d['item_tfms'].append(dict(name='Pipeline', args={})), "not a transform this format describes"),
     (lambda d: d['learner'].update(init='os.system'), "['init'] are not ones this format describes"),
     (lambda d: d['learner'].update(n_out='2'), "['n_out'] are not ones this format describes"),
@@ -80,7 +88,7 @@ def _write(f, desc, tensors, checksum=None):
     (lambda d: d.update(version=99), "reads up to 1: upgrade"),
     (lambda d: d['meta'].update(fills=[]), "metadata description is inconsistent"),
     (lambda d: d['learner'].update(n_out=3), "weights do not fit"),
-], ids=['timm-name', 'other-source', 'fusion', 'transform', 'argument', 'argument-type', 'loss-arg', 'version', 'encoding', 'shape'])
+], ids=['timm-name', 'other-source', 'fusion', 'fusion-arg', 'ps', 'transform', 'argument', 'argument-type', 'loss-arg', 'version', 'encoding', 'shape'])
 def test_a_description_that_names_unknown_code_is_refused(exported, tmp_path, change, says):
     f, desc, tensors = exported
     d = json.loads(json.dumps(desc))
