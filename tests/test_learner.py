@@ -52,7 +52,7 @@ def test_regression(synth):
     path, df = synth('meta')
     df = df.assign(score=(df.age.fillna(50) - 50) / 30)
     dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='score', y_block=RegressionBlock,
-                                  cat_names=['site'], cont_names=['age'], seed=0, bs=32, num_workers=0)
+                                  cat_names=['site'], cont_names=['age'], seed=0, bs=32, num_workers=0, cache=ImageCache(16))  # noise images: small, decoded once
     set_seed(0, reproducible=True)
     mse = fit_quietly(meta_cnn_learner(dls, resnet18, pretrained=False, ps=0.1, meta_ps=0.1, n_out=1), 8)[0]
     var = df.score.iloc[dls.splits[1]].var()
@@ -127,7 +127,7 @@ def test_timm_arch_by_name_fine_tune_and_lr_find(synth):
     learn = meta_cnn_learner(meta_dls(path, df, 'xor'), 'resnet18', pretrained=False, metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(1, 1e-3)
-        sug = learn.lr_find(show_plot=False)
+        sug = learn.lr_find(num_it=30, show_plot=False)
     assert sug.valley > 0
     assert isinstance(learn.model[0], TimmBody)
     test_eq(len(learn.opt.param_lists), 6)              # timm's groups of resnet18 (stem, 4 stages), then branch+fusion+head
