@@ -107,7 +107,7 @@ def _loss(loss):
     val = lambda k: getattr(loss, k, getattr(getattr(loss, 'func', None), k, None))
     return dict(name=make.__name__, args=_plain({k: val(k) for k in _LOSSES[make] if val(k) is not None}))
 
-def _target(dls, model):
+def _target(dls):
     "The target: its kind, vocabulary, label column and, for regression, how many values."
     tl = dls.valid_ds.tls[dls.n_inp] if len(dls.valid_ds.tls) > dls.n_inp else None
     fs = list(tl.tfms.fs) if tl is not None else []
@@ -138,7 +138,7 @@ def describe(learn):
              arch=_arch(args['arch']), fusion=_fusion(args['fusion']), learner=learner, image=_image(dls),
              item_tfms=[o for o in (_tfm(t, _ITEM) for t in dls.valid.after_item.fs) if o], batch_tfms=[o for o in (_tfm(t, _BATCH) for t in dls.valid.after_batch.fs) if o],
              meta=_plain(dict(cat_names=enc.cat_names, cont_names=enc.cont_names, vocabs=enc.vocabs, fills=enc.fills, means=enc.means, stds=enc.stds)),
-             target=_target(dls, learn.model), loss=_loss(learn.loss_func), types=[t.__name__ for t in types],
+             target=_target(dls), loss=_loss(learn.loss_func), types=[t.__name__ for t in types],
              scale=dict(n=len(out.mean), ranged=bool(out.ranged)) if out is not None else None,
              temperature=float(learn.model.temp.t) if 'temp' in learn.model._modules else None)
     op = learn.loss_func if isinstance(learn.loss_func, OperatingPoint) else None
