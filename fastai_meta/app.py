@@ -15,6 +15,7 @@ from fastai.vision.all import *
 from .columns import NA
 from .data import ReadImage, meta_encode
 from .calibrate import OperatingPoint
+from .deploy import target_kind
 
 # %% ../nbs/07_app.ipynb #660b59f5
 UNKNOWN = 'unknown'
@@ -61,12 +62,9 @@ def _files_as_given(learn):
 
 # %% ../nbs/07_app.ipynb #d279db0a
 def _kind(learn):
-    "What `learn` predicts: 'category', 'multicategory', 'regression' or 'points'."
-    y = learn.dls.valid_ds.tls[learn.dls.n_inp].tfms.fs if len(learn.dls.valid_ds.tls) > learn.dls.n_inp else []
-    if any(isinstance(f, MultiCategorize) for f in y): return 'multicategory'
-    if any(isinstance(f, Categorize) for f in y): return 'category'
-    if any(getattr(f, 'name', '') == 'TensorPoint.create' for f in y): return 'points'
-    return 'regression'
+    "What `learn` predicts: 'category', 'multicategory', 'points' or values ('regression')."
+    tls = learn.dls.valid_ds.tls
+    return (target_kind(tls[learn.dls.n_inp].tfms.fs) if len(tls) > learn.dls.n_inp else None) or 'regression'
 
 def explain(learn, image, values):
     "Predict one case, with its metadata and with none: the kind of output, the probabilities (or values) of each, and the decision."

@@ -65,7 +65,6 @@ def exported(synth, tmp_path_factory):
     path, df = synth('meta', n=64)
     learn = meta_cnn_learner(meta_dls(path, df, 'meta', bs=16), 'resnet10t', pretrained=False)
     f = learn.export_safe(tmp_path_factory.mktemp('safe')/'m.safetensors')
-    with open(f, 'rb') as fh: pass
     from safetensors import safe_open
     with safe_open(str(f), 'pt') as h: desc = json.loads(h.metadata()['fastai_meta'])
     return f, desc, load_file(f)
