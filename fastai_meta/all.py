@@ -2,6 +2,7 @@
 from .columns import *
 from .encoding import *
 from .data import *
+from .images import *
 from .model import *
 from .fusion import *
 from .losses import *

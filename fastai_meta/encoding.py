@@ -144,7 +144,7 @@ class MetaRow(dict):
 # %% ../nbs/00_encoding.ipynb #78310f17
 class MetaEncode(DisplayedTransform):
     "Encode a DataFrame row's metadata columns to a `TensorMeta`; fitted on the training split."
-    order = 1
+    order, tensor_cls = 1, TensorMeta
     def __init__(self, cat_names=None, cont_names=None, exclude=None, max_card=20, verbose=True):
         infer = cat_names is None and cont_names is None
         cat_names, cont_names = list(L(cat_names)), list(L(cont_names))
@@ -200,6 +200,10 @@ class MetaEncode(DisplayedTransform):
         cat_pos, cont_pos = self._positions(row.index)
         vals = row.to_numpy(dtype=object)
         return TensorMeta(self.encoding.encode(vals[None, cat_pos], vals[None, cont_pos], rows=[row.name])[0])
+
+    def encode_frame(self, df):
+        "The codes of every row of `df` at once (`None` until fitted)."
+        return None if self.encoding is None else self.encoding.encode_df(df)
 
     def decodes(self, x:TensorMeta) -> MetaRow: return MetaRow(self.encoding.decode(x.cpu().numpy()))
 

@@ -40,9 +40,9 @@ def plot_top_losses(x:tuple[TensorImage, TensorMeta], y, samples, outs, raws, lo
 
 # %% ../nbs/03_interpret.ipynb #4ba0dccb
 class _BlankImage(Callback):
-    "Replace the image input by zeros (the mean after normalisation)."
+    "Replace the image input(s) by zeros (the mean after normalisation)."
     order = 100
-    def before_batch(self): self.learn.xb = (torch.zeros_like(self.xb[0]),) + tuple(self.xb[1:])
+    def before_batch(self): self.learn.xb = tuple(torch.zeros_like(x) if isinstance(x, TensorImage) else x for x in self.xb)
 
 @patch
 def meta_importance(self:Learner, dl=None, n_repeats=3, seed=0, show=True):

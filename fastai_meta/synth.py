@@ -25,7 +25,7 @@ def _gaps(rng, values, frac=0.05):
 
 def make_synthetic(path, n=400, task='xor', size=32, seed=0):
     "Write `n` images of `size` pixels for `task` under `path/images`; return their DataFrame."
-    if task not in ('meta', 'xor', 'points', 'where'): raise ValueError(f"Unknown task {task!r}: use 'meta', 'xor', 'points' or 'where'.")
+    if task not in ('meta', 'xor', 'points', 'where', 'views'): raise ValueError(f"Unknown task {task!r}: use 'meta', 'xor', 'points', 'where' or 'views'.")
     rng = np.random.default_rng(seed)
     img_dir = Path(path)/'images'
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -40,6 +40,13 @@ def make_synthetic(path, n=400, task='xor', size=32, seed=0):
         tint = np.where(red[:,None], [[90, -60, -60]], [[-60, -60, 90]]).astype('float32')
         imgs = imgs*0.6 + 50 + tint[:, None, None, :]
         df['flag'], df['label'] = _gaps(rng, flag), np.where(red != flag, 'yes', 'no')
+    elif task == 'views':     # two images per row: `fname` and `fname2`
+        red, red2, flag = rng.random(n) < 0.5, rng.random(n) < 0.5, rng.random(n) < 0.5
+        tint = lambda r: np.where(r[:, None], [[90, -60, -60]], [[-60, -60, 90]]).astype('float32')[:, None, None, :]
+        imgs, imgs2 = imgs*0.6 + 50 + tint(red), rng.integers(0, 256, (n, size, size, 3)).astype('float32')*0.6 + 50 + tint(red2)
+        df['fname2'] = [f'{task}_{i:05d}_2.png' for i in range(n)]
+        for f,im in zip(df.fname2, imgs2.clip(0, 255).astype('uint8')): Image.fromarray(im).save(img_dir/f)
+        df['flag'], df['label'] = _gaps(rng, flag, 0.), np.where((red != red2) != flag, 'yes', 'no')
     elif task == 'where':
         quad, red = rng.choice(list(_QUADRANTS), n), rng.random((n, 4)) < 0.5
         imgs = imgs*0.5 + 64
