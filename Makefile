@@ -4,9 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-# The HAM10000 tutorial reads ../shared/data/ham10000; where that is absent (a user's clone), nbdev-test skips it.
+# The HAM10000 tutorials read ../shared/data/ham10000; where that is absent (a user's clone), nbdev-test skips it.
 HAM     = $(wildcard ../shared/data/ham10000/metadata.csv)
-NB_SKIP = $(if $(HAM),,--skip-file-re '^([_.]|01_ham10000)')
+NB_SKIP = $(if $(HAM),,--skip-file-re '^([_.]|01_ham10000|05_several_images)')
 
 .PHONY: demo test export clean-nbs docs nb-outputs
 
@@ -19,8 +19,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/fastai-meta demo
 
 test: $(VENV)/.installed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile   # two test files at a time (pytest-xdist), one thread each
-	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev-test --n-workers 2 $(NB_SKIP)   # two notebooks at a time, one thread each: no oversubscribed cores
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15   # two test files at a time (pytest-xdist), one thread each
+	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev-test --n-workers 2 --timing $(NB_SKIP)   # two notebooks at a time, one thread each: no oversubscribed cores
 
 export: $(VENV)/.installed
 	$(VENV)/bin/nbdev-export

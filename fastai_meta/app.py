@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from fastai.vision.all import *
 from .columns import NA
 from .data import ReadImage, meta_encode
+from .images import image_inputs
 from .calibrate import OperatingPoint
 from .deploy import target_kind
 
@@ -48,7 +49,8 @@ def form_rows(learn, image, values):
     return pd.DataFrame([row, {fn_col: str(image), **{c: None for c,*_ in fields}}], dtype=object)
 
 def _reader(learn):
-    "The `ColReader` of the image file names in `learn`'s data."
+    "The `ColReader` of the image file names in `learn`'s data (one image per row: the app has one upload)."
+    if image_inputs(learn.dls) != (1, False): raise ValueError("The app takes one image per row; this learner takes several (`ImageBlocks`): use `predict` or the CLI.")
     return next(f.reader for f in learn.dls.valid_ds.tls[0].tfms.fs if isinstance(f, ReadImage))
 
 @contextmanager

@@ -12,6 +12,7 @@ import argparse, json, os, sys, tempfile, time, warnings
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)   # fastai.layers, at import
 from fastai.vision.all import *
 from .data import MetaDataLoaders, ReadImage, meta_encode
+from .images import image_inputs
 from .learner import meta_cnn_learner
 from .calibrate import Learner   # patches `calibrate` and `set_operating_point` onto it
 from .deploy import load_safe, UnsafeFile
@@ -77,18 +78,20 @@ def _check_named(df, csv, named=(), **cols):
 def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
               label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
-              operating_point=None):
-    "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, images under `images`); say the columns, split and recipe; calibrate and set an `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."
+              operating_point=None, image_sep=None):
+    "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, or several columns, or `image_sep`-separated names: several images per row; images under `images`); say the columns, split and recipe; calibrate and set an `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."
     df = _read_table(csv)
     _check_folder(images)
-    _check_named(df, csv, label=label, file_name=fname_col, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
+    for c in L(fname_col): _check_named(df, csv, file_name=c)
+    _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = _task(df[label], label_delim, task)
     set_seed(seed, reproducible=True)      # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
     dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label, label_delim=label_delim,
                                   y_block=RegressionBlock if task == 'regression' else None,
                                   cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None, exclude=exclude,
-                                  valid_pct=valid_pct, valid_col=valid_col, group_col=group_col, seed=seed, item_tfms=Resize(size), bs=bs)
+                                  valid_pct=valid_pct, valid_col=valid_col, group_col=group_col, seed=seed, item_tfms=Resize(size), bs=bs,
+                                  image_sep=image_sep)
     enc = meta_encode(dls).encoding
     if cat or cont: print(f"Metadata (named): categorical: {', '.join(enc.cat_names) or '(none)'}; continuous: {', '.join(enc.cont_names) or '(none)'}")
     tr, va = dls.splits
@@ -122,23 +125,25 @@ def _decide(learn, calibrate=False, operating_point=None):
               f"specificity {op['specificity']:.3f}; chosen on these rows, so optimistic: check it on others.")
 
 # %% ../nbs/04_cli.ipynb #f1a2b3c1
-def _image_reader(learn):
-    "The `ColReader` that reads image file names in the exported `learn` (inside `ReadImage`, or as the getter)."
-    for f in learn.dls.valid_ds.tls[0].tfms.fs:
-        r = f.reader if isinstance(f, ReadImage) else f if isinstance(f, ColReader) else None
-        if r is not None: return r
-    raise CLIError("the exported learner does not read file names from a column (`ColReader`/`ReadImage`): cannot point it at the images.")
+def _image_readers(learn):
+    "The `ColReader`s that read image file names in the exported `learn` (inside `ReadImage`, or as the getter), one per image input."
+    res = []
+    for tl in learn.dls.valid_ds.tls[:image_inputs(learn.dls)[0]]:
+        r = next((f.reader if isinstance(f, ReadImage) else f for f in tl.tfms.fs if isinstance(f, (ReadImage, ColReader))), None)
+        if r is None: raise CLIError("the exported learner does not read file names from a column (`ColReader`/`ReadImage`): cannot point it at the images.")
+        res.append(r)
+    return res
 
 def _point_images_at(learn, images, suff=None):
     "Make the exported `learn` read image file names under the folder `images` (and with suffix `suff`)."
-    r = _image_reader(learn)
-    r.pref = f'{Path(images)}{os.path.sep}'
-    if suff is not None: r.suff = suff
+    for r in _image_readers(learn):
+        r.pref = f'{Path(images)}{os.path.sep}'
+        if suff is not None: r.suff = suff
 
 def _needed_columns(learn):
-    "The columns the exported `learn` reads from a row: the image file name and the metadata."
+    "The columns the exported `learn` reads from a row: the image file name(s) and the metadata."
     enc = meta_encode(learn.dls).encoding
-    return [c for c in _image_reader(learn).cols if not isinstance(c, int)] + enc.cat_names + enc.cont_names
+    return list(dict.fromkeys(c for r in _image_readers(learn) for c in r.cols if not isinstance(c, int))) + enc.cat_names + enc.cont_names
 
 def _pred_rows(learn, rows):
     "Probabilities (or values) and decoded predictions of the rows of `rows`."
@@ -234,7 +239,9 @@ def _data_options(t):
     t.add_argument('csv', help='a table with one row per image: its file name, metadata columns and label')
     t.add_argument('images', help='folder the file names are relative to')
     t.add_argument('--label', required=True, help='the label column')
-    t.add_argument('--fname-col', default='fname', help='the column of image file names')
+    t.add_argument('--fname-col', '--image-cols', dest='fname_col', nargs='+', default=['fname'],
+                   help='the column of image file names; several columns: several images per row (a close-up, an overview)')
+    t.add_argument('--image-sep', help="separator of several file names in one cell (e.g. ';'): all of a row's images are used")
     t.add_argument('--suff', default='', help="appended to each file name (e.g. '.jpg')")
     t.add_argument('--cat', nargs='*', default=None, help='categorical columns (default: inferred, and printed)')
     t.add_argument('--cont', nargs='*', default=None, help='continuous columns (default: inferred, and printed)')
@@ -312,18 +319,21 @@ def main(argv=None):
     "Entry point of the `fastai-meta` command; returns its exit code (2: bad input, said in one line)."
     a = _parser().parse_args(argv)
     warnings.filterwarnings('ignore', category=FutureWarning)
+    fname = getattr(a, 'fname_col', None)
+    fname = fname[0] if isinstance(fname, list) and len(fname) == 1 else fname
     try:
         if a.cmd == 'demo':
             res = run_demo(n=a.n, epochs=a.epochs, arch=a.arch, seed=a.seed)
             print(f"lift from metadata: {res['image + metadata'] - res['image only']:+.3f} accuracy")
             if a.json: Path(a.json).write_text(json.dumps(res, indent=2))
         elif a.cmd == 'train':
-            train_csv(a.csv, a.images, a.label, a.fname_col, a.cat, a.cont, a.arch, a.epochs, a.size, a.bs, a.pretrained, a.weights,
+            train_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.arch, a.epochs, a.size, a.bs, a.pretrained, a.weights,
                       a.fusion, a.valid_pct, a.valid_col, a.group_col, a.suff, a.label_delim, a.task, a.seed, a.lr, out=a.out, exclude=a.exclude,
-                      calibrate=a.calibrate, operating_point=a.operating_point)
+                      calibrate=a.calibrate, operating_point=a.operating_point, image_sep=a.image_sep)
             print(f'exported to {Path(a.out).resolve()}')
         elif a.cmd == 'compare':
-            compare_csv(a.csv, a.images, a.label, a.fname_col, a.cat, a.cont, a.exclude, a.group_col, a.suff, a.fusions, a.arch, a.pretrained,
+            if not isinstance(fname, str) or a.image_sep: raise CLIError("compare takes one image per row (one --fname-col, no --image-sep) for now.")
+            compare_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.exclude, a.group_col, a.suff, a.fusions, a.arch, a.pretrained,
                         a.weights, a.epochs, a.size, a.bs, a.lr, a.folds, a.seeds, a.seed, a.out)
         elif a.cmd == 'app': _app_command(a)
         else: return _predict_command(a)

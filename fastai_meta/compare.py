@@ -163,6 +163,7 @@ def meta_compare(df, path='.', fn_col='fname', label_col='label', group_col=None
                  num_workers=0):
     "Does the metadata help? Image only, each fusion in `fusions`, gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult`."
     a = SimpleNamespace(**{k:v for k,v in locals().items() if k != 'df'})
+    if is_listy(fn_col): raise ValueError("meta_compare compares models of one image per row; for several (`ImageBlocks`), see the several-images tutorial's benchmark.")
     _check_columns(df.columns, [fn_col, label_col] + ([group_col] if group_col else []))
     if not fusions: raise ValueError("No fusion to compare with image only: pass `fusions`, e.g. ('concat',).")
     y = df[label_col]

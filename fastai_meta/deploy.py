@@ -16,6 +16,7 @@ from fastai.vision.augment import AffineCoordTfm
 from . import __version__
 from .encoding import MetaEncoding, MetaEncode, TensorMeta
 from .data import meta_encode, ReadImage, MetaDL
+from .images import ReadSlot, ImagesPresent, TensorPresent, image_inputs
 from .model import MetaModel
 from .fusion import fusions
 from .losses import ArcFaceLoss
@@ -27,7 +28,8 @@ FORMAT, VERSION = 'fastai_meta.safe', 1
 _LEARNER_ARGS = dict(n_out=int, n_in=int, cut=(int, type(None)), concat_pool=bool, lin_ftrs=(list, type(None)), ps=(float, int, list),
                      first_bn=bool, bn_final=bool, lin_first=bool, y_range=(list, type(None)), meta_layers=list, meta_ps=(float, int, list),
                      embed_p=(float, int), contrastive=(float, int), contrastive_tau=(float, int), arcface=bool, arc_s=(float, int),
-                     arc_m=(float, int), emb_dim=int, scale_y=bool, wide=bool, fast=(bool, str))
+                     arc_m=(float, int), emb_dim=int, scale_y=bool, wide=bool, fast=(bool, str),
+                     image_pool=str, shared_body=bool)
 
 class UnsafeFile(ValueError):
     "A learner that cannot be described without pickle, or a file whose description is not one this library wrote; the message names the part."
@@ -87,6 +89,12 @@ def _image(dls):
     res = dict(fn_col=r.cols[0], pref=str(r.pref), suff=str(r.suff), img_cls=read.img_cls.__name__)
     if res['img_cls'] not in _IMG_CLS or _IMG_CLS[res['img_cls']] is not read.img_cls: raise UnsafeFile(f"Images of class {read.img_cls} cannot be described: use `learn.export()`.")
     if cache is not None: res['cache_resize'] = _tfm(cache.resize, _ITEM)
+    k, masked = image_inputs(dls)
+    if k > 1 or masked:     # several images per row (`ImageBlocks`): each input's column and place in it, and whether a mask follows
+        reads = [next((f for f in dls.valid_ds.tls[i].tfms.fs if isinstance(f, ReadImage)), None) for i in range(k)]
+        if not all(isinstance(f, ReadSlot) and f.reader.pref == r.pref and f.reader.suff == r.suff for f in reads):
+            raise UnsafeFile("Several image inputs not made by `ImageBlocks` cannot be described: use `learn.export()`.")
+        res |= dict(slots=[dict(fn_col=f.reader.cols[0], slot=f.slot, sep=f.sep) for f in reads], masked=masked)
     return res
 
 # %% ../nbs/06_deploy.ipynb #0c7cccda
@@ -253,29 +261,37 @@ class _NoLabels:
     def __call__(self, row): raise ValueError("This learner was loaded from a file that does not say how labels are read: it predicts, but cannot read labels (`with_labels`).")
 
 # %% ../nbs/06_deploy.ipynb #6770915a
-_TYPES = {c.__name__: c for c in (TensorImage, TensorImageBW, TensorMeta, TensorCategory, TensorMultiCategory, TensorPoint, TensorBase, Tensor)}
+_TYPES = {c.__name__: c for c in (TensorImage, TensorImageBW, TensorMeta, TensorPresent, TensorCategory, TensorMultiCategory, TensorPoint, TensorBase, Tensor)}
 
 def _dataloaders(desc, bs=64, device=None):
     "Empty `DataLoaders` that encode rows as the exported learner's did: `test_dl(df)` and `predict(row)` work on them."
     img, m, t = _get(desc, 'image', dict), _get(desc, 'meta', dict), _get(desc, 'target', dict)
     img_cls = _IMG_CLS.get(_get(img, 'img_cls', str, 'image'))
     if img_cls is None: raise UnsafeFile(f"Unknown image class {img['img_cls']!r}.")
-    read = ReadImage(_get(img, 'fn_col', (str, int), 'image'), pref=_get(img, 'pref', str, 'image'), suff=_get(img, 'suff', str, 'image'), img_cls=img_cls)
+    pref, suff = _get(img, 'pref', str, 'image'), _get(img, 'suff', str, 'image')
+    if img.get('slots') is None: reads, masks = [ReadImage(_get(img, 'fn_col', (str, int), 'image'), pref=pref, suff=suff, img_cls=img_cls)], []
+    else:
+        slots = [(_get(s, 'fn_col', (str, int), 'image slot'), _get(s, 'slot', int, 'image slot'), _get(s, 'sep', (str, type(None)), 'image slot'))
+                 for s in _get(img, 'slots', list, 'image')]
+        reads = [ReadSlot(c, j, sep, pref=pref, suff=suff, img_cls=img_cls) for c,j,sep in slots]
+        for r in reads: r.siblings = list(dict.fromkeys(c for c,_,_ in slots))
+        masks = [[ImagesPresent(slots)]] if _get(img, 'masked', bool, 'image') else []
     fields = {k: _get(m, k, (list, dict), 'metadata') for k in ('cat_names', 'cont_names', 'vocabs', 'fills', 'means', 'stds')}
     enc = MetaEncoding(**fields)
     if not (set(enc.vocabs) == set(enc.cat_names) and len(enc.fills) == len(enc.means) == len(enc.stds) == len(enc.cont_names)):
         raise UnsafeFile("The metadata description is inconsistent: vocabularies or statistics do not match the column names.")
     item = [_make(s, _ITEM, 'item transforms') for s in ([img['cache_resize']] if img.get('cache_resize') else []) + _get(desc, 'item_tfms', list)]
     batch = [_make(s, _BATCH, 'batch transforms') for s in _get(desc, 'batch_tfms', list)]
-    cols = [c for c in [read.reader.cols[0], *enc.cat_names, *enc.cont_names] if isinstance(c, str)]
-    dsets = Datasets(pd.DataFrame(columns=list(dict.fromkeys(cols))), tfms=[[read], [MetaEncode.fitted(enc)], _y_tfms(t)], splits=[[], []], n_inp=2,
-                     types=[pd.Series])   # fastai reads the types from a first row; there is none
+    cols = [c for c in [*(r.reader.cols[0] for r in reads), *enc.cat_names, *enc.cont_names] if isinstance(c, str)]
+    n_inp = len(reads) + len(masks) + 1
+    dsets = Datasets(pd.DataFrame(columns=list(dict.fromkeys(cols))), tfms=[*([r] for r in reads), *masks, [MetaEncode.fitted(enc)], _y_tfms(t)],
+                     splits=[[], []], n_inp=n_inp, types=[pd.Series])   # fastai reads the types from a first row; there is none
     types = [_TYPES.get(n) for n in _get(desc, 'types', list)]
     if None in types: raise UnsafeFile(f"Unknown batch types {desc['types']}.")
     # set up already (from the description): there are no rows to set them up on
     loaders = [MetaDL(dsets.subset(i), bs=bs, shuffle=i == 0, drop_last=i == 0, after_item=item, after_batch=batch, device=device,
                       do_setup=False) for i in (0, 1)]
-    for dl in loaders: dl._n_inp, dl._types = 2, {tuple: types}       # what fastai's first pass would find; there are no rows for one
+    for dl in loaders: dl._n_inp, dl._types = n_inp, {tuple: types}       # what fastai's first pass would find; there are no rows for one
     dls = DataLoaders(*loaders, device=device)
     kind = t['kind'] if t['kind'] in ('regression', 'points') else 'other'
     sc = desc.get('scale')
@@ -287,7 +303,8 @@ def load_safe(fname, cpu=True, sha256=None, images=None, bs=64):
     "Rebuild the `Learner` that `export_safe` wrote to `fname`, from its description and weights only: no unpickling, no `torch.load`; `images`: the folder to read file names from."
     desc, tensors = _read(fname, sha256)
     dls = _dataloaders(desc, bs=bs, device='cpu' if cpu else default_device())
-    if images is not None: dls.valid_ds.tls[0].tfms.fs[0].reader.pref = f'{Path(images)}{os.path.sep}'
+    if images is not None:
+        for tl in dls.valid_ds.tls[:image_inputs(dls)[0]]: tl.tfms.fs[0].reader.pref = f'{Path(images)}{os.path.sep}'
     lrn = _get(desc, 'learner', dict)
     bad = [k for k,v in lrn.items() if k not in _LEARNER_ARGS or not isinstance(v, _LEARNER_ARGS[k])]
     if bad: raise UnsafeFile(f"The learner arguments {bad} are not ones this format describes.")
@@ -319,8 +336,13 @@ def encode_meta(learn, df):
     return meta_encode(learn.dls).encoding.encode_df(df)
 
 def _example_inputs(learn, dl=None):
-    "One batch of `(image, meta)` as plain tensors, to trace the model with."
-    return tuple(t.as_subclass(Tensor) for t in ifnone(dl, learn.dls.valid).one_batch()[:2])
+    "One batch of `(image, meta)` (or `(*images, mask, meta)`) as plain tensors, to trace the model with."
+    return tuple(t.as_subclass(Tensor) for t in ifnone(dl, learn.dls.valid).one_batch()[:learn.dls.n_inp])
+
+def _input_names(learn):
+    "The model's input names: `image`, `meta`; with several images `image_1`, `image_2`, ..., `present` (the mask), `meta`."
+    k, masked = image_inputs(learn.dls)
+    return ['image', 'meta'] if k == 1 and not masked else [*(f'image_{i+1}' for i in range(k)), *(['present'] if masked else []), 'meta']
 
 # %% ../nbs/06_deploy.ipynb #84440a01
 def export_torchscript(learn, fname='model.pt', dl=None):
@@ -333,10 +355,11 @@ def export_torchscript(learn, fname='model.pt', dl=None):
     return traced
 
 def export_onnx(learn, fname='model.onnx', dl=None, opset=17):
-    "Export `learn`'s model to ONNX (inputs `image`, `meta`; output `output`; dynamic batch size) at `fname`."
-    axes = {k: {0: 'batch'} for k in ('image', 'meta', 'output')}
+    "Export `learn`'s model to ONNX (inputs `image`, `meta`; with several images `image_1`, `image_2`, ..., `present`, `meta`; output `output`; dynamic batch size) at `fname`."
+    names = _input_names(learn)
+    axes = {k: {0: 'batch'} for k in (*names, 'output')}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(learn.model.eval(), _example_inputs(learn, dl), str(fname), input_names=['image', 'meta'],
+        torch.onnx.export(learn.model.eval(), _example_inputs(learn, dl), str(fname), input_names=names,
                           output_names=['output'], dynamic_axes=axes, opset_version=opset, dynamo=False)
     return Path(fname)

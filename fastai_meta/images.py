@@ -24,6 +24,12 @@ class TensorPresent(TensorBase):
 
 def _name(i): return i.item() if isinstance(i, np.generic) else i   # a row's name as the user wrote it, not `np.int64(0)`
 
+def _cells(x, col):
+    "Column `col` of a row or a frame `x`; a `KeyError` naming it, and the columns there are, if it is absent."
+    cols = x.index if isinstance(x, pd.Series) else x.columns
+    if col not in cols: raise KeyError(f"Image column {col!r} not found; the data has columns {list(cols)}")
+    return x[col]
+
 def image_names(value, sep=';'):
     "The image names in one cell: a list or tuple as is, text split at `sep` (kept whole if `sep` is `None`), none for a gap."
     if isinstance(value, (list, tuple, np.ndarray, pd.Series)): vals = list(value)
@@ -46,18 +52,18 @@ class ReadSlot(ReadImage):
         return f'{r.pref}{names[0]}{r.suff}' if names else None
     def _names(self, df):
         col = self.reader.cols[0]
-        return [self._cell(v) for v in (df.iloc[:, col] if isinstance(col, int) else df[col])]
+        return [self._cell(v) for v in (df.iloc[:, col] if isinstance(col, int) else _cells(df, col))]
     def _blank(self, row):
         "A black image the size of the row's other images (masked by the model: it is never learned from)."
         if self.cache is not None and NO_IMAGE in self.cache.index: return self.cache.get(NO_IMAGE)
         cols = [self.reader.cols[0]] + [c for c in getattr(self, 'siblings', []) if c != self.reader.cols[0]]
-        first = next((f for f in (self._first(row[c]) for c in cols) if f is not None), None)
+        first = next((f for f in (self._first(_cells(row, c)) for c in cols) if f is not None), None)
         if first is None: raise ValueError(f"Row {_name(row.name)!r} has no image in {cols}: every row needs one image at least.")
         if self.cache is not None: return TensorImage(torch.zeros_like(self.cache.get(first, self.img_cls)))
         with Image.open(first) as im: size = im.size
         return self.img_cls.create(Image.new(self.img_cls._open_args.get('mode', 'RGB'), size))
     def encodes(self, row:pd.Series):
-        fn = self._cell(row[self.reader.cols[0]])
+        fn = self._cell(_cells(row, self.reader.cols[0]))
         if fn == NO_IMAGE: return self._blank(row)
         try: return self.img_cls.create(fn) if self.cache is None else self.cache.get(fn, self.img_cls)
         except Exception as e:
@@ -74,7 +80,7 @@ class ImagesPresent(DisplayedTransform):
         self.reader = ColReader(list(dict.fromkeys(c for c,_,_ in self.slots)))   # the columns it reads, for `MetaBlock`'s choice
     def encode_frame(self, df):
         "The mask of every row of `df` at once; raises naming the first row with no image, warns about images left out."
-        cols = {c: [image_names(v, sep) for v in df[c]] for c,_,sep in self.slots}
+        cols = {c: [image_names(v, sep) for v in _cells(df, c)] for c,_,sep in self.slots}
         res = torch.tensor([[len(cols[c][i]) > j for c,j,_ in self.slots] for i in range(len(df))], dtype=torch.bool).reshape(len(df), len(self.slots))
         none = ~res.any(1)
         if none.any():

@@ -42,7 +42,7 @@ def plot_top_losses(x:tuple[TensorImage, TensorMeta], y, samples, outs, raws, lo
 class _BlankImage(Callback):
     "Replace the image input(s) by zeros (the mean after normalisation)."
     order = 100
-    def before_batch(self): self.learn.xb = tuple(torch.zeros_like(x) if isinstance(x, TensorImage) else x for x in self.xb)
+    def before_batch(self): self.learn.xb = tuple(torch.zeros_like(x) if x.ndim == 4 else x for x in self.xb)   # images: the 4-d inputs
 
 @patch
 def meta_importance(self:Learner, dl=None, n_repeats=3, seed=0, show=True):
@@ -91,12 +91,12 @@ def _groups(values, continuous, bins):
 
 @patch
 def meta_report(self:Learner, cols=None, dl=None, bins=4, metrics=None, show=False):
-    "The learner's metrics on `dl` (default: the validation set) for each value of the metadata columns `cols` (continuous ones in `bins` quantile bins; missing their own group), with each group's count."
+    "The learner's metrics on `dl` (default: the validation set) for each value of the metadata columns `cols` (continuous ones in `bins` quantile bins; missing their own group), with each group's count; with several images per row, also by their number ('images')."
     items = ifnone(dl, self.dls.valid).items
     if not isinstance(items, pd.DataFrame): raise TypeError("meta_report needs a DataLoader over DataFrame rows (with their labels).")
-    enc = meta_encode(self.dls).encoding
-    cols = list(L(ifnone(cols, enc.cat_names + enc.cont_names)))
-    _check_columns(items.columns, cols)
+    enc, extra = meta_encode(self.dls).encoding, _images_per_row(self.dls, items)
+    cols = list(L(ifnone(cols, enc.cat_names + enc.cont_names + list(extra))))
+    _check_columns(items.columns, [c for c in cols if c not in extra])
     metrics = L(ifnone(metrics, self.metrics))
     if not metrics: raise ValueError("No metrics to report: pass `metrics=` or give the learner some.")
     with self.no_bar(), self.no_logging():
@@ -104,7 +104,7 @@ def meta_report(self:Learner, cols=None, dl=None, bins=4, metrics=None, show=Fal
     names = [getattr(m, 'name', getattr(m, '__name__', str(m))) for m in metrics]
     rows = [dict(column='(all)', group='(all)', count=len(items), **{n: _metric_value(m, preds, targs) for n,m in zip(names, metrics)})]
     for c in cols:
-        g, order = _groups(items[c].to_numpy(dtype=object), c in enc.cont_names, bins)
+        g, order = _groups(extra[c] if c in extra else items[c].to_numpy(dtype=object), c in enc.cont_names, bins)
         g = g.to_numpy()
         for v in (o for o in order if (g == o).any()):
             idx = torch.as_tensor(np.flatnonzero(g == v))
@@ -112,6 +112,14 @@ def meta_report(self:Learner, cols=None, dl=None, bins=4, metrics=None, show=Fal
     res = pd.DataFrame(rows)
     if show: _plot_report(res, names[0])
     return res
+
+def _images_per_row(dls, items):
+    "`{'images': the number of images of each row of `items`}` when `dls` takes several images per row (`ImageBlocks`), else `{}`."
+    from fastai_meta.images import image_inputs      # here: `images` draws with this module's helpers
+    k, masked = image_inputs(dls)
+    if not masked: return {}
+    mask = next(t for t in dls.train_ds.tls[k].tfms.fs if getattr(t, 'masks_images', False))
+    return {'images': mask.encode_frame(items).sum(1).numpy()}
 
 def _plot_report(res, metric):
     "Bars of `metric` per group, one panel per column, the overall value as a dashed line."

@@ -144,12 +144,12 @@ class MetaModel(nn.Sequential):
             h, feats = self._fused(xs[0], u)
             return h, u, feats
         pool = self.images
-        imgs, present = xs[:pool.k], (xs[pool.k].bool() if pool.masked else None)
+        imgs, present = xs[:pool.k], (xs[pool.k].as_subclass(Tensor).bool() if pool.masked else None)
         return pool(self._per_image(imgs, u, present), present), u, None
 
     def _per_image(self, imgs, u, present):
         "Fused features (B, k, n) of each of a row's `k` images; a missing image (`present` False) never goes through the body."
-        pool, k, b = self.images, len(imgs), len(u)
+        pool, k = self.images, len(imgs)
         keep = None if present is None or torch.jit.is_tracing() else present.T.reshape(-1)   # image-major, as `cat` stacks them
         if pool.bodies is None:
             x, uu = torch.cat(imgs), u.repeat(k, 1)
@@ -159,8 +159,8 @@ class MetaModel(nn.Sequential):
             ms = [None if keep is None else present[:, j] for j in range(k)]
             h = torch.cat([self._fused(x if m is None else x[m], u if m is None else u[m], body)[0]
                            for x,body,m in zip(imgs, [self[0], *pool.bodies], ms) if m is None or m.any()])
-        if keep is not None and not keep.all(): h = h.new_zeros(k*b, h.shape[1]).index_put_((keep.nonzero()[:, 0],), h)
-        return h.view(k, b, -1).transpose(0, 1)
+        if keep is not None and not keep.all(): h = h.new_zeros(len(keep), h.shape[1]).index_put_((keep.nonzero()[:, 0],), h)
+        return h.reshape(k, -1, h.shape[-1]).transpose(0, 1)      # (B, k, n), with B free for tracing (ONNX)
 
     def embed(self, *xs):
         "L2-normalised embedding: the head's input to its last layer."

@@ -5,8 +5,8 @@ from urllib.parse import urljoin, urlparse, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ['columns', 'encoding', 'data', 'model', 'fusion', 'losses', 'speed', 'learner', 'interpret', 'calibrate', 'compare', 'cli', 'synth', 'deploy', 'app']
-TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating']
+MODULES = ['columns', 'encoding', 'data', 'images', 'model', 'fusion', 'losses', 'speed', 'learner', 'interpret', 'calibrate', 'compare', 'cli', 'synth', 'deploy', 'app']
+TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several_images']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']
 
@@ -100,7 +100,7 @@ def test_search_finds_meta_cnn_learner(site):
 
 def test_tutorials_show_images(site):
     out, base, browser = site
-    for t in ['tutorials/keypoints', 'tutorials/choosing_a_fusion', 'tutorials/ham10000', 'app', 'calibrate']:    # the app page: its screenshot
+    for t in ['tutorials/keypoints', 'tutorials/choosing_a_fusion', 'tutorials/ham10000', 'tutorials/several_images', 'app', 'calibrate', 'images']:    # the app page: its screenshot
         page, errors = _open(browser, base + f'{t}.html')
         sizes = page.eval_on_selector_all('img', 'els => els.map(e => [e.naturalWidth, e.naturalHeight])')
         assert any(w > 100 and h > 100 for w,h in sizes), f'{t}: no image rendered ({sizes})'
@@ -113,8 +113,9 @@ def test_ham10000_shows_its_images_with_their_attribution(site):
     for call in ('dls.show_batch(', 'interp.plot_top_losses('):
         c = next(c for c in nb['cells'] if c['cell_type'] == 'code' and call in ''.join(c['source']))
         assert any('image/png' in o.get('data', {}) for o in c['outputs']), f'{call}: no image in the saved outputs'
-    text = (out/'tutorials'/'ham10000.html').read_text()
-    assert text.count('CC BY-NC 4.0') >= 2 and 'Tschandl' in text and 'doi.org/10.1038/sdata.2018.161' in text
+    for page in ('ham10000', 'several_images'):
+        text = (out/'tutorials'/f'{page}.html').read_text()
+        assert text.count('CC BY-NC 4.0') >= 2 and 'Tschandl' in text and 'doi.org/10.1038/sdata.2018.161' in text, page
 
 def test_each_entry_once_and_in_the_index(site):
     "nbdev documents a patched method twice (`Learner.to_fast` and `to_fast`); the site shows it once, and the general index lists it."
