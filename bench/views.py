@@ -9,7 +9,9 @@ models, on the same folds and recipe, each scored on the test fold's lesions:
 - `all images`: every image of the lesion through the one shared body, features averaged (`ImageBlocks`), no metadata;
 - `all images + metadata`: the same with age, sex and site;
 - `per-image average + metadata`: the usual shortcut: one row per image (with the lesion's metadata) to train, then the
-  probabilities of a lesion's images averaged.
+  probabilities of a lesion's images averaged;
+- `all images + metadata, as many steps`: `all images + metadata` trained for as many optimiser steps as the shortcut
+  takes (its epochs times the training images per lesion, rounded): one row per image gives the shortcut more batches.
 
 Balanced accuracy and macro one-vs-rest ROC AUC per fold, and each model's paired lift over `one image` with a 95 % t
 interval over folds.
@@ -25,7 +27,7 @@ from fastai.vision.all import aug_transforms, set_seed, IndexSplitter, DataBlock
 from fastai_meta.all import *
 from lesions import HAM, OUT
 
-MODELS = ('one image', 'all images', 'all images + metadata', 'per-image average + metadata')
+MODELS = ('one image', 'all images', 'all images + metadata', 'per-image average + metadata', 'all images + metadata, as many steps')
 
 def load_lesions(per_class, seed):
     "One row per lesion: its images (a list, in image_id order), diagnosis, and the metadata of its first image."
@@ -55,10 +57,11 @@ def _fit(model, train, test, a, cache, n_images):
                     batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0)).dataloaders(rows, bs=a.bs, num_workers=0)
     learn = meta_cnn_learner(dls, 'tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), metrics=accuracy)
     t0 = time.time()
-    with learn.no_bar(), learn.no_logging(): learn.fine_tune(a.epochs, a.lr)
+    epochs = round(a.epochs * train.images.map(len).sum() / len(train)) if model.endswith('as many steps') else a.epochs
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(epochs, a.lr)
     with learn.no_bar(): probs = learn.get_preds(dl=learn.dls.valid)[0].float().numpy()
     if per_image: probs = pd.DataFrame(probs).groupby(test_rows.lesion_id.to_numpy(), sort=False).mean().loc[test.lesion_id].to_numpy()
-    return probs, list(learn.dls.vocab), (time.time() - t0)/60
+    return probs, list(learn.dls.vocab), (time.time() - t0)/60, epochs
 
 def _scores(probs, vocab, y):
     "Balanced accuracy and macro one-vs-rest ROC AUC of `probs` against the diagnoses `y`."
@@ -102,8 +105,17 @@ def to_markdown(res):
         r = s[m]
         lines.append(f"| {m} | {f(r['balanced_accuracy'])} | {lift(r['balanced_accuracy_lift']) if 'balanced_accuracy_lift' in r else '—'} | "
                      f"{f(r['roc_auc'])} | {lift(r['roc_auc_lift']) if 'roc_auc_lift' in r else '—'} |")
+    d = pd.DataFrame(res['rows'])
+    short = d[d.model == 'per-image average + metadata'].set_index('fold')
+    for m in ('all images + metadata', 'all images + metadata, as many steps'):
+        g = d[d.model == m].set_index('fold')
+        if len(g) and len(short):
+            ba, auc = (_ci(g[k] - short.loc[g.index, k]) for k in ('balanced_accuracy', 'roc_auc'))
+            lines += ['', f"`{m}` against the shortcut, paired: balanced accuracy {ba[0]:+.3f} [{ba[1]:+.3f}, {ba[2]:+.3f}], "
+                          f"AUC {auc[0]:+.3f} [{auc[1]:+.3f}, {auc[2]:+.3f}], higher AUC in {int((g.roc_auc > short.loc[g.index, 'roc_auc']).sum())} of {len(g)} folds."]
     best = max(s, key=lambda m: s[m]['roc_auc'][0])
-    lines += ['', f"Highest mean AUC: **{best}**. Minutes per fold and model: "
+    lines += ['', f"Highest mean AUC: **{best}**. Epochs: " + ', '.join(f"{m} {sorted({r.get('epochs', a['epochs']) for r in res['rows'] if r['model'] == m})}" for m in MODELS if m in s)
+              + ". Minutes per fold and model: "
               + ', '.join(f"{m} {np.mean([r['minutes'] for r in res['rows'] if r['model'] == m]):.1f}" for m in MODELS if m in s) + '.']
     return '\n'.join(lines) + '\n'
 
@@ -117,12 +129,17 @@ def main(a):
         train, test = les[fold != k], les[fold == k]
         for m in models:
             set_seed(a.seed + k, reproducible=True)
-            probs, vocab, minutes = _fit(m, train, test, a, cache, n_images)
-            rows.append(dict(fold=k, model=m, n_test=len(test), minutes=minutes, **_scores(probs, vocab, test.dx)))
+            probs, vocab, minutes, epochs = _fit(m, train, test, a, cache, n_images)
+            rows.append(dict(fold=k, model=m, n_test=len(test), minutes=minutes, epochs=epochs, **_scores(probs, vocab, test.dx)))
             print(json.dumps(rows[-1]), flush=True)
+    name = OUT/f'views-ham10000-{device}'
+    if a.add:      # more models on the same folds: keep the saved rows of the others
+        old = json.loads(name.with_suffix('.json').read_text())
+        if {k: v for k,v in old['settings'].items() if k not in ('models', 'add')} != {k: v for k,v in vars(a).items() if k not in ('models', 'add')}:
+            raise ValueError(f"{name}.json was made with other settings: {old['settings']}")
+        rows = [r for r in old['rows'] if r['model'] not in models] + rows
     res = dict(device=device, n_lesions=len(les), n_multi=int((les.images.map(len) > 1).sum()), n_images=int(les.images.map(len).sum()),
                max_images=n_images, settings=vars(a), rows=rows, summary=summarise(rows), threads=torch.get_num_threads())
-    name = OUT/f'views-ham10000-{device}'
     name.with_suffix('.json').write_text(json.dumps(res, indent=1))
     name.with_suffix('.md').write_text(to_markdown(res))
     print(to_markdown(res))
@@ -133,4 +150,5 @@ if __name__ == '__main__':
     p.add_argument('--size', type=int, default=96); p.add_argument('--epochs', type=int, default=4)
     p.add_argument('--bs', type=int, default=32); p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--models', nargs='*')
+    p.add_argument('--add', action='store_true', help='add the rows of --models to the saved results (same settings)')
     main(p.parse_args())
