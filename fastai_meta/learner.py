@@ -211,7 +211,7 @@ def meta_cnn_learner(dls, arch, fusion='concat', normalize=True, n_out=None, pre
     channels = stage_channels(body, stages, n_in) if stages else [nf]
     fuse = make_fusion(fusion, channels, branch.n_out, pool, concat_pool)
     k, masked = image_inputs(dls)
-    if k > 1 and contrastive: raise ValueError("Self-contrastive guidance (`contrastive`) compares one image's stages: not available with several images per row.")
+    if (k > 1 or masked) and contrastive: raise ValueError("Self-contrastive guidance (`contrastive`) compares one image's stages: not available with several images per row.")
     images = ImagePool(fuse.n_out, k, image_pool, masked, None if shared_body else [copy.deepcopy(body) for _ in range(k - 1)]) if k > 1 or masked else None
     n_head = fuse.n_out if images is None else images.n_out
     kind, mean, std = target_stats(dls)

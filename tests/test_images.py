@@ -68,6 +68,7 @@ def test_shared_body_once_in_the_optimiser_and_one_body_for_freeze(views):
     dls = views_dls(path, df)
     single = meta_cnn_learner(MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', cat_names=['flag'],
                                                       item_tfms=Resize(16), num_workers=0), resnet18, pretrained=False)
+    with pytest.raises(ValueError, match='Self-contrastive'): meta_cnn_learner(dls, resnet18, pretrained=False, contrastive=0.1)
     for shared in (True, False):
         learn = meta_cnn_learner(dls, resnet18, pretrained=False, shared_body=shared)
         learn.create_opt()
