@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 from fastai.vision.all import aug_transforms, set_seed, IndexSplitter, accuracy
 from fastai_meta.all import *
 from fastai_meta.calibrate import _nll_probs
-from lesions import HAM, OUT, load_ham
+from lesions import HAM, OUT, load_ham, ci95 as _ci
 
 def _fold(df, fold, k, a, keep=None):
     "Train on the folds other than `k` and `k+1`, calibrate on `k+1`, test on `k`; the fold's measurements."
@@ -60,13 +60,6 @@ def _fold(df, fold, k, a, keep=None):
             res['export_max_abs_diff'] = float((p.float() - after).abs().max())
             res['export_mb'] = f.stat().st_size / 2**20
     return res
-
-def _ci(x):
-    "Mean and a 95 % t interval of the per-fold values `x`."
-    from scipy.stats import t
-    x = np.asarray(x, float)
-    h = t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return [float(x.mean()), float(x.mean() - h), float(x.mean() + h)]
 
 def summarise(rows, a):
     "Means with 95 % t intervals over the folds, the paired ECE and NLL changes, and the operating point's results."

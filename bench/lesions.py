@@ -46,6 +46,13 @@ def merged(out, res, same):
     names = {r['model'] for r in res['rows']}
     return dict(old, rows=[r for r in old['rows'] if r['model'] not in names] + res['rows'])
 
+def ci95(x):
+    "Mean and a 95 % t interval of the per-fold values `x` (the benchmarks' summaries)."
+    from scipy.stats import t
+    x = np.asarray(x, float)
+    h = t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return [float(x.mean()), float(x.mean() - h), float(x.mean() + h)]
+
 def _pm(mean, std, scale=1., fmt='.3f'): return f"{mean*scale:{fmt}} ± {std*scale:{fmt.lstrip('+')}}"
 
 def compare_ham(a, name='ham10000'):

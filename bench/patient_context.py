@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 from fastai.vision.all import DataBlock, CategoryBlock, ColReader, IndexSplitter, set_seed, Learner, Callback
 from fastai_meta.all import *
 from fastai_meta.compare import image_learner
-from lesions import OUT
+from lesions import OUT, ci95 as _ci
 
 SIIM = Path(__file__).resolve().parents[2]/'shared'/'data'/'siim-isic-2020-half'
 
@@ -82,12 +82,6 @@ def stage_two(tab, a):
             m.fit(tab.loc[tr, cols], tab.target[tr])
             rows.append(dict(fold=k, features=name, roc_auc=float(roc_auc_score(tab.target[te], m.predict_proba(tab.loc[te, cols])[:, 1]))))
     return rows
-
-def _ci(x):
-    from scipy.stats import t
-    x = np.asarray(x, float)
-    h = t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return [float(x.mean()), float(x.mean() - h), float(x.mean() + h)]
 
 def to_markdown(res):
     a, d = res['settings'], pd.DataFrame(res['stage_two'])

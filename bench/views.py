@@ -25,7 +25,7 @@ import numpy as np, pandas as pd, torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from fastai.vision.all import aug_transforms, set_seed, IndexSplitter, DataBlock, ColReader, CategoryBlock, accuracy
 from fastai_meta.all import *
-from lesions import HAM, OUT
+from lesions import HAM, OUT, ci95 as _ci
 
 MODELS = ('one image', 'all images', 'all images + metadata', 'per-image average + metadata', 'all images + metadata, as many steps')
 
@@ -68,13 +68,6 @@ def _scores(probs, vocab, y):
     yi = np.array([vocab.index(o) for o in y])
     return dict(balanced_accuracy=float(balanced_accuracy_score(yi, probs.argmax(1))),
                 roc_auc=float(roc_auc_score(yi, probs, multi_class='ovr', average='macro', labels=range(len(vocab)))))
-
-def _ci(x):
-    "Mean and a 95 % t interval of the per-fold values `x`."
-    from scipy.stats import t
-    x = np.asarray(x, float)
-    h = t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return [float(x.mean()), float(x.mean() - h), float(x.mean() + h)]
 
 def summarise(rows):
     "Per model: mean scores with intervals, and the paired lift over 'one image' with its interval and the folds it wins."

@@ -94,7 +94,10 @@ class ImagesPresent(DisplayedTransform):
                                          f"only the first {n_slots} are used; pass a larger `n_images` to use them all.")
         return res
     def encodes(self, row:pd.Series) -> TensorPresent:
-        return TensorPresent(self.encode_frame(pd.DataFrame([row]))[0])
+        "One row's mask (rows of a `MetaDL` are encoded with their frame, by `encode_frame`)."
+        res = torch.tensor([len(image_names(_cells(row, c), sep)) > j for c,j,sep in self.slots])
+        if not res.any(): raise ValueError(f"Row {_name(row.name)!r} has no image in {list(self.reader.cols)}: every row needs one image at least.")
+        return TensorPresent(res)
 
 # %% ../nbs/00b_images.ipynb #a100000d
 def ImageBlocks(fn_cols, n_images=None, sep=';', pref='', suff='', cls=PILImage, cache=None):

@@ -3,7 +3,7 @@ import pickle, warnings
 import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.images import TensorPresent
+from fastai_meta.images import TensorPresent, ImagesPresent
 
 def small_cnn(pretrained=False):
     "A two-layer CNN: enough for tinted images, fast on a CPU."
@@ -62,6 +62,9 @@ def test_a_row_without_any_image_is_refused(views):
     bad = df.copy()
     bad.loc[bad.index[3], ['fname', 'fname2']] = None
     with pytest.raises(ValueError, match=r"Row 3 has no image in \['fname', 'fname2'\]"): views_dls(path, bad)
+    mask = ImagesPresent([('fname', 0, None), ('fname2', 0, None)])                  # one row at a time, as well as by frame
+    test_eq(mask(bad.iloc[4]), TensorPresent(torch.tensor([True, True])))
+    with pytest.raises(ValueError, match="Row 3 has no image"): mask(bad.iloc[3])
 
 def test_shared_body_once_in_the_optimiser_and_one_body_for_freeze(views):
     path, df = views
