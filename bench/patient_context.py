@@ -25,6 +25,7 @@ import argparse, json, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
+from torch import nn
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from fastai.vision.all import DataBlock, CategoryBlock, ColReader, IndexSplitter, set_seed, Learner, Callback
@@ -39,13 +40,17 @@ def stage_one(df, fold, k, a, cache):
     train, test = df[fold != k], df[fold == k]
     rows = pd.concat([train, test]).reset_index(drop=True)
     set_seed(a.seed + k, reproducible=True)
-    dls = DataBlock(blocks=(TabularImageBlock('image_name', pref=f'{SIIM}/images/', suff='.jpg', cache=cache)[0], CategoryBlock),
+    blocks = TabularImageBlock('image_name', ['sex', 'anatom_site_general_challenge'], ['age_approx'], pref=f'{SIIM}/images/', suff='.jpg', cache=cache)
+    dls = DataBlock(blocks=(*(blocks if a.stage_one == 'concat' else blocks[:1]), CategoryBlock), n_inp=2 if a.stage_one == 'concat' else 1,
                     get_y=ColReader('label'), splitter=IndexSplitter(np.arange(len(train), len(rows))), dl_type=MetaDL).dataloaders(rows, bs=a.bs, num_workers=0)
-    learn = image_learner(dls, 'tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'))
+    w = offline_weights('tf_efficientnet_lite0')
+    learn = (meta_cnn_learner(dls, 'tf_efficientnet_lite0', fusion='concat', weights_path=w) if a.stage_one == 'concat' else
+             image_learner(dls, 'tf_efficientnet_lite0', weights_path=w))
     t0 = time.time()
     with learn.no_bar(), learn.no_logging(): learn.fine_tune(a.epochs, a.lr, lr_mult=1)
     feats = []
-    hook = learn.model[1][1].register_forward_hook(lambda m, i, o: feats.append(o.detach().float().cpu()))   # the pooled body features
+    if a.stage_one == 'image': hook = learn.model[1][1].register_forward_hook(lambda m, i, o: feats.append(o.detach().float().cpu()))  # pooled body features
+    else: hook = learn.model[3][-1].register_forward_pre_hook(lambda m, i: feats.append(i[0].detach().float().cpu()))   # the head's last layer's input
     with learn.no_bar(): probs = learn.get_preds(dl=learn.dls.valid)[0].float()
     hook.remove()
     mel = list(learn.dls.vocab).index('mel')
@@ -108,7 +113,7 @@ def main(a):
     if a.max_patients: df = df[df.patient_id.isin(df.patient_id.drop_duplicates().sample(a.max_patients, random_state=a.seed))].reset_index(drop=True)
     df['label'] = np.where(df.target == 1, 'mel', 'other')
     fold = group_folds(df, 'patient_id', a.folds, a.seed, stratify='target')
-    keep = Path(f'/tmp/patient-context-stage-one-{a.size}-{a.epochs}-{a.seed}-{a.folds}-{a.max_patients}.npz')
+    keep = Path(f'/tmp/patient-context-stage-one-{a.size}-{a.epochs}-{a.seed}-{a.folds}-{a.max_patients}{"" if a.stage_one == "image" else "-" + a.stage_one}.npz')
     if keep.exists(): z = np.load(keep, allow_pickle=True); parts = [dict(image_name=z['names'], p=z['p'], emb=z['emb'])]; minutes = list(z['minutes'])
     else:
         cache, parts, minutes = ImageCache(a.size), [], []
@@ -137,5 +142,6 @@ if __name__ == '__main__':
     p.add_argument('--folds', type=int, default=5); p.add_argument('--size', type=int, default=64)
     p.add_argument('--epochs', type=int, default=4); p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--bs', type=int, default=64); p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--stage-one', default='image', choices=['image', 'concat'], help="stage one's model: image only, or image + age, sex, site (concat fusion)")
     p.add_argument('--max-patients', type=int, default=0, help='a random subset of patients (0: all), for a quick check')
     main(p.parse_args())

@@ -11,6 +11,7 @@ from .learner import *
 from .interpret import *
 from .calibrate import *
 from .compare import *
+from .context import *
 from .synth import *
 from .deploy import *
 from .app import *

@@ -17,6 +17,8 @@ from .learner import meta_cnn_learner
 from .calibrate import Learner   # patches `calibrate` and `set_operating_point` onto it
 from .deploy import load_safe, UnsafeFile
 from .compare import fit_recipe, meta_compare
+from .context import context_learner, ContextLearner
+from .columns import _missing
 from .synth import make_synthetic
 
 # %% ../nbs/04_cli.ipynb #832d95e7
@@ -78,7 +80,7 @@ def _check_named(df, csv, named=(), **cols):
 def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
               label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
-              operating_point=None, image_sep=None):
+              operating_point=None, image_sep=None, context_col=None, context_folds=5):
     "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, or several columns, or `image_sep`-separated names: several images per row; images under `images`); say the columns, split and recipe; calibrate and set an `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."
     df = _read_table(csv)
     _check_folder(images)
@@ -86,6 +88,9 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = _task(df[label], label_delim, task)
+    if context_col is not None: return _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights,
+                                                      fusion, suff, task, seed, lr, out, exclude, calibrate or operating_point or image_sep or valid_col,
+                                                      context_col, context_folds)
     set_seed(seed, reproducible=True)      # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
     dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label, label_delim=label_delim,
                                   y_block=RegressionBlock if task == 'regression' else None,
@@ -107,6 +112,25 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     print(f"Training: {method}({', '.join(map(str, args))}{''.join(f', {k}={v}' for k,v in kwargs.items())}), {task}.")
     getattr(learn, method)(*args, **kwargs)
     _decide(learn, calibrate, operating_point)
+    if Path(out).suffix == '.safetensors': learn.export_safe(out)
+    else: learn.export(out)
+    return learn
+
+def _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
+                   out, exclude, unsupported, context_col, context_folds):
+    "`train --context-col`: `context_learner` on every row, exported to `out`."
+    _check_named(df, csv, context_col=context_col)
+    if task != 'classification' or not isinstance(fname_col, str) or unsupported:
+        raise CLIError("--context-col trains a classifier of one image per row, on every row (its image models are cross-fitted): "
+                       "not with --image-sep, several image columns, --valid-col, --calibrate or --operating-point.")
+    try:
+        learn = context_learner(df, Path(images), fname_col, label, context_col, list(cat) if cat else None, list(cont) if cont else None, exclude,
+                                fusion, getattr(models, arch, None) or arch, pretrained or weights is not None, weights, epochs, lr, size, bs,
+                                n_folds=context_folds, seed=seed, suff=suff)
+    except ValueError as e: raise CLIError(str(e)) from e
+    print(f"Patient context: {context_folds} image models ({fusion}), each trained without a fold of {context_col!r} values, then a logistic "
+          f"regression on {', '.join(learn.features)}. Every row was used: measure the lift on held-out patients with "
+          f"`fastai-meta compare --fusions concat context --context-col {context_col}`.")
     if Path(out).suffix == '.safetensors': learn.export_safe(out)
     else: learn.export(out)
     return learn
@@ -179,6 +203,7 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256):
     df = _read_table(csv)
     _check_folder(images)
     learn = _load(model)
+    if isinstance(learn, ContextLearner): return _predict_context(learn, df, csv, images, out, suff)
     missing = [c for c in _needed_columns(learn) if c not in df.columns]
     if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     _point_images_at(learn, images, suff)
@@ -210,8 +235,34 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256):
     return table
 
 # %% ../nbs/04_cli.ipynb #c0a1b2c1
+def _predict_context(learn, df, csv, images, out=None, suff=None):
+    "`predict_csv` for a `ContextLearner`: each patient's rows together (its context), a patient that cannot be predicted reported in `error` on each of its rows."
+    missing = [c for c in learn.columns if c not in df.columns]
+    if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
+    for l in learn.learners: _point_images_at(l, images, suff)
+    cols, key = ['prediction'] + [f'p_{v}' for v in learn.vocab], learn.context_col
+    table = pd.DataFrame({'row': df.index, **{c: pd.Series(np.nan, index=df.index, dtype=object if c == 'prediction' else float) for c in cols}},
+                         index=df.index)
+    table['n_images'], errors = np.nan, {}
+    miss = pd.Series(_missing(df[key].to_numpy(dtype=object)), index=df.index)
+    for i in df.index[miss]: errors[i] = f"ValueError: context column {key!r} is missing: the row's patient is unknown"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try: parts = [df[~miss]] if (~miss).any() else []; done = [learn.predict(parts[0])] if parts else []
+        except Exception: parts, done = [g for _,g in df[~miss].groupby(key, sort=False)], None      # find the patients that fail; predict the others
+        for part in parts:
+            try: res = done[0] if done else learn.predict(part)
+            except Exception as e:
+                for i in part.index: errors[i] = f'{type(e).__name__}: {e} (patient {part[key].iloc[0]!r}: all its rows)'
+                continue
+            table.loc[part.index, cols + ['n_images']] = res[cols + ['n_images']].to_numpy()
+    table['error'] = pd.Series(errors, dtype=object).reindex(df.index)
+    if out is not None: table.to_csv(out, index=False)
+    return table
+
 def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, exclude=None, group_col=None, suff='', fusions=('concat',),
-                arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32, lr=None, folds=5, seeds=1, seed=0, out='compare'):
+                arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32, lr=None, folds=5, seeds=1, seed=0, out='compare',
+                context_col=None, context_folds=3):
     "Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and table; write them to `out`."
     df = _read_table(csv)
     _check_folder(images)
@@ -221,7 +272,7 @@ def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, excl
         res = meta_compare(df, Path(images), fn_col=fname_col, label_col=label, group_col=group_col, cat_names=list(cat) if cat else None,
                            cont_names=list(cont) if cont else None, exclude=exclude, suff=suff, fusions=tuple(fusions), arch=arch,
                            pretrained=pretrained or weights is not None, weights_path=weights, epochs=epochs, size=size, bs=bs, lr=lr,
-                           n_folds=folds, seeds=tuple(range(seed, seed + seeds)), out=out)
+                           n_folds=folds, seeds=tuple(range(seed, seed + seeds)), out=out, context_col=context_col, context_folds=context_folds)
     except ValueError as e: raise CLIError(str(e)) from e
     print(res.verdict, '', res.summary().to_markdown(), '', f'written to {Path(out).resolve()}', sep='\n')
     return res
@@ -278,9 +329,13 @@ def _parser():
     t.add_argument('--calibrate', action='store_true', help='fit temperature scaling on the validation rows (calibrated probabilities)')
     t.add_argument('--operating-point', metavar='CLASS=SENSITIVITY', help='decide CLASS whenever its probability reaches the threshold that gives this sensitivity on the validation rows (e.g. mel=0.95)')
     t.add_argument('--out', default='model.safetensors', help='where to export the trained learner: .safetensors (no pickle) or .pkl (fastai\'s export)')
+    t.add_argument('--context-col', help="patient context (the 'ugly duckling'): each image judged against the other images of its value of this column (the patient)")
+    t.add_argument('--context-folds', type=int, default=5, help='with --context-col: image models cross-fitted over this many folds of patients')
     c = _data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds'))
     c.set_defaults(arch='resnet18', size=128)
-    c.add_argument('--fusions', nargs='+', default=['concat'], help='fusions to compare with image only (concat, film, metanet, metablock, csf)')
+    c.add_argument('--fusions', nargs='+', default=['concat'], help="fusions to compare with image only (concat, film, metanet, metablock, csf), and 'context': patient context")
+    c.add_argument('--context-col', help="the patient column of the 'context' model (default: --group-col)")
+    c.add_argument('--context-folds', type=int, default=3, help="the 'context' model's image models: this many per fold")
     c.add_argument('--folds', type=int, default=5, help='cross-validation folds (grouped by --group-col)')
     c.add_argument('--seeds', type=int, default=1, help='repeat the cross-validation with this many seeds (other folds each time)')
     c.add_argument('--out', default='compare', help='folder for compare.json, compare.md and compare.png (a run there with the same options resumes)')
@@ -329,12 +384,13 @@ def main(argv=None):
         elif a.cmd == 'train':
             train_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.arch, a.epochs, a.size, a.bs, a.pretrained, a.weights,
                       a.fusion, a.valid_pct, a.valid_col, a.group_col, a.suff, a.label_delim, a.task, a.seed, a.lr, out=a.out, exclude=a.exclude,
-                      calibrate=a.calibrate, operating_point=a.operating_point, image_sep=a.image_sep)
+                      calibrate=a.calibrate, operating_point=a.operating_point, image_sep=a.image_sep, context_col=a.context_col,
+                      context_folds=a.context_folds)
             print(f'exported to {Path(a.out).resolve()}')
         elif a.cmd == 'compare':
             if not isinstance(fname, str) or a.image_sep: raise CLIError("compare takes one image per row (one --fname-col, no --image-sep) for now.")
             compare_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.exclude, a.group_col, a.suff, a.fusions, a.arch, a.pretrained,
-                        a.weights, a.epochs, a.size, a.bs, a.lr, a.folds, a.seeds, a.seed, a.out)
+                        a.weights, a.epochs, a.size, a.bs, a.lr, a.folds, a.seeds, a.seed, a.out, a.context_col, a.context_folds)
         elif a.cmd == 'app': _app_command(a)
         else: return _predict_command(a)
     except CLIError as e:

@@ -300,8 +300,15 @@ def _dataloaders(desc, bs=64, device=None):
     return dls
 
 def load_safe(fname, cpu=True, sha256=None, images=None, bs=64):
-    "Rebuild the `Learner` that `export_safe` wrote to `fname`, from its description and weights only: no unpickling, no `torch.load`; `images`: the folder to read file names from."
+    "Rebuild the `Learner` that `export_safe` wrote to `fname` (or the `ContextLearner`), from its description and weights only: no unpickling, no `torch.load`; `images`: the folder to read file names from."
     desc, tensors = _read(fname, sha256)
+    if desc.get('kind') == 'context':
+        from fastai_meta.context import _load_context
+        return _load_context(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))
+    return _rebuild(desc, tensors, cpu, images, bs)
+
+def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
+    "The `Learner` that description `desc` and weights `tensors` describe."
     dls = _dataloaders(desc, bs=bs, device='cpu' if cpu else default_device())
     if images is not None:
         for tl in dls.valid_ds.tls[:image_inputs(dls)[0]]: tl.tfms.fs[0].reader.pref = f'{Path(images)}{os.path.sep}'

@@ -15,6 +15,19 @@ from PIL import Image
 # %% ../nbs/05_synth.ipynb #5dfb11e4
 _SITES = ['head', 'arm', 'back', 'leg']
 _QUADRANTS = {'tl': (0, 0), 'tr': (1, 0), 'bl': (0, 1), 'br': (1, 1)}
+_TASKS = ('meta', 'xor', 'points', 'where', 'views', 'duckling')
+_HUES = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [200, 40, 200], [40, 200, 200]], dtype='float32')
+
+def _ducklings(rng, n):
+    "Patients of 3 to 6 images in one colour, half with one image in another (the odd one), and a few patients of one image: patient, colour, odd."
+    patient, hue, odd, i = [], [], [], 0
+    while len(patient) < n:
+        k = 1 if rng.random() < 0.1 else int(rng.integers(3, 7))
+        base, other = rng.choice(len(_HUES), 2, replace=False)
+        h, o = np.full(k, base), np.zeros(k, bool)
+        if k > 1 and rng.random() < 0.5: j = rng.integers(k); h[j], o[j] = other, True
+        patient += [f'P{i:04d}']*k; hue += list(h); odd += list(o); i += 1
+    return np.array(patient[:n]), np.array(hue[:n]), np.array(odd[:n])
 
 def _gaps(rng, values, frac=0.05):
     "Copy of `values` with about `frac` of them missing: NaN in numbers, `None` in text and booleans."
@@ -25,7 +38,7 @@ def _gaps(rng, values, frac=0.05):
 
 def make_synthetic(path, n=400, task='xor', size=32, seed=0):
     "Write `n` images of `size` pixels for `task` under `path/images`; return their DataFrame."
-    if task not in ('meta', 'xor', 'points', 'where', 'views'): raise ValueError(f"Unknown task {task!r}: use 'meta', 'xor', 'points', 'where' or 'views'.")
+    if task not in _TASKS: raise ValueError(f"Unknown task {task!r}: use one of {', '.join(map(repr, _TASKS))}.")
     rng = np.random.default_rng(seed)
     img_dir = Path(path)/'images'
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -47,6 +60,10 @@ def make_synthetic(path, n=400, task='xor', size=32, seed=0):
         df['fname2'] = [f'{task}_{i:05d}_2.png' for i in range(n)]
         for f,im in zip(df.fname2, imgs2.clip(0, 255).astype('uint8')): Image.fromarray(im).save(img_dir/f)
         df['flag'], df['label'] = _gaps(rng, flag, 0.), np.where((red != red2) != flag, 'yes', 'no')
+    elif task == 'duckling':  # several images per `patient`: `label` is `yes` for the one unlike its patient's others
+        patient, hue, odd = _ducklings(rng, n)
+        imgs = imgs*0.3 + _HUES[hue][:, None, None, :]*0.7
+        df['patient'], df['age'], df['label'] = patient, _gaps(rng, rng.uniform(20, 80, n).round()), np.where(odd, 'yes', 'no')
     elif task == 'where':
         quad, red = rng.choice(list(_QUADRANTS), n), rng.random((n, 4)) < 0.5
         imgs = imgs*0.5 + 64

@@ -1,0 +1,82 @@
+"Patient context: the 'duckling' task (only a patient's other images tell) learned, no training context from a model that saw the patient, a one-image patient, errors, the CLI and meta_compare."
+import warnings
+import pytest
+from sklearn.metrics import roc_auc_score
+from fastai.vision.all import *
+from fastai_meta.all import *
+from fastai_meta.context import _stage_one
+from fastai_meta.cli import main
+from test_images import small_cnn
+
+@pytest.fixture(scope='module')
+def duck(synth):
+    path, df = synth('duckling', n=480, size=16, seed=0)
+    held = df.patient.isin(df.patient.unique()[-30:])
+    return path, df[~held].reset_index(drop=True), df[held]
+
+@pytest.fixture(scope='module')
+def ctx(duck):
+    path, train, _ = duck
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return context_learner(train, path/'images', label_col='label', context_col='patient', cat_names=[], cont_names=['age'],
+                               arch=resnet18, pretrained=False, epochs=2, size=16, n_folds=3, bs=32)
+
+def test_duckling_learned_only_with_context(ctx, duck):
+    p, y, img = ctx.get_preds(ctx.test_dl(duck[2], with_labels=True), with_image=True)
+    auc, auc_img = roc_auc_score(y, p[:, 1]), roc_auc_score(y, img[:, 1])
+    assert auc > 0.9 and auc_img < 0.75, (auc, auc_img)           # an image alone is at chance by construction
+
+def test_no_training_context_from_a_model_that_saw_the_patient(ctx, duck):
+    train = duck[1]
+    folds = ctx.oof.fold.to_numpy()
+    assert sorted(set(folds)) == [0, 1, 2]
+    for k,l in enumerate(ctx.learners):
+        seen = set(l.dls.train_ds.items.patient)                   # what model k trained on, from its own DataLoaders
+        mine = train.patient[folds == k]
+        assert len(mine) and not seen & set(mine)
+        assert set(train.patient[folds != k]) <= seen
+        one = train[train.patient == mine.iloc[0]]                  # model k made these rows' features
+        probs, emb = _stage_one(l, l.dls.test_dl(one))
+        test_close(patient_context(one.patient, probs[:, [1]], emb).to_numpy(), ctx.oof.loc[one.index].drop(columns='fold').to_numpy(), eps=1e-4)
+
+def test_one_image_patient(ctx, duck):
+    row = duck[2].iloc[3]
+    for x in (row, duck[2].iloc[[3]]):
+        res = ctx.predict(x)
+        assert res.n_images.tolist() == [1] and np.isfinite(res[['p_no', 'p_yes']].to_numpy()).all()
+        test_close(res[['p_no', 'p_yes']].sum(axis=1).to_numpy(), [1.])
+
+def test_bad_input_named(ctx, duck, synth):
+    test = duck[2].copy()
+    test.loc[test.index[2], 'patient'] = None
+    with pytest.raises(ValueError, match=f"row {test.index[2]}"): ctx.test_dl(test)
+    with pytest.raises(KeyError, match='patient'): ctx.test_dl(duck[2].drop(columns='patient'))
+    with pytest.raises(ValueError, match="'maybe'"): ctx.get_preds(ctx.test_dl(duck[2].assign(label='maybe'), with_labels=True))
+    path, df = synth('duckling', n=40, size=16, seed=0)
+    with pytest.raises(ValueError, match='one image'): context_learner(df.assign(patient=df.fname), path/'images', context_col='patient')
+    with pytest.raises(ValueError, match='missing'): context_learner(df.assign(label=None), path/'images', context_col='patient')
+
+def test_cli_train_and_predict(duck, tmp_path, capsys):
+    path, train, test = duck
+    train.to_csv(tmp_path/'train.csv', index=False)
+    assert main(['train', str(tmp_path/'train.csv'), str(path/'images'), '--label', 'label', '--cat', '--cont', 'age', '--context-col', 'patient',
+                 '--context-folds', '2', '--arch', 'resnet18', '--epochs', '1', '--size', '16', '--out', str(tmp_path/'c.safetensors')]) == 0
+    assert 'logistic regression on' in capsys.readouterr().out
+    test = test.copy(); test.loc[test.index[0], 'patient'] = None
+    test.to_csv(tmp_path/'test.csv', index=False)
+    assert main(['predict', str(tmp_path/'c.safetensors'), str(tmp_path/'test.csv'), str(path/'images'), '--out', str(tmp_path/'p.csv')]) == 1
+    out = pd.read_csv(tmp_path/'p.csv')
+    assert len(out) == len(test) and out.error.notna().tolist() == [True] + [False]*(len(test) - 1)
+    rest = test.patient.iloc[1:]
+    assert out.prediction[1:].isin(['no', 'yes']).all() and (out.n_images[1:].to_numpy() == rest.map(rest.value_counts()).to_numpy()).all()
+
+def test_meta_compare_lists_context(duck):
+    path, train, _ = duck
+    train = train[train.patient.isin(train.patient.unique()[:50])]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = meta_compare(train, path, folder='images', label_col='label', group_col='patient', cat_names=[], cont_names=['age'],
+                           fusions=("concat", "context"), arch=resnet18, pretrained=False, epochs=1, size=16, n_folds=2, context_folds=2)
+    assert 'context' in res.models and res.lift['context']['roc_auc']['mean'] > 0.2, res.summary()
+    assert 'patient context' in res.verdict
