@@ -4,9 +4,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-# The HAM10000 tutorials read ../shared/data/ham10000; where that is absent (a user's clone), nbdev-test skips it.
+# The HAM10000 and SIIM-ISIC tutorials read ../shared/data; where it is absent (a user's clone), nbdev-test skips them.
 HAM     = $(wildcard ../shared/data/ham10000/metadata.csv)
-NB_SKIP = $(if $(HAM),,--skip-file-re '^([_.]|01_ham10000|05_several_images)')
+SIIM    = $(wildcard ../shared/data/siim-isic-2020-half/train.csv)
+NB_SKIP = --skip-file-re '^([_.]$(if $(HAM),,|01_ham10000|05_several_images)$(if $(SIIM),,|06_ugly_duckling))'
 
 .PHONY: demo test export clean-nbs docs nb-outputs
 

@@ -30,7 +30,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from fastai.vision.all import DataBlock, CategoryBlock, ColReader, IndexSplitter, set_seed, Learner, Callback
 from fastai_meta.all import *
-from fastai_meta.compare import image_learner
+from fastai_meta.compare import image_learner, paired_stats
+from fastai_meta.context import patient_context, _fit_stage_two, _images_per_patient
 from lesions import OUT, ci95 as _ci
 
 SIIM = Path(__file__).resolve().parents[2]/'shared'/'data'/'siim-isic-2020-half'
@@ -56,55 +57,113 @@ def stage_one(df, fold, k, a, cache):
     mel = list(learn.dls.vocab).index('mel')
     return dict(image_name=test.image_name.to_numpy(), p=probs[:, mel].numpy(), emb=torch.cat(feats).numpy(), minutes=(time.time() - t0)/60)
 
-def context(tab, emb):
-    "Patient-context features of each image, from its patient's images only (`tab` has `patient_id` and `p`)."
-    g = tab.groupby('patient_id')
-    n = g.p.transform('size').to_numpy()
-    res = pd.DataFrame(dict(n_images=n, p_minus_mean=tab.p - g.p.transform('mean'), p_rank=g.p.rank(pct=True)), index=tab.index)
-    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    dist = np.full(len(tab), np.nan)
-    for _,idx in g.indices.items():
-        if len(idx) < 2: continue                       # one image: no other to compare with
-        s = e[idx].sum(0)
-        others = (s[None] - e[idx]) / (len(idx) - 1)    # the mean of the patient's other images
-        dist[idx] = 1 - (e[idx] * others).sum(1) / np.linalg.norm(others, axis=1)
-    res['dist_others'] = dist
-    res['dist_rank'] = pd.Series(dist, index=tab.index).groupby(tab.patient_id).rank(pct=True)
-    return res
+DESIGNS = {   # name: (stage one's table, stage two); 'raw': the stage-one model's own probability
+    'image only (vision_learner)': ('image', 'raw'),
+    'metadata fusion alone (meta_cnn_learner concat)': ('concat', 'raw'),
+    'set-aware, end to end': ('set', 'raw'),
+    'two-stage: concat + context, logistic regression (context_learner)': ('concat', 'lr'),
+    'two-stage: image only + context, logistic regression': ('image', 'lr'),
+    'two-stage: image only + context, gradient boosting': ('image', 'gbm'),
+}
+BASE = 'image only (vision_learner)'
+SHIPPED = 'two-stage: concat + context, logistic regression (context_learner)'
+FUSION = 'metadata fusion alone (meta_cnn_learner concat)'
 
-META = ['age_approx', 'sex_code', 'site_code']
-CONTEXT = ['n_images', 'p_minus_mean', 'p_rank', 'dist_others', 'dist_rank']
-SETS = {'image probability': ['p'], '+ age, sex, site': ['p', *META], '+ patient context': ['p', *CONTEXT], '+ both': ['p', *META, *CONTEXT]}
+def load_table(df, a, kind):
+    "Stage one's out-of-fold table of `kind` ('image', 'concat' or 'set', kept in /tmp): image_name, patient_id, target, p and the context features (`patient_context`), or None."
+    keep = Path(f'/tmp/patient-context-stage-one-{a.size}-{a.epochs}-{a.seed}-{a.folds}-{a.max_patients}{"" if kind == "image" else "-" + kind}.npz')
+    if not keep.exists(): return None
+    z = np.load(keep, allow_pickle=True)
+    tab = df.set_index('image_name').loc[z['names']].reset_index()
+    tab['p'] = z['p']
+    ctx = patient_context(tab.patient_id, tab.p.to_numpy()[:, None], z['emb']) if kind != 'set' else None
+    return tab, ctx, [float(m) for m in z['minutes']]
 
-def stage_two(tab, a):
-    "AUC of gradient boosting on each feature set over K patient-grouped folds of the out-of-fold table."
-    fold = group_folds(tab, 'patient_id', a.folds, a.seed + 1, stratify='target')
-    rows = []
+def stage_two(tabs, a, seed):
+    "Each design's ROC AUC on each of K patient-grouped folds of the out-of-fold table (stage twos fitted on the other folds), and the shipped design's probabilities."
+    names = tabs['image'][0].image_name
+    for t,_,_ in (v for v in tabs.values() if v is not None): assert (t.image_name.to_numpy() == names.to_numpy()).all()
+    fold = group_folds(tabs['image'][0], 'patient_id', a.folds, seed, stratify='target')
+    rows, shipped = [], np.full(len(names), np.nan)
     for k in range(a.folds):
         tr, te = fold != k, fold == k
-        for name, cols in SETS.items():
-            m = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, random_state=a.seed)
-            m.fit(tab.loc[tr, cols], tab.target[tr])
-            rows.append(dict(fold=k, features=name, roc_auc=float(roc_auc_score(tab.target[te], m.predict_proba(tab.loc[te, cols])[:, 1]))))
+        for name,(kind,how) in DESIGNS.items():
+            if tabs.get(kind) is None: continue
+            tab, ctx, _ = tabs[kind]
+            y = tab.target.to_numpy()
+            if how == 'raw': p = tab.p.to_numpy()[te]
+            elif how == 'lr':
+                scaler, lr = _fit_stage_two(ctx[tr].assign(fold=0), y[tr], seed=a.seed)
+                p = lr.predict_proba(scaler.transform(ctx[te].to_numpy()))[:, 1]
+                if name == SHIPPED: shipped[te] = p
+            else:
+                m = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, random_state=a.seed).fit(ctx[tr], y[tr])
+                p = m.predict_proba(ctx[te])[:, 1]
+            rows.append(dict(seed=seed, fold=k, design=name, roc_auc=float(roc_auc_score(y[te], p))))
+    return rows, shipped
+
+def lifts(d, name, base=BASE):
+    "Paired lift of `name` over `base` per fold: the t interval over folds, and the interval widened for overlapping training sets (Nadeau and Bengio)."
+    g, b = (d[d.design == n].set_index(['seed', 'fold']).roc_auc for n in (name, base))
+    diff = (g - b).to_numpy()
+    return dict(mean=float(diff.mean()), t=[float(x) for x in _ci(diff)[1:]], corrected=paired_stats(diff, test_frac=1/(d.fold.max() + 1)),
+                up=int((diff > 0).sum()), n=len(diff))
+
+def examples(tab, shipped, n=3):
+    "Patients of the first seed's stage two whose melanoma moved most in the ranking of all images (up, and the one it moved down most): their images' probabilities."
+    t = tab.assign(p_context=shipped, rank_image=tab.p.rank(pct=True), rank_context=pd.Series(shipped).rank(pct=True))
+    mel = t[t.target == 1].assign(change=lambda x: x.rank_context - x.rank_image)
+    mel = mel[mel.patient_id.map(t.patient_id.value_counts()).between(3, 12)]
+    chosen = list(mel.nlargest(n, 'change').patient_id) + list(mel.nsmallest(1, 'change').patient_id)
+    return [dict(patient_id=pid, images=[dict(image_name=r.image_name, target=int(r.target), p_image=round(float(r.p), 4), p_context=round(float(r.p_context), 4),
+                                              rank_image=round(float(r.rank_image), 4), rank_context=round(float(r.rank_context), 4))
+                                         for r in t[t.patient_id == pid].itertuples()]) for pid in dict.fromkeys(chosen)]
+
+def by_images(tab, p_image, shipped):
+    "ROC AUC of the image-only probabilities and of the shipped design's, per number of images of the patient (`_images_per_patient`'s bins)."
+    g, rows = _images_per_patient(tab.patient_id), []
+    for v in ['1', '2-3', '4-7', '8-15', '16-31', '32+']:
+        i = g == v
+        if not i.any() or tab.target[i].nunique() < 2: continue
+        rows.append(dict(group=v, count=int(i.sum()), n_pos=int(tab.target[i].sum()), image=float(roc_auc_score(tab.target[i], p_image[i])),
+                         context=float(roc_auc_score(tab.target[i], shipped[i]))))
     return rows
 
 def to_markdown(res):
     a, d = res['settings'], pd.DataFrame(res['stage_two'])
-    base = d[d.features == 'image probability'].set_index('fold').roc_auc
+    first = d[d.seed == res['seeds'][0]]
     lines = [f"# Patient context on SIIM-ISIC 2020 (half) ({res['device']})", '',
-             f"{res['n_images']:,} images of {res['n_patients']:,} patients ({res['n_pos']} melanomas). Stage one: image-only `vision_learner`, "
-             f"pretrained EfficientNet-Lite0 at {a['size']} px, `fine_tune({a['epochs']}, {a['lr']}, lr_mult=1)`, {a['folds']} patient-grouped folds: "
-             f"out-of-fold AUC of the image probability {res['stage_one_auc']:.3f}. Stage two: gradient boosting on the out-of-fold table, "
-             f"{a['folds']} other patient-grouped folds; means over folds with 95 % t intervals, lifts paired over the probability alone.", '',
-             '| stage two on | ROC AUC | paired lift | folds up |', '|---|---|---|---|']
-    for name in SETS:
-        g = d[d.features == name].set_index('fold').roc_auc
-        m = _ci(g)
-        if name == 'image probability': lines.append(f"| {name} | {m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}] | — | — |")
-        else:
-            l = _ci(g - base)
-            lines.append(f"| {name} | {m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}] | {l[0]:+.3f} [{l[1]:+.3f}, {l[2]:+.3f}] | {int((g > base).sum())} of {len(g)} |")
-    lines += ['', f"Stage one took {np.mean(res['minutes']):.1f} minutes per fold."]
+             f"{res['n_images']:,} images of {res['n_patients']:,} patients ({res['n_pos']} melanomas). Stage one: pretrained EfficientNet-Lite0 at "
+             f"{a['size']} px, `fine_tune({a['epochs']}, {a['lr']}, lr_mult=1)`, trained on {a['folds']} patient-grouped folds, so every image's "
+             f"probability and embedding come from the model that did not see its patient. Stage two: fitted and scored on {a['folds']} other "
+             f"patient-grouped folds of that out-of-fold table (seed {res['seeds'][0]}; seeds {res['seeds'][1:]} repeat it with other folds). "
+             "ROC AUC: mean over folds with its 95 % t interval; lift: paired per fold over the image-only model's own probability, with the t interval "
+             "and the interval widened for overlapping training sets (Nadeau and Bengio, as `meta_compare`).", '',
+             '| design | ROC AUC | lift over image only | t interval | widened interval | folds up |', '|---|---|---|---|---|---|']
+    for name in DESIGNS:
+        g = first[first.design == name].roc_auc
+        if not len(g): continue
+        m = _ci(g.to_numpy())
+        if name == BASE: lines.append(f"| {name} | {m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}] | — | — | — | — |"); continue
+        l = res['lifts'][str(res['seeds'][0])][name]
+        c = l['corrected']
+        lines.append(f"| {name} | {m[0]:.3f} [{m[1]:.3f}, {m[2]:.3f}] | {l['mean']:+.3f} | [{l['t'][0]:+.3f}, {l['t'][1]:+.3f}] | "
+                     f"[{c['low']:+.3f}, {c['high']:+.3f}] | {l['up']} of {l['n']} |")
+    lines += ['', f"**`context_learner`'s design, each stage-two split** (seed {res['seeds'][0]} is the table above; the others repeat the stage two over other "
+              "patient-grouped folds of the same out-of-fold table): lift over image only, and over the metadata fusion alone (what the context adds "
+              "to the same stage-one model), with the t and the widened intervals:", '',
+              '| stage-two seed | over image only | t interval | widened | folds up | over metadata fusion alone | t interval | widened | folds up |',
+              '|---|---|---|---|---|---|---|---|---|']
+    for s in res['seeds']:
+        l, m = res['lifts'][str(s)].get(SHIPPED), res['over_fusion'].get(str(s))
+        if l and m:
+            cell = lambda x: f"{x['mean']:+.3f} | [{x['t'][0]:+.3f}, {x['t'][1]:+.3f}] | [{x['corrected']['low']:+.3f}, {x['corrected']['high']:+.3f}] | {x['up']} of {x['n']}"
+            lines.append(f"| {s} | {cell(l)} | {cell(m)} |")
+    lines += ['', 'Minutes per stage-one fold: ' + ', '.join(f"{k} {np.mean(v):.1f}" for k,v in res['minutes'].items()) + '.']
+    if res.get('by_images'):
+        lines += ['', f"**By the number of images per patient** (out-of-fold, seed {res['seeds'][0]}'s stage two; ROC AUC of the image-only model and of `context_learner`'s design):", '',
+                  '| images per patient | images | melanomas | image only | with context |', '|---|---|---|---|---|']
+        lines += [f"| {r['group']} | {r['count']:,} | {r['n_pos']} | {r['image']:.3f} | {r['context']:.3f} |" for r in res['by_images']]
     return '\n'.join(lines) + '\n'
 
 def main(a):
@@ -113,25 +172,30 @@ def main(a):
     if a.max_patients: df = df[df.patient_id.isin(df.patient_id.drop_duplicates().sample(a.max_patients, random_state=a.seed))].reset_index(drop=True)
     df['label'] = np.where(df.target == 1, 'mel', 'other')
     fold = group_folds(df, 'patient_id', a.folds, a.seed, stratify='target')
-    keep = Path(f'/tmp/patient-context-stage-one-{a.size}-{a.epochs}-{a.seed}-{a.folds}-{a.max_patients}{"" if a.stage_one == "image" else "-" + a.stage_one}.npz')
-    if keep.exists(): z = np.load(keep, allow_pickle=True); parts = [dict(image_name=z['names'], p=z['p'], emb=z['emb'])]; minutes = list(z['minutes'])
-    else:
-        cache, parts, minutes = ImageCache(a.size), [], []
-        for k in range(a.folds):
-            parts.append(stage_one(df, fold, k, a, cache)); minutes.append(parts[-1]['minutes'])
-            print(json.dumps(dict(fold=k, minutes=minutes[-1], auc=float(roc_auc_score(df.set_index('image_name').target[parts[-1]['image_name']], parts[-1]['p'])))), flush=True)
-        np.savez(keep, names=np.concatenate([o['image_name'] for o in parts]), p=np.concatenate([o['p'] for o in parts]),
-                 emb=np.concatenate([o['emb'] for o in parts]), minutes=np.array(minutes))
-    names, p, emb = (np.concatenate([o[k] for o in parts]) for k in ('image_name', 'p', 'emb'))
-    tab = df.set_index('image_name').loc[names].reset_index()
-    tab['p'] = p
-    tab['sex_code'] = tab.sex.map({'male': 0, 'female': 1})
-    tab['site_code'] = pd.factorize(tab.anatom_site_general_challenge)[0].astype(float)
-    tab.loc[tab.anatom_site_general_challenge.isna(), 'site_code'] = np.nan
-    tab = pd.concat([tab, context(tab, emb)], axis=1)
-    rows = stage_two(tab, a)
-    res = dict(device=device, n_images=len(tab), n_patients=int(tab.patient_id.nunique()), n_pos=int(tab.target.sum()), settings=vars(a),
-               stage_one_auc=float(roc_auc_score(tab.target, tab.p)), minutes=[float(m) for m in minutes], stage_two=rows)
+    if a.stage_one != 'none':
+        keep = Path(f'/tmp/patient-context-stage-one-{a.size}-{a.epochs}-{a.seed}-{a.folds}-{a.max_patients}{"" if a.stage_one == "image" else "-" + a.stage_one}.npz')
+        if not keep.exists():
+            cache, parts = ImageCache(a.size), []
+            for k in range(a.folds):
+                parts.append(stage_one(df, fold, k, a, cache))
+                print(json.dumps(dict(fold=k, minutes=parts[-1]['minutes'], auc=float(roc_auc_score(df.set_index('image_name').target[parts[-1]['image_name']], parts[-1]['p'])))), flush=True)
+            np.savez(keep, names=np.concatenate([o['image_name'] for o in parts]), p=np.concatenate([o['p'] for o in parts]),
+                     emb=np.concatenate([o['emb'] for o in parts]), minutes=np.array([o['minutes'] for o in parts]))
+    tabs = {k: load_table(df, a, k) for k in ('image', 'concat', 'set')}
+    seeds = [a.seed + 1, a.seed + 2, a.seed + 3]
+    rows, res_lifts, shipped, over_fusion = [], {}, None, {}
+    for s in seeds:
+        r, sh = stage_two(tabs, a, s)
+        rows += r
+        shipped = sh if shipped is None else shipped
+        d = pd.DataFrame(r)
+        res_lifts[str(s)] = {n: lifts(d, n) for n in DESIGNS if n != BASE and n in set(d.design)}
+        if FUSION in set(d.design): over_fusion[str(s)] = lifts(d, SHIPPED, base=FUSION)
+    tab = tabs['image'][0]
+    res = dict(device=device, n_images=len(tab), n_patients=int(tab.patient_id.nunique()), n_pos=int(tab.target.sum()), settings=vars(a), seeds=seeds,
+               minutes={k: v[2] for k,v in tabs.items() if v is not None}, stage_two=rows, lifts=res_lifts, over_fusion=over_fusion,
+               examples=examples(tabs['concat'][0], shipped) if tabs['concat'] is not None else [],
+               by_images=by_images(tab, tab.p.to_numpy(), shipped) if tabs['concat'] is not None else [])
     name = OUT/f'patient-context-{device}'
     name.with_suffix('.json').write_text(json.dumps(res, indent=1))
     name.with_suffix('.md').write_text(to_markdown(res))
@@ -142,6 +206,6 @@ if __name__ == '__main__':
     p.add_argument('--folds', type=int, default=5); p.add_argument('--size', type=int, default=64)
     p.add_argument('--epochs', type=int, default=4); p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--bs', type=int, default=64); p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--stage-one', default='image', choices=['image', 'concat'], help="stage one's model: image only, or image + age, sex, site (concat fusion)")
+    p.add_argument('--stage-one', default='none', choices=['none', 'image', 'concat'], help="train this stage one if it is not kept in /tmp: image only, or image + age, sex, site (concat fusion); bench/patient_set.py trains the set-aware one")
     p.add_argument('--max-patients', type=int, default=0, help='a random subset of patients (0: all), for a quick check')
     main(p.parse_args())

@@ -75,6 +75,11 @@ def _check_rows(df, cols, context_col):
                                     "each image needs its patient, whose other images give its context.")
     return df
 
+class _Each:
+    "Call a method on each of `objs`: fastai's `load_learner` calls `learn.dls.cpu()`, which moves every image model's data."
+    def __init__(self, objs): self.objs = objs
+    def __getattr__(self, k): return lambda *args, **kwargs: [getattr(o, k)(*args, **kwargs) for o in self.objs]
+
 class ContextDL:
     "The rows of `df` for a `ContextLearner`'s `get_preds`: each patient's context comes from all its rows here."
     def __init__(self, learn, df, with_labels=False):
@@ -85,6 +90,9 @@ class ContextDL:
 class ContextLearner:
     "Image models cross-fitted over patient-grouped folds (`learners`), and a stage-two logistic regression (`scaler`, `stage_two`) on each image's probabilities and patient context."
     def __init__(self, learners, scaler, stage_two, vocab, context_col, label_col, oof=None, settings=None): store_attr()
+
+    @property
+    def dls(self): return _Each([l.dls for l in self.learners])      # what fastai's `load_learner` moves to the CPU
 
     @property
     def columns(self):
@@ -181,14 +189,6 @@ def context_learner(df, path='.', fn_col='fname', label_col='label', context_col
     return ContextLearner(learners, scaler, stage_two, vocab, context_col, label_col, oof, settings)
 
 # %% ../nbs/03c_context.ipynb #896be8c5
-class _Each:
-    "Call a method on each of `objs`: fastai's `load_learner` calls `learn.dls.cpu()`, which moves every image model's data."
-    def __init__(self, objs): self.objs = objs
-    def __getattr__(self, k): return lambda *args, **kwargs: [getattr(o, k)(*args, **kwargs) for o in self.objs]
-
-@patch(as_prop=True)
-def dls(self:ContextLearner): return _Each([l.dls for l in self.learners])
-
 @patch
 def export(self:ContextLearner, fname='context.pkl'):
     "Pickle the learner as fastai's `Learner.export` does, each image model without its rows or optimiser state; `load_learner` reads it back."

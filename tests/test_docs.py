@@ -6,7 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ['columns', 'encoding', 'data', 'images', 'model', 'fusion', 'losses', 'speed', 'learner', 'interpret', 'calibrate', 'compare', 'context', 'cli', 'synth', 'deploy', 'app']
-TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several_images']
+TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several_images', 'ugly_duckling']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']
 
@@ -100,7 +100,7 @@ def test_search_finds_meta_cnn_learner(site):
 
 def test_tutorials_show_images(site):
     out, base, browser = site
-    for t in ['tutorials/keypoints', 'tutorials/choosing_a_fusion', 'tutorials/ham10000', 'tutorials/several_images', 'app', 'calibrate', 'images']:    # the app page: its screenshot
+    for t in ['tutorials/keypoints', 'tutorials/choosing_a_fusion', 'tutorials/ham10000', 'tutorials/several_images', 'tutorials/ugly_duckling', 'app', 'calibrate', 'images']:    # the app page: its screenshot
         page, errors = _open(browser, base + f'{t}.html')
         sizes = page.eval_on_selector_all('img', 'els => els.map(e => [e.naturalWidth, e.naturalHeight])')
         assert any(w > 100 and h > 100 for w,h in sizes), f'{t}: no image rendered ({sizes})'
@@ -116,6 +116,8 @@ def test_ham10000_shows_its_images_with_their_attribution(site):
     for page in ('ham10000', 'several_images'):
         text = (out/'tutorials'/f'{page}.html').read_text()
         assert text.count('CC BY-NC 4.0') >= 2 and 'Tschandl' in text and 'doi.org/10.1038/sdata.2018.161' in text, page
+    text = (out/'tutorials'/'ugly_duckling.html').read_text()
+    assert text.count('CC BY-NC 4.0') >= 2 and 'Rotemberg' in text and 'doi.org/10.1038/s41597-021-00815-z' in text
 
 def test_each_entry_once_and_in_the_index(site):
     "nbdev documents a patched method twice (`Learner.to_fast` and `to_fast`); the site shows it once, and the general index lists it."
