@@ -24,7 +24,7 @@ import numpy as np, pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 from fastai.vision.all import *
 from fastai_meta.all import *
-from lesions import HAM, OUT, load_ham, lesion_folds
+from lesions import HAM, OUT, load_ham
 
 MODELS = ['gradient boosting, table only', 'image only', 'concat', 'concat + wide', 'csf']
 CATS = ['sex', 'localization']
@@ -60,7 +60,7 @@ def main():
     p.add_argument('--n', type=int, default=1500, help='images drawn at random from those with an age (0: all)')
     p.add_argument('--folds', type=int, default=3); p.add_argument('--size', type=int, default=96)
     p.add_argument('--epochs', type=int, default=4); p.add_argument('--lr', type=float, default=3e-3)
-    p.add_argument('--lr-mult', type=float, default=1, help="fine_tune's lr_mult (1: the library's recipe for a timm body, see bench/layer_groups.py; fastai's default is 100)")
+    p.add_argument('--lr-mult', type=float, default=1, help="fine_tune's lr_mult (1: the library's recipe for a timm body, `MetaLearner.fine_tune`'s default; fastai's is 100)")
     p.add_argument('--seed', type=int, default=0); p.add_argument('--models', default=';'.join(MODELS), help='names separated by ;')
     p.add_argument('--from-json', help='only rewrite the table from this json')
     a = p.parse_args()
@@ -70,17 +70,12 @@ def main():
     df = load_ham().dropna(subset=['age'])
     if a.n: df = df.sample(a.n, random_state=a.seed)
     df = df.reset_index(drop=True)
-    df['fold'] = lesion_folds(df, a.folds, a.seed)
-    rows = []
-    for k in range(a.folds):
-        fdf = df.assign(is_valid=df.fold == k)
-        assert not set(fdf.lesion_id[fdf.is_valid]) & set(fdf.lesion_id[~fdf.is_valid])
-        for name in a.models.split(';'):
-            set_seed(a.seed + k, reproducible=True)
-            start = time.time()
-            mae = gbm_mae(fdf) if name.startswith('gradient') else net_mae(name, fdf, a)
-            rows.append(dict(fold=k, model=name, n_valid=int(fdf.is_valid.sum()), mae=mae, seconds=time.time() - start))
-            print(rows[-1], flush=True)
+    fold = row_folds(df, a.folds, a.seed, group_col='lesion_id', stratify='dx')
+    def fit(name, df, valid):
+        fdf, start = df.assign(is_valid=valid), time.time()
+        mae = gbm_mae(fdf) if name.startswith('gradient') else net_mae(name, fdf, a)
+        return dict(model=name, n_valid=int(valid.sum()), mae=mae, seconds=time.time() - start)
+    rows = [dict(fold=k, **r) for name in a.models.split(';') for k,r in cross_fit(df, fold, partial(fit, name), seed=a.seed).items()]
     res = dict({k:v for k,v in vars(a).items() if k not in ('arch', 'weights')}, arch_name=a.arch, n_images=len(df), rows=rows,
                age_std=float(df.age.std()), threads=torch.get_num_threads(), torch=torch.__version__,
                gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)

@@ -19,8 +19,7 @@ import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from fastai.vision.all import aug_transforms, set_seed, IndexSplitter, accuracy
 from fastai_meta.all import *
-from fastai_meta.calibrate import _nll_probs
-from lesions import HAM, OUT, load_ham, ci95 as _ci
+from lesions import HAM, OUT, load_ham, interval as _ci
 
 def _fold(df, fold, k, a, keep=None):
     "Train on the folds other than `k` and `k+1`, calibrate on `k+1`, test on `k`; the fold's measurements."
@@ -42,11 +41,11 @@ def _fold(df, fold, k, a, keep=None):
         op = learn.set_operating_point('mel', a.sensitivity)
         after, _, dec = learn.get_preds(dl=tdl, with_decoded=True)
     before, after = logits.float().softmax(1), after.float()
+    c = Calibration(cal_res.temperature, before, after, y)
     mel = list(learn.dls.vocab).index('mel')
     pos = (y == mel).numpy()
     res = dict(fold=k, n_train=int(len(train)), n_cal=int(cal.sum()), n_test=int(test.sum()), n_mel_test=int(pos.sum()), minutes=(time.time() - t0)/60,
-               temperature=cal_res.temperature, ece_before=calibration_error(before, y), ece_after=calibration_error(after, y),
-               nll_before=_nll_probs(before, y), nll_after=_nll_probs(after, y), ece_cal_before=cal_res.ece_before, ece_cal_after=cal_res.ece_after,
+               temperature=cal_res.temperature, ece_before=c.ece_before, ece_after=c.ece_after, nll_before=c.nll_before, nll_after=c.nll_after, ece_cal_before=cal_res.ece_before, ece_cal_after=cal_res.ece_after,
                threshold=op['threshold'], sens_cal=op['sensitivity'], spec_cal=op['specificity'],
                sens_op=float((dec.numpy()[pos] == mel).mean()), spec_op=float((dec.numpy()[~pos] != mel).mean()),
                sens_argmax=float((after.argmax(1).numpy()[pos] == mel).mean()), spec_argmax=float((after.argmax(1).numpy()[~pos] != mel).mean()),

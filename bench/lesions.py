@@ -13,11 +13,10 @@ images, 128 px) fits about an hour on a 2-core CPU for 5 folds and 3 networks; o
 Run: .venv/bin/python bench/lesions.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3] [--fusions concat metablock]
 Writes bench/results/compare-ham10000-<cpu|gpu>.{json,md,png} (and resumes from the json when stopped).
 """
-import argparse, json, shutil, warnings
+import argparse, shutil, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
-from sklearn.model_selection import StratifiedGroupKFold
 from fastai.vision.all import aug_transforms
 from fastai_meta.all import *
 
@@ -32,28 +31,10 @@ def load_ham(per_class=0, seed=0):
         df = df[df.groupby('dx').cumcount() < per_class].sort_index()
     return df.reset_index(drop=True)
 
-# Shared by the other HAM10000 benchmarks (age.py, missing.py, layer_groups.py), whose published folds they made.
-def lesion_folds(df, n_folds, seed=0):
-    "Fold number of each row: stratified by diagnosis, grouped by lesion."
-    fold = np.zeros(len(df), dtype=int)
-    for k,(_, va) in enumerate(StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(df, df.dx, df.lesion_id)): fold[va] = k
-    return fold
-
-def merged(out, res, same):
-    "The results json `out` with `res`'s rows in place of its rows of the same models; refuses if a setting in `same` differs."
-    old = {'lr_mult': 100., **json.loads(out.read_text())}       # runs from before --lr-mult used fastai's default
-    if any(old.get(k) != res.get(k) for k in same): raise ValueError(f'{out} was made with other settings: {[(k, old.get(k), res.get(k)) for k in same]}')
-    names = {r['model'] for r in res['rows']}
-    return dict(old, rows=[r for r in old['rows'] if r['model'] not in names] + res['rows'])
-
-def ci95(x):
-    "Mean and a 95 % t interval of the per-fold values `x` (the benchmarks' summaries)."
-    from scipy.stats import t
-    x = np.asarray(x, float)
-    h = t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return [float(x.mean()), float(x.mean() - h), float(x.mean() + h)]
-
-def _pm(mean, std, scale=1., fmt='.3f'): return f"{mean*scale:{fmt}} ± {std*scale:{fmt.lstrip('+')}}"
+def interval(x):
+    "Mean and 95 % t interval of per-fold values `x`, as [mean, low, high] (`paired_stats`, the benchmarks' summaries)."
+    s = paired_stats(x)
+    return [s['mean'], s['low'], s['high']]
 
 def compare_ham(a, name='ham10000'):
     "Run `meta_compare` on HAM10000 with the options `a`; copy its json, md and png to bench/results/compare-<name>-<device>.*"

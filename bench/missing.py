@@ -20,7 +20,7 @@ import numpy as np, pandas as pd
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from fastai.vision.all import *
 from fastai_meta.all import *
-from lesions import HAM, OUT, load_ham, lesion_folds, merged
+from lesions import HAM, OUT, load_ham
 
 META = dict(cat_names=['sex', 'localization'], cont_names=['age'])
 COLS = META['cat_names'] + META['cont_names']
@@ -73,35 +73,26 @@ def main():
     p.add_argument('--folds', type=int, default=3); p.add_argument('--per-class', type=int, default=200)
     p.add_argument('--size', type=int, default=96); p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--lr', type=float, default=3e-3)
-    p.add_argument('--lr-mult', type=float, default=1, help="fine_tune's lr_mult (1: the library's recipe for a timm body, see bench/layer_groups.py; fastai's default is 100)")
+    p.add_argument('--lr-mult', type=float, default=1, help="fine_tune's lr_mult (1: the library's recipe for a timm body, `MetaLearner.fine_tune`'s default; fastai's is 100)")
     p.add_argument('--p', type=float, default=0.25)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--from-json', help='only rewrite the table and plot from this json')
-    p.add_argument('--only-dropout', action='store_true', help="train only the row-dropout model at this --p and add its rows to the results json")
     a = p.parse_args()
     if a.from_json: return write(json.loads(Path(a.from_json).read_text()))
     a.device = 'gpu' if torch.cuda.is_available() else 'cpu'
     a.arch = 'tf_efficientnet_lite0'; a.weights = offline_weights(a.arch)
     models = ['image only', 'concat', f'concat, meta_dropout={a.p:g} (rows)', f'concat, meta_dropout={a.p:g} (per column)']
-    if a.only_dropout: models = [f'concat, meta_dropout={a.p:g} (rows)']
     df = load_ham(a.per_class, a.seed)
-    df['fold'] = lesion_folds(df, a.folds, a.seed)
-    rows = []
-    for k in range(a.folds):
-        fdf = df.assign(is_valid=df.fold == k)
-        for name in models:
-            set_seed(a.seed + k, reproducible=True)
-            start = time.time()
-            learn = train(name, fdf, a)
-            secs = time.time() - start
-            for cond, s in evaluate(learn, name, fdf, a.seed + k).items():
-                rows.append(dict(fold=k, model=name, condition=cond, seconds=secs, **s))
-            print({r['condition']: round(r['balanced_accuracy'], 3) for r in rows if r['fold'] == k and r['model'] == name}, name, flush=True)
+    fold = row_folds(df, a.folds, a.seed, group_col='lesion_id', stratify='dx')
+    def fit(name, df, valid):
+        fdf, start = df.assign(is_valid=valid), time.time()
+        learn = train(name, fdf, a)
+        return dict(seconds=time.time() - start, scores=evaluate(learn, name, fdf, a.seed + int(fold[valid][0])))
+    rows = [dict(fold=k, model=name, condition=c, seconds=r['seconds'], **s) for name in models
+            for k,r in cross_fit(df, fold, partial(fit, name), seed=a.seed).items() for c,s in r['scores'].items()]
     res = dict({k:v for k,v in vars(a).items() if k not in ('arch', 'weights')}, arch_name=a.arch, n_images=len(df), rows=rows,
                threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
-    out = OUT/f'missing-{a.device}.json'
-    if a.only_dropout: res = merged(out, res, ('folds', 'per_class', 'size', 'epochs', 'lr', 'lr_mult', 'seed', 'n_images'))
-    out.write_text(json.dumps(res, indent=2))
+    (OUT/f'missing-{a.device}.json').write_text(json.dumps(res, indent=2))
     write(res)
 
 def write(res):

@@ -1,66 +1,42 @@
 """SIIM-ISIC 2020 (half): does a lesion's place among the same patient's other lesions (the "ugly duckling") add to its image?
 
-Groundwork for issue 27, the two-stage design only, measured before the library has a patient-context API.
-Stage one: K patient-grouped folds (stratified by the target); each fold's image-only `vision_learner` (pretrained
-EfficientNet-Lite0, `--size` px, `fine_tune(--epochs, --lr, lr_mult=1)`) is trained on the other folds and gives its
-test fold's melanoma probabilities and pooled body features (embeddings): out-of-fold for every image, from a model
-that never saw that image's patient. Stage two: gradient boosting (scikit-learn's HistGradientBoostingClassifier) on
-the out-of-fold table, scored over another K patient-grouped folds, with four feature sets:
+Stage one (`--stage-one image|concat`, kept in /tmp): pretrained EfficientNet-Lite0 image-only or concat models
+cross-fitted over K patient-grouped folds by the library (`cross_fit`, `fold_learner`, `fit_recipe`), so every image's
+melanoma probability and embedding come from a model that never saw its patient. Stage two, on that out-of-fold table,
+fitted and scored on K other patient-grouped folds: each design of `DESIGNS` (the stage-one probability itself, or
+`patient_context`'s features with `context_learner`'s logistic regression or with gradient boosting). ROC AUC per fold,
+paired lifts over image only with t and Nadeau-Bengio intervals; seeds 1 to 3 repeat the stage two over other folds.
+The set-aware end-to-end row of bench/results/patient-context-cpu.md came from bench/patient_set.py, since removed
+(see bench/results/PROVENANCE.md).
 
-- the image probability alone;
-- + age, sex, site;
-- + patient context: the patient's number of images; the image's probability minus the patient's mean, and its rank
-  within the patient; the cosine distance of its embedding to the mean of the patient's *other* images, and that
-  distance's rank within the patient (missing for a patient with one image);
-- + both.
-
-A patient's context comes from out-of-fold values of that patient's images only, all from one stage-one model (a
-patient's images are in one fold), so no image's context comes from a model that saw its patient.
-ROC AUC per stage-two fold, paired lifts over the probability alone with 95 % t intervals.
-
-Run: .venv/bin/python bench/patient_context.py [--folds 5] [--size 64] [--epochs 4]
-Writes bench/results/patient-context-cpu.{json,md}; stage one's table is kept in /tmp (it takes the time).
+Run: .venv/bin/python bench/patient_context.py --stage-one image; ... --stage-one concat; then with no --stage-one
+Writes bench/results/patient-context-cpu.{json,md}.
 """
 import argparse, json, time, warnings
+from functools import partial
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
-from torch import nn
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
-from fastai.vision.all import DataBlock, CategoryBlock, ColReader, IndexSplitter, set_seed, Learner, Callback
 from fastai_meta.all import *
-from fastai_meta.compare import image_learner, paired_stats
-from fastai_meta.context import patient_context, _fit_stage_two, _images_per_patient
-from lesions import OUT, ci95 as _ci
+from lesions import OUT, interval as _ci
 
 SIIM = Path(__file__).resolve().parents[2]/'shared'/'data'/'siim-isic-2020-half'
 
-def stage_one(df, fold, k, a, cache):
-    "Train image-only on the folds other than `k`; probabilities and embeddings of fold `k`'s images."
-    train, test = df[fold != k], df[fold == k]
-    rows = pd.concat([train, test]).reset_index(drop=True)
-    set_seed(a.seed + k, reproducible=True)
-    blocks = TabularImageBlock('image_name', ['sex', 'anatom_site_general_challenge'], ['age_approx'], pref=f'{SIIM}/images/', suff='.jpg', cache=cache)
-    dls = DataBlock(blocks=(*(blocks if a.stage_one == 'concat' else blocks[:1]), CategoryBlock), n_inp=2 if a.stage_one == 'concat' else 1,
-                    get_y=ColReader('label'), splitter=IndexSplitter(np.arange(len(train), len(rows))), dl_type=MetaDL).dataloaders(rows, bs=a.bs, num_workers=0)
-    w = offline_weights('tf_efficientnet_lite0')
-    learn = (meta_cnn_learner(dls, 'tf_efficientnet_lite0', fusion='concat', weights_path=w) if a.stage_one == 'concat' else
-             image_learner(dls, 'tf_efficientnet_lite0', weights_path=w))
+def stage_one(df, fold, a, kind):
+    "Out-of-fold melanoma probabilities and embeddings of every image, from `kind` ('image' or 'concat') models cross-fitted over the patient folds (the library's `cross_fit`, `fold_learner`, `fit_recipe`)."
+    build = partial(fold_learner, model=IMAGE if kind == 'image' else 'concat', path=SIIM, folder='images', fn_col='image_name', suff='.jpg',
+                    cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'], arch='tf_efficientnet_lite0',
+                    weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs, cache=ImageCache(a.size) if kind == 'concat' else None)
     t0 = time.time()
-    with learn.no_bar(), learn.no_logging(): learn.fine_tune(a.epochs, a.lr, lr_mult=1)
-    feats = []
-    if a.stage_one == 'image': hook = learn.model[1][1].register_forward_hook(lambda m, i, o: feats.append(o.detach().float().cpu()))  # pooled body features
-    else: hook = learn.model[3][-1].register_forward_pre_hook(lambda m, i: feats.append(i[0].detach().float().cpu()))   # the head's last layer's input
-    with learn.no_bar(): probs = learn.get_preds(dl=learn.dls.valid)[0].float()
-    hook.remove()
-    mel = list(learn.dls.vocab).index('mel')
-    return dict(image_name=test.image_name.to_numpy(), p=probs[:, mel].numpy(), emb=torch.cat(feats).numpy(), minutes=(time.time() - t0)/60)
+    runs = cross_fit(df, fold, partial(fit_fold, build, epochs=a.epochs, lr=a.lr, embeddings=True), seed=a.seed)
+    mel = runs[0]['vocab'].index('mel')
+    return dict(names=df.image_name.to_numpy(), p=out_of_fold(runs, fold)[:, mel], emb=out_of_fold(runs, fold, 'emb'), minutes=[(time.time() - t0)/60/len(runs)])
 
 DESIGNS = {   # name: (stage one's table, stage two); 'raw': the stage-one model's own probability
     'image only (vision_learner)': ('image', 'raw'),
     'metadata fusion alone (meta_cnn_learner concat)': ('concat', 'raw'),
-    'set-aware, end to end': ('set', 'raw'),
     'two-stage: concat + context, logistic regression (context_learner)': ('concat', 'lr'),
     'two-stage: image only + context, logistic regression': ('image', 'lr'),
     'two-stage: image only + context, gradient boosting': ('image', 'gbm'),
@@ -70,13 +46,13 @@ SHIPPED = 'two-stage: concat + context, logistic regression (context_learner)'
 FUSION = 'metadata fusion alone (meta_cnn_learner concat)'
 
 def load_table(df, a, kind):
-    "Stage one's out-of-fold table of `kind` ('image', 'concat' or 'set', kept in /tmp): image_name, patient_id, target, p and the context features (`patient_context`), or None."
+    "Stage one's out-of-fold table of `kind` ('image' or 'concat', kept in /tmp): image_name, patient_id, target, p and the context features (`patient_context`), or None."
     keep = Path(f'/tmp/patient-context-stage-one-{a.size}-{a.epochs}-{a.seed}-{a.folds}-{a.max_patients}{"" if kind == "image" else "-" + kind}.npz')
     if not keep.exists(): return None
     z = np.load(keep, allow_pickle=True)
     tab = df.set_index('image_name').loc[z['names']].reset_index()
     tab['p'] = z['p']
-    ctx = patient_context(tab.patient_id, tab.p.to_numpy()[:, None], z['emb']) if kind != 'set' else None
+    ctx = patient_context(tab.patient_id, tab.p.to_numpy()[:, None], z['emb'])
     return tab, ctx, [float(m) for m in z['minutes']]
 
 def stage_two(tabs, a, seed):
@@ -93,7 +69,7 @@ def stage_two(tabs, a, seed):
             y = tab.target.to_numpy()
             if how == 'raw': p = tab.p.to_numpy()[te]
             elif how == 'lr':
-                scaler, lr = _fit_stage_two(ctx[tr].assign(fold=0), y[tr], seed=a.seed)
+                scaler, lr = fit_stage_two(ctx[tr].assign(fold=0), y[tr], seed=a.seed)
                 p = lr.predict_proba(scaler.transform(ctx[te].to_numpy()))[:, 1]
                 if name == SHIPPED: shipped[te] = p
             else:
@@ -120,8 +96,8 @@ def examples(tab, shipped, n=3):
                                          for r in t[t.patient_id == pid].itertuples()]) for pid in dict.fromkeys(chosen)]
 
 def by_images(tab, p_image, shipped):
-    "ROC AUC of the image-only probabilities and of the shipped design's, per number of images of the patient (`_images_per_patient`'s bins)."
-    g, rows = _images_per_patient(tab.patient_id), []
+    "ROC AUC of the image-only probabilities and of the shipped design's, per number of images of the patient (`images_per_patient`'s bins)."
+    g, rows = images_per_patient(tab.patient_id), []
     for v in ['1', '2-3', '4-7', '8-15', '16-31', '32+']:
         i = g == v
         if not i.any() or tab.target[i].nunique() < 2: continue
@@ -174,14 +150,8 @@ def main(a):
     fold = group_folds(df, 'patient_id', a.folds, a.seed, stratify='target')
     if a.stage_one != 'none':
         keep = Path(f'/tmp/patient-context-stage-one-{a.size}-{a.epochs}-{a.seed}-{a.folds}-{a.max_patients}{"" if a.stage_one == "image" else "-" + a.stage_one}.npz')
-        if not keep.exists():
-            cache, parts = ImageCache(a.size), []
-            for k in range(a.folds):
-                parts.append(stage_one(df, fold, k, a, cache))
-                print(json.dumps(dict(fold=k, minutes=parts[-1]['minutes'], auc=float(roc_auc_score(df.set_index('image_name').target[parts[-1]['image_name']], parts[-1]['p'])))), flush=True)
-            np.savez(keep, names=np.concatenate([o['image_name'] for o in parts]), p=np.concatenate([o['p'] for o in parts]),
-                     emb=np.concatenate([o['emb'] for o in parts]), minutes=np.array([o['minutes'] for o in parts]))
-    tabs = {k: load_table(df, a, k) for k in ('image', 'concat', 'set')}
+        if not keep.exists(): np.savez(keep, **stage_one(df, fold, a, a.stage_one))
+    tabs = {k: load_table(df, a, k) for k in ('image', 'concat')}
     seeds = [a.seed + 1, a.seed + 2, a.seed + 3]
     rows, res_lifts, shipped, over_fusion = [], {}, None, {}
     for s in seeds:
@@ -206,6 +176,6 @@ if __name__ == '__main__':
     p.add_argument('--folds', type=int, default=5); p.add_argument('--size', type=int, default=64)
     p.add_argument('--epochs', type=int, default=4); p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--bs', type=int, default=64); p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--stage-one', default='none', choices=['none', 'image', 'concat'], help="train this stage one if it is not kept in /tmp: image only, or image + age, sex, site (concat fusion); bench/patient_set.py trains the set-aware one")
+    p.add_argument('--stage-one', default='none', choices=['none', 'image', 'concat'], help="train this stage one if it is not kept in /tmp: image only, or image + age, sex, site (concat fusion)")
     p.add_argument('--max-patients', type=int, default=0, help='a random subset of patients (0: all), for a quick check')
     main(p.parse_args())

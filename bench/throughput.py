@@ -1,4 +1,4 @@
-"""Throughput: does the metadata cost anything, and how much faster is the image cache?
+"""Throughput: does the metadata cost anything (time and parameters, per fusion), and how much faster is the image cache?
 
 One run measures, on the same images and settings, side by side:
 - the DataLoader alone (every batch through `after_batch`, on the device), without and with metadata,
@@ -18,7 +18,6 @@ there, else synthetic. From-scratch weights. Every learner of the fusion compari
 trains with `to_fast()` (channels-last, autocast by `amp_rule`).
 
 Run: .venv/bin/python bench/throughput.py              (CPU: a small size, minutes)
-     .venv/bin/python bench/throughput.py --only-speed (the training-speed comparison again; the rest kept from the last json)
      python bench/throughput.py --n 0 --size 128 --bs 512 --workers 16      (a GPU, all images)
 Writes bench/results/throughput-<cpu|gpu>.json and .md.
 """
@@ -166,17 +165,13 @@ def main():
     p.add_argument('--arch', default='resnet18'); p.add_argument('--epochs', type=int, default=3, help='timed epochs per learner, best kept')
     p.add_argument('--speed', default='tf_efficientnet_lite0@64,tf_efficientnet_lite0@128,resnet18@64',
                    help='body@size pairs for the training-speed comparison (empty: skip it)')
-    p.add_argument('--from-json', help='only rewrite the table from this json')
-    p.add_argument('--only-speed', action='store_true', help="measure only the training-speed comparison; keep the rest of the last json")
     a = p.parse_args()
-    if a.from_json: return write_md(json.loads(Path(a.from_json).read_text()))
     a.gpu = torch.cuda.is_available()
     device = 'gpu' if a.gpu else 'cpu'
-    if a.only_speed: return only_speed(a, device)
     arch = getattr(__import__('torchvision.models', fromlist=[a.arch]), a.arch)
     df, common, meta_kw, source = images(a.n, a.size)
     common.update(bs=a.bs, num_workers=a.workers, valid_pct=0.1, seed=0, batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
-    res = dict(device=torch.cuda.get_device_name() if a.gpu else f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)',
+    res = dict(device=torch.cuda.get_device_name() if a.gpu else f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)', speed_cpu=cpu_name(),
                torch=torch.__version__, data=source, n_images=len(df), size=a.size, bs=a.bs, workers=a.workers, arch=a.arch,
                precision='to_fast (channels-last, autocast by amp_rule)', epochs=a.epochs)
     def say(k, v): res[k] = v; print(f'{k}: {v:.4g}' if isinstance(v, float) else f'{k}: {v}', flush=True)
@@ -195,6 +190,7 @@ def main():
                        meta_cnn_learner(cached if k == 'concat_cached' else meta, arch, fusion=k.replace('_cached', ''), pretrained=False, fast=True))
     for k,v in fit_rates(learners, a).items(): say(k, v)
     res['amp'] = {k: amp_chosen(l) for k,l in learners.items()}
+    res['params'] = {k: sum(p.numel() for p in l.model.parameters()) for k,l in learners.items()}
     print('autocast chosen:', res['amp'])
     del learners
     say('build_1m_rows_s', build_million())
@@ -217,16 +213,9 @@ def cpu_name():
     try: return next(l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name'))
     except Exception: return platform.processor() or 'unknown CPU'
 
-def only_speed(a, device):
-    "Measure the training-speed comparison again, keeping the rest of the last run's json."
-    out = OUT/f'throughput-{device}.json'
-    res = json.loads(out.read_text())
-    df, common, meta_kw, _ = images(res['n_images'], res['size'])
-    common.update(bs=res['bs'], num_workers=res['workers'], valid_pct=0.1, seed=0)
-    res.update(speed=speeds(df, common, meta_kw, a), speed_torch=torch.__version__, speed_epochs=a.epochs, speed_cpu=cpu_name(),
-               speed_device=f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)' if not a.gpu else torch.cuda.get_device_name())
-    out.write_text(json.dumps(res, indent=2))
-    write_md(res, device)
+def _size(res, k):
+    "' (N M parameters)' of learner `k` where the run counted them."
+    return f" ({res['params'][k]/1e6:.2f} M parameters)" if k in res.get('params', {}) else ''
 
 def write_md(res, device=None):
     "The results of `res` as a table, ratios to the same run's baselines."
@@ -238,8 +227,8 @@ def write_md(res, device=None):
           f"| DataLoader alone, no metadata (`ImageDataLoaders`) | {dl0:,.0f} | 1.00 |",
           f"| DataLoader alone, with metadata (`MetaDataLoaders`) | {res['dl_meta']:,.0f} | {res['dl_meta']/dl0:.2f} |",
           f"| DataLoader alone, metadata + `ImageCache` | {res['dl_meta_cached']:,.0f} | {res['dl_meta_cached']/dl0:.2f} |",
-          f"| training, `vision_learner` | {base:,.0f} | 1.00 |"]
-    md += [f"| training, `meta_cnn_learner`, `'{f}'` | {res[f]:,.0f} | {res[f]/base:.2f} |" for f in fusions]
+          f"| training, `vision_learner`{_size(res, 'vision_learner')} | {base:,.0f} | 1.00 |"]
+    md += [f"| training, `meta_cnn_learner`, `'{f}'`{_size(res, f)} | {res[f]:,.0f} | {res[f]/base:.2f} |" for f in fusions]
     md += [f"| training, `'concat'` + `ImageCache` | {res['concat_cached']:,.0f} | {res['concat_cached']/base:.2f} |", '',
            f"Time of each fusion relative to `'concat'`: " + ', '.join(f"{f} {res['concat']/res[f]:.2f}x" for f in fusions) + '.',
            *([f"Autocast each learner's `to_fast` chose: " + ', '.join(f"{k} {v}" for k,v in res['amp'].items()) + '.'] if 'amp' in res else []),

@@ -22,10 +22,9 @@ Writes bench/results/views-ham10000-<cpu|gpu>.{json,md}.
 import argparse, json, time, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from fastai.vision.all import aug_transforms, set_seed, IndexSplitter, DataBlock, ColReader, CategoryBlock, accuracy
+from fastai.vision.all import aug_transforms, IndexSplitter, DataBlock, ColReader, CategoryBlock, accuracy, partial
 from fastai_meta.all import *
-from lesions import HAM, OUT, ci95 as _ci
+from lesions import HAM, OUT, interval as _ci
 
 MODELS = ('one image', 'all images', 'all images + metadata', 'per-image average + metadata', 'all images + metadata, as many steps')
 
@@ -62,12 +61,6 @@ def _fit(model, train, test, a, cache, n_images):
     with learn.no_bar(): probs = learn.get_preds(dl=learn.dls.valid)[0].float().numpy()
     if per_image: probs = pd.DataFrame(probs).groupby(test_rows.lesion_id.to_numpy(), sort=False).mean().loc[test.lesion_id].to_numpy()
     return probs, list(learn.dls.vocab), (time.time() - t0)/60, epochs
-
-def _scores(probs, vocab, y):
-    "Balanced accuracy and macro one-vs-rest ROC AUC of `probs` against the diagnoses `y`."
-    yi = np.array([vocab.index(o) for o in y])
-    return dict(balanced_accuracy=float(balanced_accuracy_score(yi, probs.argmax(1))),
-                roc_auc=float(roc_auc_score(yi, probs, multi_class='ovr', average='macro', labels=range(len(vocab)))))
 
 def summarise(rows):
     "Per model: mean scores with intervals, and the paired lift over 'one image' with its interval and the folds it wins."
@@ -116,15 +109,13 @@ def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     les = load_lesions(a.per_class, a.seed)
     fold = group_folds(les, 'lesion_id', a.folds, a.seed, stratify='dx')
-    n_images, cache, rows = int(les.images.map(len).max()), ImageCache(a.size), []
+    n_images, cache = int(les.images.map(len).max()), ImageCache(a.size)
     models = [m for m in MODELS if a.models is None or m in a.models]
-    for k in range(a.folds):
-        train, test = les[fold != k], les[fold == k]
-        for m in models:
-            set_seed(a.seed + k, reproducible=True)
-            probs, vocab, minutes, epochs = _fit(m, train, test, a, cache, n_images)
-            rows.append(dict(fold=k, model=m, n_test=len(test), minutes=minutes, epochs=epochs, **_scores(probs, vocab, test.dx)))
-            print(json.dumps(rows[-1]), flush=True)
+    def fit(m, les, valid):
+        probs, vocab, minutes, epochs = _fit(m, les[~valid], les[valid], a, cache, n_images)
+        sc = class_scores(les.dx[valid], probs, vocab)
+        return dict(model=m, n_test=int(valid.sum()), minutes=minutes, epochs=epochs, balanced_accuracy=sc['balanced_accuracy'], roc_auc=sc['roc_auc'])
+    rows = [dict(fold=k, **r) for m in models for k,r in cross_fit(les, fold, partial(fit, m), seed=a.seed).items()]
     name = OUT/f'views-ham10000-{device}'
     if a.add:      # more models on the same folds: keep the saved rows of the others
         old = json.loads(name.with_suffix('.json').read_text())

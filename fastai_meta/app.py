@@ -13,8 +13,7 @@ from contextlib import contextmanager
 from PIL import Image, ImageDraw
 from fastai.vision.all import *
 from .columns import NA
-from .data import ReadImage, meta_encode
-from .images import image_inputs
+from .data import meta_encode, image_inputs, image_readers
 from .calibrate import OperatingPoint
 from .deploy import target_kind
 
@@ -51,7 +50,7 @@ def form_rows(learn, image, values):
 def _reader(learn):
     "The `ColReader` of the image file names in `learn`'s data (one image per row: the app has one upload)."
     if image_inputs(learn.dls) != (1, False): raise ValueError("The app takes one image per row; this learner takes several (`ImageBlocks`): use `predict` or the CLI.")
-    return next(f.reader for f in learn.dls.valid_ds.tls[0].tfms.fs if isinstance(f, ReadImage))
+    return image_readers(learn.dls)[0]
 
 @contextmanager
 def _files_as_given(learn):

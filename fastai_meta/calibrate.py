@@ -13,7 +13,8 @@ import warnings
 import numpy as np, torch
 from fastai.vision.all import *
 from fastai.metrics import ActivationType
-from .model import MetaModel
+from .losses import WrappedLoss
+from .learner import MetaLearner
 
 # %% ../nbs/03b_calibrate.ipynb #1d179ec2
 class Temperature(Module):
@@ -95,9 +96,8 @@ def _is_multi(targets):
     raise ValueError("Calibration applies to classifiers (one class, or several labels); this learner predicts values.")
 
 @patch
-def calibrate(self:Learner, dl=None, n_bins=15):
+def calibrate(self:MetaLearner, dl=None, n_bins=15):
     "Fit temperature scaling on `dl` (default: the validation set), held in the model (and its exports) as `model.temp`; returns a `Calibration` report."
-    if not isinstance(self.model, MetaModel): raise TypeError("`calibrate` works on the model of `meta_cnn_learner` (a `MetaModel`).")
     if 'temp' in self.model._modules: del self.model._modules['temp']      # refit from the raw logits
     dl = ifnone(dl, self.dls.valid)
     if not len(dl.dataset): raise ValueError("No rows to calibrate on: the validation set is empty; pass `dl=` with held-out rows.")
@@ -128,11 +128,10 @@ def operating_point(probs, targets, idx, sensitivity=0.95):
     return dict(threshold=float(min(thr[i], 1.)), sensitivity=float(tpr[i]), sensitivity_ci=(float(ci.low), float(ci.high)),
                 specificity=float(1 - fpr[i]), n_pos=n_pos, n=len(y))
 
-class OperatingPoint:
+class OperatingPoint(WrappedLoss):
     "`loss_func`, decoding at a decision threshold: class `idx` wherever its probability reaches `threshold` (else the likeliest other class; for several labels, that label alone)."
-    def __init__(self, loss_func, idx, threshold, multi=False, target=None): store_attr()
-    def __call__(self, *args, **kwargs): return self.loss_func(*args, **kwargs)
-    def activation(self, x): return getattr(self.loss_func, 'activation', noop)(x)
+    def __init__(self, loss_func, idx, threshold, multi=False, target=None):
+        super().__init__(loss_func); store_attr('idx,threshold,multi,target')
     def decodes(self, x):
         if self.multi:
             d = getattr(self.loss_func, 'decodes', noop)(x).clone()
@@ -141,14 +140,10 @@ class OperatingPoint:
         others = x.clone()
         others[..., self.idx] = -1.
         return torch.where(x[..., self.idx] >= self.threshold, torch.full_like(others[..., 0], self.idx, dtype=torch.long), others.argmax(-1))
-    @property
-    def reduction(self): return self.loss_func.reduction
-    @reduction.setter
-    def reduction(self, v): self.loss_func.reduction = v
     def __repr__(self): return f'{type(self).__name__}({self.loss_func!r}, class {self.idx} at {self.threshold:.4f})'
 
 @patch
-def set_operating_point(self:Learner, cls, sensitivity=0.95, dl=None):
+def set_operating_point(self:MetaLearner, cls, sensitivity=0.95, dl=None):
     "Decide class `cls` (a name of the vocabulary) whenever its probability reaches the threshold that gives `sensitivity` on `dl` (default: validation); `predict`, `get_preds(with_decoded=True)`, exports, the CLI and the app use it."
     vocab = list(getattr(self.dls, 'vocab', None) or [])
     if str(cls) not in map(str, vocab): raise ValueError(f"{cls!r} is not a class of this learner; its classes are {vocab}.")

@@ -11,14 +11,13 @@ __all__ = ['run_demo', 'CLIError', 'train_csv', 'predict_csv', 'compare_csv', 'm
 import argparse, json, os, sys, tempfile, time, warnings
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)   # fastai.layers, at import
 from fastai.vision.all import *
-from .data import MetaDataLoaders, ReadImage, meta_encode
-from .images import image_inputs
-from .learner import meta_cnn_learner
-from .calibrate import Learner   # patches `calibrate` and `set_operating_point` onto it
-from .deploy import load_safe, UnsafeFile
-from .compare import fit_recipe, meta_compare
+from .columns import is_missing
+from .data import MetaDataLoaders, meta_encode, image_readers
+from .learner import meta_cnn_learner, fit_recipe
 from .context import context_learner, ContextLearner
-from .columns import _missing
+from .compare import meta_compare
+from .deploy import load_safe, UnsafeFile
+from .app import meta_app
 from .synth import make_synthetic
 
 # %% ../nbs/04_cli.ipynb #832d95e7
@@ -124,9 +123,10 @@ def _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, s
         raise CLIError("--context-col trains a classifier of one image per row, on every row (its image models are cross-fitted): "
                        "not with --image-sep, several image columns, --valid-col, --calibrate or --operating-point.")
     try:
-        learn = context_learner(df, Path(images), fname_col, label, context_col, list(cat) if cat else None, list(cont) if cont else None, exclude,
-                                fusion, getattr(models, arch, None) or arch, pretrained or weights is not None, weights, epochs, lr, size, bs,
-                                n_folds=context_folds, seed=seed, suff=suff)
+        learn = context_learner(df, Path(images), context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=context_folds, seed=seed,
+                                fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None,
+                                exclude=exclude, arch=getattr(models, arch, None) or arch, pretrained=pretrained or weights is not None,
+                                weights_path=weights, size=size, bs=bs, suff=suff)
     except ValueError as e: raise CLIError(str(e)) from e
     print(f"Patient context: {context_folds} image models ({fusion}), each trained without a fold of {context_col!r} values, then a logistic "
           f"regression on {', '.join(learn.features)}. Every row was used: measure the lift on held-out patients with "
@@ -150,13 +150,9 @@ def _decide(learn, calibrate=False, operating_point=None):
 
 # %% ../nbs/04_cli.ipynb #f1a2b3c1
 def _image_readers(learn):
-    "The `ColReader`s that read image file names in the exported `learn` (inside `ReadImage`, or as the getter), one per image input."
-    res = []
-    for tl in learn.dls.valid_ds.tls[:image_inputs(learn.dls)[0]]:
-        r = next((f.reader if isinstance(f, ReadImage) else f for f in tl.tfms.fs if isinstance(f, (ReadImage, ColReader))), None)
-        if r is None: raise CLIError("the exported learner does not read file names from a column (`ColReader`/`ReadImage`): cannot point it at the images.")
-        res.append(r)
-    return res
+    "The `ColReader`s that read image file names in the exported `learn`, one per image input; a `CLIError` if one reads them otherwise."
+    try: return image_readers(learn.dls)
+    except ValueError as e: raise CLIError(f"the exported learner cannot be pointed at the images: {e}") from e
 
 def _point_images_at(learn, images, suff=None):
     "Make the exported `learn` read image file names under the folder `images` (and with suffix `suff`)."
@@ -221,8 +217,7 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256):
                 good = part.drop(index=list(bad))
                 if len(good): res.append((good.index, *_pred_rows(learn, good)))
     cols = _output_columns(learn, vocab)
-    table = pd.DataFrame({'row': df.index, **{c: pd.Series(np.nan, index=df.index, dtype=object if c == 'prediction' and vocab is not None else float) for c in cols}},
-                         index=df.index)
+    table = _empty_table(df.index, cols, labels=vocab is not None)
     for idx, probs, dec in res:
         probs = probs.float().reshape(len(idx), -1).numpy()
         if vocab is not None:       # classes: the label(s) and each class's probability
@@ -234,6 +229,10 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256):
     if out is not None: table.to_csv(out, index=False)
     return table
 
+def _empty_table(index, cols, labels=True):
+    "The output table before any prediction: one row per input row (`row`), the prediction columns `cols` empty (`prediction` holds labels if `labels`)."
+    return pd.DataFrame({'row': index, **{c: pd.Series(np.nan, index=index, dtype=object if c == 'prediction' and labels else float) for c in cols}}, index=index)
+
 # %% ../nbs/04_cli.ipynb #c0a1b2c1
 def _predict_context(learn, df, csv, images, out=None, suff=None):
     "`predict_csv` for a `ContextLearner`: each patient's rows together (its context), a patient that cannot be predicted reported in `error` on each of its rows."
@@ -241,10 +240,9 @@ def _predict_context(learn, df, csv, images, out=None, suff=None):
     if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     for l in learn.learners: _point_images_at(l, images, suff)
     cols, key = ['prediction'] + [f'p_{v}' for v in learn.vocab], learn.context_col
-    table = pd.DataFrame({'row': df.index, **{c: pd.Series(np.nan, index=df.index, dtype=object if c == 'prediction' else float) for c in cols}},
-                         index=df.index)
+    table = _empty_table(df.index, cols)
     table['n_images'], errors = np.nan, {}
-    miss = pd.Series(_missing(df[key].to_numpy(dtype=object)), index=df.index)
+    miss = pd.Series(is_missing(df[key].to_numpy(dtype=object)), index=df.index)
     for i in df.index[miss]: errors[i] = f"ValueError: context column {key!r} is missing: the row's patient is unknown"
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -364,11 +362,11 @@ def _predict_command(a):
 
 def _app_command(a):
     "Run `app`: load the model (a `CLIError` if it cannot be) and serve it until interrupted."
-    try: from fastai_meta.app import meta_app
-    except ImportError as e: raise CLIError(f"the app needs gradio: pip install 'fastai_meta[app]' ({e})") from e
     learn = _load(a.model)
     print(f"Serving {a.model} on http://{a.host}:{a.port}" + (' and a public Gradio link' if a.share else ' (this machine only)' if a.host == '127.0.0.1' else ''))
-    meta_app(learn, title=f'fastai_meta: {Path(a.model).name}').launch(server_name=a.host, server_port=a.port, share=a.share)
+    try: app = meta_app(learn, title=f'fastai_meta: {Path(a.model).name}')
+    except ImportError as e: raise CLIError(f"the app needs gradio: pip install 'fastai_meta[app]' ({e})") from e
+    app.launch(server_name=a.host, server_port=a.port, share=a.share)
 
 def main(argv=None):
     "Entry point of the `fastai-meta` command; returns its exit code (2: bad input, said in one line)."

@@ -13,24 +13,23 @@ import hashlib, inspect, json, os, warnings
 import fastai
 from fastai.vision.all import *
 from fastai.vision.augment import AffineCoordTfm
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from safetensors import safe_open, SafetensorError
+from safetensors.torch import save_file
 from . import __version__
 from .encoding import MetaEncoding, MetaEncode, TensorMeta
-from .data import meta_encode, ReadImage, MetaDL
-from .images import ReadSlot, ImagesPresent, TensorPresent, image_inputs
+from .images import ReadImage, ReadSlot, ImagesPresent, TensorPresent
+from .data import meta_encode, MetaDL, image_inputs, image_reads, image_readers
 from .model import MetaModel
 from .fusion import fusions
-from .losses import ArcFaceLoss
-from .learner import meta_cnn_learner, ScaledLoss
+from .losses import ArcFaceLoss, WrappedLoss
+from .learner import MetaLearner, meta_cnn_learner, described_args
 from .calibrate import Temperature, OperatingPoint
+from .context import ContextLearner
 
 # %% ../nbs/06_deploy.ipynb #db0b0727
 FORMAT, VERSION = 'fastai_meta.safe', 1
-_LEARNER_ARGS = dict(n_out=int, n_in=int, cut=(int, type(None)), concat_pool=bool, lin_ftrs=(list, type(None)), ps=(float, int, list),
-                     first_bn=bool, bn_final=bool, lin_first=bool, y_range=(list, type(None)), meta_layers=list, meta_ps=(float, int, list),
-                     embed_p=(float, int), contrastive=(float, int), contrastive_tau=(float, int), arcface=bool, arc_s=(float, int),
-                     arc_m=(float, int), emb_dim=int, scale_y=bool, wide=bool, fast=(bool, str),
-                     image_pool=str, shared_body=bool)
-
 class UnsafeFile(ValueError):
     "A learner that cannot be described without pickle, or a file whose description is not one this library wrote; the message names the part."
 
@@ -82,8 +81,8 @@ def _tfm(t, known):
 
 def _image(dls):
     "How a row's image is read: column, folder, suffix, image class, and the resizing of an `ImageCache`."
-    fs = dls.valid_ds.tls[0].tfms.fs
-    read = next((f for f in fs if isinstance(f, ReadImage)), None)
+    reads = image_reads(dls)
+    read = reads[0]
     if read is None: raise UnsafeFile("The image block does not read file names from a column (`TabularImageBlock`/`MetaDataLoaders`): use `learn.export()`.")
     r, cache = read.reader, read.cache
     res = dict(fn_col=r.cols[0], pref=str(r.pref), suff=str(r.suff), img_cls=read.img_cls.__name__)
@@ -91,7 +90,6 @@ def _image(dls):
     if cache is not None: res['cache_resize'] = _tfm(cache.resize, _ITEM)
     k, masked = image_inputs(dls)
     if k > 1 or masked:     # several images per row (`ImageBlocks`): each input's column and place in it, and whether a mask follows
-        reads = [next((f for f in dls.valid_ds.tls[i].tfms.fs if isinstance(f, ReadImage)), None) for i in range(k)]
         if not all(isinstance(f, ReadSlot) and f.reader.pref == r.pref and f.reader.suff == r.suff for f in reads):
             raise UnsafeFile("Several image inputs not made by `ImageBlocks` cannot be described: use `learn.export()`.")
         res |= dict(slots=[dict(fn_col=f.reader.cols[0], slot=f.slot, sep=f.sep) for f in reads], masked=masked)
@@ -109,8 +107,7 @@ def _loss_maker(loss):
 
 def _loss(loss):
     "The learner's loss by name and arguments (its activation and decoding are what inference needs), without the wrappers `meta_cnn_learner` and `set_operating_point` add."
-    if isinstance(loss, OperatingPoint): loss = loss.loss_func
-    if isinstance(loss, ScaledLoss): loss = loss.loss_func
+    if isinstance(loss, WrappedLoss): loss = loss.innermost
     make = _loss_maker(loss)
     if make is None: raise UnsafeFile(f"The loss {loss!r} cannot be described: use `learn.export()`, or pass a loss of {[c.__name__ for c in _LOSSES]}.")
     val = lambda k: getattr(loss, k, getattr(getattr(loss, 'func', None), k, None))
@@ -144,7 +141,7 @@ def describe(learn):
     if not hasattr(dls.valid, '_types'): dls.valid.one_batch()        # fastai records the batch's types on a first pass
     types = dls.valid._types.get(tuple) if isinstance(dls.valid._types, dict) else None
     if types is None or any(isinstance(t, dict) for t in types): raise UnsafeFile(f"Unexpected batch types {dls.valid._types}.")
-    try: learner = {k: _plain(v) for k,v in args.items() if k in _LEARNER_ARGS}
+    try: learner = {k: _plain(v) for k,v in args.items() if k in described_args()}
     except TypeError as e: raise UnsafeFile(f"A `meta_cnn_learner` argument is not a plain value ({e}): use `learn.export()`.") from e
     out = learn.model._modules.get('out')
     d = dict(format=FORMAT, version=VERSION, library=dict(fastai_meta=__version__, fastai=fastai.__version__, torch=torch.__version__),
@@ -167,12 +164,11 @@ def _digest(desc, tensors):
     return h.hexdigest()
 
 @patch
-def export_safe(self:Learner, fname='model.safetensors', check=True):
+def export_safe(self:MetaLearner, fname='model.safetensors', check=True):
     "Write the weights with safetensors and, in the file's header, the description that `load_safe` rebuilds the learner from; with `check`, reload it and compare predictions."
     fname = Path(fname)
     desc = json.dumps(describe(self), sort_keys=True)
     tensors = {k: v.detach().cpu().clone().contiguous() for k,v in self.model.state_dict().items()}
-    from safetensors.torch import save_file
     fname.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(fname), metadata={'fastai_meta': desc, 'checksum': _digest(desc, tensors)})
     if check: _check_export(self, fname)
@@ -197,7 +193,6 @@ def _check_export(learn, fname, n=16):
 
 def _read(fname, sha256=None):
     "The description and tensors of `fname`, after checking the file's own checksum (and `sha256`, the whole file's, if given)."
-    from safetensors import safe_open, SafetensorError
     fname = Path(fname)
     if not fname.is_file(): raise FileNotFoundError(f"No such file: {fname}")
     if sha256 is not None:
@@ -302,18 +297,16 @@ def _dataloaders(desc, bs=64, device=None):
 def load_safe(fname, cpu=True, sha256=None, images=None, bs=64):
     "Rebuild the `Learner` that `export_safe` wrote to `fname` (or the `ContextLearner`), from its description and weights only: no unpickling, no `torch.load`; `images`: the folder to read file names from."
     desc, tensors = _read(fname, sha256)
-    if desc.get('kind') == 'context':
-        from fastai_meta.context import _load_context
-        return _load_context(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))
+    if desc.get('kind') == 'context': return _load_context(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))
     return _rebuild(desc, tensors, cpu, images, bs)
 
 def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
     "The `Learner` that description `desc` and weights `tensors` describe."
     dls = _dataloaders(desc, bs=bs, device='cpu' if cpu else default_device())
     if images is not None:
-        for tl in dls.valid_ds.tls[:image_inputs(dls)[0]]: tl.tfms.fs[0].reader.pref = f'{Path(images)}{os.path.sep}'
-    lrn = _get(desc, 'learner', dict)
-    bad = [k for k,v in lrn.items() if k not in _LEARNER_ARGS or not isinstance(v, _LEARNER_ARGS[k])]
+        for r in image_readers(dls): r.pref = f'{Path(images)}{os.path.sep}'
+    lrn, types = _get(desc, 'learner', dict), described_args()
+    bad = [k for k,v in lrn.items() if k not in types or not isinstance(v, types[k])]
     if bad: raise UnsafeFile(f"The learner arguments {bad} are not ones this format describes.")
     fus = _get(desc, 'fusion', dict)
     if _get(fus, 'name', str, 'fusion') not in fusions: raise UnsafeFile(f"Unknown fusion {fus['name']!r}; this version knows {list(fusions)}.")
@@ -336,6 +329,44 @@ def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
     learn.model.to(dls.device).eval()
     learn.description = desc
     return learn
+
+# %% ../nbs/06_deploy.ipynb #4d6d18c8
+@patch
+def export_safe(self:ContextLearner, fname='context.safetensors', check=True):
+    "Write every image model and the stage two to one safetensors file (no pickle); `load_safe` reads it back as a `ContextLearner`; with `check`, reload it and compare predictions."
+    tensors = {f'stage_one.{k}.{n}': v.detach().cpu().clone().contiguous() for k,l in enumerate(self.learners) for n,v in l.model.state_dict().items()}
+    two = dict(vocab=self.vocab, context_col=self.context_col, label_col=self.label_col, features=self.features, mean=self.scaler.mean_.tolist(),
+               scale=self.scaler.scale_.tolist(), coef=self.stage_two.coef_.tolist(), intercept=self.stage_two.intercept_.tolist(),
+               classes=self.stage_two.classes_.tolist(), settings=_plain(self.settings))
+    desc = json.dumps(dict(format=FORMAT, version=VERSION, kind='context', stage_one=[describe(l) for l in self.learners], stage_two=two), sort_keys=True)
+    Path(fname).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(fname), metadata={'fastai_meta': desc, 'checksum': _digest(desc, tensors)})
+    if check: _check_context_export(self, fname)
+    return Path(fname)
+
+def _check_context_export(learn, fname, n=3):
+    "Reload `fname` and compare its predictions with `learn`'s on the images of up to `n` validation patients of the first image model; removes the file and raises if they differ."
+    items = learn.learners[0].dls.valid_ds.items
+    if not isinstance(items, pd.DataFrame) or not len(items): return warnings.warn("export_safe: no validation rows to check the file against.")
+    rows = items[items[learn.context_col].isin(items[learn.context_col].drop_duplicates()[:n])]
+    a, b = (l.get_preds(l.test_dl(rows))[0] for l in (learn, load_safe(fname)))
+    if float((a - b).abs().max()) > 1e-4:
+        Path(fname).unlink()
+        raise UnsafeFile(f"The file did not reproduce the learner (largest difference {float((a - b).abs().max()):.3g}): use `learn.export()`.")
+
+def _load_context(desc, tensors, rebuild):
+    "The `ContextLearner` of a description and weights read by `load_safe`; `rebuild` makes each image model from its description and weights."
+    two, descs = _get(desc, 'stage_two', dict), _get(desc, 'stage_one', list)
+    learners = [rebuild(d, {n[len(f'stage_one.{k}.'):]: v for n,v in tensors.items() if n.startswith(f'stage_one.{k}.')}) for k,d in enumerate(descs)]
+    scaler, lr = StandardScaler(), LogisticRegression()
+    try:
+        scaler.mean_, scaler.scale_ = np.array(two['mean'], dtype=float), np.array(two['scale'], dtype=float)
+        lr.coef_, lr.intercept_, lr.classes_ = np.array(two['coef'], dtype=float), np.array(two['intercept'], dtype=float), np.array(two['classes'], dtype=int)
+        scaler.n_features_in_ = lr.n_features_in_ = len(_get(two, 'features', list, 'stage two'))
+        if not (scaler.mean_.shape == scaler.scale_.shape == lr.coef_.shape[1:] == (scaler.n_features_in_,)): raise ValueError('shapes differ')
+    except (KeyError, TypeError, ValueError, IndexError) as e: raise UnsafeFile(f"The stage two's description is inconsistent ({e}).") from e
+    return ContextLearner(learners, scaler, lr, _get(two, 'vocab', list, 'stage two'), _get(two, 'context_col', str, 'stage two'),
+                          _get(two, 'label_col', str, 'stage two'), None, _get(two, 'settings', dict, 'stage two'))
 
 # %% ../nbs/06_deploy.ipynb #52f8e4b0
 def encode_meta(learn, df):

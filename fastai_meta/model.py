@@ -11,7 +11,6 @@ __all__ = ['MetaBranch', 'pooling', 'Fusion', 'ConcatFusion', 'body_stages', 'st
 # %% ../nbs/01_model.ipynb #4fb53cc5
 from fastai.vision.all import *
 from fastai.tabular.model import emb_sz_rule
-import fastai_meta.interpret  # registers show_results/plot_top_losses for (image, metadata), also after load_learner
 
 # %% ../nbs/01_model.ipynb #5b5fbb3f
 class MetaBranch(Module):

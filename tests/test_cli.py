@@ -30,7 +30,7 @@ def test_train_says_columns_split_and_recipe(exported, capsys):
 
 def test_timm_body_is_fine_tuned_with_lr_mult_1(synth):
     "A pretrained timm body is fine-tuned with the learner's `lr_mult=1` (fastai's 100 would train it at lr/200); torchvision keeps 100."
-    from fastai_meta.compare import fit_recipe as _recipe
+    from fastai_meta.learner import fit_recipe as _recipe
     dls = meta_dls(*synth('xor', n=64), 'xor', bs=16)
     timm_learn = meta_cnn_learner(dls, 'resnet18', pretrained=False); timm_learn.pretrained = True     # as with --weights, without a file
     test_eq(_recipe(timm_learn, 5, None), ('fine_tune', (5, 3e-3), dict(lr_mult=1)))

@@ -63,7 +63,7 @@ def _fake_train(calls, stop_at=None):
     def train(name, df, valid, a):
         calls.append(name)
         if stop_at is not None and len(calls) == stop_at: raise KeyboardInterrupt
-        y = (df[a.label_col][valid] == 'yes').to_numpy()
+        y = (df[a.spec['label_col']][valid] == 'yes').to_numpy()
         p = np.where(y, 0.9, 0.1) if name != compare.IMAGE else np.full(len(y), 0.5)
         run = dict(probs=np.stack([1 - p, p], 1).tolist(), vocab=['no', 'yes'])
         if name != compare.IMAGE: run['columns'] = [['site'], ['age']]

@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.context import _stage_one
+from fastai_meta.crossfit import fold_outputs
 from fastai_meta.cli import main
 from test_images import small_cnn
 
@@ -37,7 +37,7 @@ def test_no_training_context_from_a_model_that_saw_the_patient(ctx, duck):
         assert len(mine) and not seen & set(mine)
         assert set(train.patient[folds != k]) <= seen
         one = train[train.patient == mine.iloc[0]]                  # model k made these rows' features
-        probs, emb = _stage_one(l, l.dls.test_dl(one))
+        probs, emb = fold_outputs(l, l.dls.test_dl(one), embeddings=True)
         test_close(patient_context(one.patient, probs[:, [1]], emb).to_numpy(), ctx.oof.loc[one.index].drop(columns='fold').to_numpy(), eps=1e-4)
 
 def test_one_image_patient(ctx, duck):

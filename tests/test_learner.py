@@ -4,9 +4,9 @@ import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai.tabular.all import tabular_learner, TabularDataLoaders, Categorify, FillMissing
 from fastai_meta.all import *
-from fastai_meta.learner import _online
+from fastai_meta.body import _online
 from conftest import COLS, meta_dls, fit_quietly
-from fastai_meta.data import _cat_keys
+from fastai_meta.columns import category_keys
 
 def test_xor_label_is_not_in_the_metadata_alone(synth):
     "XOR of the image's tint and a boolean column: a tabular model on the metadata stays at chance. (That image+metadata learns it and image-only cannot is asserted where `fastai-meta demo` runs: nbs/04_cli.ipynb and the home page.)"
@@ -319,7 +319,7 @@ def test_meta_report_shows_the_group_it_fails(trained):
     "A validation set whose labels are flipped where `flag` is True: the report shows the model right for False, wrong for True, and counts every row."
     learn, path, df = trained
     rows = learn.dls.valid.items.copy()
-    flag = pd.Series(_cat_keys(rows.flag.to_numpy()), index=rows.index)
+    flag = pd.Series(category_keys(rows.flag.to_numpy()), index=rows.index)
     rows.loc[flag == 'True', 'label'] = rows.label[flag == 'True'].map({'yes': 'no', 'no': 'yes'})
     res = learn.meta_report(['flag', 'noise'], dl=learn.dls.test_dl(rows, with_labels=True), metrics=[accuracy])
     plt.close('all')
@@ -336,7 +336,7 @@ def test_meta_report_regression_per_group(synth):
     res = learn.meta_report('site').set_index(['column', 'group'])
     with learn.no_bar(): preds, targs = learn.get_preds()
     rows = dls.valid.items
-    site = pd.Series(_cat_keys(rows.site.to_numpy()), index=rows.index).fillna('missing').to_numpy()
+    site = pd.Series(category_keys(rows.site.to_numpy()), index=rows.index).fillna('missing').to_numpy()
     for g in np.unique(site):
         i = np.flatnonzero(site == g)
         test_close(res.loc[('site', g), 'mae'], (preds[i, 0] - targs[i]).abs().mean().item(), eps=1e-2)
