@@ -17,20 +17,18 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
-from fastai.vision.all import aug_transforms, set_seed, IndexSplitter, accuracy
+from fastai.vision.all import aug_transforms, set_seed
 from fastai_meta.all import *
 from lesions import HAM, OUT, load_ham, interval as _ci
 
 def _fold(df, fold, k, a, keep=None):
     "Train on the folds other than `k` and `k+1`, calibrate on `k+1`, test on `k`; the fold's measurements."
     cal, test = fold == (k + 1) % a.folds, fold == k
-    train = df[~cal & ~test]
-    rows = pd.concat([train, df[cal]])
+    train, rows = df[~cal & ~test], df[~test]
     set_seed(a.seed + k, reproducible=True)
-    dls = MetaDataLoaders.from_df(rows, HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx', cat_names=['sex', 'localization'],
-                                  cont_names=['age'], splitter=IndexSplitter(np.arange(len(train), len(rows))), cache=ImageCache(a.size),
-                                  batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), bs=a.bs, num_workers=0)
-    learn = meta_cnn_learner(dls, 'tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), metrics=accuracy)
+    learn = fold_learner(rows, cal[~test], 'concat', HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx', cat_names=['sex', 'localization'],
+                         cont_names=['age'], arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs,
+                         cache=ImageCache(a.size), batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
     method, args, kwargs = fit_recipe(learn, a.epochs, a.lr)
     t0 = time.time()
     with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args, **kwargs)
@@ -118,13 +116,6 @@ def main(a):
     ax = cal.plot(); ax.set_title('fold 0, test lesions', fontsize=9)
     plt.savefig(name.with_suffix('.png'), dpi=110, bbox_inches='tight')
     print(to_markdown(res))
-
-def rewrite(device='cpu'):
-    "Rewrite the Markdown from the saved json (after a change to `summarise` or `to_markdown`)."
-    f = OUT/f'calibration-ham10000-{device}.json'
-    res = json.loads(f.read_text())
-    res['summary'] = summarise(res['rows'], None)
-    f.write_text(json.dumps(res, indent=1)); f.with_suffix('.md').write_text(to_markdown(res))
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()

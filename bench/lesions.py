@@ -1,14 +1,9 @@
-"""HAM10000: does age, sex and site help a pretrained image model? `meta_compare` on lesion-grouped folds.
+"""HAM10000: does age, sex and site help a pretrained image model? A thin caller of `meta_compare`, and the HAM10000 helpers of bench/.
 
-Real images with real gaps (../shared/data/ham10000, CC BY-NC: read from there, never copied). A thin caller
-of the library's `meta_compare`, so the published numbers and the feature are one code path: image only
-(`vision_learner`, same body, weights and recipe), each fusion, gradient boosting on the metadata alone and the
-product of experts, on the same folds (scikit-learn's StratifiedGroupKFold on `lesion_id`, stratified by the
-diagnosis), with paired lifts, 95 % intervals (t, Nadeau-Bengio corrected), per-class recall and subgroups.
-
-`--per-class N` caps each diagnosis at N images (0: all 10,015). The CPU default (300 per class, 1,757
-images, 128 px) fits about an hour on a 2-core CPU for 5 folds and 3 networks; on a GPU use
-`--per-class 0 --size 224`.
+Image only, each fusion, gradient boosting on the metadata alone and the product of experts, on the same lesion-grouped
+folds (stratified by diagnosis), with paired lifts and corrected intervals, per-class recall and subgroups. The images are
+read from ../shared/data/ham10000 (CC BY-NC: never copied). `--per-class N` caps each diagnosis at N images (0: all
+10,015); the CPU default fits about an hour on a 2-core CPU; on a GPU use `--per-class 0 --size 224`.
 
 Run: .venv/bin/python bench/lesions.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3] [--fusions concat metablock]
 Writes bench/results/compare-ham10000-<cpu|gpu>.{json,md,png} (and resumes from the json when stopped).

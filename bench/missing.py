@@ -1,14 +1,10 @@
 """HAM10000 with metadata missing at prediction time: models trained with and without `meta_dropout`.
 
-In clinics metadata is often absent when the model is used. Each fold (lesion-grouped, as in
-`lesions.py`) trains, with the pretrained EfficientNet-Lite0 (`offline_weights`) and `fine_tune`:
-the image-only `vision_learner`, and `meta_cnn_learner` ('concat') without metadata dropout, with
-`meta_dropout=p` (whole rows) and with `MetaDropout(p, per_column=True)`. Each metadata model is then
-scored on its held-out fold with 0, 25, 50, 75 and 100 % of the rows' metadata removed (whole rows,
-chosen at random, seeded), and with one column removed from every row (age only, site only).
-Scores: balanced accuracy and macro ROC AUC, mean ± std over folds; the image-only model is the flat
-reference. Targets: with dropout, at 100 % missing, within 1 balanced-accuracy point of image only
-(or above); at 0 % missing, within 1 point of the model trained without dropout.
+Each lesion-grouped fold trains, with the pretrained EfficientNet-Lite0 and `fine_tune`: image only (`vision_learner`), and
+`meta_cnn_learner` ('concat') without metadata dropout, with `meta_dropout=p` (whole rows) and with `MetaDropout(p,
+per_column=True)`. Each metadata model is scored on its held-out fold with 0, 25, 50, 75 and 100 % of the rows' metadata
+removed (rows at random, seeded), and with one column removed from every row. Balanced accuracy and macro ROC AUC, mean ±
+std over folds. Targets: with dropout, at 100 % missing within 1 point of image only; at 0 % within 1 point of no dropout.
 
 Run: .venv/bin/python bench/missing.py [--per-class 200] [--size 96] [--epochs 5] [--p 0.25]
 Writes bench/results/missing-<cpu|gpu>.json, .md and .png.
@@ -17,7 +13,6 @@ import argparse, json, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from fastai.vision.all import *
 from fastai_meta.all import *
 from lesions import HAM, OUT, load_ham
@@ -26,12 +21,6 @@ META = dict(cat_names=['sex', 'localization'], cont_names=['age'])
 COLS = META['cat_names'] + META['cont_names']
 RATES = [0, 25, 50, 75, 100]
 CONDITIONS = [f'{r}% of rows' for r in RATES] + ['age only', 'site only']
-
-def scores(probs, y):
-    "Balanced accuracy and macro one-vs-rest ROC AUC of class probabilities `probs` against labels `y`."
-    probs, y = probs.float().numpy(), np.asarray(y)
-    return dict(balanced_accuracy=float(balanced_accuracy_score(y, probs.argmax(1))),
-                macro_auc=float(roc_auc_score(y, probs, multi_class='ovr', average='macro', labels=list(range(probs.shape[1])))))
 
 def removed(rows, cond, seed):
     "`rows` with metadata removed as condition `cond` says."
@@ -45,27 +34,22 @@ def removed(rows, cond, seed):
     return rows
 
 def train(name, df, a):
-    "A learner for model `name`, fine-tuned on the training rows of `df`."
-    common = dict(path=HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx', valid_col='is_valid', bs=32,
-                  num_workers=0, batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
-    if name == 'image only':
-        learn = vision_learner(ImageDataLoaders.from_df(df, item_tfms=Resize(a.size), **common), a.arch,
-                               pretrained=True, pretrained_cfg_overlay=dict(file=str(a.weights))).to_fast()
-    else:
-        dls = MetaDataLoaders.from_df(df, cache=ImageCache(a.size), **META, **common)
-        cbs = [MetaDropout(a.p, per_column=True)] if 'per column' in name else []
-        learn = meta_cnn_learner(dls, a.arch, weights_path=a.weights, meta_dropout=a.p if 'rows' in name else 0., cbs=cbs, fast=True)
-    with learn.no_bar(), learn.no_logging(): learn.fine_tune(a.epochs, a.lr, lr_mult=a.lr_mult)
+    "A learner for model `name`, trained by the library's recipe (`fit_recipe`) on the rows of `df` not marked `is_valid`."
+    learn = fold_learner(df, df.is_valid.to_numpy(), IMAGE if name == 'image only' else 'concat', HAM, folder='images', fn_col='image_id', suff='.jpg',
+                         label_col='dx', arch=a.arch, weights_path=a.weights, size=a.size, cache=ImageCache(a.size) if name != 'image only' else None,
+                         batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), **META,
+                         **({} if name == 'image only' else dict(meta_dropout=a.p if 'rows' in name else 0., cbs=[MetaDropout(a.p, per_column=True)] if 'per column' in name else [])))
+    method, args, kwargs = fit_recipe(learn, a.epochs, a.lr)
+    with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args, **kwargs)
     return learn
 
 def evaluate(learn, name, df, seed):
     "Scores of `learn` on the held-out rows of `df` under each condition (image only: once)."
-    rows = df[df.is_valid]
-    y = [learn.dls.vocab.o2i[v] for v in rows.dx]
-    out = {}
+    rows, out = df[df.is_valid], {}
     for cond in (['0% of rows'] if name == 'image only' else CONDITIONS):
         with learn.no_bar(): probs, _ = learn.get_preds(dl=learn.dls.test_dl(removed(rows, cond, seed)))
-        out[cond] = scores(probs, y)
+        s = class_scores(rows.dx, probs.float().numpy(), list(learn.dls.vocab))
+        out[cond] = dict(balanced_accuracy=s['balanced_accuracy'], macro_auc=s['roc_auc'])
     return out
 
 def main():
@@ -73,11 +57,9 @@ def main():
     p.add_argument('--folds', type=int, default=3); p.add_argument('--per-class', type=int, default=200)
     p.add_argument('--size', type=int, default=96); p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--lr', type=float, default=3e-3)
-    p.add_argument('--lr-mult', type=float, default=1, help="fine_tune's lr_mult (1: the library's recipe for a timm body, `MetaLearner.fine_tune`'s default; fastai's is 100)")
     p.add_argument('--p', type=float, default=0.25)
-    p.add_argument('--seed', type=int, default=0); p.add_argument('--from-json', help='only rewrite the table and plot from this json')
+    p.add_argument('--seed', type=int, default=0)
     a = p.parse_args()
-    if a.from_json: return write(json.loads(Path(a.from_json).read_text()))
     a.device = 'gpu' if torch.cuda.is_available() else 'cpu'
     a.arch = 'tf_efficientnet_lite0'; a.weights = offline_weights(a.arch)
     models = ['image only', 'concat', f'concat, meta_dropout={a.p:g} (rows)', f'concat, meta_dropout={a.p:g} (per column)']
@@ -104,7 +86,7 @@ def write(res):
     conds = [c for c in CONDITIONS if c in mean.columns]
     where = res['gpu'] or f"CPU ({res['threads']} threads), torch {res['torch']}"
     md = [f"HAM10000, {res['n_images']} images (at most {res['per_class']} per diagnosis), {res['folds']} lesion-grouped folds, "
-          f"{res['arch_name']} with ImageNet weights at {res['size']} px, `fine_tune({res['epochs']}, {res['lr']:g}, lr_mult={res.get('lr_mult', 100):g})`, on {where}. "
+          f"{res['arch_name']} with ImageNet weights at {res['size']} px, `fit_recipe` ({res['epochs']} epochs at {res['lr']:g}), on {where}. "
           "Balanced accuracy on the held-out fold (mean ± std over folds) with the metadata of that share of rows removed, "
           "or with one column removed from every row. The image-only model sees no metadata: one score.", '',
           '| model | ' + ' | '.join(conds) + ' |', '|---|' + '---:|'*len(conds)]

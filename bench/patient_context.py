@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from fastai_meta.all import *
 from lesions import OUT, interval as _ci
@@ -39,8 +38,7 @@ DESIGNS = {   # name: (stage one's table, stage two); 'raw': the stage-one model
     'metadata fusion alone (meta_cnn_learner concat)': ('concat', 'raw'),
     'two-stage: concat + context, logistic regression (context_learner)': ('concat', 'lr'),
     'two-stage: image only + context, logistic regression': ('image', 'lr'),
-    'two-stage: image only + context, gradient boosting': ('image', 'gbm'),
-}
+}   # the gradient-boosting stage two, which lost to this logistic regression, is in the results file only (bench/results/PROVENANCE.md)
 BASE = 'image only (vision_learner)'
 SHIPPED = 'two-stage: concat + context, logistic regression (context_learner)'
 FUSION = 'metadata fusion alone (meta_cnn_learner concat)'
@@ -68,13 +66,10 @@ def stage_two(tabs, a, seed):
             tab, ctx, _ = tabs[kind]
             y = tab.target.to_numpy()
             if how == 'raw': p = tab.p.to_numpy()[te]
-            elif how == 'lr':
+            else:
                 scaler, lr = fit_stage_two(ctx[tr].assign(fold=0), y[tr], seed=a.seed)
                 p = lr.predict_proba(scaler.transform(ctx[te].to_numpy()))[:, 1]
                 if name == SHIPPED: shipped[te] = p
-            else:
-                m = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, random_state=a.seed).fit(ctx[tr], y[tr])
-                p = m.predict_proba(ctx[te])[:, 1]
             rows.append(dict(seed=seed, fold=k, design=name, roc_auc=float(roc_auc_score(y[te], p))))
     return rows, shipped
 
@@ -96,14 +91,12 @@ def examples(tab, shipped, n=3):
                                          for r in t[t.patient_id == pid].itertuples()]) for pid in dict.fromkeys(chosen)]
 
 def by_images(tab, p_image, shipped):
-    "ROC AUC of the image-only probabilities and of the shipped design's, per number of images of the patient (`images_per_patient`'s bins)."
-    g, rows = images_per_patient(tab.patient_id), []
-    for v in ['1', '2-3', '4-7', '8-15', '16-31', '32+']:
-        i = g == v
-        if not i.any() or tab.target[i].nunique() < 2: continue
-        rows.append(dict(group=v, count=int(i.sum()), n_pos=int(tab.target[i].sum()), image=float(roc_auc_score(tab.target[i], p_image[i])),
-                         context=float(roc_auc_score(tab.target[i], shipped[i]))))
-    return rows
+    "ROC AUC of the image-only probabilities and of the shipped design's, per number of images of the patient (the library's `subgroup_report`)."
+    score = lambda i: dict(n_pos=int(tab.target[i].sum()), **{k: float(roc_auc_score(tab.target[i], p[i])) if tab.target[i].nunique() > 1 else float('nan')
+                                                              for k,p in (('image', p_image), ('context', shipped))})
+    bins = ['1', '2-3', '4-7', '8-15', '16-31', '32+']
+    rep = subgroup_report(tab, ['images'], score, extra={'images': (images_per_patient(tab.patient_id), bins)}, overall=False)
+    return rep.dropna().to_dict('records')
 
 def to_markdown(res):
     a, d = res['settings'], pd.DataFrame(res['stage_two'])

@@ -7,15 +7,11 @@ One run measures, on the same images and settings, side by side:
   timed in turn, round by round, so a machine's drift does not favour one): `vision_learner`, `meta_cnn_learner` with
   each fusion, and `'concat'` with the image cache;
 - building DataLoaders for 1,000,000 rows of synthetic metadata (no images read);
-- the training speed at the limit of the machine, for each body and size of `--speed` (the archs and sizes the
-  accuracy benchmarks use): a bare PyTorch training step of the same body (its own classifier, random images;
-  float32, channels-last, channels-last + autocast), against the library's training epoch with fastai's
-  defaults (`fast=False`), channels-last in float32 (`meta_cnn_learner`'s default), with `to_fast` (`fast=True`),
-  and with `to_fast` plus `ImageCache`.
 Every number is also given as a ratio to the same run's `vision_learner` (or DataLoader without
-metadata), so runs on different machines compare by ratio. Images: HAM10000 from ../shared when it is
-there, else synthetic. From-scratch weights. Every learner of the fusion comparison, `vision_learner` included,
-trains with `to_fast()` (channels-last, autocast by `amp_rule`).
+metadata), so runs on different machines compare by ratio. Images: HAM10000 from ../shared. From-scratch weights. Every learner of the fusion comparison, `vision_learner` included,
+trains with `to_fast()` (channels-last, autocast by `amp_rule`). The comparison with a bare PyTorch training step that chose
+the channels-last default and `amp_rule` (bench/results/speed-cpu.md) was made by an earlier form of this script
+(bench/results/PROVENANCE.md): those choices are now the library's.
 
 Run: .venv/bin/python bench/throughput.py              (CPU: a small size, minutes)
      python bench/throughput.py --n 0 --size 128 --bs 512 --workers 16      (a GPU, all images)
@@ -33,16 +29,10 @@ OUT = Path(__file__).parent/'results'
 HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
 
 def images(n, size, seed=0):
-    "(df, common from_df kwargs, metadata kwargs): HAM10000 if present, else a synthetic set."
-    if (HAM/'metadata.csv').exists():
-        df = pd.read_csv(HAM/'metadata.csv').replace('unknown', np.nan)
-        if n: df = df.sample(n, random_state=seed).reset_index(drop=True)
-        return df, dict(path=HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx'), \
-               dict(cat_names=['sex', 'localization'], cont_names=['age']), 'HAM10000'
-    path = Path(tempfile.mkdtemp())
-    df = make_synthetic(path, n=n or 2000, task='meta', size=max(size, 64), seed=seed)
-    return df, dict(path=path, folder='images', fn_col='fname', label_col='label'), \
-           dict(cat_names=['site'], cont_names=['age', 'noise']), 'synthetic'
+    "(df, common from_df kwargs, metadata kwargs, name): `n` HAM10000 images (0: all)."
+    df = pd.read_csv(HAM/'metadata.csv').replace('unknown', np.nan)
+    if n: df = df.sample(n, random_state=seed).reset_index(drop=True)
+    return df, dict(path=HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx'), dict(cat_names=['sex', 'localization'], cont_names=['age']), 'HAM10000'
 
 class TrainTimer(Callback):
     "Seconds and items of each training phase (validation left out)."
@@ -92,54 +82,6 @@ def amp_chosen(learn):
     cb = getattr(learn, 'fast_training', None)
     return 'off' if cb is None else str(cb.amp_dtype or 'float32').replace('torch.', '')
 
-def classifier(arch, n_out=7):
-    "`arch`'s own classifier, as a bare PyTorch user builds it: a timm name or a torchvision function."
-    if isinstance(arch, str):
-        import timm
-        return timm.create_model(arch, num_classes=n_out)
-    return arch(num_classes=n_out)
-
-def raw_step_rates(arch, size, bs, device, warm=2, n=4):
-    "Images/s of a bare PyTorch training step (forward, cross-entropy, backward, Adam) of `arch` on random images, per precision and memory format."
-    amp = torch.bfloat16 if device == 'cpu' or torch.cuda.is_bf16_supported() else torch.float16
-    configs = {'raw_fp32': (False, None), 'raw_channels_last': (True, None)}
-    if device != 'cpu' or cpu_bf16_supported(): configs['raw_channels_last_amp'] = (True, amp)
-    res = {}
-    for k,(cl, dtype) in configs.items():
-        torch.manual_seed(0)
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        model = classifier(arch).to(device).to(memory_format=fmt).train()
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
-        x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
-        y = torch.randint(0, 7, (bs,), device=device)
-        def step():
-            with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = F.cross_entropy(model(x).float(), y)
-            loss.backward(); opt.step(); opt.zero_grad()
-        for _ in range(warm): step()
-        if device == 'cuda': torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(n): step()
-        if device == 'cuda': torch.cuda.synchronize()
-        res[k] = bs * n / (time.perf_counter() - start)
-    return res
-
-def speed_rates(df, common, meta_kw, arch_name, size, a):
-    "The raw step's rates, and the library's training rates with fastai's defaults, channels-last, `to_fast`, and `to_fast` + `ImageCache`."
-    arch = arch_name if 'efficientnet' in arch_name else getattr(__import__('torchvision.models', fromlist=[arch_name]), arch_name)
-    res = raw_step_rates(arch, size, a.bs, 'cuda' if a.gpu else 'cpu')
-    kw = dict(common, batch_tfms=aug_transforms(size=size, flip_vert=True, max_warp=0))
-    meta = MetaDataLoaders.from_df(df, item_tfms=Resize(size), **kw, **meta_kw)
-    cached = MetaDataLoaders.from_df(df, cache=ImageCache(size, n_workers=max(a.workers, defaults.cpus)), **kw, **meta_kw)
-    learners = {}
-    for k,dls,fast in [('library_default', meta, False), ('library_channels_last', meta, 'channels_last'), ('library_fast', meta, True),
-                       ('library_fast_cached', cached, True)]:
-        set_seed(0)
-        learners[k] = meta_cnn_learner(dls, arch, pretrained=False, fast=fast)
-    res.update(fit_rates(learners, a))
-    res['amp_chosen'] = amp_chosen(learners['library_fast'])
-    return res
-
 def build_million(n=1_000_000, seed=0):
     """Seconds to build DataLoaders (MetaBlock + CategoryBlock, random split) for `n` rows of synthetic metadata.
 
@@ -163,8 +105,6 @@ def main():
     p.add_argument('--n', type=int, default=1024, help='images (0: all)'); p.add_argument('--size', type=int, default=64)
     p.add_argument('--bs', type=int, default=64); p.add_argument('--workers', type=int, default=0)
     p.add_argument('--arch', default='resnet18'); p.add_argument('--epochs', type=int, default=3, help='timed epochs per learner, best kept')
-    p.add_argument('--speed', default='tf_efficientnet_lite0@64,tf_efficientnet_lite0@128,resnet18@64',
-                   help='body@size pairs for the training-speed comparison (empty: skip it)')
     a = p.parse_args()
     a.gpu = torch.cuda.is_available()
     device = 'gpu' if a.gpu else 'cpu'
@@ -194,19 +134,9 @@ def main():
     print('autocast chosen:', res['amp'])
     del learners
     say('build_1m_rows_s', build_million())
-    res['speed'] = speeds(df, common, meta_kw, a)
     OUT.mkdir(exist_ok=True)
     (OUT/f'throughput-{device}.json').write_text(json.dumps(res, indent=2))
     write_md(res, device)
-
-def speeds(df, common, meta_kw, a):
-    "`speed_rates` of every body@size of `--speed`."
-    out = {}
-    for pair in filter(None, a.speed.split(',')):
-        arch_name, size = pair.split('@')
-        out[pair] = r = speed_rates(df, common, meta_kw, arch_name, int(size), a)
-        print(pair, {k: (round(v, 1) if isinstance(v, float) else v) for k,v in r.items()}, flush=True)
-    return out
 
 def cpu_name():
     "The CPU's model name, from /proc/cpuinfo where there is one (the bf16 rule and the speeds depend on it)."
@@ -234,35 +164,7 @@ def write_md(res, device=None):
            *([f"Autocast each learner's `to_fast` chose: " + ', '.join(f"{k} {v}" for k,v in res['amp'].items()) + '.'] if 'amp' in res else []),
            f"The cache took {res['cache_build_s']:.1f} s to fill ({res['cache_mib']:.0f} MiB of uint8 images). "
            f"DataLoaders for 1,000,000 rows of metadata (no images, label vocabulary given): built in {res['build_1m_rows_s']:.1f} s."]
-    if res.get('speed'):
-        head = (f"{res['data']}, {res['n_images']} images, {res['workers']} DataLoader workers, from scratch, on "
-                f"{res.get('speed_device', res['device'])}{', ' + res['speed_cpu'] if 'speed_cpu' in res else ''}, torch {res.get('speed_torch', res['torch'])}; "
-                f"library: best of {res.get('speed_epochs', res.get('epochs', 1))} timed epochs after a warm one.")
-        md += ['', speed_md(res)[0], '', head, *speed_md(res)[1:]]
-        (OUT/f'speed-{device}.md').write_text('\n'.join([head, *speed_md(res)[1:]]) + '\n')
     (OUT/f'throughput-{device}.md').write_text('\n'.join(md) + '\n')
     print('\n'.join(md))
-
-def speed_md(res):
-    "The training-speed comparison as two narrow tables: the bare PyTorch step, and the library's training, with ratios."
-    amp = 'bf16' if 'CPU' in res['device'] else 'amp'
-    md = ['### Training speed at the limit of the machine', '',
-          f"Training images/s, batch {res['bs']}. *Raw*: a bare PyTorch step (forward, cross-entropy, backward, Adam) of the body's own "
-          "classifier on random images, no data loading; *best raw* is the fastest of the three, the limit of this machine for that body.", '',
-          f"| body @ px | raw float32 | raw channels-last | raw channels-last + {amp} |", '|---|---:|---:|---:|']
-    for pair,r in res['speed'].items():
-        rawamp = f"{r['raw_channels_last_amp']:,.0f}" if 'raw_channels_last_amp' in r else '–'
-        md.append(f"| `{pair.replace('@', '` @ ')} | {r['raw_fp32']:,.0f} | {r['raw_channels_last']:,.0f} | {rawamp} |")
-    md += ['', "*Library*: `meta_cnn_learner` ('concat', metadata, augmentation) training epochs on the images above, best of the timed "
-           "ones. *fastai*: `fast=False` (float32, contiguous); *default*: channels-last, float32; *fast*: `fast=True` (channels-last, "
-           "autocast by `amp_rule`, the dtype in the last column); *+ cache*: `fast=True` with `ImageCache`.", '',
-           '| body @ px | fastai | default | fast | + cache | default ÷ fastai | + cache ÷ best raw | autocast |', '|---|---:|---:|---:|---:|---:|---:|---|']
-    for pair,r in res['speed'].items():
-        cl = r.get('library_channels_last')
-        gain = f"**{cl/r['library_default']:.2f}**" if cl else '–'
-        md.append(f"| `{pair.replace('@', '` @ ')} | {r['library_default']:,.0f} | {f'{cl:,.0f}' if cl else '–'} | {r['library_fast']:,.0f} "
-                  f"| {r['library_fast_cached']:,.0f} | {gain} "
-                  f"| **{r['library_fast_cached']/max(v for k,v in r.items() if k.startswith('raw')):.2f}** | {r['amp_chosen']} |")
-    return md
 
 if __name__ == '__main__': main()

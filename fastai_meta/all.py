@@ -12,6 +12,7 @@ from .learner import *
 from .interpret import *
 from .calibrate import *
 from .crossfit import *
+from .scores import *
 from .context import *
 from .compare import *
 from .synth import *

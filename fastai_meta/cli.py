@@ -12,7 +12,7 @@ import argparse, json, os, sys, tempfile, time, warnings
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)   # fastai.layers, at import
 from fastai.vision.all import *
 from .columns import is_missing
-from .data import MetaDataLoaders, meta_encode, image_readers
+from .data import MetaDataLoaders, meta_encode, image_readers, target_task
 from .learner import meta_cnn_learner, fit_recipe
 from .context import context_learner, ContextLearner
 from .compare import meta_compare
@@ -56,13 +56,6 @@ def _read_table(csv):
 def _check_folder(images):
     if not Path(images).is_dir(): raise CLIError(f"image folder not found: {images}")
 
-def _task(col, label_delim=None, task='auto'):
-    "The kind of target in `col`: 'multilabel' with `label_delim`, 'regression' for floats or many-valued numbers, else 'classification'."
-    if task != 'auto': return task
-    if label_delim is not None: return 'multilabel'
-    num = pd.api.types.is_float_dtype(col) or (pd.api.types.is_integer_dtype(col) and col.nunique() > 20)
-    return 'regression' if num else 'classification'
-
 def _metrics(task, n_classes=2):
     "fastai metrics that suit `task`."
     if task == 'regression': return [mae, rmse]
@@ -86,7 +79,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
-    task = _task(df[label], label_delim, task)
+    task = target_task(df[label], label_delim, task)
     if context_col is not None: return _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights,
                                                       fusion, suff, task, seed, lr, out, exclude, calibrate or operating_point or image_sep or valid_col,
                                                       context_col, context_folds)
@@ -260,17 +253,19 @@ def _predict_context(learn, df, csv, images, out=None, suff=None):
 
 def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, exclude=None, group_col=None, suff='', fusions=('concat',),
                 arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32, lr=None, folds=5, seeds=1, seed=0, out='compare',
-                context_col=None, context_folds=3):
+                context_col=None, context_folds=3, metric=None, task='auto', image_sep=None):
     "Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and table; write them to `out`."
     df = _read_table(csv)
     _check_folder(images)
-    _check_named(df, csv, label=label, file_name=fname_col, group_col=group_col, named=L(cat) + L(cont) + L(exclude))
+    for c in L(fname_col): _check_named(df, csv, file_name=c)
+    _check_named(df, csv, label=label, group_col=group_col, named=L(cat) + L(cont) + L(exclude))
     arch = getattr(models, arch, None) or arch
     try:
         res = meta_compare(df, Path(images), fn_col=fname_col, label_col=label, group_col=group_col, cat_names=list(cat) if cat else None,
                            cont_names=list(cont) if cont else None, exclude=exclude, suff=suff, fusions=tuple(fusions), arch=arch,
                            pretrained=pretrained or weights is not None, weights_path=weights, epochs=epochs, size=size, bs=bs, lr=lr,
-                           n_folds=folds, seeds=tuple(range(seed, seed + seeds)), out=out, context_col=context_col, context_folds=context_folds)
+                           n_folds=folds, seeds=tuple(range(seed, seed + seeds)), out=out, context_col=context_col, context_folds=context_folds,
+                           metric=metric, task=task, image_sep=image_sep)
     except ValueError as e: raise CLIError(str(e)) from e
     print(res.verdict, '', res.summary().to_markdown(), '', f'written to {Path(out).resolve()}', sep='\n')
     return res
@@ -335,6 +330,10 @@ def _parser():
     c.add_argument('--context-col', help="the patient column of the 'context' model (default: --group-col)")
     c.add_argument('--context-folds', type=int, default=3, help="the 'context' model's image models: this many per fold")
     c.add_argument('--folds', type=int, default=5, help='cross-validation folds (grouped by --group-col)')
+    c.add_argument('--task', default='auto', choices=['auto', 'classification', 'regression'],
+                   help='auto: regression for a float (or many-valued integer) label, else classification')
+    c.add_argument('--metric', choices=['accuracy', 'balanced_accuracy', 'roc_auc', 'average_precision', 'mae', 'rmse', 'mape', 'r2'],
+                   help='the score the verdict leads with (default: ROC AUC for two classes of which one is under 20 %%, else balanced accuracy; MAE for a regression)')
     c.add_argument('--seeds', type=int, default=1, help='repeat the cross-validation with this many seeds (other folds each time)')
     c.add_argument('--out', default='compare', help='folder for compare.json, compare.md and compare.png (a run there with the same options resumes)')
     q = add('predict', help='predict every row of a CSV with an exported learner; one row out per row in')
@@ -386,9 +385,8 @@ def main(argv=None):
                       context_folds=a.context_folds)
             print(f'exported to {Path(a.out).resolve()}')
         elif a.cmd == 'compare':
-            if not isinstance(fname, str) or a.image_sep: raise CLIError("compare takes one image per row (one --fname-col, no --image-sep) for now.")
             compare_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.exclude, a.group_col, a.suff, a.fusions, a.arch, a.pretrained,
-                        a.weights, a.epochs, a.size, a.bs, a.lr, a.folds, a.seeds, a.seed, a.out, a.context_col, a.context_folds)
+                        a.weights, a.epochs, a.size, a.bs, a.lr, a.folds, a.seeds, a.seed, a.out, a.context_col, a.context_folds, a.metric, a.task, a.image_sep)
         elif a.cmd == 'app': _app_command(a)
         else: return _predict_command(a)
     except CLIError as e:

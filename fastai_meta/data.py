@@ -6,8 +6,9 @@ Docs: https://fastai-meta.github.io/fastai_meta/data.html.md"""
 
 # %% auto #0
 __all__ = ['EncodedRows', 'MetaDL', 'MetaBlock', 'ImageBlocks', 'image_inputs', 'image_reads', 'image_readers',
-           'TabularImageBlock', 'meta_encode', 'check_classes', 'group_folds', 'GroupSplitter', 'MetaDataLoaders',
-           'show_batch', 'show_prediction', 'show_results', 'plot_top_losses']
+           'images_exchangeable', 'several_images', 'TabularImageBlock', 'meta_encode', 'check_classes', 'target_task',
+           'group_folds', 'GroupSplitter', 'MetaDataLoaders', 'show_batch', 'show_prediction', 'show_results',
+           'plot_top_losses']
 
 # %% ../nbs/00_data.ipynb #d30ad121
 import warnings
@@ -171,6 +172,14 @@ def image_readers(dls):
         res.append(r)
     return res
 
+def images_exchangeable(dls):
+    "Whether the image inputs of `dls` are the slots of one column (every view of a lesion: their order says nothing), rather than named columns (a close-up and an overview)."
+    return len({r.cols[0] for r in image_readers(dls)}) == 1
+
+def several_images(df, fn_col, image_sep=None):
+    "Whether the rows of `df` name several images each: several columns `fn_col`, or one column of lists or of `image_sep`-separated names."
+    return is_listy(fn_col) or image_sep is not None or bool(df[fn_col].map(is_listy).any())
+
 # %% ../nbs/00_data.ipynb #2a239b89
 def TabularImageBlock(fn_col, cat_names=None, cont_names=None, pref='', suff='', cls=PILImage, cache=None, n_images=None, image_sep=';', **kwargs):
     "The input blocks of one row, image (read from `fn_col`, or from an `ImageCache`) and metadata (`kwargs` to `MetaBlock`); unpack them into `blocks`. Several image columns, or `n_images`: see `ImageBlocks`."
@@ -200,6 +209,14 @@ def check_classes(df, label_col, who):
     if y.isna().any(): raise ValueError(f"Label column {label_col!r} is missing in {int(y.isna().sum())} row(s), e.g. row {y.index[y.isna()].tolist()[0]!r}.")
     if pd.api.types.is_float_dtype(y) or y.astype(str).str.contains(';').any() or y.nunique() > 50:
         raise ValueError(f"{who}: {label_col!r} looks like a regression or multi-label target.")
+
+def target_task(y, label_delim=None, task='auto'):
+    "The kind of target the values `y` are: 'multilabel' with `label_delim`, 'regression' for floats or numbers of more than 20 values, else 'classification' (`task` if it is not 'auto')."
+    if task != 'auto': return task
+    if label_delim is not None: return 'multilabel'
+    y = pd.Series(y)
+    num = pd.api.types.is_float_dtype(y) or (pd.api.types.is_integer_dtype(y) and y.nunique() > 20)
+    return 'regression' if num else 'classification'
 
 # %% ../nbs/00_data.ipynb #e1a2b3d1
 def _size_bins(groups):
@@ -264,7 +281,7 @@ class MetaDataLoaders(DataLoaders):
         if splitter is None: splitter = (ColSplitter(valid_col) if valid_col is not None else GroupSplitter(group_col, valid_pct, seed=seed, stratify=stratify)
                                          if group_col is not None else RandomSplitter(valid_pct, seed=seed))
         check_columns(df.columns, [c for c in L(fn_col) + L(label_col) if not isinstance(c, int)])
-        if not is_listy(fn_col) and n_images is None and (image_sep is not None or df[fn_col].map(is_listy).any()):
+        if not is_listy(fn_col) and n_images is None and several_images(df, fn_col, image_sep):
             n_images = int(df[fn_col].map(partial(image_names, sep=image_sep)).map(len).max())
             print(f"Several images per row in {fn_col!r} ({'lists' if image_sep is None else f'names separated by {image_sep!r}'}): "
                   f"up to {n_images}, one input each. Pass `n_images` to choose.")

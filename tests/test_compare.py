@@ -90,7 +90,7 @@ def test_an_interrupted_run_resumes(synth, tmp_path, monkeypatch):
 
 def test_bad_input_is_refused_clearly(synth, tmp_path, capsys):
     path, df = synth('meta', n=64)
-    with pytest.raises(ValueError, match='regression'): meta_compare(df.assign(y=np.linspace(0, 1, len(df))), path, label_col='y')
+    with pytest.raises(ValueError, match='regression'): meta_compare(df.assign(y=np.linspace(0, 1, len(df))), path, label_col='y', task='classification')
     with pytest.raises(ValueError, match="Group column 'patient' is missing"):
         meta_compare(df.assign(patient=[None] + ['P'] * (len(df) - 1)), path, folder='images', group_col='patient')
     df.to_csv(tmp_path/'t.csv', index=False)
@@ -107,3 +107,61 @@ def test_class_scores_of_several_classes_from_rounded_probabilities():
     s = class_scores(y, p, vocab)
     assert np.isfinite(s['roc_auc']) and s['roc_auc'] > 0.8 and set(s['recall']) == set(vocab)
     assert np.isnan(class_scores(y[:2], p[:2, :], vocab)['roc_auc'])          # two rows, two classes of seven: no AUC, no error
+
+def _rare_train(name, df, valid, a):
+    "A stand-in for training on a rare class: 'concat' ranks every positive first but never reaches 0.5 (as a calibrated model of a rare class does); image only knows nothing (0.1 for every row)."
+    y = (df[a.spec['label_col']][valid] == 'yes').to_numpy()
+    p = np.where(y, 0.3, 0.05) + np.linspace(0, 0.01, len(y)) if name != compare.IMAGE else np.full(len(y), 0.1)
+    return dict(probs=np.stack([1 - p, p], 1).tolist(), vocab=['no', 'yes'], **({'columns': [['site'], ['age']]} if name != compare.IMAGE else {}))
+
+def test_a_rare_class_is_judged_by_a_threshold_free_score_and_fair_thresholds(synth, monkeypatch):
+    "10 % positives: the verdict leads with ROC AUC, names the model that wins on it, takes balanced accuracy at each model's own threshold (not argmax, where 'concat' would predict one class), and says who predicts one class."
+    path, df = synth('meta', n=200)
+    rng = np.random.default_rng(0)
+    df = df.assign(patient=[f'P{i // 2}' for i in range(len(df))], label=np.where(rng.random(len(df)) < 0.1, 'yes', 'no'))
+    monkeypatch.setattr(compare, '_train', _rare_train)
+    res = _compare(path, df, n_folds=4)
+    assert res.headline == 'roc_auc' and 'Headline: roc auc' in res.verdict and 'threshold-free' in res.verdict
+    assert res.verdict.startswith('metadata helps: concat') and 'best roc auc: concat' in res.verdict
+    s = res.scores.groupby('model')[['roc_auc', 'balanced_accuracy', 'average_precision']].mean()
+    assert s.loc['concat', 'roc_auc'] > 0.99 and s.loc['concat', 'balanced_accuracy'] > 0.95      # at its own threshold; argmax would give 0.5
+    assert res.one_class(compare.IMAGE) == 4 and 'one class predicted for every row by image only' in res.verdict
+    assert 'image only, balanced accuracy' not in res.to_markdown() and 'roc auc, image only' in res.to_markdown()   # subgroups by the headline
+    with pytest.raises(ValueError, match='metric'): meta_compare(df, path, metric='f1')
+
+def test_a_regression_is_compared_on_its_errors(synth):
+    "A value that the metadata sets (a price from age and site, the images noise): MAE, RMSE, MAPE and R² per model; the table model and the fusion beat image only, and the verdict says so in the target's units."
+    path, df = synth('meta', n=200)
+    df = df.assign(patient=[f'P{i // 2}' for i in range(len(df))],
+                   price=10_000 + 2_000 * (df.age.fillna(50) - 50) / 17 + 2_500 * df.site.isin(['head', 'arm']))
+    res = _compare(path, df, label_col='price', n_folds=3, epochs=3)
+    assert isinstance(res, RegressionResult) and res.headline == 'mae' and set(res.models) == {compare.IMAGE, 'concat', compare.TABLE, compare.AVERAGE}
+    s = res.scores.groupby('model')[['mae', 'rmse', 'mape', 'r2']].mean()
+    print(s)
+    assert s.loc[compare.TABLE, 'mae'] < 0.5 * s.loc[compare.IMAGE, 'mae'] and s.loc['concat', 'mae'] < s.loc[compare.IMAGE, 'mae']
+    assert res.lift['concat']['mae']['mean'] > 0 and res.lift[compare.TABLE]['r2']['mean'] > 0.3
+    assert res.verdict.startswith('metadata helps') and 'Headline: mae' in res.verdict and 'mae, image only' in res.to_markdown()
+    v = res.versus(compare.TABLE, 'concat')                              # the table is what this task needs; the verdict says so where the interval shows it
+    assert v['mean'] > 0 and (v['low'] > 0) == ('beats the best fusion, concat' in res.verdict) == ('use table only' in res.verdict)
+    with pytest.raises(ValueError, match="'context' model classifies"): _compare(path, df, label_col='price', fusions=('concat', 'context'))
+
+def test_several_images_per_row_are_compared(synth):
+    "Two images per row and a label that `flag` sets: image only sees the same two images with nothing in its metadata and stays near chance; concat reads the flag."
+    path, df = synth('views', n=240, size=16, seed=0)
+    df = df.assign(patient=[f'P{i}' for i in range(len(df))], label=np.where(df.flag.astype(bool), 'yes', 'no'))
+    res = meta_compare(df, path, folder='images', fn_col=['fname', 'fname2'], group_col='patient', cat_names=['flag'], cont_names=[],
+                       arch='resnet10t', pretrained=False, size=16, bs=16, epochs=4, n_folds=3)
+    s = res.scores.groupby('model').balanced_accuracy.mean()
+    print(s)
+    assert s[compare.IMAGE] < 0.7 and s['concat'] > 0.9, s
+    assert res.settings['fn_col'] == ['fname', 'fname2'] and compare.IMAGE in res.models
+
+def test_cli_compares_a_regression(synth, tmp_path, capsys):
+    path, df = synth('meta', n=120)
+    df.assign(patient=[f'P{i // 2}' for i in range(len(df))], price=10_000 + 2_000 * (df.age.fillna(50) - 50) / 17).to_csv(tmp_path/'t.csv', index=False)
+    args = ['compare', str(tmp_path/'t.csv'), str(path/'images'), '--label', 'price', '--group-col', 'patient', '--cat', 'site', '--cont', 'age',
+            '--arch', 'lcnet_050', '--size', '16', '--epochs', '1', '--folds', '2', '--out', str(tmp_path/'cmp')]
+    assert main(args + ['--task', 'regression', '--metric', 'rmse']) == 0
+    out = capsys.readouterr().out
+    assert 'Headline: rmse' in out and 'table only (gradient boosting)' in out and (tmp_path/'cmp'/'compare.md').exists()
+    assert main(args + ['--metric', 'roc_auc', '--out', str(tmp_path/'c2')]) == 2 and 'for a regression' in capsys.readouterr().err

@@ -44,6 +44,10 @@ def test_image_pool_masks_missing_images():
     w = ImagePool(2, 2, 'attention').weights(h, present)
     test_close(w[1], torch.tensor([1., 0.]))                                 # a missing image gets no weight
     test_eq(ImagePool(2, 2, 'concat')(h, present)[1].tolist(), [2., 2., 0., 0., 1., 0.])
+    slots = ImagePool(2, 2, 'slots')
+    test_close(slots(h, present), ImagePool(2, 2, 'mean')(h, present))         # starts as a plain mean...
+    with torch.no_grad(): slots.slot_scale[1] = -1.                          # ...and can learn to weigh each input on its own
+    test_close(slots(h, torch.ones(2, 2, dtype=torch.bool)), h[:, 0] / 2)
 
 def test_target_scale_round_trips():
     s = TargetScale(torch.tensor([10_000.]), torch.tensor([2_000.]))

@@ -1,0 +1,47 @@
+"""Two named image columns (a close-up and an overview): which pooling tells them apart, and does it cost the symmetric case?
+
+Synthetic tasks of `make_synthetic`, two tinted images per row and a `flag`: 'ordered' (the first image's tint, flipped by
+`flag`, is the label; the second is a distraction) and 'views' (exactly one image red, flipped by `flag`: the order does not
+matter). Each `image_pool` trains the same two-layer CNN (`fit_one_cycle(10, 3e-2)`, 400 rows, 16 px) with `--seeds` seeds;
+validation accuracy. The default for named columns is the pooling this measured best on both; a list column of views keeps
+'mean' (its slots are exchangeable), so benchmarks of such columns (bench/views.py) are unchanged by it.
+
+Run: .venv/bin/python bench/named_images.py [--seeds 3]
+Writes bench/results/named-images-cpu.{json,md}.
+"""
+import argparse, json, sys, tempfile, warnings
+from pathlib import Path
+warnings.filterwarnings('ignore')
+import numpy as np, torch
+from fastai.vision.all import *
+from fastai_meta.all import *
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tests'))
+from test_images import small_cnn, views_dls          # the tests' own small CNN and DataLoaders
+
+OUT = Path(__file__).parent/'results'
+
+def main(a):
+    rows = []
+    for task in ('ordered', 'views'):
+        path = Path(tempfile.mkdtemp())
+        df = make_synthetic(path, n=400, task=task, size=16, seed=0)
+        for pool in a.pools:
+            for seed in range(a.seeds):
+                set_seed(seed, reproducible=True)
+                learn = meta_cnn_learner(views_dls(path, df, seed=seed), small_cnn, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy, image_pool=pool)
+                with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(10, 3e-2)
+                rows.append(dict(task=task, image_pool=pool, seed=seed, accuracy=float(learn.validate()[1])))
+                print(rows[-1], flush=True)
+    res = dict(rows=rows, seeds=a.seeds, threads=torch.get_num_threads(), torch=torch.__version__)
+    (OUT/'named-images-cpu.json').write_text(json.dumps(res, indent=1))
+    acc = lambda t, p: [r['accuracy'] for r in rows if r['task'] == t and r['image_pool'] == p]
+    md = [f"Two named image columns, 400 rows at 16 px, a two-layer CNN, `fit_one_cycle(10, 3e-2)`, {a.seeds} seeds, CPU ({res['threads']} threads): "
+          "validation accuracy (chance 0.5), mean and each seed.", '', '| image_pool | ordered | views |', '|---|---|---|']
+    md += [f"| `{p}` | " + ' | '.join(f"{np.mean(acc(t, p)):.3f} ({', '.join(f'{v:.2f}' for v in acc(t, p))})" for t in ('ordered', 'views')) + ' |' for p in a.pools]
+    (OUT/'named-images-cpu.md').write_text('\n'.join(md) + '\n')
+    print('\n'.join(md))
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser()
+    p.add_argument('--seeds', type=int, default=3); p.add_argument('--pools', nargs='+', default=['mean', 'slots', 'concat', 'attention'])
+    main(p.parse_args())
