@@ -11,7 +11,7 @@ and its test predictions are compared with the original's.
 Run: .venv/bin/python bench/calibration.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5]
 Writes bench/results/calibration-ham10000-<cpu|gpu>.{json,md,png}.
 """
-import argparse, json, tempfile, time, warnings
+import json, tempfile, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
@@ -19,7 +19,7 @@ import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from fastai.vision.all import aug_transforms, set_seed
 from fastai_meta.all import *
-from lesions import HAM, OUT, load_ham, interval as _ci
+from lesions import HAM, OUT, load_ham, interval as _ci, parser
 
 def _fold(df, fold, k, a, keep=None):
     "Train on the folds other than `k` and `k+1`, calibrate on `k+1`, test on `k`; the fold's measurements."
@@ -90,10 +90,9 @@ def to_markdown(res):
              f"Pooled over the test folds, {pooled['hit']} of {pooled['n']} melanomas are flagged at the operating point: sensitivity "
              f"{pooled['hit']/pooled['n']:.3f}, 95 % Clopper-Pearson interval [{pooled['ci'][0]:.3f}, {pooled['ci'][1]:.3f}] (the t interval above "
              "can pass 1; this one cannot; it counts images, and a few lesions have several).", '',
-             '| fold | T | ECE before | ECE after | threshold | sensitivity (calibration fold) | sensitivity (test) | specificity (test) | melanomas (test) |',
-             '|---|---|---|---|---|---|---|---|---|']
-    lines += [f"| {r['fold']} | {r['temperature']:.2f} | {r['ece_before']:.3f} | {r['ece_after']:.3f} | {r['threshold']:.3f} | {r['sens_cal']:.3f} | "
-              f"{r['sens_op']:.3f} | {r['spec_op']:.3f} | {r['n_mel_test']} |" for r in res['rows']]
+             pd.DataFrame(res['rows'])[['fold', 'temperature', 'ece_before', 'ece_after', 'threshold', 'sens_cal', 'sens_op', 'spec_op', 'n_mel_test']]
+               .rename(columns=dict(temperature='T', sens_cal='sensitivity (calibration fold)', sens_op='sensitivity (test)', spec_op='specificity (test)',
+                                    n_mel_test='melanomas (test)')).round(3).to_markdown(index=False)]
     r0 = res['rows'][0]
     lines += ['', f"Fold 0's model through `export_safe` and `load_safe`: largest difference in test probabilities {r0['export_max_abs_diff']:.2g} "
               f"({r0['export_mb']:.1f} MB file). Time per fold: {np.mean([r['minutes'] for r in res['rows']]):.1f} minutes."]
@@ -118,9 +117,6 @@ def main(a):
     print(to_markdown(res))
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser()
-    p.add_argument('--folds', type=int, default=5); p.add_argument('--per-class', type=int, default=300)
-    p.add_argument('--size', type=int, default=128); p.add_argument('--epochs', type=int, default=5)
-    p.add_argument('--bs', type=int, default=32); p.add_argument('--lr', type=float, default=3e-3)
-    p.add_argument('--seed', type=int, default=0); p.add_argument('--sensitivity', type=float, default=0.95)
+    p = parser()
+    p.add_argument('--sensitivity', type=float, default=0.95)
     main(p.parse_args())

@@ -31,26 +31,31 @@ def interval(x):
     s = paired_stats(x)
     return [s['mean'], s['low'], s['high']]
 
+def pretrained_compare(df, path, a, out, **kwargs):
+    "`meta_compare` of the rows `df` (images in `path/images`, '.jpg') with the benchmarks' pretrained recipe: EfficientNet-Lite0's offline weights, cached images, flips and rotations; `a`: the folds, size and budget."
+    return meta_compare(df, path, folder='images', suff='.jpg', arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'),
+                        epochs=a.epochs, lr=a.lr, size=a.size, bs=a.bs, n_folds=a.folds, seeds=list(range(a.seed, a.seed + getattr(a, 'seeds', 1))),
+                        cache=ImageCache(a.size), batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), out=out, **kwargs)
+
 def compare_ham(a, name='ham10000'):
     "Run `meta_compare` on HAM10000 with the options `a`; copy its json, md and png to bench/results/compare-<name>-<device>.*"
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     run_dir = OUT/f'compare-{name}-{device}.run'
-    res = meta_compare(load_ham(a.per_class, a.seed), HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx',
-                       group_col='lesion_id', cat_names=['sex', 'localization'], cont_names=['age'], fusions=a.fusions,
-                       arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), epochs=a.epochs, lr=a.lr,
-                       size=a.size, bs=a.bs, n_folds=a.folds, seeds=list(range(a.seed, a.seed + a.seeds)), cache=ImageCache(a.size),
-                       batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), out=run_dir)
+    res = pretrained_compare(load_ham(a.per_class, a.seed), HAM, a, run_dir, fn_col='image_id', label_col='dx', group_col='lesion_id',
+                             cat_names=['sex', 'localization'], cont_names=['age'], fusions=a.fusions)
     for ext in ('json', 'md', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'compare-{name}-{device}.{ext}')
     print(res.to_markdown())
     return res
 
-def parser():
+def parser(**defaults):
+    "The benchmarks' options (folds, images per class, size, budget, seeds, fusions), with `defaults` over these."
     p = argparse.ArgumentParser()
     p.add_argument('--folds', type=int, default=5); p.add_argument('--per-class', type=int, default=300)
     p.add_argument('--size', type=int, default=128); p.add_argument('--epochs', type=int, default=5)
     p.add_argument('--bs', type=int, default=32); p.add_argument('--lr', type=float, default=3e-3)
     p.add_argument('--seed', type=int, default=0); p.add_argument('--seeds', type=int, default=1, help='repeat the cross-validation with this many seeds')
     p.add_argument('--fusions', nargs='+', default=['concat', 'metablock'])
+    p.set_defaults(**defaults)
     return p
 
 if __name__ == '__main__': compare_ham(parser().parse_args())

@@ -9,13 +9,13 @@ std over folds. Targets: with dropout, at 100 % missing within 1 point of image 
 Run: .venv/bin/python bench/missing.py [--per-class 200] [--size 96] [--epochs 5] [--p 0.25]
 Writes bench/results/missing-<cpu|gpu>.json, .md and .png.
 """
-import argparse, json, time, warnings
-from pathlib import Path
+import json, time, warnings
 warnings.filterwarnings('ignore')
+import matplotlib; matplotlib.use('Agg')
 import numpy as np, pandas as pd
 from fastai.vision.all import *
 from fastai_meta.all import *
-from lesions import HAM, OUT, load_ham
+from lesions import HAM, OUT, load_ham, parser
 
 META = dict(cat_names=['sex', 'localization'], cont_names=['age'])
 COLS = META['cat_names'] + META['cont_names']
@@ -53,12 +53,8 @@ def evaluate(learn, name, df, seed):
     return out
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument('--folds', type=int, default=3); p.add_argument('--per-class', type=int, default=200)
-    p.add_argument('--size', type=int, default=96); p.add_argument('--epochs', type=int, default=5)
-    p.add_argument('--lr', type=float, default=3e-3)
+    p = parser(folds=3, per_class=200, size=96, epochs=5)
     p.add_argument('--p', type=float, default=0.25)
-    p.add_argument('--seed', type=int, default=0)
     a = p.parse_args()
     a.device = 'gpu' if torch.cuda.is_available() else 'cpu'
     a.arch = 'tf_efficientnet_lite0'; a.weights = offline_weights(a.arch)
@@ -102,8 +98,6 @@ def write(res):
                   f"{100*(mean.loc[m, '0% of rows'] - nod['0% of rows']):+.1f} points against the model without dropout.")
     (OUT/f"missing-{res['device']}.md").write_text('\n'.join(md) + '\n')
     print('\n'.join(md))
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for m in models[1:]:
         ax.errorbar(RATES, [mean.loc[m, f'{r}% of rows'] for r in RATES], yerr=[std.loc[m, f'{r}% of rows'] for r in RATES],

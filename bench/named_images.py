@@ -1,13 +1,11 @@
 """Two named image columns (a close-up and an overview): which pooling tells them apart, and does it cost the symmetric case?
 
-Synthetic tasks of `make_synthetic`, two tinted images per row and a `flag`: 'ordered' (the first image's tint, flipped by
-`flag`, is the label; the second is a distraction) and 'views' (exactly one image red, flipped by `flag`: the order does not
-matter). Each `image_pool` trains the same two-layer CNN (`fit_one_cycle(10, 3e-2)`, 400 rows, 16 px) with `--seeds` seeds;
-validation accuracy. The default for named columns is the pooling this measured best on both; a list column of views keeps
-'mean' (its slots are exchangeable), so benchmarks of such columns (bench/views.py) are unchanged by it.
+`make_synthetic`'s 'ordered' task (the first image's tint, flipped by `flag`, is the label; the second a distraction) and
+'views' (exactly one image red, flipped by `flag`: order does not matter). Each `image_pool` trains the tests' two-layer CNN
+(`fit_one_cycle(10, 3e-2)`, 400 rows, 16 px), `--seeds` seeds; validation accuracy. Named columns default to the pooling
+best on both; a list column of views keeps 'mean' (its slots are exchangeable), so bench/views.py is unchanged by it.
 
-Run: .venv/bin/python bench/named_images.py [--seeds 3]
-Writes bench/results/named-images-cpu.{json,md}.
+Run: .venv/bin/python bench/named_images.py [--seeds 3]   Writes bench/results/named-images-cpu.{json,md}.
 """
 import argparse, json, sys, tempfile, warnings
 from pathlib import Path

@@ -1,25 +1,22 @@
 """SIIM-ISIC 2020 (half): does a lesion's place among the same patient's other lesions (the "ugly duckling") add to its image?
 
-Stage one (`--stage-one image|concat`, kept in /tmp): pretrained EfficientNet-Lite0 image-only or concat models
-cross-fitted over K patient-grouped folds by the library (`cross_fit`, `fold_learner`, `fit_recipe`), so every image's
-melanoma probability and embedding come from a model that never saw its patient. Stage two, on that out-of-fold table,
-fitted and scored on K other patient-grouped folds: each design of `DESIGNS` (the stage-one probability itself, or
-`patient_context`'s features with `context_learner`'s logistic regression or with gradient boosting). ROC AUC per fold,
-paired lifts over image only with t and Nadeau-Bengio intervals; seeds 1 to 3 repeat the stage two over other folds.
-The set-aware end-to-end row of bench/results/patient-context-cpu.md came from bench/patient_set.py, since removed
-(see bench/results/PROVENANCE.md).
+Stage one (`--stage-one image|concat`, kept in /tmp): pretrained EfficientNet-Lite0 image-only or concat models cross-fitted
+over K patient-grouped folds (the library's `cross_fit`), so every image's melanoma probability and embedding come from a
+model that never saw its patient. Stage two, on that out-of-fold table, fitted and scored on K other patient-grouped folds:
+each design of `DESIGNS`. ROC AUC per fold, paired lifts over image only with t and Nadeau-Bengio intervals; seeds 1 to 3
+repeat the stage two over other folds. Rows of the results file made by removed code: bench/results/PROVENANCE.md.
 
 Run: .venv/bin/python bench/patient_context.py --stage-one image; ... --stage-one concat; then with no --stage-one
 Writes bench/results/patient-context-cpu.{json,md}.
 """
-import argparse, json, time, warnings
+import json, time, warnings
 from functools import partial
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from sklearn.metrics import roc_auc_score
 from fastai_meta.all import *
-from lesions import OUT, interval as _ci
+from lesions import OUT, interval as _ci, parser
 
 SIIM = Path(__file__).resolve().parents[2]/'shared'/'data'/'siim-isic-2020-half'
 
@@ -149,9 +146,7 @@ def main(a):
     rows, res_lifts, shipped, over_fusion = [], {}, None, {}
     for s in seeds:
         r, sh = stage_two(tabs, a, s)
-        rows += r
-        shipped = sh if shipped is None else shipped
-        d = pd.DataFrame(r)
+        rows, shipped, d = rows + r, sh if shipped is None else shipped, pd.DataFrame(r)
         res_lifts[str(s)] = {n: lifts(d, n) for n in DESIGNS if n != BASE and n in set(d.design)}
         if FUSION in set(d.design): over_fusion[str(s)] = lifts(d, SHIPPED, base=FUSION)
     tab = tabs['image'][0]
@@ -165,10 +160,7 @@ def main(a):
     print(to_markdown(res))
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser()
-    p.add_argument('--folds', type=int, default=5); p.add_argument('--size', type=int, default=64)
-    p.add_argument('--epochs', type=int, default=4); p.add_argument('--lr', type=float, default=2e-3)
-    p.add_argument('--bs', type=int, default=64); p.add_argument('--seed', type=int, default=0)
+    p = parser(size=64, epochs=4, lr=2e-3, bs=64)
     p.add_argument('--stage-one', default='none', choices=['none', 'image', 'concat'], help="train this stage one if it is not kept in /tmp: image only, or image + age, sex, site (concat fusion)")
     p.add_argument('--max-patients', type=int, default=0, help='a random subset of patients (0: all), for a quick check')
     main(p.parse_args())

@@ -1,23 +1,18 @@
 """Throughput: does the metadata cost anything (time and parameters, per fusion), and how much faster is the image cache?
 
-One run measures, on the same images and settings, side by side:
-- the DataLoader alone (every batch through `after_batch`, on the device), without and with metadata,
-  and with the metadata plus the image cache (`ImageCache`, each image decoded once);
-- training end to end (a warm epoch, then the best of `--epochs` timed ones; learners and DataLoaders are
-  timed in turn, round by round, so a machine's drift does not favour one): `vision_learner`, `meta_cnn_learner` with
-  each fusion, and `'concat'` with the image cache;
-- building DataLoaders for 1,000,000 rows of synthetic metadata (no images read);
-Every number is also given as a ratio to the same run's `vision_learner` (or DataLoader without
-metadata), so runs on different machines compare by ratio. Images: HAM10000 from ../shared. From-scratch weights. Every learner of the fusion comparison, `vision_learner` included,
-trains with `to_fast()` (channels-last, autocast by `amp_rule`). The comparison with a bare PyTorch training step that chose
-the channels-last default and `amp_rule` (bench/results/speed-cpu.md) was made by an earlier form of this script
-(bench/results/PROVENANCE.md): those choices are now the library's.
+One run measures, on the same HAM10000 images and settings, side by side: the DataLoader alone (every batch through
+`after_batch`), without and with metadata, and with the metadata plus `ImageCache`; training end to end (a warm epoch, then
+the best of `--epochs` timed ones, learners taken in turn so that a machine's drift favours none), from scratch with
+`to_fast()`: `vision_learner`, `meta_cnn_learner` with each fusion, and `'concat'` with the cache; and building DataLoaders
+for 1,000,000 rows of synthetic metadata. Every number is also a ratio to the same run's `vision_learner` (or DataLoader
+without metadata), so runs on different machines compare by ratio. The comparison with a bare PyTorch step that chose the
+channels-last default and `amp_rule` (bench/results/speed-cpu.md) came from an earlier form of this script (PROVENANCE.md).
 
 Run: .venv/bin/python bench/throughput.py              (CPU: a small size, minutes)
      python bench/throughput.py --n 0 --size 128 --bs 512 --workers 16      (a GPU, all images)
 Writes bench/results/throughput-<cpu|gpu>.json and .md.
 """
-import argparse, json, platform, tempfile, time, warnings
+import argparse, json, platform, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd
@@ -37,9 +32,7 @@ def images(n, size, seed=0):
 class TrainTimer(Callback):
     "Seconds and items of each training phase (validation left out)."
     order = 100
-    times = None
-    def before_fit(self):
-        if self.times is None: self.times = []
+    def __init__(self): self.times = []
     def before_train(self): self.n, self.start = 0, None
     def before_batch(self):
         if self.start is None:
@@ -61,17 +54,13 @@ def _epoch_rate(dl):
 def dl_rates(dls, rounds=3):
     "Items per second of iterating each of `dls` (a dict), best of `rounds` passes taken in turn (after a warm one), so drift hits all alike."
     for dl in dls.values(): _epoch_rate(dl)
-    rates = {k: [] for k in dls}
-    for _ in range(rounds):
-        for k,dl in dls.items(): rates[k].append(_epoch_rate(dl))
-    return {k: max(v) for k,v in rates.items()}
+    rates = [{k: _epoch_rate(dl) for k,dl in dls.items()} for _ in range(rounds)]
+    return {k: max(r[k] for r in rates) for k in dls}
 
 def fit_rates(learners, a):
     "Training items per second of each of `learners` (a dict): one warm epoch each, then `a.epochs` timed epochs each, taken in turn (best)."
-    timers = {}
-    for k,learn in learners.items():
-        timers[k] = TrainTimer()
-        learn.add_cb(timers[k])
+    timers = {k: TrainTimer() for k in learners}
+    for k,learn in learners.items(): learn.add_cb(timers[k])
     for r in range(1 + a.epochs):
         for k,learn in learners.items():
             with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
@@ -79,8 +68,7 @@ def fit_rates(learners, a):
 
 def amp_chosen(learn):
     "The autocast dtype `learn`'s `to_fast` chose, as text."
-    cb = getattr(learn, 'fast_training', None)
-    return 'off' if cb is None else str(cb.amp_dtype or 'float32').replace('torch.', '')
+    return 'off' if (cb := getattr(learn, 'fast_training', None)) is None else str(cb.amp_dtype or 'float32').replace('torch.', '')
 
 def build_million(n=1_000_000, seed=0):
     """Seconds to build DataLoaders (MetaBlock + CategoryBlock, random split) for `n` rows of synthetic metadata.

@@ -9,12 +9,11 @@ paired difference of the two runs' scores, fold by fold, is the lift of every im
 Run: .venv/bin/python bench/views.py [--folds 5] [--per-class 200] [--size 96] [--epochs 4]
 Writes bench/results/views-ham10000-<cpu|gpu>.md and the two runs' compare files in views-ham10000-<device>.run/.
 """
-import argparse, warnings
+import warnings
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
-from fastai.vision.all import aug_transforms
 from fastai_meta.all import *
-from lesions import HAM, OUT
+from lesions import HAM, OUT, parser, pretrained_compare
 
 def load_lesions(per_class, seed):
     "One row per lesion: its images (a list, in image_id order), diagnosis, and the metadata of its first image."
@@ -28,10 +27,8 @@ def load_lesions(per_class, seed):
 def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     les, run = load_lesions(a.per_class, a.seed), OUT/f'views-ham10000-{device}.run'
-    res = {fn: meta_compare(les, HAM, folder='images', fn_col=fn, suff='.jpg', label_col='dx', group_col='lesion_id', cat_names=['sex', 'localization'],
-                            cont_names=['age'], fusions=['concat'], arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'),
-                            epochs=a.epochs, lr=a.lr, size=a.size, bs=a.bs, n_folds=a.folds, seeds=[a.seed], cache=ImageCache(a.size),
-                            batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), out=run/fn) for fn in ('first', 'images')}
+    res = {fn: pretrained_compare(les, HAM, a, run/fn, fn_col=fn, label_col='dx', group_col='lesion_id', cat_names=['sex', 'localization'],
+                                  cont_names=['age'], fusions=['concat']) for fn in ('first', 'images')}
     one, every = (r.scores.set_index(['seed', 'fold', 'model']) for r in res.values())
     lines = [f"# Every image of a lesion against its first, on HAM10000 ({device})", '',
              f"{len(les):,} lesions ({a.per_class} per diagnosis at most; {int((les.images.map(len) > 1).sum()):,} with 2 to {les.images.map(len).max()} images), "
@@ -49,9 +46,4 @@ def main(a):
     (OUT/f'views-ham10000-{device}.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 
-if __name__ == '__main__':
-    p = argparse.ArgumentParser()
-    p.add_argument('--folds', type=int, default=5); p.add_argument('--per-class', type=int, default=200)
-    p.add_argument('--size', type=int, default=96); p.add_argument('--epochs', type=int, default=4)
-    p.add_argument('--bs', type=int, default=32); p.add_argument('--lr', type=float, default=3e-3); p.add_argument('--seed', type=int, default=0)
-    main(p.parse_args())
+if __name__ == '__main__': main(parser(per_class=200, size=96, epochs=4).parse_args())
