@@ -1,4 +1,5 @@
 "Everything a user needs in one import: `from fastai_meta.all import *` (not exported from a notebook)."
+from .sources import *
 from .columns import *
 from .encoding import *
 from .images import *

@@ -16,7 +16,7 @@ from .data import meta_encode, image_inputs, images_exchangeable, several_images
 from .model import *
 from .fusion import make_fusion, is_staged
 from .body import image_body, body_splitter, add_image_norm, split_bodies, timm_split, load_body_weights
-from .speed import FastTraining
+from .speed import FastTraining        # with it `Learner.to_fast`, which `meta_cnn_learner` calls
 from .losses import StageProjections, SelfContrastive, ArcMarginProduct, ArcFaceLoss, WrappedLoss
 
 # %% ../nbs/02_learner.ipynb #c3a1f0d2

@@ -5,7 +5,7 @@ from urllib.parse import urljoin, urlparse, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ['columns', 'encoding', 'images', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner', 'interpret', 'calibrate', 'crossfit', 'scores', 'context', 'compare', 'cli', 'synth', 'deploy', 'app']
+MODULES = ['sources', 'columns', 'encoding', 'images', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner', 'interpret', 'calibrate', 'crossfit', 'scores', 'context', 'compare', 'cli', 'synth', 'deploy', 'app']
 TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several_images', 'ugly_duckling']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']
@@ -139,3 +139,13 @@ def test_no_wrong_fastai_links(site):
     out, *_ = site
     for p in [f'{m}.html' for m in MODULES] + [f'tutorials/{t}.html' for t in TUTORIALS]:
         assert 'torch_core.html#concat' not in (out/p).read_text(), p
+
+def test_no_tutorial_reads_this_project_s_folders():
+    "A tutorial's code finds its data with `data_path` (a user has no ../shared), and every real-data tutorial says where to download it."
+    for f in sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
+        cells = json.loads(f.read_text())['cells']
+        code = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'code')
+        assert 'shared' not in code.replace('shared_body', ''), f"{f.name} reads the project's shared folder"
+        if 'data_path(' in code:
+            prose = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
+            assert 'doi.org/10.7910/DVN/DBW86T' in prose or 'isic-archive.com' in prose, f'{f.name} does not say where to download its data'
