@@ -11,6 +11,7 @@ __all__ = ['run_demo', 'CLIError', 'train_csv', 'predict_csv', 'compare_csv', 'm
 import argparse, json, os, sys, tempfile, time, warnings
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)   # fastai.layers, at import
 from fastai.vision.all import *
+from . import __version__
 from .columns import is_missing
 from .data import MetaDataLoaders, meta_encode, image_readers, target_task
 from .learner import meta_cnn_learner, fit_recipe
@@ -304,6 +305,7 @@ def _data_options(t):
 def _parser():
     "The `fastai-meta` command's arguments (defaults shown in `--help`)."
     p = argparse.ArgumentParser(prog='fastai-meta', description=__doc__ or 'Images with metadata in fastai.')
+    p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='cmd', required=True)
     add = partial(sub.add_parser, formatter_class=_ShowDefaults)
     d = add('demo', help='train image-only and image+metadata models on synthetic data; print both scores')
