@@ -149,3 +149,22 @@ def test_no_tutorial_reads_this_project_s_folders():
         if 'data_path(' in code:
             prose = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
             assert 'doi.org/10.7910/DVN/DBW86T' in prose or 'isic-archive.com' in prose, f'{f.name} does not say where to download its data'
+
+def _epoch_losses(nb):
+    "The validation losses of each epoch table in the saved outputs of notebook `nb`."
+    for c in nb['cells']:
+        for o in c.get('outputs', []):
+            html = ''.join(o.get('data', {}).get('text/html', ''))
+            for tb in re.findall(r'<table.*?</table>', html, re.S):
+                rows = [re.findall(r'<t[hd][^>]*>(.*?)</t[hd]>', r, re.S) for r in re.findall(r'<tr[^>]*>(.*?)</tr>', tb, re.S)]
+                head = next((r for r in rows if 'valid_loss' in r), None)
+                if head: yield [float(x) for r in rows if r is not head and len(r) == len(head)
+                                for x in [r[head.index('valid_loss')].strip()] if re.fullmatch(r'[-+0-9.eE]+', x)]
+
+def test_no_epoch_table_looks_broken():
+    "No page shows a model whose validation loss jumps (up to over 3x the epoch before and above 1, or up past 5): an example must look as it learns."
+    bad = []
+    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
+        for v in _epoch_losses(json.loads(f.read_text())):
+            if any(b > a and (b > 5 or (b > 1 and b > 3*a)) for a,b in zip(v, v[1:])): bad.append(f'{f.name}: {v}')
+    assert not bad, '\n'.join(bad)
