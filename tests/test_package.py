@@ -22,3 +22,21 @@ def test_version(capsys):
     try: main(['--version'])
     except SystemExit as e: assert e.code == 0
     assert capsys.readouterr().out.strip() == f'fastai-meta {fastai_meta.__version__}'
+
+def test_every_imported_package_is_declared():
+    "Each third-party package the library imports is a declared dependency (or an extra's), and the installed set is consistent (`pip check`)."
+    import ast, tomllib
+    declared = {d.split('>')[0].split('<')[0].split('=')[0].split('[')[0].strip().lower().replace('-', '_')
+                for ds in [tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['dependencies']] +
+                          list(tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['optional-dependencies'].values()) for d in ds}
+    names = {'sklearn': 'scikit_learn', 'PIL': 'pillow', 'plum': 'plum_dispatch'}
+    stdlib = set(sys.stdlib_module_names)
+    used = set()
+    for f in (ROOT/'fastai_meta').glob('*.py'):
+        for node in ast.walk(ast.parse(f.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and not node.level else []
+            used |= {m.split('.')[0] for m in mods if m}
+    used = {names.get(m, m).lower() for m in used if m not in stdlib and m != 'fastai_meta'}
+    assert used <= declared, f'imported but not declared: {sorted(used - declared)}'
+    out = subprocess.run([sys.executable, '-m', 'pip', 'check'], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:]
