@@ -16,7 +16,7 @@ from .learner import IMAGE, fold_learner, fold_spec
 from .interpret import subgroup_report
 from .scores import *
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
-from .crossfit import row_folds, cross_fit, fit_fold, RunStore, write_json
+from .crossfit import row_folds, cross_fit, fit_fold, out_of_fold, RunStore, write_json
 from .context import context_learner
 
 # %% ../nbs/03a_compare.ipynb #cmp019
@@ -182,10 +182,8 @@ class CompareResult(Comparison):
         self.positive = min(self.vocab, key=lambda v: (self.y == v).mean()) if len(self.vocab) == 2 else None   # the rarer class
         self.probs = {}                                            # (seed, model) -> out-of-fold probabilities of every row
         for s in self.seeds:
-            for m in (IMAGE, *self.fusions):
-                p = np.full((len(df), len(self.vocab)), np.nan)
-                for k in range(self.k): p[folds[s] == k] = runs[f'{s}/{k}/{m}']['probs']
-                self.probs[s, m] = p
+            for m in (IMAGE, *self.fusions): self.probs[s, m] = out_of_fold({k: runs[f'{s}/{k}/{m}'] for k in range(self.k)}, folds[s])
+            p = self.probs[s, IMAGE]
             p_meta, poe = np.full_like(p, np.nan), np.full_like(p, np.nan)
             for k in range(self.k):                                 # fitted on the training folds, like the networks
                 va = folds[s] == k
@@ -217,7 +215,12 @@ class CompareResult(Comparison):
         return res
 
     def decided(self, s, m):
-        "Every row's class under model `m` (seed `s`), at its fold's threshold (two classes) or the most probable class."
+        "Every row's class under model `m` (seed `s`), at its fold's threshold (two classes) or the most probable class; computed once."
+        cache = self.__dict__.setdefault('_decided', {})
+        if (s, m) not in cache: cache[s, m] = self._decide(s, m)
+        return cache[s, m]
+
+    def _decide(self, s, m):
         p = self.probs[s, m]
         if self.positive is None: return np.array(self.vocab, dtype=object)[p.argmax(1)]
         pos, t = self.vocab.index(self.positive), np.array([self.thresholds[s, m, k] for k in self.folds[s]])
@@ -297,10 +300,8 @@ class RegressionResult(Comparison):
         self.cat_names, self.cont_names = next(r['columns'] for r in runs.values() if 'columns' in r)
         self.pred = {}                                             # (seed, model) -> out-of-fold predictions of every row
         for s in self.seeds:
-            for m in (IMAGE, *self.fusions):
-                p = np.full((len(df), 1), np.nan)
-                for k in range(self.k): p[folds[s] == k] = np.asarray(runs[f'{s}/{k}/{m}']['probs'], dtype=float).reshape(-1, 1)
-                self.pred[s, m] = p
+            for m in (IMAGE, *self.fusions): self.pred[s, m] = out_of_fold({k: runs[f'{s}/{k}/{m}'] for k in range(self.k)}, folds[s])
+            p = self.pred[s, IMAGE]
             table = np.full_like(p, np.nan)
             for k in range(self.k):                                 # fitted on the training folds, like the networks
                 va = folds[s] == k
