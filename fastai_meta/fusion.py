@@ -52,7 +52,7 @@ class MetaBlockFusion(Fusion):
         self.f = nn.Sequential(nn.Linear(n_meta, c), nn.BatchNorm1d(c))
         self.g = nn.Sequential(nn.Linear(n_meta, c), nn.BatchNorm1d(c))
         # Start as sigmoid(tanh(V)): f(U) = 1, g(U) = 0, so a pretrained body's features pass through unscrambled and the
-        # metadata's modulation is learned from there (with random f, g the frozen epoch of `fine_tune` lost 11 points).
+        # metadata's modulation is learned from there.
         for bn, bias in ((self.f[1], 1.), (self.g[1], 0.)): nn.init.zeros_(bn.weight); nn.init.constant_(bn.bias, bias)
         self.setup_pool(c, n_meta, pool, concat_pool, concat_meta)
     def forward(self, x, u): return self.pooled(torch.sigmoid(torch.tanh(x * _bc(self.f(u), x)) + _bc(self.g(u), x)), u)
