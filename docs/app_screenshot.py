@@ -1,10 +1,11 @@
 """The app page's screenshot: a small HAM10000 model, calibrated, with a melanoma operating point, served by
 `fastai-meta app` and used in headless Chromium as a person would (upload, fill the form, read the answer).
 
-Needs ../shared/data/ham10000 and Debian's Chromium. Writes nbs/images/app.png (a few minutes on a 2-core CPU).
+Needs HAM10000 where `data_path('ham10000')` finds it, and Debian's Chromium. Writes nbs/images/app.png and, for the
+page's prose, what it trained and read in nbs/images/app.json (a few minutes on a 2-core CPU).
 Run: .venv/bin/python docs/app_screenshot.py
 """
-import socket, subprocess, sys, tempfile, time, urllib.request, warnings
+import json, socket, subprocess, sys, tempfile, time, urllib.request, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd
@@ -12,7 +13,7 @@ from fastai.vision.all import accuracy, set_seed
 from fastai_meta.all import *
 
 ROOT = Path(__file__).resolve().parents[1]
-HAM = ROOT.parent/'shared'/'data'/'ham10000'
+HAM = data_path('ham10000')
 
 def train(tmp, per_class=150, size=96):
     "A concat model of HAM10000 (at most `per_class` images per diagnosis, lesion-grouped split), calibrated, melanoma at 95 % sensitivity."
@@ -23,11 +24,14 @@ def train(tmp, per_class=150, size=96):
                                   cont_names=['age'], group_col='lesion_id', seed=0, cache=ImageCache(size), bs=32, num_workers=0)
     learn = meta_cnn_learner(dls, 'tf_efficientnet_lite0', weights_path=offline_weights(), metrics=accuracy)
     with learn.no_bar(): learn.fine_tune(3, 3e-3)
-    print(f'validation accuracy {learn.validate()[1]:.3f} on {len(learn.dls.valid_ds)} images')
-    print(learn.calibrate(), learn.set_operating_point('mel', 0.95), sep='\n')
+    facts = dict(per_class=per_class, size=size, epochs=3, n_valid=len(learn.dls.valid_ds), accuracy=float(learn.validate()[1]))
+    cal, op = learn.calibrate(), learn.set_operating_point('mel', 0.95)
+    facts.update(temperature=cal.temperature, threshold=float(learn.loss_func.threshold), n_classes=len(learn.dls.vocab))
+    print(facts, cal, op, sep='\n')
     valid = learn.dls.valid.items
     case = valid[(valid.dx == 'mel') & valid.sex.notna() & valid.localization.notna() & valid.age.notna()].iloc[0]
-    return learn.export_safe(tmp/'ham10000.safetensors'), case
+    facts.update(case=dict(image_id=case.image_id, dx=case.dx, sex=case.sex, localization=case.localization, age=float(case.age)))
+    return learn.export_safe(tmp/'ham10000.safetensors'), case, facts
 
 def shoot(model, case, out):
     "Serve `model` with the CLI on a free port; upload `case`'s image, fill its metadata, predict, and save the page to `out`."
@@ -41,7 +45,7 @@ def shoot(model, case, out):
             except OSError: time.sleep(0.5)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=['--no-sandbox', '--disable-gpu'])
-            page = browser.new_page(viewport={'width': 1200, 'height': 1000})
+            page = browser.new_page(viewport={'width': 1200, 'height': 960})
             page.goto(url, wait_until='networkidle')
             page.set_input_files('#image input[type=file]', str(HAM/'images'/f'{case.image_id}.jpg'))
             for col in ('sex', 'localization'):
@@ -50,14 +54,17 @@ def shoot(model, case, out):
             page.locator('#field-age input').fill(str(int(case.age)))
             page.locator('#predict').click()
             page.wait_for_function("document.querySelector('#decision').innerText.includes('Decision')", timeout=60000)
-            print(page.locator('#decision').inner_text(), page.locator('#effect').inner_text(), sep='\n')
+            read = dict(decision=page.locator('#decision').inner_text(), effect=page.locator('#effect').inner_text())
+            print(read['decision'], read['effect'], sep='\n')
             page.wait_for_timeout(2000)                       # let the probabilities finish their fade-in
             page.screenshot(path=str(out), full_page=False)
             browser.close()
+        return read
     finally: proc.terminate(); proc.wait(30)
 
 if __name__ == '__main__':
     with tempfile.TemporaryDirectory() as d:
-        model, case = train(Path(d))
+        model, case, facts = train(Path(d))
         print(f'case: {case.image_id}, {case.dx}, {case.sex}, {case.localization}, {case.age:.0f}')
-        shoot(model, case, ROOT/'nbs'/'images'/'app.png')
+        facts.update(shoot(model, case, ROOT/'nbs'/'images'/'app.png'))
+        (ROOT/'nbs'/'images'/'app.json').write_text(json.dumps(facts, indent=1) + '\n')

@@ -12,7 +12,7 @@
 
 Run: `make docs`, or `python docs/build.py [--out _site]`.
 """
-import argparse, json, re, shutil, subprocess, sys
+import inspect, argparse, json, re, shutil, subprocess, sys
 from pathlib import Path
 import yaml
 
@@ -40,12 +40,24 @@ def show_doc_markdown(md):
     if src: md = md[:src.start()] + md[src.end():]
     m = re.search(r'^#+\s+(\S+).*$', md, re.MULTILINE)
     if not m: return md
-    link = f"\n\n{src.group(0).strip()}" if src else ''      # quarto floated it right, above the heading; here it follows the heading
+    link = f"\n\n{own_source(m.group(1), src.group(0).strip())}" if src else ''      # quarto floated it right, above the heading; here it follows the heading
     # The anchor and the index entry follow the heading: before it, they would end the previous section, and links would land there.
     # The index entry's target goes on the signature block below it: Sphinx's search shows that block's text as the hit's summary
     # (on an empty target it fails with a console error).
     return (md[:m.end()] + f'\n\n<a id="{m.group(1).lower()}"></a>' + link
             + f'\n\n```{{index}} single: {m.group(1)}\n```\n' + md[m.end():])
+
+def own_source(name, link):
+    "The source link of documented `name`, pointed at this library's code where nbdev pointed it at fastai's (a method wrapped by fastcore's `delegates`)."
+    if 'fastai_meta/' in link: return link
+    try:
+        import fastai_meta.all as obj
+        for part in name.split('.'): obj = getattr(obj, part)
+        obj = inspect.unwrap(getattr(obj, '__func__', obj))
+        file, line = inspect.getsourcefile(obj), inspect.getsourcelines(obj)[1]
+    except Exception: return link
+    if not file or Path(file).parent.name != 'fastai_meta': return link
+    return re.sub(r'\(https?://[^)]*\)', f'(https://github.com/fastai-meta/fastai_meta/blob/main/fastai_meta/{Path(file).name}#L{line})', link, count=1)
 
 def show_doc_name(md):
     "The documented name of `show_doc`'s markdown (its heading)."

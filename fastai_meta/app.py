@@ -101,8 +101,8 @@ def _decision_text(learn, res):
     if res['kind'] == 'points': return 'Points (x, y, in pixels of the image): ' + '; '.join(f'({x:.1f}, {y:.1f})' for x,y in res['points'])
     return 'Prediction: ' + ', '.join(f'{v:.4g}' for v in res['with_meta'])
 
-def _effect_text(res, top=5):
-    "A Markdown table of the prediction with the metadata and with none."
+def _effect_text(res, top=None):
+    "A Markdown table of the prediction with the metadata and with none (every class, or the `top` likeliest)."
     if res['kind'] in ('category', 'multicategory'):
         rows = sorted(zip(res['classes'], res['with_meta'], res['without_meta']), key=lambda r: -r[1])[:top]
         body = [f'| {c} | {a:.3f} | {b:.3f} | {a - b:+.3f} |' for c,a,b in rows]
@@ -139,7 +139,7 @@ def meta_app(learn, title='fastai_meta'):
                           gr.Number(value=None, label=c, info=h, elem_id=f'field-{c}') for c,k,ch,h in fields]
                 go = gr.Button('Predict', variant='primary', elem_id='predict')
             with gr.Column():
-                result = (gr.Label(num_top_classes=5, label='probabilities', elem_id='probabilities') if kind in ('category', 'multicategory')
+                result = (gr.Label(num_top_classes=len(learn.dls.vocab), label='probabilities', elem_id='probabilities') if kind in ('category', 'multicategory')
                           else gr.Image(label='points', elem_id='points') if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'))
                 decision = gr.Markdown(elem_id='decision')
                 effect = gr.Markdown(elem_id='effect')

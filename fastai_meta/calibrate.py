@@ -33,7 +33,7 @@ def fit_temperature(logits, targets, multi=False, bounds=(0.05, 20.)):
     logits = torch.as_tensor(logits).float()
     with torch.no_grad(): f = lambda lt: float(_nll(logits / np.exp(lt), targets, multi))
     res = minimize_scalar(f, bounds=tuple(np.log(bounds)), method='bounded', options=dict(xatol=1e-4))
-    t = float(np.exp(res.x))
+    t = float(np.exp(res.x)) if f(res.x) <= f(0.) else 1.       # never worse than leaving the logits as they are
     if not bounds[0]*1.01 < t < bounds[1]/1.01:
         warnings.warn(f"The fitted temperature, {t:.3g}, is at the edge of {bounds}: the logits hardly predict these targets "
                       "(a model no better than chance is calibrated by flattening it). Check the model before trusting its probabilities.")
@@ -52,14 +52,15 @@ def ExpectedCalibrationError(n_bins=15, multi=False):
     act = ActivationType.Sigmoid if multi else ActivationType.Softmax
     return AccumMetric(partial(calibration_error, n_bins=n_bins), activation=act, dim_argmax=-1, flatten=False, name='ece')
 
-def reliability(probs, targets, n_bins=15):
-    "Points of a reliability diagram: mean confidence and accuracy of the top class in each non-empty bin (scikit-learn's `calibration_curve`), with the bins' counts."
+def reliability(probs, targets, n_bins=15, strategy='uniform'):
+    "Points of a reliability diagram: mean confidence and accuracy of the top class in each non-empty bin (scikit-learn's `calibration_curve`; `strategy='quantile'`: bins of equal counts), with the bins' counts."
     from sklearn.calibration import calibration_curve
     probs, targets = torch.as_tensor(probs).float(), torch.as_tensor(targets)
     if targets.ndim == 2: conf, hit = probs.flatten().numpy(), targets.flatten().numpy()
     else: conf, hit = probs.max(1).values.numpy(), (probs.argmax(1) == targets).numpy()
-    acc, mean_conf = calibration_curve(hit.astype(int), conf, n_bins=n_bins, strategy='uniform')
-    counts = np.bincount(np.searchsorted(np.linspace(0, 1, n_bins + 1)[1:-1], conf), minlength=n_bins)   # sklearn's bins
+    acc, mean_conf = calibration_curve(hit.astype(int), conf, n_bins=n_bins, strategy=strategy)
+    edges = np.percentile(conf, np.linspace(0, 100, n_bins + 1)) if strategy == 'quantile' else np.linspace(0, 1, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=n_bins)   # sklearn's bins
     return mean_conf, acc, counts[counts > 0]
 
 # %% ../nbs/03b_calibrate.ipynb #9d13d2a4
@@ -73,12 +74,12 @@ class Calibration:
     def __repr__(self):
         return (f'{type(self).__name__}(temperature={self.temperature:.3f}, ECE {self.ece_before:.3f} -> {self.ece_after:.3f} '
                 f'NLL {self.nll_before:.3f} -> {self.nll_after:.3f}, on {self.n} rows)')
-    def plot(self, ax=None):
-        "Reliability diagram before and after: accuracy against confidence per bin (the diagonal is perfect calibration)."
+    def plot(self, ax=None, n_bins=None):
+        "Reliability diagram before and after: accuracy against confidence in `n_bins` bins of equal counts (default: one per 20 rows, 3 to `self.n_bins`), so that every point rests on as many rows; the diagonal is perfect calibration."
         if ax is None: ax = plt.subplots(figsize=(4, 4))[1]
         ax.plot([0, 1], [0, 1], 'k--', lw=1, label='perfectly calibrated')
         for p, nm, e in ((self.before, 'before', self.ece_before), (self.after, f'after (T={self.temperature:.2f})', self.ece_after)):
-            conf, acc, _ = reliability(p, self.targets, self.n_bins)
+            conf, acc, _ = reliability(p, self.targets, ifnone(n_bins, max(3, min(self.n_bins, self.n // 20))), strategy='quantile')
             ax.plot(conf, acc, 'o-', label=f'{nm}: ECE {e:.3f}')
         ax.set_xlabel('confidence'); ax.set_ylabel('accuracy'); ax.legend(fontsize=8); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
         return ax

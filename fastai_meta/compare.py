@@ -99,15 +99,20 @@ class Comparison:
         return paired_stats(np.subtract(self._diffs(a, lambda r: r[t], t), self._diffs(b, lambda r: r[t], t)), self.test_frac)
 
     def _table_wins(self, table):
-        "', the table alone beats every fusion...' when `table` beats the best fusion on the headline metric with its whole interval above 0, else ''."
+        "'; `table` beats the best fusion...' when model `table` (the table alone, or a combination that needs no training) beats the best fusion on the headline metric with its whole interval above 0, else ''."
         nets = [f for f in self.fusions if f != CONTEXT]
         if not nets: return ''
         f = max(nets, key=lambda f: self.lift[f][self.headline]['mean'])
         v = self.versus(table, f)
         if not v['low'] > 0: return ''
         x = 100 if self.task != 'regression' else 1
-        return (f"; the table alone ({table}) beats the best fusion, {f}, by {x*v['mean']:+.3g} [{x*v['low']:+.3g}, {x*v['high']:+.3g}]: "
+        return (f"; {table} beats the best fusion, {f}, by {x*v['mean']:+.3g} [{x*v['low']:+.3g}, {x*v['high']:+.3g}]: "
                 "the network does not use what the table holds")
+
+    def _best_net(self):
+        "The network (a fusion, or the patient context) with the largest mean lift on the headline metric; the verdict leads with it."
+        nets = [m for m in self.fusions if m in self.lift] or [m for m in self.models if m != IMAGE]
+        return max(nets, key=lambda m: self.lift[m][self.headline]['mean'])
 
     def _lifts(self):
         "`lift[model][metric]`: paired stats of the model's improvement over image only, per fold."
@@ -250,10 +255,10 @@ class CompareResult(Comparison):
         return int((self.scores[self.scores.model == m].classes_predicted < 2).sum())
 
     def _verdict(self):
-        "One line: the best model on the headline metric and its lift over image only, what the table alone says, who predicts one class, the class whose recall drops most."
+        "One line: the best network (fusion or context) and its lift over image only on the headline metric, the best model of all, whether the table alone or the product of experts beats the network, who predicts one class, the class whose recall drops most."
         h, name = self.headline, self.headline.replace('_', ' ')
         mean = self.scores.groupby('model')[h].mean()
-        m = max((m for m in self.models if m not in (IMAGE, GBM)), key=lambda m: self.lift[m][h]['mean'])
+        m = self._best_net()
         l = self.lift[m][h]
         what = 'patient context' if m == CONTEXT else 'metadata'
         what = f'{what} helps' if l['low'] > 0 else f'{what} hurts' if l['high'] < 0 else f'no clear effect of the {what}'
@@ -261,7 +266,7 @@ class CompareResult(Comparison):
                 f"(95 % interval; better in {l['wins']} of {l['n']} folds)")
         best = mean[self.models].idxmax()
         line += f"; best {name}: {best} ({mean[best]:.3f})"
-        line += self._table_wins(GBM)
+        line += self._table_wins(GBM) or self._table_wins(POE)
         single = [f'{x} ({self.one_class(x)} of {len(self.seeds)*self.k} folds)' for x in self.models if self.one_class(x)]
         if single: line += f"; one class predicted for every row by {', '.join(single)}"
         drops = {v: r['mean'] for v,r in self.per_class[m].items() if np.isfinite(r['mean'])}
@@ -319,17 +324,17 @@ class RegressionResult(Comparison):
         self.verdict = self._verdict()
 
     def _verdict(self):
-        "One line: the best model with metadata and its lift over image only on the headline metric, the best of all, and whether the network uses what the table holds."
+        "One line: the best network and its lift over image only on the headline metric, the best model of all, and whether the network uses what the table holds."
         h = self.headline
         mean = self.scores.groupby('model')[h].mean()
-        m = max((m for m in self.models if m not in (IMAGE, TABLE)), key=lambda m: self.lift[m][h]['mean'])
+        m = self._best_net()
         l = self.lift[m][h]
         what = 'metadata helps' if l['low'] > 0 else 'metadata hurts' if l['high'] < 0 else 'no clear effect of the metadata'
         line = (f"{what}: {m} {l['mean']:+.3g} [{l['low']:+.3g}, {l['high']:+.3g}] better {h} than image only "
                 f"(95 % interval; better in {l['wins']} of {l['n']} folds)")
         best = (mean[self.models].idxmin() if h in LOWER_IS_BETTER else mean[self.models].idxmax())
         line += f"; best {h}: {best} ({mean[best]:.3g})"
-        if (wins := self._table_wins(TABLE)): line += wins + f"; use {best}"
+        if (wins := self._table_wins(TABLE) or self._table_wins(AVERAGE)): line += wins + f"; use {best}"
         return line + f". (Headline: {h}, {self.why}.)"
 
     def to_markdown(self):

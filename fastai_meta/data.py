@@ -271,6 +271,7 @@ class MetaDataLoaders(DataLoaders):
                 item_tfms=None, batch_tfms=None, img_cls=PILImage, cache=None, exclude=None, n_images=None, image_sep=None, **kwargs):
         "Create from `df`: images in `path/folder` named by `fn_col` (several columns, or a column of lists or `image_sep`-separated names: see `ImageBlocks`), metadata `cat_names`/`cont_names` (default: inferred, leaving out `exclude`), labels in `label_col`; `group_col`: split by group (stratified by a single label); `cache`: an `ImageCache`."
         if not len(df): raise ValueError("The table is empty: there are no rows to train on.")
+        fn_col, label_col = (df.columns[c] if isinstance(c, int) else c for c in (fn_col, label_col))   # positions, as in fastai's from_df
         pref = f'{Path(path) if folder is None else Path(path)/folder}{os.path.sep}'
         if y_block is None:
             is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None

@@ -273,3 +273,12 @@ def test_uncalled_metablock_on_real_tables(table, fn_col, label, cats, conts, le
         assert all(enc.left_out[c].startswith(why) for c,why in left.items()), enc.left_out
         said = capsys.readouterr().out
         assert all(c in said for c in left), said
+
+def test_from_df_takes_column_positions(tmp_path):
+    "`fn_col` and `label_col` may be positions, as in fastai's `ImageDataLoaders.from_df` (its defaults, 0 and 1)."
+    df = make_synthetic(tmp_path, n=40, task='meta', size=16)
+    df = df[['fname', 'label', 'site', 'age']]
+    dls = MetaDataLoaders.from_df(df, tmp_path, folder='images', cat_names=['site'], cont_names=['age'], bs=8, num_workers=0)
+    test_eq(list(dls.vocab), ['no', 'yes'])
+    x, meta, y = dls.one_batch()
+    test_eq(x.shape[0], 8)

@@ -168,3 +168,27 @@ def test_no_epoch_table_looks_broken():
         for v in _epoch_losses(json.loads(f.read_text())):
             if any(b > a and (b > 5 or (b > 1 and b > 3*a)) for a,b in zip(v, v[1:])): bad.append(f'{f.name}: {v}')
     assert not bad, '\n'.join(bad)
+
+def test_one_heading_per_symbol_and_our_source_links(site):
+    "A reference page heads each symbol once (no prose heading repeating `show_doc`'s), and every source link of this library's symbols points at this library's code."
+    out, *_ = site
+    for m in MODULES:
+        html = (out/f'{m}.html').read_text()
+        heads = [re.sub(r'<[^>]+>|¶|#', '', h).strip() for h in re.findall(r'<h[1-4][^>]*>(.*?)</h[1-4]>', html, re.S)]
+        twice = [a for a,b in zip(heads, heads[1:]) if a == b]
+        assert not twice, f'{m}.html: headings doubled: {twice}'
+        other = [u for u in re.findall(r'href="([^"]+)"[^>]*>\s*source\s*<', html) if 'github.com/fastai-meta/fastai_meta' not in u]
+        assert not other, f"{m}.html: source links away from this library's code: {other}"
+
+def test_shown_code_uses_the_public_api():
+    "No shown code cell (neither hidden nor the library's own exported source) calls one of the library's private functions or classes."
+    private = set()
+    for f in (ROOT/'fastai_meta').glob('*.py'):
+        private |= {m.group(1) for m in re.finditer(r'^(?:def|class)\s+(_[A-Za-z]\w*)|^(_[A-Za-z]\w*)\s*=', f.read_text(), re.M) if m.group(1)}
+    bad = []
+    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
+        for c in json.loads(f.read_text())['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type'] != 'code' or re.search(r'^#\|\s*(hide|export|echo:\s*false)', src, re.M): continue
+            bad += [f'{f.name}: {n}' for n in private if re.search(r'(?<![\w.])' + re.escape(n) + r'\b', src)]
+    assert not bad, bad
