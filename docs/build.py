@@ -12,7 +12,7 @@
 
 Run: `make docs`, or `python docs/build.py [--out _site]`.
 """
-import inspect, argparse, json, re, shutil, subprocess, sys
+import functools, inspect, argparse, json, re, shutil, subprocess, sys
 from pathlib import Path
 import yaml
 
@@ -50,10 +50,10 @@ def show_doc_markdown(md):
 def own_source(name, link):
     "The source link of documented `name`, pointed at this library's code where nbdev pointed it at fastai's (a method wrapped by fastcore's `delegates`)."
     if 'fastai_meta/' in link: return link
+    import fastai.vision.all, fastai_meta.all
     try:
-        import fastai_meta.all as obj
-        for part in name.split('.'): obj = getattr(obj, part)
-        obj = inspect.unwrap(getattr(obj, '__func__', obj))
+        obj = functools.reduce(getattr, name.split('.'), fastai_meta.all if hasattr(fastai_meta.all, name.split('.')[0]) else fastai.vision.all)
+        obj = getattr(obj, '__func__', obj)                  # a patched fastai method (`DataBlock.datasets`) lives in this library
         file, line = inspect.getsourcefile(obj), inspect.getsourcelines(obj)[1]
     except Exception: return link
     if not file or Path(file).parent.name != 'fastai_meta': return link
