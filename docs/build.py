@@ -48,7 +48,7 @@ def show_doc_markdown(md):
             + f'\n\n```{{index}} single: {m.group(1)}\n```\n' + md[m.end():])
 
 def own_source(name, link):
-    "The source link of documented `name`, pointed at this library's code where nbdev pointed it at fastai's (a method wrapped by fastcore's `delegates`)."
+    "The source link of documented `name`, pointed at this library's code where nbdev pointed it at fastai's (a fastai method this library patches, as `DataBlock.datasets`)."
     if 'fastai_meta/' in link: return link
     import fastai.vision.all, fastai_meta.all
     try:

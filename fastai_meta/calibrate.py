@@ -33,7 +33,7 @@ def fit_temperature(logits, targets, multi=False, bounds=(0.05, 20.)):
     logits = torch.as_tensor(logits).float()
     with torch.no_grad(): f = lambda lt: float(_nll(logits / np.exp(lt), targets, multi))
     res = minimize_scalar(f, bounds=tuple(np.log(bounds)), method='bounded', options=dict(xatol=1e-4))
-    t = float(np.exp(res.x)) if f(res.x) <= f(0.) else 1.       # never worse than leaving the logits as they are
+    t = float(np.exp(res.x)) if res.fun <= f(0.) else 1.       # never worse than leaving the logits as they are
     if not bounds[0]*1.01 < t < bounds[1]/1.01:
         warnings.warn(f"The fitted temperature, {t:.3g}, is at the edge of {bounds}: the logits hardly predict these targets "
                       "(a model no better than chance is calibrated by flattening it). Check the model before trusting its probabilities.")

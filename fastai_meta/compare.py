@@ -111,8 +111,7 @@ class Comparison:
 
     def _best_net(self):
         "The network (a fusion, or the patient context) with the largest mean lift on the headline metric; the verdict leads with it."
-        nets = [m for m in self.fusions if m in self.lift] or [m for m in self.models if m != IMAGE]
-        return max(nets, key=lambda m: self.lift[m][self.headline]['mean'])
+        return max(self.fusions, key=lambda m: self.lift[m][self.headline]['mean'])     # `meta_compare` refuses an empty `fusions`
 
     def _lifts(self):
         "`lift[model][metric]`: paired stats of the model's improvement over image only, per fold."

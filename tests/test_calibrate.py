@@ -77,3 +77,11 @@ def test_calibrate_refuses_regression(synth):
                                   y_block=RegressionBlock, cat_names=['site'], cont_names=['age'], seed=0, bs=16, num_workers=0)
     learn = meta_cnn_learner(dls, 'resnet10t', pretrained=False)
     with pytest.raises(ValueError, match='classifiers'): learn.calibrate()
+
+def test_reliability_in_bins_of_equal_counts():
+    "`strategy='quantile'` (what `Calibration.plot` draws): every bin holds as many rows, and the points still show over-confidence."
+    z, y = _sampled(n=1000, c=3, seed=1)
+    p = (2 * z).softmax(1)
+    m_conf, m_acc, counts = reliability(p, y, n_bins=10, strategy='quantile')
+    assert counts.sum() == len(y) and counts.min() >= 95 and counts.max() <= 105 and len(m_conf) == 10
+    assert (m_conf > m_acc).mean() > 0.5 and (np.diff(m_conf) > 0).all()
