@@ -12,7 +12,7 @@ import json, warnings
 from fastai.vision.all import *
 from .encoding import check_columns
 from .data import meta_encode, check_classes, target_task
-from .learner import IMAGE, fold_learner, fold_spec
+from .learner import IMAGE, fold_learner, fold_spec, learner_args
 from .interpret import subgroup_report
 from .scores import *
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
@@ -47,12 +47,13 @@ def _settings(df, spec, a):
                 cat_names=names(spec['cat_names']), cont_names=names(spec['cont_names']), exclude=list(L(a.exclude)), fusions=list(a.fusions),
                 arch=spec['arch'] if isinstance(spec['arch'], str) else spec['arch'].__name__, pretrained=bool(spec['pretrained']),
                 weights=Path(spec['weights_path']).name if spec['weights_path'] else None, epochs=a.epochs, lr=a.lr, size=spec['size'], bs=spec['bs'],
-                n_folds=a.n_folds, seeds=list(a.seeds), task=a.task, image_sep=spec['image_sep'], **(dict(context_col=a.context_col, context_folds=a.context_folds) if CONTEXT in a.fusions else {}))
+                n_folds=a.n_folds, seeds=list(a.seeds), task=a.task, image_sep=spec['image_sep'],
+                **({'learner': learner_args(spec)} if learner_args(spec) else {}), **(dict(context_col=a.context_col, context_folds=a.context_folds) if CONTEXT in a.fusions else {}))
 
-@delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'])
+@delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'], keep=True)
 def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr=None, n_folds=5, seeds=(0,), out=None, bins=4,
                  context_col=None, context_folds=3, exclude=None, metric=None, task='auto', cbs=None, **kwargs):
-    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`."
+    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`; `kwargs`: the data, the body and the learner (`fold_spec`)."
     spec = fold_spec(path=path, exclude=list(L(exclude)) + ([group_col] if group_col else []), **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col] + ([group_col] if group_col else []))
@@ -163,7 +164,8 @@ class Comparison:
         "The comparison's setting, in one line."
         s, n = self.settings, len(self.y)
         return ((f"{n} rows, {s['n_folds']} folds grouped by `{s['group_col']}`" if s['group_col'] else f"{n} rows, {s['n_folds']} folds of rows (no group column)") +
-                f" × {len(s['seeds'])} seed(s); {s['arch']}{' pretrained' if s['pretrained'] else ' from scratch'} at {s['size']} px, {s['epochs']} epochs, batch {s['bs']}.")
+                f" × {len(s['seeds'])} seed(s); {s['arch']}{' pretrained' if s['pretrained'] else ' from scratch'} at {s['size']} px, {s['epochs']} epochs, batch {s['bs']}" +
+                ''.join(f", {k}={v}" for k,v in s.get('learner', {}).items()) + '.')
 
     def _note(self):
         "How to read the lifts and their intervals."

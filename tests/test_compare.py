@@ -167,3 +167,17 @@ def test_cli_compares_a_regression(synth, tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'Headline: rmse' in out and 'table only (gradient boosting)' in out and (tmp_path/'cmp'/'compare.md').exists()
     assert main(args + ['--metric', 'roc_auc', '--out', str(tmp_path/'c2')]) == 2 and 'for a regression' in capsys.readouterr().err
+
+def test_learner_arguments_reach_every_network(synth, tmp_path):
+    "`ps` (the head's dropout) reaches image only (fastai's `vision_learner`) and the fusion, is recorded in the settings and the settings line, and an unknown argument is refused by name."
+    path, df = synth('meta', n=48)
+    df = df.assign(patient=[f'P{i // 2}' for i in range(len(df))])
+    seen = []
+    class Dropouts(Callback):
+        def before_fit(self): seen.append((type(self.learn).__name__, {round(m.p, 3) for m in self.learn.model.modules() if isinstance(m, nn.Dropout)}))
+    res = _compare(path, df, n_folds=2, epochs=1, bs=16, ps=0.123, cbs=Dropouts(), out=tmp_path)
+    test_eq(sorted({k for k,_ in seen}), ['Learner', 'MetaLearner'])              # image only, then the fusion, on each fold
+    assert len(seen) == 4 and all(0.123 in p for _,p in seen), seen
+    test_eq(res.settings['learner'], {'ps': 0.123})
+    assert 'ps=0.123' in (tmp_path/'compare.md').read_text()
+    with pytest.raises(TypeError, match=r"\['pss'\]"): _compare(path, df, n_folds=2, epochs=1, pss=0.1)
