@@ -18,4 +18,5 @@ from .context import *
 from .compare import *
 from .synth import *
 from .deploy import *
+from .hub import *
 from .app import *

@@ -9,29 +9,16 @@ __all__ = ['image_body', 'body_splitter', 'add_image_norm', 'load_body_weights',
            'split_bodies', 'timm_split']
 
 # %% ../nbs/01b_body.ipynb #eb736fe8
-import os, socket
-from contextlib import contextmanager
+import os
 from fastai.vision.all import *
 from fastai.vision.learner import _add_norm, _timm_norm, _default_meta   # fastai's own helpers of `vision_learner`
 
 # %% ../nbs/01b_body.ipynb #090a9329
-def _online(host, timeout=3.):
-    "Whether `host` answers on port 443 within `timeout` seconds."
-    try:
-        with socket.create_connection((host, 443), timeout=timeout): return True
-    except OSError: return False
-
-@contextmanager
-def _hf_offline():
-    "Make the Hugging Face hub use its local cache only, for this block."
-    import huggingface_hub.constants as hfc
-    old, hfc.HF_HUB_OFFLINE = hfc.HF_HUB_OFFLINE, True
-    try: yield
-    finally: hfc.HF_HUB_OFFLINE = old
-
 def _no_weights(arch, e):
-    return RuntimeError(f"Could not get pretrained weights for {arch!r} (no network, and none in the local cache: {e}). "
-                        "Pass `pretrained=False` to train from scratch, or `weights_path=` a local weights file.")
+    "The error for pretrained weights that could not be had: what happened, and what to pass instead."
+    return RuntimeError(f"Could not get pretrained weights for {arch!r} (not downloadable and not in the local cache: {e}). "
+                        "Pass `pretrained=False` to train from scratch, or `weights_path=` a local weights file. Offline with a cache, "
+                        "set HF_HUB_OFFLINE=1 before starting Python: the hub then reads its cache at once instead of retrying the network.")
 
 # %% ../nbs/01b_body.ipynb #390d18d5
 def _timm_body(arch, pretrained, weights_path, n_in):
@@ -39,10 +26,7 @@ def _timm_body(arch, pretrained, weights_path, n_in):
     import timm
     kw = dict(num_classes=0, in_chans=n_in)
     if weights_path is not None: kw['pretrained_cfg_overlay'] = dict(file=str(weights_path))
-    try:
-        if pretrained and weights_path is None and not _online('huggingface.co'):
-            with _hf_offline(): model = timm.create_model(arch, pretrained=True, **kw)
-        else: model = timm.create_model(arch, pretrained=pretrained, **kw)
+    try: model = timm.create_model(arch, pretrained=pretrained, **kw)       # the hub's own offline mode, proxies and errors
     except (OSError, RuntimeError) as e:
         if pretrained and weights_path is None: raise _no_weights(arch, e) from e
         raise

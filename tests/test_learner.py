@@ -1,10 +1,9 @@
 "meta_cnn_learner on data sets built so the answer is known: what only the metadata, or both inputs, reveal."
-import subprocess, sys, time
+import subprocess, sys, time, unittest.mock
 import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai.tabular.all import tabular_learner, TabularDataLoaders, Categorify, FillMissing
 from fastai_meta.all import *
-from fastai_meta.body import _online
 from conftest import COLS, meta_dls, fit_quietly
 from fastai_meta.columns import category_keys
 
@@ -150,14 +149,17 @@ def test_fine_tune_trains_a_timm_body_at_the_heads_rate(synth):
     lrs = final_lrs(meta_cnn_learner(dls, resnet18, pretrained=False))
     test_close(lrs[-1] / lrs[0], 100, eps=1e-3)                                # fastai's default kept
 
-def test_pretrained_without_network_fails_fast(synth, tmp_path):
-    if _online('download.pytorch.org', timeout=1): pytest.skip('network reachable: nothing to test')
+def test_pretrained_without_network_fails_fast(synth, tmp_path, monkeypatch):
+    "Weights neither downloadable nor cached: one message that says what to pass, at once (torchvision's download failing; the hub in its own offline mode, an empty cache)."
+    import huggingface_hub.constants as hfc
+    monkeypatch.setattr(hfc, 'HF_HUB_OFFLINE', True); monkeypatch.setattr(hfc, 'HF_HUB_CACHE', str(tmp_path/'hub'))
     path, df = synth('xor', n=64)
     dls = meta_dls(path, df, 'xor')
-    for arch in (resnet18, 'resnet18'):
-        start = time.time()
-        with pytest.raises(RuntimeError, match='pretrained=False'): meta_cnn_learner(dls, arch)
-        assert time.time() - start < 15
+    with unittest.mock.patch('torchvision.models._api.load_state_dict_from_url', side_effect=OSError('no network')):
+        for arch in (resnet18, 'resnet18'):
+            start = time.time()
+            with pytest.raises(RuntimeError, match='pretrained=False.*HF_HUB_OFFLINE'): meta_cnn_learner(dls, arch)
+            assert time.time() - start < 15
     torch.save(resnet18().state_dict(), tmp_path/'r18.pth')   # local weights work offline
     learn = meta_cnn_learner(dls, resnet18, weights_path=tmp_path/'r18.pth')
     assert learn.pretrained and not next(learn.model[0].parameters()).requires_grad
