@@ -70,6 +70,15 @@ def _check_named(df, csv, named=(), **cols):
     missing = [c for c in named if c not in df.columns]
     if missing: raise CLIError(f"column(s) {missing} not in {csv}; it has {list(df.columns)}")
 
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)     # what bad rows, columns or image files raise while the data is made
+
+def _check_images(df, images, fname_col, suff='', image_sep=None):
+    "A `CLIError` naming the first of the table's image files (in `fname_col`, several columns, or `image_sep`-separated) not found under `images`."
+    missing = [(i, f) for c in L(fname_col) for i,v in df[c].dropna().items()
+               for f in (str(v).split(image_sep) if image_sep else [str(v)]) if f and not (Path(images)/f'{f}{suff}').is_file()]
+    if missing: raise CLIError(f"{len(missing)} image file(s) not found under {images}, e.g. {missing[0][1] + suff!r} (row {missing[0][0]!r}); "
+                               "fix the file names, --suff or the folder")
+
 def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
               label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
@@ -81,15 +90,18 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = target_task(df[label], label_delim, task)
+    _check_images(df, images, fname_col, suff, image_sep)
     if context_col is not None: return _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights,
                                                       fusion, suff, task, seed, lr, out, exclude, calibrate or operating_point or image_sep or valid_col,
                                                       context_col, context_folds)
     set_seed(seed, reproducible=True)      # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
-    dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label, label_delim=label_delim,
-                                  y_block=RegressionBlock if task == 'regression' else None,
-                                  cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None, exclude=exclude,
-                                  valid_pct=valid_pct, valid_col=valid_col, group_col=group_col, seed=seed, item_tfms=Resize(size), bs=bs,
-                                  image_sep=image_sep)
+    try:
+        dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label, label_delim=label_delim,
+                                      y_block=RegressionBlock if task == 'regression' else None,
+                                      cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None, exclude=exclude,
+                                      valid_pct=valid_pct, valid_col=valid_col, group_col=group_col, seed=seed, item_tfms=Resize(size), bs=bs,
+                                      image_sep=image_sep)
+    except _INPUT_ERRORS as e: raise CLIError(f"could not make the data from {csv} and {images}: {type(e).__name__}: {e}") from e
     enc = meta_encode(dls).encoding
     if cat or cont: print(f"Metadata (named): categorical: {', '.join(enc.cat_names) or '(none)'}; continuous: {', '.join(enc.cont_names) or '(none)'}")
     tr, va = dls.splits
@@ -98,8 +110,10 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     print(f'Split: {len(tr):,} training and {len(va):,} validation rows ({split}).')
     arch = getattr(models, arch, None) or arch
     pretrained = pretrained or weights is not None
-    learn = meta_cnn_learner(dls, arch, fusion=fusion, pretrained=pretrained, weights_path=weights,
-                             metrics=_metrics(task, len(getattr(dls, 'vocab', [])) if task == 'classification' else 0))
+    try: learn = meta_cnn_learner(dls, arch, fusion=fusion, pretrained=pretrained, weights_path=weights,
+                                  metrics=_metrics(task, len(getattr(dls, 'vocab', [])) if task == 'classification' else 0))
+    except Exception as e:                 # an unknown arch or fusion, weights that cannot be had or do not fit: the options, not the data
+        raise CLIError(f"could not build the model ({arch!r}, fusion {fusion!r}{f', weights {weights}' if weights else ''}): {type(e).__name__}: {e}") from e
     learn.path = Path('.')
     method, args, kwargs = fit_recipe(learn, epochs, lr)
     print(f"Training: {method}({', '.join(map(str, args))}{''.join(f', {k}={v}' for k,v in kwargs.items())}), {task}.")
@@ -159,11 +173,13 @@ def _needed_columns(learn):
     enc = meta_encode(learn.dls).encoding
     return list(dict.fromkeys(c for r in _image_readers(learn) for c in r.cols if not isinstance(c, int))) + enc.cat_names + enc.cont_names
 
-def _pred_rows(learn, rows):
-    "Probabilities (or values) and decoded predictions of the rows of `rows`."
+def _pred_rows(learn, rows, tta=False):
+    "Probabilities (or values) and decoded predictions of the rows of `rows`, and with `tta` (fastai's test-time augmentation, decoded as `get_preds` decodes) whether the augmentations changed nothing."
     dl = learn.dls.test_dl(rows, num_workers=0)
-    probs, _, dec = learn.get_preds(dl=dl, with_decoded=True)
-    return probs, dec
+    if not tta: return (*learn.get_preds(dl=dl, with_decoded=True)[::2], None)
+    aug, plain = learn.tta(dl=dl, beta=None)[0]
+    probs = torch.lerp(aug, plain, 0.25)                      # fastai's own mix (`beta=0.25`)
+    return probs, getcallable(learn.loss_func, 'decodes')(probs), bool(torch.allclose(aug, plain))
 
 def _row_error(learn, row_df):
     "Why the one row of `row_df` cannot be predicted (`None` if it can)."
@@ -188,12 +204,14 @@ def _output_columns(learn, vocab):
     n = getattr(learn, 'n_out', None) or get_c(learn.dls) or 1
     return ['prediction'] if n == 1 else [f'prediction_{j}' for j in range(n)]
 
-def predict_csv(model, csv, images, out=None, suff=None, chunk=256):
-    "Predict every row of `csv` (images under `images`) with the exported learner `model`; one row out per row in, bad rows reported in `error`, not dropped."
+def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, progress=True):
+    "Predict every row of `csv` (images under `images`) with the exported learner `model` (with `tta`, test-time augmentation); one row out per row in, bad rows reported in `error`, not dropped; `progress`: rows done, on stderr, for a table of several chunks."
     df = _read_table(csv)
     _check_folder(images)
     learn = _load(model)
-    if isinstance(learn, ContextLearner): return _predict_context(learn, df, csv, images, out, suff)
+    if isinstance(learn, ContextLearner):
+        if tta: raise CLIError("--tta predicts with one model's augmentations; a patient-context model has no such option")
+        return _predict_context(learn, df, csv, images, out, suff)
     missing = [c for c in _needed_columns(learn) if c not in df.columns]
     if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     _point_images_at(learn, images, suff)
@@ -204,15 +222,20 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256):
         warnings.simplefilter('ignore')
         for s in range(0, len(df), chunk):
             part = df.iloc[s:s+chunk]
-            try: res.append((part.index, *_pred_rows(learn, part)))
+            try: res.append((part.index, *_pred_rows(learn, part, tta)))
             except Exception:        # find the bad rows one by one; predict the others
                 bad = {i: e for i in part.index if (e := _row_error(learn, part.loc[[i]])) is not None}
                 errors.update(bad)
                 good = part.drop(index=list(bad))
-                if len(good): res.append((good.index, *_pred_rows(learn, good)))
+                if len(good): res.append((good.index, *_pred_rows(learn, good, tta)))
+            if progress and len(df) > chunk: print(f"\rpredicted {min(s + chunk, len(df)):,} of {len(df):,} rows", end='', file=sys.stderr, flush=True)
+    if progress and len(df) > chunk: print(file=sys.stderr)
+    if tta and res and all(r[3] for r in res):
+        print("--tta: the model's augmentations changed no prediction: it has none to average over (a .safetensors export keeps only "
+              "what inference needs; train with augmentations and export .pkl to keep them)", file=sys.stderr)
     cols = _output_columns(learn, vocab)
     table = _empty_table(df.index, cols, labels=vocab is not None)
-    for idx, probs, dec in res:
+    for idx, probs, dec, _ in res:
         probs = probs.float().reshape(len(idx), -1).numpy()
         if vocab is not None:       # classes: the label(s) and each class's probability
             lab = [';'.join(str(v) for v,k in zip(vocab, d) if k) for d in dec] if dec.ndim == 2 else [str(vocab[int(d)]) for d in dec]
@@ -344,6 +367,7 @@ def _parser():
     q.add_argument('images', help='folder the file names are relative to')
     q.add_argument('--suff', help="appended to each file name (default: as in training)")
     q.add_argument('--out', default='predictions.csv', help='where to write one row per input row')
+    q.add_argument('--tta', action='store_true', help="test-time augmentation: average the predictions over the training augmentations (fastai's tta)")
     w = add('app', help='serve a local web app for an exported learner: an image, a form generated from its metadata, the prediction')
     w.add_argument('model', help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)')
     w.add_argument('--host', default='127.0.0.1', help='address to serve on (127.0.0.1: this machine only; 0.0.0.0: the network)')
@@ -353,7 +377,7 @@ def _parser():
 
 def _predict_command(a):
     "Run `predict`; exit code 1 when any row could not be predicted."
-    table = predict_csv(a.model, a.csv, a.images, a.out, a.suff)
+    table = predict_csv(a.model, a.csv, a.images, a.out, a.suff, tta=a.tta)
     bad = table.error.dropna()
     print(f"{len(table) - len(bad)} of {len(table)} rows predicted" + (f"; {len(bad)} not (reason in the 'error' column)" if len(bad) else '')
           + f'; written to {Path(a.out).resolve()}')
@@ -392,6 +416,6 @@ def main(argv=None):
         elif a.cmd == 'app': _app_command(a)
         else: return _predict_command(a)
     except CLIError as e:
-        print(f'fastai-meta {a.cmd}: error: {e}', file=sys.stderr)
+        print(f"fastai-meta {a.cmd}: error: {' '.join(str(e).split())}", file=sys.stderr)      # one line
         return 2
     return 0

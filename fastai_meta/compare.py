@@ -34,7 +34,7 @@ def _context_run(df, valid, spec, context_col, context_folds, epochs, lr, cbs):
 def _train(name, df, valid, a):
     "Train model `name` (image only, a fusion, or 'context') on the rows not in `valid`: its run on the `valid` rows (probabilities, vocab, the metadata columns it used)."
     if name == CONTEXT: return _context_run(df, valid, a.spec, a.context_col, a.context_folds, a.epochs, a.lr, a.cbs)
-    run = fit_fold(partial(fold_learner, model=name, task=a.task, **a.spec), df, valid, a.epochs, a.lr, decimals=5, cbs=a.cbs)
+    run = fit_fold(partial(fold_learner, model=name, task=a.task, **a.spec), df, valid, a.epochs, a.lr, decimals=5, cbs=a.cbs, tta=a.tta)
     if name == IMAGE: run.pop('columns', None)          # image only reads no metadata, even where it is built as a `MetaModel`
     return run
 
@@ -48,12 +48,12 @@ def _settings(df, spec, a):
                 arch=spec['arch'] if isinstance(spec['arch'], str) else spec['arch'].__name__, pretrained=bool(spec['pretrained']),
                 weights=Path(spec['weights_path']).name if spec['weights_path'] else None, epochs=a.epochs, lr=a.lr, size=spec['size'], bs=spec['bs'],
                 n_folds=a.n_folds, seeds=list(a.seeds), task=a.task, image_sep=spec['image_sep'],
-                **({'learner': learner_args(spec)} if learner_args(spec) else {}), **(dict(context_col=a.context_col, context_folds=a.context_folds) if CONTEXT in a.fusions else {}))
+                **({'learner': learner_args(spec)} if learner_args(spec) else {}), **({'tta': True} if a.tta else {}), **(dict(context_col=a.context_col, context_folds=a.context_folds) if CONTEXT in a.fusions else {}))
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'], keep=True)
 def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr=None, n_folds=5, seeds=(0,), out=None, bins=4,
-                 context_col=None, context_folds=3, exclude=None, metric=None, task='auto', cbs=None, **kwargs):
-    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`; `kwargs`: the data, the body and the learner (`fold_spec`)."
+                 context_col=None, context_folds=3, exclude=None, metric=None, task='auto', cbs=None, tta=False, **kwargs):
+    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`; `cbs` join every training run; `tta`: image only and the fusions predict with test-time augmentation (`learn.tta`); `kwargs`: the data, the body and the learner (`fold_spec`)."
     spec = fold_spec(path=path, exclude=list(L(exclude)) + ([group_col] if group_col else []), **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col] + ([group_col] if group_col else []))
@@ -65,6 +65,7 @@ def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr
     if CONTEXT in fusions and (task == 'regression' or is_listy(fn_col) or spec['image_sep']):
         raise ValueError("The 'context' model classifies one image per row: leave it out of `fusions` for a regression or several images per row.")
     if CONTEXT in fusions: check_columns(df.columns, [context_col])
+    if CONTEXT in fusions and tta: warnings.warn("tta: image only and the fusions predict with test-time augmentation, the 'context' model without.")
     if task == 'classification': check_classes(df, label_col, 'meta_compare compares classifiers (accuracy, balanced accuracy, ROC AUC)')
     elif df[label_col].isna().any(): raise ValueError(f"Label column {label_col!r} is missing in {int(df[label_col].isna().sum())} row(s), e.g. row {df.index[df[label_col].isna()].tolist()[0]!r}.")
     known = METRICS if task == 'classification' else REGRESSION_METRICS
@@ -72,7 +73,7 @@ def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr
     df = df.reset_index(drop=True)
     if group_col is None: warnings.warn("No `group_col`: folds split rows, so one patient's (or lesion's) images can sit on both sides and flatter every model.")
     a = SimpleNamespace(spec=spec, task=task, group_col=group_col, fusions=fusions, epochs=epochs, lr=lr, n_folds=n_folds, seeds=seeds, exclude=exclude,
-                        context_col=context_col, context_folds=context_folds, cbs=cbs)
+                        context_col=context_col, context_folds=context_folds, cbs=cbs, tta=tta)
     settings = _settings(df, spec, a)
     store = RunStore(Path(out)/'compare.json', settings) if out is not None else None
     folds = {s: row_folds(df, n_folds, s, group_col, stratify=label_col if task == 'classification' else None) for s in seeds}
@@ -165,7 +166,7 @@ class Comparison:
         s, n = self.settings, len(self.y)
         return ((f"{n} rows, {s['n_folds']} folds grouped by `{s['group_col']}`" if s['group_col'] else f"{n} rows, {s['n_folds']} folds of rows (no group column)") +
                 f" × {len(s['seeds'])} seed(s); {s['arch']}{' pretrained' if s['pretrained'] else ' from scratch'} at {s['size']} px, {s['epochs']} epochs, batch {s['bs']}" +
-                ''.join(f", {k}={v}" for k,v in s.get('learner', {}).items()) + '.')
+                ''.join(f", {k}={v}" for k,v in s.get('learner', {}).items()) + ('; predictions with test-time augmentation' if s.get('tta') else '') + '.')
 
     def _note(self):
         "How to read the lifts and their intervals."

@@ -21,8 +21,8 @@ def row_folds(df, n_folds=5, seed=0, group_col=None, stratify=None):
     if group_col is None: return group_folds(df.assign(_row=np.arange(len(df))), '_row', n_folds, seed, stratify=stratify)
     return group_folds(df, group_col, n_folds, seed, stratify=stratify)
 
-def fold_outputs(learn, dl, embeddings=False):
-    "The class probabilities (or predicted values) of `dl`'s rows and, with `embeddings`, the input of the head's last layer, in one pass."
+def fold_outputs(learn, dl, embeddings=False, tta=False):
+    "The class probabilities (or predicted values) of `dl`'s rows (with `tta`, fastai's test-time augmentation) and, with `embeddings`, the input of the head's last layer (of the plain pass)."
     feats, hook = [], None
     if embeddings:
         head = learn.model[3] if isinstance(learn.model, MetaModel) else learn.model[-1]
@@ -31,15 +31,17 @@ def fold_outputs(learn, dl, embeddings=False):
         with learn.no_bar(), learn.no_logging(): probs = learn.get_preds(dl=dl)[0].float().numpy()
     finally:
         if hook is not None: hook.remove()
+    if tta:
+        with learn.no_bar(), learn.no_logging(): probs = learn.tta(dl=dl)[0].float().numpy()
     return probs, (torch.cat(feats).numpy() if embeddings else None)
 
-def fit_fold(build, df, valid, epochs=5, lr=None, embeddings=False, keep=False, decimals=None, cbs=None):
-    "Build `build(df, valid)`, train it with `fit_recipe` (and `cbs`), and return its run on the `valid` rows: `probs`, `vocab`, the metadata `columns` it used, `emb` (with `embeddings`), `learn` (with `keep`)."
+def fit_fold(build, df, valid, epochs=5, lr=None, embeddings=False, keep=False, decimals=None, cbs=None, tta=False):
+    "Build `build(df, valid)`, train it with `fit_recipe` (and `cbs`), and return its run on the `valid` rows: `probs` (with `tta`: test-time augmented), `vocab`, the metadata `columns` it used, `emb` (with `embeddings`), `learn` (with `keep`)."
     learn = build(df, valid)
     method, args, kwargs = fit_recipe(learn, epochs, lr)
     kwargs['cbs'] = L(kwargs.get('cbs')) + L(cbs)
     with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args, **kwargs)
-    probs, emb = fold_outputs(learn, learn.dls.valid, embeddings)
+    probs, emb = fold_outputs(learn, learn.dls.valid, embeddings, tta)
     run = dict(probs=probs if decimals is None else np.round(probs, decimals).tolist(), vocab=[str(v) for v in getattr(learn.dls, 'vocab', [])])
     if isinstance(learn.model, MetaModel):
         enc = meta_encode(learn.dls).encoding

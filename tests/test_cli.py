@@ -3,7 +3,7 @@ import subprocess, sys
 import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.cli import main
+from fastai_meta.cli import main, predict_csv
 from conftest import meta_dls
 
 @pytest.fixture(scope='module')
@@ -78,3 +78,36 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit): main(['train', '--help'])
     h = capsys.readouterr().out
     assert '(default: resnet34)' in h and '(default: 0.2)' in h and '--exclude' in h and '(default: 0)' in h
+
+def test_train_input_errors_are_one_line_with_exit_2(exported, capsys):
+    "A number column holding text, an image file that is not there, a weights file that is not weights: one line naming it, exit 2, no traceback."
+    path, table, tmp, args = exported
+    base = ['--label', 'label', '--arch', 'resnet18', '--epochs', '1', '--size', '32', '--out', str(tmp/'bad.safetensors')]
+    table.assign(age=table.age.astype(object).where(table.index != 3, 'forty')).to_csv(tmp/'text.csv', index=False)
+    table.assign(fname=table.fname.where(table.index != 0, 'nowhere.png')).to_csv(tmp/'gone.csv', index=False)
+    (tmp/'junk.pth').write_bytes(b'not weights')
+    cases = [(['train', str(tmp/'text.csv'), str(path/'images'), '--cont', 'age', '--cat', 'site', *base], "'age'"),
+             (['train', str(tmp/'gone.csv'), str(path/'images'), *base], 'nowhere.png'),
+             (['train', str(tmp/'train.csv'), str(path/'images'), '--weights', str(tmp/'junk.pth'), *base], 'junk.pth')]
+    for argv, named in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith('fastai-meta train: error:') and named in err, err
+
+def test_predict_with_tta_and_progress(exported, synth, tmp_path, capsys):
+    "`--tta` averages over the model's augmentations (a .pkl keeps them), mixed with the plain prediction as fastai mixes them, and says when there are none (a .safetensors export); a table of several chunks says its progress on stderr."
+    path, table, tmp, args = exported
+    dls = meta_dls(path, table, 'meta', bs=16, batch_tfms=aug_transforms(size=32, flip_vert=True))
+    learn = meta_cnn_learner(dls, 'lcnet_050', pretrained=False, cbs=PreciseBN())    # from scratch: eval-mode batchnorm of the weights as they are
+    with learn.no_bar(), learn.no_logging(): learn.fit(2)
+    learn.export(tmp_path/'aug.pkl'); learn.export_safe(tmp_path/'aug.safetensors')
+    plain = predict_csv(tmp_path/'aug.pkl', tmp/'train.csv', path/'images', chunk=16)
+    assert 'predicted 64 of 64 rows' in capsys.readouterr().err
+    aug = predict_csv(tmp_path/'aug.pkl', tmp/'train.csv', path/'images', tta=True)
+    assert '--tta' not in capsys.readouterr().err
+    p, q = aug[['p_no', 'p_yes']].to_numpy(float), plain[['p_no', 'p_yes']].to_numpy(float)
+    test_close(p.sum(1), 1, eps=1e-4)
+    mean_aug = (p - 0.25*q) / 0.75                            # fastai's mix: 3/4 the mean over augmentations, 1/4 the plain prediction
+    assert mean_aug.min() > -1e-4 and mean_aug.max() < 1 + 1e-4 and np.abs(p - q).max() > 1e-3
+    assert main(['predict', str(tmp_path/'aug.safetensors'), str(tmp/'train.csv'), str(path/'images'), '--tta', '--out', str(tmp_path/'p.csv')]) == 0
+    assert 'changed no prediction' in capsys.readouterr().err

@@ -181,3 +181,16 @@ def test_learner_arguments_reach_every_network(synth, tmp_path):
     test_eq(res.settings['learner'], {'ps': 0.123})
     assert 'ps=0.123' in (tmp_path/'compare.md').read_text()
     with pytest.raises(TypeError, match=r"\['pss'\]"): _compare(path, df, n_folds=2, epochs=1, pss=0.1)
+
+def test_tta_is_a_setting_of_the_comparison(synth, monkeypatch):
+    "`meta_compare(tta=True)` predicts every network with `learn.tta` (and says so in its settings); without it, never."
+    path, df = synth('meta', n=48)
+    df = df.assign(patient=[f'P{i // 2}' for i in range(len(df))])
+    calls = []
+    tta = Learner.tta
+    monkeypatch.setattr(Learner, 'tta', lambda self, *a, **k: calls.append(type(self).__name__) or tta(self, *a, **k))
+    res = _compare(path, df, n_folds=2, epochs=1, bs=16, tta=True, batch_tfms=aug_transforms(size=16))
+    test_eq(sorted(calls), ['Learner', 'Learner', 'MetaLearner', 'MetaLearner'])    # image only and concat, on each fold
+    assert res.settings['tta'] and 'test-time augmentation' in res._how()
+    calls.clear(); plain = _compare(path, df, n_folds=2, epochs=1, bs=16, batch_tfms=aug_transforms(size=16))
+    assert not calls and 'tta' not in plain.settings

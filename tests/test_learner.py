@@ -359,3 +359,21 @@ def test_precise_bn_holds_the_statistics_of_the_final_weights():
     with learn.no_bar(), learn.no_logging(): learn.fit(1)           # lr 0.3: weights move; the plain running average now lags them
     with torch.no_grad(): h2 = torch.cat([model[0](b[0]) for b in dls.train.new(shuffle=False)])
     assert (model[1].running_mean - h2.mean(0)).abs().max() > 1e-3
+
+def test_tta_augments_the_images_and_keeps_the_metadata(synth):
+    "fastai's `learn.tta()` on a metadata learner: each pass sees other (augmented) images and the same metadata; the plain pass is `get_preds`'."
+    path, df = synth('meta', n=64, size=16)
+    dls = meta_dls(path, df, 'meta', bs=16, batch_tfms=aug_transforms(size=16, flip_vert=True, p_affine=1., p_lighting=1.))
+    learn = meta_cnn_learner(dls, 'lcnet_050', pretrained=False, cbs=PreciseBN())
+    fit_quietly(learn, 1)
+    seen = []
+    hook = learn.model.register_forward_pre_hook(lambda m, i: seen.append([t.detach().clone() for t in i]))
+    with learn.no_bar(): (aug, plain), _ = learn.tta(n=3, beta=None)
+    hook.remove()
+    n = len(learn.dls.valid)
+    test_eq(len(seen), 4 * n)                                           # 3 augmented passes, then the plain one
+    first = [seen[k*n] for k in range(4)]
+    assert all((a[0] - b[0]).abs().max() > 0.1 for a,b in zip(first, first[1:])), 'the images were not augmented'
+    assert all(torch.equal(first[0][1], f[1]) for f in first), 'the metadata changed'
+    with learn.no_bar(): test_close(plain, learn.get_preds()[0], eps=1e-5)
+    test_close(aug.sum(1), 1, eps=1e-4)
