@@ -7,11 +7,12 @@ Docs: https://fastai-meta.github.io/fastai_meta/learner.html.md"""
 # %% auto #0
 __all__ = ['IMAGE', 'NO_METADATA', 'VISION_ARGS', 'LEARNER_ARGS', 'target_stats', 'start_at', 'ScaledLoss', 'default_image_pool',
            'create_meta_model', 'meta_cnn_learner', 'described_args', 'MetaLearner', 'PreciseBN', 'MetaDropout',
-           'fit_recipe', 'image_learner', 'fold_learner', 'fold_spec', 'learner_args']
+           'fit_recipe', 'image_learner', 'fold_learner', 'fold_spec', 'learner_args', 'run_demo']
 
 # %% ../nbs/02_learner.ipynb #3b55a185
 from fastai.vision.all import *
-import copy, inspect, os, warnings      # after fastai's names: `copy` is the module
+import copy, inspect, os, tempfile, time, warnings      # after fastai's names: `copy` is the module
+from .synth import make_synthetic
 from .data import meta_encode, image_inputs, images_exchangeable, several_images, MetaDataLoaders
 from .model import *
 from .fusion import make_fusion, is_staged
@@ -282,3 +283,26 @@ def learner_args(spec):
     "The arguments of `meta_cnn_learner` in `spec` (a `fold_spec`), as JSON a saved run can be compared with: names for functions and objects."
     plain = lambda v: v if isinstance(v, (str, int, float, bool, type(None))) else [plain(x) for x in v] if isinstance(v, (list, tuple)) else getattr(v, '__name__', type(v).__name__)
     return {k: plain(v) for k,v in sorted(spec.items()) if k in LEARNER_ARGS - set(inspect.signature(fold_learner).parameters)}
+
+# %% ../nbs/02_learner.ipynb #832d95e7
+def run_demo(n=400, size=32, epochs=8, arch='resnet18', seed=0, path=None, verbose=True):
+    "Train image-only and image+metadata models on the synthetic `'xor'` task; return both validation accuracies."
+    path = Path(path or tempfile.mkdtemp())
+    df = make_synthetic(path, n=n, task='xor', size=size, seed=seed)
+    arch = getattr(models, arch, None) or arch
+    common = dict(path=path, folder='images', fn_col='fname', label_col='label', seed=seed, bs=32, num_workers=0)
+    res = {}
+    for name in ('image only', 'image + metadata'):
+        set_seed(seed, reproducible=True)
+        if name == 'image only':
+            dls = ImageDataLoaders.from_df(df, **common)
+            learn = vision_learner(dls, arch, pretrained=False, ps=0.1, metrics=accuracy).to_fast(amp=False)   # channels-last, as meta_cnn_learner's default
+        else:
+            dls = MetaDataLoaders.from_df(df, cat_names=['flag'], cont_names=['noise'], **common)
+            learn = meta_cnn_learner(dls, arch, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy)
+        start = time.time()
+        with learn.no_bar(), learn.no_logging():
+            learn.fit_one_cycle(epochs, 1e-2)
+            res[name] = float(learn.validate()[1])
+        if verbose: print(f'{name:>18}: accuracy {res[name]:.3f}  ({time.time()-start:.0f}s, {epochs} epochs, {n} images)')
+    return res
