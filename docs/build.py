@@ -154,7 +154,9 @@ def convert(nb, depth):
             names = {show_doc_name(m) for m in mds} - {None}
             if names and names <= documented: continue     # nbdev documents a patched method twice (`Learner.to_fast` vs `to_fast`)
             documented |= names
-            cells.append(dict(cell_type='markdown', metadata={}, source=relink('\n\n'.join(show_doc_markdown(m) for m in mds), depth)))
+            md = '\n\n'.join(show_doc_markdown(m) for m in mds)
+            md = re.sub(r'^# (?=\S)', '### ', md, flags=re.MULTILINE)   # a benchmark's own title, inside the page: never a page of its own
+            cells.append(dict(cell_type='markdown', metadata={}, source=relink(md, depth)))
             continue
         tags = (['remove-input'] if opts.get('echo') == 'false' else []) + (['remove-output'] if opts.get('output') == 'false' else [])
         if not src.strip() and not outs: continue
