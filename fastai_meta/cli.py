@@ -68,8 +68,8 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     task = target_task(df[label], label_delim, task)
     _check_images(df, images, fname_col, suff, image_sep)
     if context_col is not None: return _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights,
-                                                      fusion, suff, task, seed, lr, out, exclude, calibrate or operating_point or image_sep or valid_col,
-                                                      context_col, context_folds)
+                                                      fusion, suff, task, seed, lr, out, exclude, image_sep or valid_col,
+                                                      context_col, context_folds, calibrate, operating_point)
     set_seed(seed, reproducible=True)      # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
     try:
         dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label, label_delim=label_delim,
@@ -100,12 +100,12 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     return learn
 
 def _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
-                   out, exclude, unsupported, context_col, context_folds):
+                   out, exclude, unsupported, context_col, context_folds, calibrate=False, operating_point=None):
     "`train --context-col`: `context_learner` on every row, exported to `out`."
     _check_named(df, csv, context_col=context_col)
     if task != 'classification' or not isinstance(fname_col, str) or unsupported:
         raise CLIError("--context-col trains a classifier of one image per row, on every row (its image models are cross-fitted): "
-                       "not with --image-sep, several image columns, --valid-col, --calibrate or --operating-point.")
+                       "not with --image-sep, several image columns or --valid-col.")
     try:
         learn = context_learner(df, Path(images), context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=context_folds, seed=seed,
                                 fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None,
@@ -115,20 +115,22 @@ def _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, s
     print(f"Patient context: {context_folds} image models ({fusion}), each trained without a fold of {context_col!r} values, then a logistic "
           f"regression on {', '.join(learn.features)}. Every row was used: measure the lift on held-out patients with "
           f"`fastai-meta compare --fusions concat context --context-col {context_col}`.")
+    _decide(learn, calibrate, operating_point)
     if Path(out).suffix == '.safetensors': learn.export_safe(out)
     else: learn.export(out)
     return learn
 
 def _decide(learn, calibrate=False, operating_point=None):
     "Fit temperature scaling and an operating point ('class=sensitivity') on the validation rows, saying what they gave."
-    if calibrate: print(f'Calibrated on the validation rows: {learn.calibrate()}.')
+    rows = 'the validation rows' if not isinstance(learn, ContextLearner) else "rows neither stage trained on (the stage two's out-of-fold predictions)"
+    if calibrate: print(f'Calibrated on {rows}: {learn.calibrate()}.')
     if operating_point:
         cls, _, sens = str(operating_point).rpartition('=')
         try: sens = float(sens)
         except ValueError: raise CLIError(f"--operating-point is CLASS=SENSITIVITY (e.g. mel=0.95), not {operating_point!r}") from None
         try: op = learn.set_operating_point(cls, sens)
         except ValueError as e: raise CLIError(str(e)) from e
-        print(f"Operating point: {cls!r} whenever its probability reaches {op['threshold']:.4f}: on the {op['n']} validation rows, sensitivity "
+        print(f"Operating point: {cls!r} whenever its probability reaches {op['threshold']:.4f}: on {op['n']} of {rows}, sensitivity "
               f"{op['sensitivity']:.3f} (95 % interval {op['sensitivity_ci'][0]:.2f} to {op['sensitivity_ci'][1]:.2f}, {op['n_pos']} positives), "
               f"specificity {op['specificity']:.3f}; chosen on these rows, so optimistic: check it on others.")
 

@@ -335,7 +335,7 @@ def export_safe(self:ContextLearner, fname='context.safetensors', check=True):
     tensors = {f'stage_one.{k}.{n}': v.detach().cpu().clone().contiguous() for k,l in enumerate(self.learners) for n,v in l.model.state_dict().items()}
     two = dict(vocab=self.vocab, context_col=self.context_col, label_col=self.label_col, features=self.features, mean=self.scaler.mean_.tolist(),
                scale=self.scaler.scale_.tolist(), coef=self.stage_two.coef_.tolist(), intercept=self.stage_two.intercept_.tolist(),
-               classes=self.stage_two.classes_.tolist(), settings=_plain(self.settings))
+               classes=self.stage_two.classes_.tolist(), settings=_plain(self.settings), temperature=self.temperature, decision=_plain(self.decision))
     desc = json.dumps(dict(format=FORMAT, version=VERSION, kind='context', stage_one=[describe(l) for l in self.learners], stage_two=two), sort_keys=True)
     Path(fname).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(fname), metadata={'fastai_meta': desc, 'checksum': _digest(desc, tensors)})
@@ -362,9 +362,13 @@ def _load_context(desc, tensors, rebuild):
         lr.coef_, lr.intercept_, lr.classes_ = np.array(two['coef'], dtype=float), np.array(two['intercept'], dtype=float), np.array(two['classes'], dtype=int)
         scaler.n_features_in_ = lr.n_features_in_ = len(_get(two, 'features', list, 'stage two'))
         if not (scaler.mean_.shape == scaler.scale_.shape == lr.coef_.shape[1:] == (scaler.n_features_in_,)): raise ValueError('shapes differ')
+        t, dec = two.get('temperature'), two.get('decision')
+        if t is not None: t = float(_get(two, 'temperature', (float, int), 'stage two'))
+        if dec is not None: dec = dict(idx=_get(dec, 'idx', int, 'decision'), threshold=float(_get(dec, 'threshold', (float, int), 'decision')),
+                                       cls=_get(dec, 'cls', str, 'decision'), sensitivity=float(_get(dec, 'sensitivity', (float, int), 'decision')))
     except (KeyError, TypeError, ValueError, IndexError) as e: raise UnsafeFile(f"The stage two's description is inconsistent ({e}).") from e
     return ContextLearner(learners, scaler, lr, _get(two, 'vocab', list, 'stage two'), _get(two, 'context_col', str, 'stage two'),
-                          _get(two, 'label_col', str, 'stage two'), None, _get(two, 'settings', dict, 'stage two'))
+                          _get(two, 'label_col', str, 'stage two'), None, _get(two, 'settings', dict, 'stage two'), temperature=t, decision=dec)
 
 # %% ../nbs/06_deploy.ipynb #52f8e4b0
 def encode_meta(learn, df):

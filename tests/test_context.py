@@ -1,5 +1,6 @@
 "Patient context: the 'duckling' task (only a patient's other images tell) learned, no training context from a model that saw the patient, a one-image patient, errors, the CLI and meta_compare."
 import warnings
+import copy as pycopy      # fastai.vision.all exports another `copy`
 import pytest
 from sklearn.metrics import roc_auc_score
 from fastai.vision.all import *
@@ -61,8 +62,11 @@ def test_cli_train_and_predict(duck, tmp_path, capsys):
     path, train, test = duck
     train.to_csv(tmp_path/'train.csv', index=False)
     assert main(['train', str(tmp_path/'train.csv'), str(path/'images'), '--label', 'label', '--cat', '--cont', 'age', '--context-col', 'patient',
-                 '--context-folds', '2', '--arch', 'resnet18', '--epochs', '1', '--size', '16', '--out', str(tmp_path/'c.safetensors')]) == 0
-    assert 'logistic regression on' in capsys.readouterr().out
+                 '--context-folds', '2', '--arch', 'resnet18', '--epochs', '1', '--size', '16', '--out', str(tmp_path/'c.safetensors'),
+                 '--calibrate', '--operating-point', 'yes=0.9']) == 0
+    out = capsys.readouterr().out
+    assert 'logistic regression on' in out and "Calibrated on rows neither stage trained on" in out and "Operating point: 'yes'" in out
+    assert load_safe(tmp_path/'c.safetensors').decision['cls'] == 'yes'
     test = test.copy(); test.loc[test.index[0], 'patient'] = None
     test.to_csv(tmp_path/'test.csv', index=False)
     assert main(['predict', str(tmp_path/'c.safetensors'), str(tmp_path/'test.csv'), str(path/'images'), '--out', str(tmp_path/'p.csv')]) == 1
@@ -80,3 +84,22 @@ def test_meta_compare_lists_context(duck):
                            fusions=("concat", "context"), arch=resnet18, pretrained=False, epochs=1, size=16, n_folds=2, context_folds=2)
     assert 'context' in res.models and res.lift['context']['roc_auc']['mean'] > 0.2, res.summary()
     assert 'patient context' in res.verdict
+
+def test_calibration_and_operating_point_on_rows_neither_stage_trained_on(ctx, duck, tmp_path):
+    "`calibrate` and `set_operating_point` on the stage two cross-fitted over the image models' patient folds (or on held-out patients); exports keep both."
+    c = pycopy.copy(ctx)                                   # the fixture stays uncalibrated for the other tests
+    p, y = c.held_out_probs()
+    test_eq(len(p), len(duck[1])); test_close(p.sum(1), 1, eps=1e-6)
+    assert roc_auc_score(y, p[:, 1]) > 0.85               # out of fold, still the duckling task learned
+    cal = c.calibrate()
+    assert cal.n == len(duck[1]) and cal.nll_after <= cal.nll_before + 1e-9 and c.temperature == cal.temperature
+    op = c.set_operating_point('yes', sensitivity=0.9)
+    assert op['sensitivity'] >= 0.9 and 0 < op['threshold'] < 1
+    res = c.predict(duck[2])
+    assert ((res.p_yes >= op['threshold']) == (res.prediction == 'yes')).all()
+    loaded = load_safe(c.export_safe(tmp_path/'c.safetensors'))
+    test_eq(loaded.temperature, c.temperature); test_eq(loaded.decision, c.decision)
+    test_close(loaded.get_preds(duck[2])[0], c.get_preds(duck[2])[0], eps=1e-5)
+    with pytest.raises(ValueError, match='df='): loaded.calibrate()          # an export keeps no out-of-fold table
+    assert loaded.calibrate(df=duck[2]).n == len(duck[2])                      # held-out patients instead
+    with pytest.raises(ValueError, match='not a class'): c.set_operating_point('maybe')
