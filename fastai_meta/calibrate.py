@@ -6,7 +6,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/calibrate.html.md"""
 
 # %% auto #0
 __all__ = ['Temperature', 'fit_temperature', 'calibration_error', 'ExpectedCalibrationError', 'reliability', 'Calibration',
-           'operating_point', 'OperatingPoint']
+           'operating_point', 'decide_at', 'OperatingPoint']
 
 # %% ../nbs/03b_calibrate.ipynb #d9bb480a
 import warnings
@@ -129,6 +129,12 @@ def operating_point(probs, targets, idx, sensitivity=0.95):
     return dict(threshold=float(min(thr[i], 1.)), sensitivity=float(tpr[i]), sensitivity_ci=(float(ci.low), float(ci.high)),
                 specificity=float(1 - fpr[i]), n_pos=n_pos, n=len(y))
 
+def decide_at(probs, idx, threshold):
+    "Each row's class under probabilities `probs` (rows): `idx` wherever its probability reaches `threshold`, else the likeliest other class."
+    others = probs.clone()
+    others[..., idx] = -1.
+    return torch.where(probs[..., idx] >= threshold, torch.full_like(others[..., 0], idx, dtype=torch.long), others.argmax(-1))
+
 class OperatingPoint(WrappedLoss):
     "`loss_func`, decoding at a decision threshold: class `idx` wherever its probability reaches `threshold` (else the likeliest other class; for several labels, that label alone)."
     def __init__(self, loss_func, idx, threshold, multi=False, target=None):
@@ -138,9 +144,7 @@ class OperatingPoint(WrappedLoss):
             d = getattr(self.loss_func, 'decodes', noop)(x).clone()
             d[..., self.idx] = x[..., self.idx] >= self.threshold
             return d
-        others = x.clone()
-        others[..., self.idx] = -1.
-        return torch.where(x[..., self.idx] >= self.threshold, torch.full_like(others[..., 0], self.idx, dtype=torch.long), others.argmax(-1))
+        return decide_at(x, self.idx, self.threshold)
     def __repr__(self): return f'{type(self).__name__}({self.loss_func!r}, class {self.idx} at {self.threshold:.4f})'
 
 @patch

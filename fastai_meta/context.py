@@ -20,7 +20,7 @@ from .data import group_folds, meta_encode, image_readers, check_classes
 from .learner import fold_learner, fold_spec
 from .interpret import subgroup_report
 from .crossfit import cross_fit, fit_fold, fold_outputs
-from .calibrate import fit_temperature, operating_point, Calibration
+from .calibrate import fit_temperature, operating_point, decide_at, Calibration
 
 # %% ../nbs/03c_context.ipynb #6c2a08c6
 def tempered(p, t):
@@ -133,9 +133,7 @@ class ContextLearner:
     def decide(self, p):
         "The class index of each row of probabilities `p`: at the operating point (`set_operating_point`) if set, else the most probable."
         if not self.decision: return p.argmax(1)
-        i, others = self.decision['idx'], p.copy()
-        others[:, i] = -1
-        return np.where(p[:, i] >= self.decision['threshold'], i, others.argmax(1))
+        return decide_at(torch.as_tensor(p), self.decision['idx'], self.decision['threshold']).numpy()
 
     def predict(self, df):
         "Predict the images of `df` (a patient's rows, or several patients'; a Series: one image): the class, each class's probability, the image models' probability, and the context each image had."

@@ -28,7 +28,8 @@ def fold_outputs(learn, dl, embeddings=False, tta=False):
         head = learn.model[3] if isinstance(learn.model, MetaModel) else learn.model[-1]
         hook = head[-1].register_forward_pre_hook(lambda m, i: feats.append(i[0].detach().float().cpu()))
     try:
-        with learn.no_bar(), learn.no_logging(): probs = learn.get_preds(dl=dl)[0].float().numpy()
+        if embeddings or not tta:
+            with learn.no_bar(), learn.no_logging(): probs = learn.get_preds(dl=dl)[0].float().numpy()
     finally:
         if hook is not None: hook.remove()
     if tta:
