@@ -230,13 +230,12 @@ def _empty_table(index, cols, labels=True):
 
 # %% ../nbs/04_cli.ipynb #c0a1b2c1
 def _predict_context(learn, df, csv, images, out=None, suff=None):
-    "`predict_csv` for a `ContextLearner`: each patient's rows together (its context), a patient that cannot be predicted reported in `error` on each of its rows."
+    "`predict_csv` for a `ContextLearner`: each patient's rows together wherever they are in the table (its context); per row the decision, each class's probability with and without the context, and the percentile within the patient (`ContextLearner.output_columns`); a patient that cannot be predicted reported in `error` on each of its rows."
     missing = [c for c in learn.columns if c not in df.columns]
     if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     for l in learn.learners: _point_images_at(l, images, suff)
-    cols, key = ['prediction'] + [f'p_{v}' for v in learn.vocab], learn.context_col
-    table = _empty_table(df.index, cols)
-    table['n_images'], errors = np.nan, {}
+    cols, key = learn.output_columns(), learn.context_col
+    table, errors = _empty_table(df.index, cols), {}
     miss = pd.Series(is_missing(df[key].to_numpy(dtype=object)), index=df.index)
     for i in df.index[miss]: errors[i] = f"ValueError: context column {key!r} is missing: the row's patient is unknown"
     with warnings.catch_warnings():
@@ -248,7 +247,7 @@ def _predict_context(learn, df, csv, images, out=None, suff=None):
             except Exception as e:
                 for i in part.index: errors[i] = f'{type(e).__name__}: {e} (patient {part[key].iloc[0]!r}: all its rows)'
                 continue
-            table.loc[part.index, cols + ['n_images']] = res[cols + ['n_images']].to_numpy()
+            table.loc[part.index, cols] = res[cols].to_numpy()
     table['error'] = pd.Series(errors, dtype=object).reindex(df.index)
     if out is not None: table.to_csv(out, index=False)
     return table
@@ -346,11 +345,12 @@ def _parser():
     q.add_argument('--suff', help="appended to each file name (default: as in training)")
     q.add_argument('--out', default='predictions.csv', help='where to write one row per input row')
     q.add_argument('--tta', action='store_true', help="test-time augmentation: average the predictions over the training augmentations (fastai's tta)")
-    w = add('app', help='serve a local web app for an exported learner: an image, a form generated from its metadata, the prediction')
+    w = add('app', help="serve a local web app for an exported learner: an image (a patient-context model: the patient's images), a form generated from its metadata, the prediction")
     w.add_argument('model', help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)')
     w.add_argument('--host', default='127.0.0.1', help='address to serve on (127.0.0.1: this machine only; 0.0.0.0: the network)')
     w.add_argument('--port', type=int, default=7860, help='port to serve on')
     w.add_argument('--share', action='store_true', help="also ask Gradio for a public link (off: keep patient data on this machine)")
+    w.add_argument('--rank-by', help="a patient-context model: the class its patient's images are ranked by (default: the operating point's, or the second of two)")
     return p
 
 def _predict_command(a):
@@ -367,8 +367,9 @@ def _app_command(a):
     "Run `app`: load the model (a `CLIError` if it cannot be) and serve it until interrupted."
     learn = _load(a.model)
     print(f"Serving {a.model} on http://{a.host}:{a.port}" + (' and a public Gradio link' if a.share else ' (this machine only)' if a.host == '127.0.0.1' else ''))
-    try: app = meta_app(learn, title=f'fastai_meta: {Path(a.model).name}')
+    try: app = meta_app(learn, title=f'fastai_meta: {Path(a.model).name}', rank_by=a.rank_by)
     except ImportError as e: raise CLIError(f"the app needs gradio: pip install 'fastai_meta[app]' ({e})") from e
+    except ValueError as e: raise CLIError(str(e)) from e
     app.launch(server_name=a.host, server_port=a.port, share=a.share)
 
 def main(argv=None):

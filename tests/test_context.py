@@ -57,6 +57,15 @@ def test_bad_input_named(ctx, duck, synth):
     path, df = synth('duckling', n=40, size=16, seed=0)
     with pytest.raises(ValueError, match='one image'): context_learner(df.assign(patient=df.fname), path/'images', context_col='patient')
     with pytest.raises(ValueError, match='missing'): context_learner(df.assign(label=None), path/'images', context_col='patient')
+    with pytest.raises(ValueError, match=r"one image per row.*melt"):        # several views per row: refused, with how to reshape
+        context_learner(df.assign(other=df.fname), path/'images', context_col='patient', fn_col=['fname', 'other'])
+    with pytest.raises(ValueError, match=r"one image per row.*explode"):
+        context_learner(df.assign(fname=df.fname + ';' + df.fname), path/'images', context_col='patient', image_sep=';')
+
+def test_percentile_in_group():
+    np.testing.assert_array_equal(percentile_in_group([0.1, 0.9, 0.5, 0.3, 0.3, 0.7], ['a', 'a', 'a', 'b', 'c', 'c']), [0, 100, 50, np.nan, 0, 100])
+    test_eq(percentile_in_group([0.4, 0.4, 0.1], ['a', 'a', 'a']).tolist(), [75., 75., 0.])     # ties share their ranks
+    test_eq(np.isnan(percentile_in_group([0.2], ['a'])).tolist(), [True])
 
 def test_cli_train_and_predict(duck, tmp_path, capsys):
     path, train, test = duck
@@ -67,13 +76,22 @@ def test_cli_train_and_predict(duck, tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'logistic regression on' in out and "Calibrated on rows neither stage trained on" in out and "Operating point: 'yes'" in out
     assert load_safe(tmp_path/'c.safetensors').decision['cls'] == 'yes'
-    test = test.copy(); test.loc[test.index[0], 'patient'] = None
+    test = test.sample(frac=1, random_state=0)          # each patient's rows spread across the table
+    test.loc[test.index[0], 'patient'] = None
     test.to_csv(tmp_path/'test.csv', index=False)
     assert main(['predict', str(tmp_path/'c.safetensors'), str(tmp_path/'test.csv'), str(path/'images'), '--out', str(tmp_path/'p.csv')]) == 1
     out = pd.read_csv(tmp_path/'p.csv')
     assert len(out) == len(test) and out.error.notna().tolist() == [True] + [False]*(len(test) - 1)
     rest = test.patient.iloc[1:]
     assert out.prediction[1:].isin(['no', 'yes']).all() and (out.n_images[1:].to_numpy() == rest.map(rest.value_counts()).to_numpy()).all()
+    test_eq(list(out.columns), ['row', 'prediction', 'n_images', 'p_no', 'p_yes', 'p_no (image only)', 'p_yes (image only)', 'percentile in patient (yes)', 'error'])
+    learn, who = load_safe(tmp_path/'c.safetensors', images=path/'images'), rest.iloc[0]
+    mine = test.patient.eq(who).to_numpy()
+    alone = learn.predict(test[mine])                   # the patient's rows alone, as the scattered table grouped them
+    test_close(out.loc[mine, ['p_yes', 'p_yes (image only)', 'percentile in patient (yes)']].to_numpy(dtype=float),
+               alone[['p_yes', 'p_yes (image only)', 'percentile in patient (yes)']].to_numpy(dtype=float), eps=1e-5)
+    pct = out.loc[mine, 'percentile in patient (yes)'].to_numpy(dtype=float)
+    assert pct.min() == 0 and pct.max() == 100 and out.loc[mine, 'p_yes'].to_numpy(dtype=float).argmax() == pct.argmax()
 
 def test_meta_compare_lists_context(duck):
     path, train, _ = duck
