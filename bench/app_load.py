@@ -67,7 +67,7 @@ def one_image_reference(model, cases):
     learn = load_safe(model)
     res = {}
     for c in cases:
-        r = explain(learn, c[0], list(c[1:]))
+        r = predict_form(learn, c[0], list(c[1:]))
         res[c] = (dict(zip(r['classes'], r['with_meta'])), r['decision'])
     return res
 

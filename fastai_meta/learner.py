@@ -6,8 +6,9 @@ Docs: https://fastai-meta.github.io/fastai_meta/learner.html.md"""
 
 # %% auto #0
 __all__ = ['IMAGE', 'NO_METADATA', 'VISION_ARGS', 'LEARNER_ARGS', 'target_stats', 'start_at', 'ScaledLoss', 'default_image_pool',
-           'create_meta_model', 'meta_cnn_learner', 'described_args', 'MetaLearner', 'PreciseBN', 'MetaDropout',
-           'fit_recipe', 'image_learner', 'fold_learner', 'fold_spec', 'learner_args', 'run_demo']
+           'create_meta_model', 'meta_cnn_learner', 'described_args', 'MetaLearner', 'PreciseBN', 'blank_row',
+           'column_of_position', 'MetaDropout', 'fit_recipe', 'image_learner', 'fold_learner', 'fold_spec',
+           'learner_args', 'run_demo']
 
 # %% ../nbs/02_learner.ipynb #3b55a185
 from fastai.vision.all import *
@@ -187,12 +188,12 @@ class PreciseBN(Callback):
         for b,m in zip(bns, momenta): b.momentum = m
 
 # %% ../nbs/02_learner.ipynb #f2a3b4c1
-def _blank_row(enc):
+def blank_row(enc):
     "The encoding of a row with every metadata value missing: `#na#` codes, `_na` flags set, continuous values at their fill."
     return torch.as_tensor(enc.encode(np.full((1, len(enc.cat_names)), None, dtype=object),
                                       np.full((1, len(enc.cont_names)), None, dtype=object))[0])
 
-def _column_of_position(enc):
+def column_of_position(enc):
     "Which metadata column each encoded position belongs to (a continuous column owns its flag and its value)."
     k, m = len(enc.cat_names), len(enc.cont_names)
     return torch.tensor(list(range(k)) + [k + j for j in range(m)] * 2, dtype=torch.long)
@@ -203,7 +204,7 @@ class MetaDropout(Callback):
     def __init__(self, p=0.2, per_column=False): store_attr()
     def before_fit(self):
         enc = meta_encode(self.dls).encoding
-        self.blank, self.col_of, self.n_cols = _blank_row(enc), _column_of_position(enc), len(enc.cat_names) + len(enc.cont_names)
+        self.blank, self.col_of, self.n_cols = blank_row(enc), column_of_position(enc), len(enc.cat_names) + len(enc.cont_names)
     def before_batch(self):
         if not self.training or not self.p: return
         x = self.xb[-1]

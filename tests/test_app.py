@@ -106,7 +106,7 @@ def test_values_and_points_get_an_answer_and_an_app(synth, kind):
                                       y_block=RegressionBlock, cat_names=['site'], cont_names=['age'], seed=0, bs=16, num_workers=0)
         values = ['head', 40]
     learn = meta_cnn_learner(dls, 'resnet10t', pretrained=False)
-    res = explain(learn, path/'images'/df.fname[0], values)
+    res = predict_form(learn, path/'images'/df.fname[0], values)
     assert res['kind'] == kind and len(res['with_meta']) == len(res['without_meta'])
     if kind == 'points': assert len(res['points']) == 1 and res['image'].size == (24, 24)
     assert isinstance(meta_app(learn), gr.Blocks)
