@@ -134,16 +134,16 @@ def _note(learn):
     cal = f'calibrated by temperature scaling (T = {float(t.t):.2f})' if t is not None else 'not calibrated (see `Learner.calibrate`)'
     return f"A research tool, not a medical device. Probabilities: {cal}."
 
-def _checked_image(gr):
-    "Gradio's image upload, refused with `check_upload`'s message (as the app's error) before Gradio decodes it."
-    class CheckedImage(gr.Image):
-        is_template = True                    # drawn by the frontend as its parent, `Image`
-        def preprocess(self, payload):
-            if payload is not None:
-                try: check_upload(payload.path)
-                except ValueError as e: raise gr.Error(str(e)) from None
-            return super().preprocess(payload)
-    return CheckedImage
+def _checked(gr, component):
+    "`component` (Gradio's image upload) refusing an upload with `check_upload`'s message, as the app's error, before Gradio decodes it."
+    decode = component.preprocess          # wrapped on the instance: a subclass would make Gradio write a .pyi stub into this package
+    def preprocess(payload):
+        if payload is not None:
+            try: check_upload(payload.path)
+            except ValueError as e: raise gr.Error(str(e)) from None
+        return decode(payload)
+    component.preprocess = preprocess
+    return component
 
 def _inputs(gr, fields):
     "The form's Gradio inputs, one per field of `form_fields`."
@@ -168,7 +168,7 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
         gr.Markdown(f'## {title}\n{_note(learn)}')
         with gr.Row():
             with gr.Column():
-                image = _checked_image(gr)(type='filepath', label='image', elem_id='image')
+                image = _checked(gr, gr.Image(type='filepath', label='image', elem_id='image'))
                 inputs = _inputs(gr, fields)
                 go = gr.Button('Predict', variant='primary', elem_id='predict')
             with gr.Column():
@@ -253,12 +253,11 @@ def ranking_text(learn, res, j):
     return '\n\n'.join([head, f"Decision by {rule}: {len(flagged)} of {n} images {cls}" + (f" ({', '.join(flagged)})." if flagged else '.'),
                         f"Ranked by p({cls}) in the patient's context. Probabilities: {cal}. A research tool, not a medical device."])
 
-def _optional_table(gr):
-    "Gradio's table input, which an API call may leave out (`None`): then the patient's values hold for every image."
-    class OptionalTable(gr.Dataframe):
-        is_template = True
-        def preprocess(self, payload): return None if payload is None else super().preprocess(payload)
-    return OptionalTable
+def _optional(table):
+    "Gradio's table input `table`, which an API call may leave out (`None`): then the patient's values hold for every image."
+    read = table.preprocess                # wrapped on the instance, as `_checked` does
+    table.preprocess = lambda payload: None if payload is None else read(payload)
+    return table
 
 def _table(value, cols):
     "The per-image table as Gradio gives it (a DataFrame, or a dict of headers and data through the API), or None."
@@ -287,8 +286,8 @@ def context_app(learn, title='fastai_meta', rank_by=None):
         with gr.Row():
             with gr.Column():
                 files = gr.File(file_count='multiple', type='filepath', label="the patient's images", elem_id='images')
-                table = _optional_table(gr)(blank([]), label="per image (in upload order): an empty cell takes the patient's value below; 'unknown': not recorded",
-                                     interactive=True, elem_id='per-image')
+                table = _optional(gr.Dataframe(blank([]), label="per image (in upload order): an empty cell takes the patient's value below; 'unknown': not recorded",
+                                               interactive=True, elem_id='per-image'))
                 gr.Markdown('The patient:')
                 inputs = _inputs(gr, fields)
                 go = gr.Button('Rank', variant='primary', elem_id='rank')

@@ -110,6 +110,7 @@ def test_values_and_points_get_an_answer_and_an_app(synth, kind):
     assert res['kind'] == kind and len(res['with_meta']) == len(res['without_meta'])
     if kind == 'points': assert len(res['points']) == 1 and res['image'].size == (24, 24)
     assert isinstance(meta_app(learn), gr.Blocks)
+    assert not list((ROOT/'fastai_meta').glob('*.pyi'))          # building an app writes nothing into the package
 
 def _bad_uploads(folder):
     "Three uploads the apps must refuse, with what their messages say: not an image, an empty list (None here), an image too big to decode."
@@ -191,3 +192,7 @@ def test_a_person_ranks_a_patients_images(served_context, tmp_path):
         browser.close()
     odd = rows.fname[rows.label == 'yes'].iloc[0]
     assert f'Most suspicious: {odd}' in summary and n >= len(rows)
+
+def test_serving_wrote_nothing_into_the_package(served, served_context):
+    "Gradio writes a .pyi stub beside the module of any component subclass; the apps subclass none."
+    assert not list((ROOT/'fastai_meta').glob('*.pyi'))
