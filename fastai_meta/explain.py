@@ -78,9 +78,8 @@ def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=Non
     with torch.no_grad(): probs = act(model(img, meta)).float()
     dec = self.loss_func.decodes(probs) if hasattr(self.loss_func, 'decodes') else probs.argmax(-1)
     pred = vocab[int(dec[0])]
-    t = vocab.index(str(target)) if target is not None and str(target) in vocab else target if isinstance(target, int) else None
-    if t is None and target is not None: raise ValueError(f"{target!r} is not a class of this model; its classes are {vocab}.")
-    t = ifnone(t, int(dec[0]))
+    if target is not None and str(target) not in vocab: raise ValueError(f"{target!r} is not a class of this model; its classes are {vocab}.")
+    t = int(dec[0]) if target is None else vocab.index(str(target))
     layer = ifnone(layer, last_stage(model[0], img))
     cam = attr.LayerGradCam(lambda x, u: model(x, u), layer).attribute(img, target=t, additional_forward_args=(meta,), relu_attributions=True)
     heat = attr.LayerAttribution.interpolate(cam.detach(), img.shape[-2:], interpolate_mode='bilinear')[0, 0].clamp_min(0).cpu().numpy()

@@ -26,6 +26,7 @@ def test_one_row(small):
     assert np.isclose(o.meta['age'], -e.meta['age'], atol=1e-5)     # two classes: what raised one lowered the other
     assert isinstance(e.show(), plt.Figure); plt.close('all')
     with pytest.raises(ValueError, match="'maybe' is not a class"): learn.explain(row, target='maybe')
+    with pytest.raises(ValueError, match='5 is not a class'): learn.explain(row, target=5)          # a class by its name, not an index out of range
     with pytest.raises(ValueError, match='one row'): learn.explain(df.iloc[:2])
     assert len(learn.explain(dl=learn.dls.valid, n=2)) == 2
 
