@@ -107,8 +107,8 @@ class ContextLearner:
         "The rows of `df` (whole patients: a patient's context comes from its rows here) for `get_preds`."
         return ContextDL(self, df, with_labels)
 
-    def _proba(self, X):
-        "Stage two's class probabilities (columns in `vocab` order) for context features `X`."
+    def stage_two_probs(self, X):
+        "Stage two's class probabilities (columns in `vocab` order, with the temperature if calibrated) for the context features `X` (a DataFrame with the `features`)."
         p, out = self.stage_two.predict_proba(self.scaler.transform(X[self.features].to_numpy())), np.zeros((len(X), len(self.vocab)))
         out[:, self.stage_two.classes_] = p
         return out if self.temperature is None else tempered(out, self.temperature)
@@ -126,15 +126,20 @@ class ContextLearner:
     @property
     def features(self): return list(self.oof.columns.drop('fold')) if self.oof is not None else self.settings['features']
 
-    def _run(self, dl):
-        "Stage two's probabilities of `dl`'s rows averaged over the stage-one models, and the stage-one models' averaged probabilities."
-        df, ctx, img = dl.items, [], []
+    def stage_one(self, df):
+        "Each image model's class probabilities and context features (`patient_context`) for the rows of `df` (whole patients): a list of (probs, features) pairs."
+        res = []
         for learn in self.learners:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 probs, emb = fold_outputs(learn, learn.dls.test_dl(df, num_workers=0), embeddings=True)
-            ctx.append(self._proba(patient_context(df[self.context_col], probs[:, _classes_used(self.vocab)], emb))); img.append(probs)
-        return np.mean(ctx, 0), np.mean(img, 0)
+            res.append((probs, patient_context(df[self.context_col], probs[:, _classes_used(self.vocab)], emb)))
+        return res
+
+    def _run(self, dl):
+        "Stage two's probabilities of `dl`'s rows averaged over the stage-one models, and the stage-one models' averaged probabilities."
+        runs = self.stage_one(dl.items)
+        return np.mean([self.stage_two_probs(X) for _,X in runs], 0), np.mean([p for p,_ in runs], 0)
 
     def get_preds(self, dl=None, with_image=False):
         "Class probabilities of `dl`'s rows (a `test_dl`) and their targets (with labels), as tensors; `with_image`: also the image models' own."

@@ -8,7 +8,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/data.html.md"""
 __all__ = ['SEVERAL_IMAGES', 'EncodedRows', 'MetaDL', 'MetaBlock', 'ImageBlocks', 'image_inputs', 'image_reads', 'image_readers',
            'images_exchangeable', 'several_images', 'TabularImageBlock', 'meta_encode', 'check_classes', 'target_task',
            'group_folds', 'GroupSplitter', 'MetaDataLoaders', 'show_batch', 'show_point', 'show_prediction',
-           'show_results', 'plot_top_losses']
+           'show_results', 'no_heatmap', 'plot_top_losses']
 
 # %% ../nbs/00_data.ipynb #d30ad121
 import warnings
@@ -330,9 +330,15 @@ def show_results(x:tuple[TensorImage, TensorMeta], y, samples, outs, ctxs=None, 
     return [show_prediction(o[0], s[-1], c, **kwargs) for s,o,c,_ in zip(samples, outs, ctxs, range(max_n))]
 
 # %% ../nbs/00_data.ipynb #a9efc874
+def no_heatmap(kwargs):
+    "Refuse `heatmap=` where the drawing cannot reach the model: fastai's `ClassificationInterpretation` (use `MetaInterpretation`)."
+    if kwargs.pop('heatmap', False): raise TypeError("heatmap=True needs the model, which fastai's ClassificationInterpretation does not pass on: "
+                                                     "use MetaInterpretation.from_learner(learn).plot_top_losses(k, heatmap=True).")
+
 @dispatch
 def plot_top_losses(x:tuple[TensorImage, TensorMeta], y, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
     "Plot the top-loss `samples` with their metadata, titled prediction / actual / loss / probability."
+    no_heatmap(kwargs)
     axs = get_grid(len(samples), nrows=nrows, ncols=ncols, figsize=figsize, title='Prediction/Actual/Loss/Probability')
     for ax,s,o,r,l in zip(axs, samples, outs, raws, losses):
         s[0].show(ctx=ax, **kwargs)
@@ -387,6 +393,7 @@ def show_results(x:SEVERAL_IMAGES, y, samples, outs, ctxs=None, max_n=6, nrows=N
 @dispatch
 def plot_top_losses(x:SEVERAL_IMAGES, y, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
     "Plot the top-loss `samples`, each row's images side by side, titled prediction / actual / loss / probability."
+    no_heatmap(kwargs)
     k, masked = _layout(x)
     axs = _image_grid(len(samples), k, figsize)
     for row,s,o,r,l in zip(axs, samples, outs, raws, losses):

@@ -121,3 +121,20 @@ def test_calibration_and_operating_point_on_rows_neither_stage_trained_on(ctx, d
     with pytest.raises(ValueError, match='df='): loaded.calibrate()          # an export keeps no out-of-fold table
     assert loaded.calibrate(df=duck[2]).n == len(duck[2])                      # held-out patients instead
     with pytest.raises(ValueError, match='not a class'): c.set_operating_point('maybe')
+
+def test_explain_names_the_context(ctx, duck):
+    "The odd image of a patient (the 'duckling' task): its context term 'unlike the other images' raises p(yes) the most; asked for 'no', the same term lowers it."
+    test = duck[2]
+    odd = test[test.label == 'yes'].head(4)
+    es = [ctx.explain(r, rows=test) for _,r in odd.iterrows()]
+    assert all(e.context.index[0] == 'unlike the other images' and e.context.iloc[0] > 0.2 for e in es), [e.context.round(3).to_dict() for e in es]
+    e = es[0]
+    assert e.heatmaps[0].shape == (16, 16) and list(e.meta.index) == ['age'] and set(e.image_probs) == {'no', 'yes'}
+    p = ctx.predict(test)
+    test_close(e.probs['yes'], p.loc[odd.index[0], 'p_yes'], eps=1e-5)                                    # the prediction in context, as `predict`
+    o = ctx.explain(odd.iloc[0], rows=test, target='no')
+    assert o.target == 'no' and o.context['unlike the other images'] < -0.2
+    alone = ctx.explain(odd.iloc[0])                                                                        # no rows: one image, no context
+    test_close(alone.probs['yes'], ctx.predict(odd.iloc[0]).p_yes.iloc[0], eps=1e-5)
+    assert isinstance(e.show(), plt.Figure); plt.close('all')
+    with pytest.raises(ValueError, match="'maybe' is not a class"): ctx.explain(odd.iloc[0], rows=test, target='maybe')

@@ -34,3 +34,34 @@ def test_without_captum_it_says_what_to_install(small, monkeypatch):
     monkeypatch.setitem(sys.modules, 'captum.attr', None)
     monkeypatch.setitem(sys.modules, 'captum', None)
     with pytest.raises(ImportError, match=r"pip install 'fastai_meta\[explain\]'"): small[0].explain(small[1].iloc[0])
+
+@pytest.mark.parametrize('shared', [True, False])
+def test_several_images_a_heatmap_each(synth, shared):
+    "Two images per row: a heatmap on each image's grid, `None` (and 'no image' drawn) for a missing one; one body for both, or one each."
+    path, df = synth('views', n=64, size=16, seed=0)
+    dls = DataBlock(blocks=(*ImageBlocks(['fname', 'fname2'], pref=path/'images', cache=ImageCache(16)), MetaBlock(cat_names=['flag']), CategoryBlock),
+                    get_y=ColReader('label'), splitter=RandomSplitter(seed=0)).dataloaders(df, bs=16, num_workers=0)
+    learn = meta_cnn_learner(dls, 'resnet18', pretrained=False, shared_body=shared)
+    e = learn.explain(df.iloc[0], layer='layer1')
+    assert [h.shape for h in e.heatmaps] == [(16, 16)]*2 and all((h >= 0).all() for h in e.heatmaps) and len(e.images) == 2
+    assert e.heatmaps[0].max() > 0 and not np.allclose(e.heatmaps[0], e.heatmaps[1])     # each image its own map
+    gap = learn.explain(df.iloc[0].to_dict() | dict(fname2=None), layer='layer1')
+    assert gap.heatmaps[1] is None and gap.images[1] is None and gap.heatmaps[0].shape == (16, 16)
+    assert isinstance(gap.show(), plt.Figure); plt.close('all')
+
+def test_layer_by_module_or_name(small):
+    learn, df = small
+    a, b = learn.explain(df.iloc[1], layer=learn.model[0].model.layer2), learn.explain(df.iloc[1], layer='model.layer2')
+    np.testing.assert_allclose(a.heatmaps[0], b.heatmaps[0])
+    with pytest.raises(ValueError, match="not part of the model's body"): learn.explain(df.iloc[1], layer=nn.Conv2d(3, 3, 1))
+
+def test_results_and_top_losses_draw_heatmaps(small):
+    learn, df = small
+    axs = learn.show_results(max_n=4, heatmap=True, shuffle=False)
+    titles = [row[0].get_title() for row in axs]
+    assert len(titles) == 4 and all('/' in t for t in titles)
+    interp = MetaInterpretation.from_learner(learn)
+    axs = interp.plot_top_losses(3, heatmap=True)
+    assert len(axs) == 3 and axs[0][0].get_title().count('/') == 3 and len(axs[0][0].images) == 2      # the image and its heatmap
+    with pytest.raises(TypeError, match='MetaInterpretation'): ClassificationInterpretation.from_learner(learn).plot_top_losses(3, heatmap=True)
+    plt.close('all')
