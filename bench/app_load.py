@@ -137,7 +137,7 @@ def main(a):
     def send_one(c, rng, bad_file=False):
         case = rng.choice(cases)
         f = case[0] if bad_file is False else bad_file
-        probs, decision, _ = c.predict(handle_file(f) if f else None, case[1], case[2], api_name='/predict')
+        probs, decision, *_ = c.predict(handle_file(f) if f else None, case[1], case[2], api_name='/predict')
         return case, probs, decision
     def check_one(case, probs, decision):
         p, dec = refs[case]
@@ -153,7 +153,7 @@ def main(a):
         files = rng.choice(patients)[:]
         rng.shuffle(files)
         if bad_file is not False: files = [files[0], bad_file] if bad_file else []
-        gallery, summary, ranking = c.predict([handle_file(f) for f in files], None, None, api_name='/rank')
+        gallery, summary, ranking, _ = c.predict([handle_file(f) for f in files], None, None, api_name='/rank')
         return files, gallery, ranking
     def check_patient(files, gallery, ranking):
         names, p = ref(files)

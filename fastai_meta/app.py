@@ -6,10 +6,11 @@ Docs: https://fastai-meta.github.io/fastai_meta/app.html.md"""
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'MAX_PIXELS', 'PATIENT', 'image_models', 'form_fields', 'form_rows', 'check_upload', 'predict_form',
-           'meta_app', 'rank_class', 'patient_rows', 'rank_patient', 'ranking_text', 'context_app']
+           'explain_form', 'figure_image', 'stacked', 'meta_app', 'rank_class', 'patient_rows', 'rank_patient',
+           'ranking_text', 'context_app']
 
 # %% ../nbs/07_app.ipynb #81b6a7fa
-import threading
+import io, threading
 from contextlib import contextmanager
 from PIL import Image, ImageDraw
 from fastai.vision.all import *
@@ -18,6 +19,7 @@ from .data import meta_encode, image_inputs, image_readers
 from .calibrate import OperatingPoint
 from .context import ContextLearner, percentile_in_group
 from .deploy import target_kind
+from .explain import Explanation
 
 # %% ../nbs/07_app.ipynb #660b59f5
 UNKNOWN = 'unknown'
@@ -100,6 +102,25 @@ def predict_form(learn, image, values):
         res['points'], res['image'] = pts.view(-1, 2).tolist(), Image.fromarray(img.permute(1, 2, 0).clamp(0, 255).byte().numpy())
     return res
 
+def explain_form(learn, image, values):
+    "Explain one case as `predict_form` predicts it, with its metadata: `learn.explain` of the form's row, an `Explanation`."
+    with _files_as_given(learn): return learn.explain(form_rows(learn, image, values).iloc[:1])
+
+def figure_image(e:Explanation, title=None):
+    "What `Explanation.show` draws, as a PIL image; `title` before its title."
+    fig, buf = e.show(), io.BytesIO()
+    if title: fig.suptitle(f'{title}: {fig._suptitle.get_text()}', fontsize=10)
+    try: fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
+    finally: plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert('RGB')
+
+def stacked(images):
+    "PIL `images` one above the other, on white."
+    out = Image.new('RGB', (max(i.width for i in images), sum(i.height for i in images)), 'white')
+    for k,i in enumerate(images): out.paste(i, (0, sum(j.height for j in images[:k])))
+    return out
+
 def _drawn(img, points, r=3):
     "A copy of PIL image `img` with `points` marked."
     img = img.convert('RGB').copy()
@@ -152,18 +173,20 @@ def _inputs(gr, fields):
             gr.Number(value=None, label=c, info=h, placeholder='not recorded', elem_id=f'field-{c}') for c,k,ch,h in fields]   # without a placeholder, an empty box shows 0
 
 def meta_app(learn, title='fastai_meta', rank_by=None):
-    "A Gradio app for `learn`: an image, a form generated from its metadata, and out the prediction with and without the metadata; for a `ContextLearner`, `context_app` (`rank_by`: its ranking class)."
+    "A Gradio app for `learn`: an image, a form generated from its metadata, and out the prediction with and without the metadata and, for a classifier, its explanation (`explain`: the heatmap and the metadata's contributions); for a `ContextLearner`, `context_app` (`rank_by`: its ranking class)."
     if isinstance(learn, ContextLearner): return context_app(learn, title, rank_by)
     import gradio as gr
     fields, kind, lock = form_fields(learn), _kind(learn), threading.Lock()
     def run(image, *values):
         if image is None: raise gr.Error('Upload an image first.')
         try:
-            with lock: res = predict_form(learn, image, list(values))
+            with lock:
+                res = predict_form(learn, image, list(values))
+                pic = figure_image(explain_form(learn, image, list(values))) if kind == 'category' else None
         except Exception as e: raise gr.Error(f'{type(e).__name__}: {e}') from e
         out = ({c: p for c,p in zip(res['classes'], res['with_meta'])} if kind in ('category', 'multicategory')
                else _drawn(res['image'], res['points']) if kind == 'points' else {f'output {j}': v for j,v in enumerate(res['with_meta'])})
-        return out, _decision_text(learn, res), _effect_text(res)
+        return (out, _decision_text(learn, res), _effect_text(res)) + ((pic,) if kind == 'category' else ())
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f'## {title}\n{_note(learn)}')
         with gr.Row():
@@ -176,7 +199,8 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
                           else gr.Image(label='points', elem_id='points') if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'))
                 decision = gr.Markdown(elem_id='decision')
                 effect = gr.Markdown(elem_id='effect')
-        go.click(run, [image, *inputs], [result, decision, effect], api_name='predict')
+                shown = [gr.Image(label='explanation', elem_id='explanation')] if kind == 'category' else []
+        go.click(run, [image, *inputs], [result, decision, effect, *shown], api_name='predict')
     return app
 
 # %% ../nbs/07_app.ipynb #cda951a1
@@ -221,14 +245,17 @@ def patient_rows(learn, images, values, per_image=None):
     fn_col = _reader(learn.learners[0]).cols[0]
     return pd.DataFrame([{fn_col: str(f), learn.context_col: PATIENT, **r} for f,r in zip(images, rows)], dtype=object)
 
-def rank_patient(learn, images, values, per_image=None, rank_by=None):
-    "Predict one patient's images together with a `ContextLearner`: a row per image, ranked by its probability of class `rank_by` (`rank_class`) in the patient's context, with its probability alone, its percentile within the patient and the decision."
+def rank_patient(learn, images, values, per_image=None, rank_by=None, explain=False):
+    "Predict one patient's images together with a `ContextLearner`: a row per image, ranked by its probability of class `rank_by` (`rank_class`) in the patient's context, with its probability alone, its percentile within the patient and the decision; `explain`: also each image's `Explanation` of that class in context."
     j, df = rank_class(learn, rank_by), patient_rows(learn, images, values, per_image)
-    with _files_as_given(learn): pred = learn.predict(df)
     v = learn.vocab[j]
+    with _files_as_given(learn):
+        pred = learn.predict(df)
+        es = [learn.explain(r, rows=df, target=v) for _,r in df.iterrows()] if explain else None
     res = pd.DataFrame({'image': [Path(f).name for f in images], 'file': [str(f) for f in images], 'in context': pred[f'p_{v}'].to_numpy(),
                         'alone': pred[f'p_{v} (image only)'].to_numpy(), 'percentile in patient': percentile_in_group(pred[f'p_{v}'], pred[learn.context_col]),
                         'decision': pred.prediction.to_numpy()})
+    if explain: res['explanation'] = es
     res = res.sort_values('in context', ascending=False, kind='stable').reset_index(drop=True)
     res.insert(0, 'rank', np.arange(1, len(res) + 1))
     return res
@@ -267,7 +294,7 @@ def _table(value, cols):
     return None if value.empty else value
 
 def context_app(learn, title='fastai_meta', rank_by=None):
-    "A Gradio app for a `ContextLearner`: one patient's images at once, a form of the patient's metadata and a table for what varies by image; out the images ranked by their probability in the patient's context, as a gallery and a table."
+    "A Gradio app for a `ContextLearner`: one patient's images at once, a form of the patient's metadata and a table for what varies by image; out the images ranked by their probability in the patient's context, as a gallery and a table, and each one's explanation (`ContextLearner.explain`)."
     import gradio as gr
     fields, j, lock = form_fields(learn), rank_class(learn, rank_by), threading.Lock()
     cols = [f[0] for f in fields]
@@ -275,10 +302,11 @@ def context_app(learn, title='fastai_meta', rank_by=None):
         files = [getattr(f, 'path', None) or getattr(f, 'name', None) or f for f in (files or [])]
         if not files: raise gr.Error("Upload the patient's images first (one or more).")
         try:
-            with lock: res = rank_patient(learn, files, list(values), _table(table, cols), rank_by)
+            with lock: res = rank_patient(learn, files, list(values), _table(table, cols), rank_by, explain=True)
         except Exception as e: raise gr.Error(f'{type(e).__name__}: {e}') from e
         gallery = [(r['file'], _caption(r, learn.vocab[j], len(res))) for _,r in res.iterrows()]
-        return gallery, ranking_text(learn, res, j), res.drop(columns='file').astype({'in context': float, 'alone': float}).round(3)
+        why = stacked([figure_image(e, f"#{r['rank']} {r['image']}") for e,(_,r) in zip(res.explanation, res.iterrows())])
+        return gallery, ranking_text(learn, res, j), res.drop(columns=['file', 'explanation']).astype({'in context': float, 'alone': float}).round(3), why
     blank = lambda files: pd.DataFrame({'image': [Path(getattr(f, 'name', f)).name for f in files or []], **{c: '' for c in cols}}, columns=['image', *cols])
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {title}\nOne patient's images, ranked by their probability of **{learn.vocab[j]}** among the patient's other images. "
@@ -295,7 +323,8 @@ def context_app(learn, title='fastai_meta', rank_by=None):
                 summary = gr.Markdown(elem_id='summary')
                 gallery = gr.Gallery(label='most suspicious first', columns=3, elem_id='gallery')
                 ranking = gr.Dataframe(label='ranking', interactive=False, elem_id='ranking')
+        why = gr.Image(label=f'why p({learn.vocab[j]})', elem_id='why')    # the page's width: each image and its bars side by side, in the ranking's order
         files.change(blank, files, table, api_name=False)
-        go.click(run, [files, table, *inputs], [gallery, summary, ranking], api_name='rank')
+        go.click(run, [files, table, *inputs], [gallery, summary, ranking, why], api_name='rank')
     return app
 

@@ -22,10 +22,11 @@ def _captum():
 
 def last_stage(body, x):
     "The last part of `body` with weights whose output for images `x` is still a map (N, C, H, W): Grad-CAM's default layer (the parts: the children of the first module with several)."
-    while len(list(body.children())) == 1: body = next(body.children())       # fastai's `TimmBody` wraps the timm model
+    top = body                                          # run as the model runs it: fastai's `TimmBody` calls only `forward_features`
+    while len(list(body.children())) == 1: body = next(body.children())       # the parts of the model it wraps
     outs, hooks = {}, [m.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n,m in body.named_children()]
     try:
-        with torch.no_grad(): body(x)
+        with torch.no_grad(): top(x)
     finally:
         for h in hooks: h.remove()
     maps = [n for n,o in outs.items() if isinstance(o, Tensor) and o.ndim == 4 and any(True for _ in body.get_submodule(n).parameters())]

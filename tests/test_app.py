@@ -50,13 +50,15 @@ def serve(model, *args):
 def test_the_client_gets_the_metadatas_answer(served):
     url, image, log = served
     c = gradio_client.Client(url, verbose=False)
-    probs, decision, effect = c.predict(gradio_client.handle_file(str(image)), 'head', 80, api_name='/predict')   # the label's score: +3.5
+    probs, decision, effect, shown = c.predict(gradio_client.handle_file(str(image)), 'head', 80, api_name='/predict')   # the label's score: +3.5
     conf = {d['label']: d['confidence'] for d in probs['confidences']}
     assert probs['label'] == 'yes' and conf['yes'] > 0.8 and 'Decision: **yes**' in decision
+    w, h = PILImage.create(shown['path'] if isinstance(shown, dict) else shown).size     # the explanation: images and bars side by side
+    assert w > 1.5*h > 150
     assert '| yes |' in effect and 'with none' in effect
-    probs, decision, _ = c.predict(gradio_client.handle_file(str(image)), 'leg', 20, api_name='/predict')      # -3.5
+    probs, decision, *_ = c.predict(gradio_client.handle_file(str(image)), 'leg', 20, api_name='/predict')      # -3.5
     assert probs['label'] == 'no' and 'Decision: **no**' in decision
-    probs, decision, _ = c.predict(gradio_client.handle_file(str(image)), 'unknown', None, api_name='/predict')   # every value missing
+    probs, decision, *_ = c.predict(gradio_client.handle_file(str(image)), 'unknown', None, api_name='/predict')   # every value missing
     assert 'Decision:' in decision
     assert 'http://127.0.0.1:' in log.read_text() and 'this machine only' in log.read_text()
 
@@ -74,9 +76,11 @@ def test_a_person_uploads_fills_and_reads(served, tmp_path):
         page.locator('#predict').click()
         page.wait_for_function("document.querySelector('#decision') && document.querySelector('#decision').innerText.includes('Decision')", timeout=60000)
         decision, effect = page.locator('#decision').inner_text(), page.locator('#effect').inner_text()
+        page.wait_for_selector('#explanation img', timeout=60000)
+        shown = page.locator('#explanation img').bounding_box()
         page.screenshot(path=str(tmp_path/'app.png'), full_page=True)
         browser.close()
-    assert 'Decision: yes' in decision and 'with none' in effect
+    assert 'Decision: yes' in decision and 'with none' in effect and shown['width'] > 100
 
 def test_the_form_follows_the_metadata(synth):
     "A boolean column becomes yes/no/unknown, a category a list with unknown, a quantity a number box; unknown and empty become gaps."
@@ -144,13 +148,15 @@ def test_one_call_ranks_a_patients_images_odd_one_first(served_context):
     for pid in odd:
         rows = test[test.patient == pid].sample(frac=1, random_state=1)            # the upload order is not the answer
         files = [gradio_client.handle_file(str(images/f)) for f in rows.fname]
-        gallery, summary, ranking = c.predict(files, None, None, api_name='/rank')
+        gallery, summary, ranking, why = c.predict(files, None, None, api_name='/rank')
         names = [Path(g['image']['path'] if isinstance(g['image'], dict) else g['image']).name for g in gallery]
         test_eq(len(names), len(rows))
         top = ranking['data'][0][ranking['headers'].index('image')]
         assert sorted(r[ranking['headers'].index('image')] for r in ranking['data']) == sorted(rows.fname)    # every image, once: none lost or mixed up
         assert rows.set_index('fname').label[top] == 'yes', (pid, ranking)               # the odd one first
         assert gallery[0]['caption'].startswith(f'#1 {top}') and 'most suspicious' in gallery[0]['caption']
+        w, h = PILImage.create(why['path'] if isinstance(why, dict) else why).size
+        assert w > 2*h/len(rows) > 100                                                   # an explanation per image, one above the other
         assert f'Most suspicious: {top}' in summary and 'calibrated by temperature scaling' in summary and "operating point: **yes**" in summary
         p = [r[ranking['headers'].index('in context')] for r in ranking['data']]
         assert p == sorted(p, reverse=True) and ranking['data'][0][ranking['headers'].index('percentile in patient')] == 100
@@ -159,7 +165,7 @@ def test_context_app_one_image_per_image_table_and_bad_input(served_context, tmp
     url, images, test = served_context
     c = gradio_client.Client(url, verbose=False)
     one = gradio_client.handle_file(str(images/test.fname.iloc[0]))
-    gallery, summary, ranking = c.predict([one], None, 50, api_name='/rank')
+    gallery, summary, ranking, why = c.predict([one], None, 50, api_name='/rank')
     assert len(gallery) == 1 and 'no patient context' in summary and 'no context' in gallery[0]['caption']
     two = [one, gradio_client.handle_file(str(images/test.fname.iloc[1]))]
     table = dict(headers=['image', 'age'], data=[['a', '30'], ['b', '']])

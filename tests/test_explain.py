@@ -65,3 +65,12 @@ def test_results_and_top_losses_draw_heatmaps(small):
     assert len(axs) == 3 and axs[0][0].get_title().count('/') == 3 and len(axs[0][0].images) == 2      # the image and its heatmap
     with pytest.raises(TypeError, match='MetaInterpretation'): ClassificationInterpretation.from_learner(learn).plot_top_losses(3, heatmap=True)
     plt.close('all')
+
+def test_default_layer_is_the_last_stage_the_model_runs(synth):
+    "A timm body runs only its `forward_features`: lcnet's `conv_head` (after the pooling, in the timm model's own head) is not a stage of it."
+    path, df = synth('meta', n=32)
+    dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', cat_names=['site'], cont_names=['age'],
+                                  seed=0, bs=16, num_workers=0, item_tfms=Resize(32))
+    learn = meta_cnn_learner(dls, 'lcnet_050', pretrained=False)
+    assert last_stage(learn.model[0], torch.zeros(1, 3, 32, 32)) is learn.model[0].model.blocks
+    assert learn.explain(df.iloc[0]).heatmaps[0].shape == (32, 32)
