@@ -1,5 +1,5 @@
 """The app page's screenshot: a small HAM10000 model, calibrated, with a melanoma operating point, served by
-`fastai-meta app` and used in headless Chromium as a person would (upload, fill the form, read the answer).
+`fastai-meta app` and used in headless Chromium as a person would (upload, fill the form, read the answer and its explanation).
 
 Needs HAM10000 where `data_path('ham10000')` finds it, and Debian's Chromium. Writes nbs/images/app.png and, for the
 page's prose, what it trained and read in nbs/images/app.json (a few minutes on a 2-core CPU).
@@ -45,7 +45,7 @@ def shoot(model, case, out):
             except OSError: time.sleep(0.5)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=['--no-sandbox', '--disable-gpu'])
-            page = browser.new_page(viewport={'width': 1200, 'height': 960})
+            page = browser.new_page(viewport={'width': 1200, 'height': 1180})
             page.goto(url, wait_until='networkidle')
             page.set_input_files('#image input[type=file]', str(HAM/'images'/f'{case.image_id}.jpg'))
             for col in ('sex', 'localization'):
@@ -54,6 +54,7 @@ def shoot(model, case, out):
             page.locator('#field-age input').fill(str(int(case.age)))
             page.locator('#predict').click()
             page.wait_for_function("document.querySelector('#decision').innerText.includes('Decision')", timeout=60000)
+            page.wait_for_selector('#explanation img', timeout=60000)          # the heatmap and the metadata's bars
             read = dict(decision=page.locator('#decision').inner_text(), effect=page.locator('#effect').inner_text())
             print(read['decision'], read['effect'], sep='\n')
             page.wait_for_timeout(2000)                       # let the probabilities finish their fade-in

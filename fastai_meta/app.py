@@ -1,4 +1,4 @@
-"""`fastai-meta app model.safetensors`: a local Gradio app whose form is generated from the model's metadata, with calibrated probabilities, the decision at the operating point, and what the metadata did to the case.
+"""`fastai-meta app model.safetensors`: a local Gradio app whose form is generated from the model's metadata, with calibrated probabilities, the decision at the operating point, what the metadata did to the case, and where the model looked.
 
 Docs: https://fastai-meta.github.io/fastai_meta/app.html.md"""
 

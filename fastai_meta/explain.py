@@ -24,11 +24,12 @@ def last_stage(body, x):
     "The last part of `body` with weights whose output for images `x` is still a map (N, C, H, W): Grad-CAM's default layer (the parts: the children of the first module with several)."
     top = body                                          # run as the model runs it: fastai's `TimmBody` calls only `forward_features`
     while len(list(body.children())) == 1: body = next(body.children())       # the parts of the model it wraps
-    outs, hooks = {}, [m.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n,m in body.named_children()]
+    outs, hooks, was_training = {}, [m.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n,m in body.named_children()], top.training
     try:
-        with torch.no_grad(): top(x)
+        with torch.no_grad(): top.eval()(x)
     finally:
         for h in hooks: h.remove()
+        top.train(was_training)
     maps = [n for n,o in outs.items() if isinstance(o, Tensor) and o.ndim == 4 and any(True for _ in body.get_submodule(n).parameters())]
     if not maps: raise ValueError("The body has no part whose output is an image-shaped map: pass `layer=`.")
     return body.get_submodule(maps[-1])
@@ -88,6 +89,10 @@ def _row(item):
 
 def _plain(t): return t.as_subclass(Tensor) if isinstance(t, Tensor) else t
 
+def _largest_first(s):
+    "Contributions `s` (a Series) ordered by their size, largest first; ties keep their order."
+    return s.reindex(s.abs().sort_values(ascending=False, kind='stable').index)
+
 def _grad_cams(attr, model, xb, k, masked, t, name):
     "Grad-CAM of class `t` on the layer called `name`, for each of the row's `k` images in `xb` (`None` for a missing one), on its pixel grid."
     imgs, rest = xb[:k], xb[k:]
@@ -108,8 +113,7 @@ def _ablation(attr, model, act, xb, enc, t):
     ab = attr.FeatureAblation(lambda u, *x: act(model(*x, u))).attribute(meta, baselines=blank_row(enc).to(meta)[None], target=t,
                                                                         additional_forward_args=rest, feature_mask=cols)[0]
     names = [*enc.cat_names, *enc.cont_names]
-    s = pd.Series({c: float(ab[int((cols[0] == j).nonzero()[0])]) for j,c in enumerate(names)})
-    return s.reindex(s.abs().sort_values(ascending=False, kind='stable').index)
+    return _largest_first(pd.Series({c: float(ab[int((cols[0] == j).nonzero()[0])]) for j,c in enumerate(names)}))
 
 @patch
 def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=None):
@@ -162,8 +166,7 @@ def _context_terms(learn, runs, pos, t):
             flat = X.copy(); flat.iloc[pos, flat.columns.get_indexer(cols)] = [mean[c] for c in cols]
             drops.append(learn.stage_two_probs(X)[pos, t] - learn.stage_two_probs(flat)[pos, t])
         res[term] = float(np.mean(drops))
-    s = pd.Series(res)
-    return s.reindex(s.abs().sort_values(ascending=False, kind='stable').index)
+    return _largest_first(pd.Series(res))
 
 @patch
 def explain(self:ContextLearner, item, rows=None, target=None, layer=None):
@@ -179,8 +182,7 @@ def explain(self:ContextLearner, item, rows=None, target=None, layer=None):
     name = None if layer is None else layer_name(self.learners[0].model[0], layer)
     es = [l.explain(df.iloc[[pos]], target=vocab[t], layer=name) for l in self.learners]
     heats = [None if hs[0] is None else np.mean(hs, 0) for hs in zip(*[e.heatmaps for e in es])]
-    meta = pd.concat([e.meta for e in es], axis=1).mean(axis=1)
-    meta = meta.reindex(meta.abs().sort_values(ascending=False, kind='stable').index)
+    meta = _largest_first(pd.concat([e.meta for e in es], axis=1).mean(axis=1))
     return Explanation(es[0].images, heats, meta, vocab[dec], dict(zip(vocab, p.tolist())), vocab[t], es[0].values,
                        context=_context_terms(self, runs, pos, t), image_probs=dict(zip(vocab, img.tolist())))
 
@@ -202,20 +204,20 @@ def _labels(learn, items):
 
 @patch
 @delegates(Learner.show_results)
-def show_results(self:MetaLearner, ds_idx=1, dl=None, max_n=9, shuffle=True, heatmap=False, **kwargs):
-    "fastai's `Learner.show_results`; `heatmap=True`: each image with the Grad-CAM heatmap of its predicted class (`explain`), titled prediction / actual, green when right."
+def show_results(self:MetaLearner, ds_idx=1, dl=None, max_n=9, shuffle=True, heatmap=False, layer=None, **kwargs):
+    "fastai's `Learner.show_results`; `heatmap=True`: each image with the Grad-CAM heatmap of its predicted class on `layer` (`explain`), titled prediction / actual, green when right."
     if not heatmap: return Learner.show_results(self, ds_idx, dl, max_n, shuffle, **kwargs)
     items = ifnone(dl, self.dls[ds_idx]).items
     items = items.sample(min(max_n, len(items))) if shuffle else items.iloc[:max_n]
-    es, actual = [self.explain(r) for _,r in items.iterrows()], _labels(self, items)
+    es, actual = [self.explain(r, layer=layer) for _,r in items.iterrows()], _labels(self, items)
     return heatmap_grid(es, [f'{e.pred}/{a}' for e,a in zip(es, actual)], ['green' if e.pred == a else 'red' for e,a in zip(es, actual)], **kwargs)
 
 class MetaInterpretation(ClassificationInterpretation):
     "fastai's `ClassificationInterpretation`, whose `plot_top_losses` can draw each image's heatmap (`heatmap=True`)."
-    def plot_top_losses(self, k, largest=True, heatmap=False, **kwargs):
-        "fastai's `plot_top_losses`; `heatmap=True`: each image with the Grad-CAM heatmap of its predicted class (`explain`), titled prediction / actual / loss / probability."
+    def plot_top_losses(self, k, largest=True, heatmap=False, layer=None, **kwargs):
+        "fastai's `plot_top_losses`; `heatmap=True`: each image with the Grad-CAM heatmap of its predicted class on `layer` (`explain`), titled prediction / actual / loss / probability."
         if not heatmap: return super().plot_top_losses(k, largest, **kwargs)
         losses, idx = (o[k] for o in self.top_losses(None, largest)) if is_listy(k) or isinstance(k, range) else self.top_losses(k, largest)
         items = self.dl.items.iloc[idx.tolist()]
-        es, actual = [self.learn.explain(r) for _,r in items.iterrows()], _labels(self.learn, items)
+        es, actual = [self.learn.explain(r, layer=layer) for _,r in items.iterrows()], _labels(self.learn, items)
         return heatmap_grid(es, [f'{e.pred}/{a} / {float(l):.2f} / {e.probs[e.pred]:.2f}' for e,a,l in zip(es, actual, losses)], **kwargs)
