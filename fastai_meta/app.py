@@ -108,8 +108,7 @@ def explain_form(learn, image, values):
 
 def figure_image(e:Explanation, title=None):
     "What `Explanation.show` draws, as a PIL image; `title` before its title."
-    fig, buf = e.show(), io.BytesIO()
-    if title: fig.suptitle(f'{title}: {fig._suptitle.get_text()}', fontsize=10)
+    fig, buf = e.show(title=title), io.BytesIO()
     try: fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
     finally: plt.close(fig)
     buf.seek(0)
@@ -251,7 +250,7 @@ def rank_patient(learn, images, values, per_image=None, rank_by=None, explain=Fa
     v = learn.vocab[j]
     with _files_as_given(learn):
         pred = learn.predict(df)
-        es = [learn.explain(r, rows=df, target=v) for _,r in df.iterrows()] if explain else None
+        es = learn.explain_patient(df, target=v) if explain else None
     res = pd.DataFrame({'image': [Path(f).name for f in images], 'file': [str(f) for f in images], 'in context': pred[f'p_{v}'].to_numpy(),
                         'alone': pred[f'p_{v} (image only)'].to_numpy(), 'percentile in patient': percentile_in_group(pred[f'p_{v}'], pred[learn.context_col]),
                         'decision': pred.prediction.to_numpy()})

@@ -67,15 +67,15 @@ class Explanation:
         ctx = '' if self.context is None else f", context={ {k: round(float(v), 3) for k,v in self.context.items()} }"
         return f"{type(self).__name__}(pred={self.pred!r}, target={self.target!r}, p={self.probs[self.target]:.3f}, meta={ {k: round(float(v), 3) for k,v in self.meta.items()} }{ctx})"
 
-    def show(self, figsize=None, alpha=0.5):
-        "The image(s) with the heatmap overlaid, beside a bar chart of the metadata's contributions (and, in context, of the context terms); the prediction in the title."
+    def show(self, figsize=None, alpha=0.5, title=None):
+        "The image(s) with the heatmap overlaid, beside a bar chart of the metadata's contributions (and, in context, of the context terms); the prediction in the title, after `title` if given."
         n, bars = len(self.images), [(self.meta, f'change in p({self.target})' + (', image model' if self.context is not None else ''))]
         if self.context is not None: bars.append((self.context, f'change in p({self.target}), in context'))
         fig, axs = plt.subplots(1, n + len(bars), figsize=ifnone(figsize, (3.2*n + 4.6*len(bars), 3.2)), gridspec_kw=dict(width_ratios=[1]*n + [1.4]*len(bars)))
         for ax, img, h in zip(axs, self.images, self.heatmaps): overlay(ax, img, h, alpha)
         for ax,(s,label) in zip(axs[n:], bars): _bars(ax, s, self.values, label)
         alone = '' if self.image_probs is None else f' ({self.image_probs[self.target]:.3f} image model alone)'
-        fig.suptitle(f"prediction: {self.pred}; p({self.target}) = {self.probs[self.target]:.3f}{alone}", fontsize=10)
+        fig.suptitle((f'{title}: ' if title else '') + f"prediction: {self.pred}; p({self.target}) = {self.probs[self.target]:.3f}{alone}", fontsize=10)
         fig.tight_layout()
         return fig
 
@@ -168,23 +168,44 @@ def _context_terms(learn, runs, pos, t):
         res[term] = float(np.mean(drops))
     return _largest_first(pd.Series(res))
 
-@patch
-def explain(self:ContextLearner, item, rows=None, target=None, layer=None):
-    "Explain the prediction in context of one image's row `item` for class `target` (default: the predicted one); the context comes from its patient's rows in `rows` (none: the image alone). The heatmap and metadata contributions are the image models' (averaged over the folds; `layer`: a module name); `context`, the stage two's terms (`context_term`), each set to its training mean on its own."
-    _captum()
-    vocab = list(map(str, self.vocab))
-    if target is not None and str(target) not in vocab: raise ValueError(f"{target!r} is not a class of this model; its classes are {vocab}.")
-    df, pos = _in_patient(self, item, rows)
-    runs = self.stage_one(df)
-    p, img = np.mean([self.stage_two_probs(X) for _,X in runs], 0)[pos], np.mean([q for q,_ in runs], 0)[pos]
-    dec = int(self.decide(p[None])[0])
+def _explained(learn, df, runs, pos, target, layer):
+    "The `Explanation` of the row at `pos` of the patient rows `df`, from the image models' `runs` on them (`stage_one`)."
+    vocab = list(map(str, learn.vocab))
+    p, img = np.mean([learn.stage_two_probs(X) for _,X in runs], 0)[pos], np.mean([q for q,_ in runs], 0)[pos]
+    dec = int(learn.decide(p[None])[0])
     t = dec if target is None else vocab.index(str(target))
-    name = None if layer is None else layer_name(self.learners[0].model[0], layer)
-    es = [l.explain(df.iloc[[pos]], target=vocab[t], layer=name) for l in self.learners]
+    es = [l.explain(df.iloc[[pos]], target=vocab[t], layer=layer) for l in learn.learners]
     heats = [None if hs[0] is None else np.mean(hs, 0) for hs in zip(*[e.heatmaps for e in es])]
     meta = _largest_first(pd.concat([e.meta for e in es], axis=1).mean(axis=1))
     return Explanation(es[0].images, heats, meta, vocab[dec], dict(zip(vocab, p.tolist())), vocab[t], es[0].values,
-                       context=_context_terms(self, runs, pos, t), image_probs=dict(zip(vocab, img.tolist())))
+                       context=_context_terms(learn, runs, pos, t), image_probs=dict(zip(vocab, img.tolist())))
+
+def _checked_target(learn, target, layer):
+    "`layer` as a name in the image models' bodies, after checking that captum is there and `target` is a class."
+    _captum()
+    vocab = list(map(str, learn.vocab))
+    if target is not None and str(target) not in vocab: raise ValueError(f"{target!r} is not a class of this model; its classes are {vocab}.")
+    return None if layer is None else layer_name(learn.learners[0].model[0], layer)
+
+@patch
+def explain(self:ContextLearner, item, rows=None, target=None, layer=None):
+    "Explain the prediction in context of one image's row `item` for class `target` (default: the predicted one); the context comes from its patient's rows in `rows` (none: the image alone). The heatmap and metadata contributions are the image models' (averaged over the folds; `layer`: a module of the first one's body, or its name); `context`, the stage two's terms (`context_term`), each set to its training mean on its own."
+    name = _checked_target(self, target, layer)
+    df, pos = _in_patient(self, item, rows)
+    return _explained(self, df, self.stage_one(df), pos, target, name)
+
+@patch
+def explain_patient(self:ContextLearner, rows, target=None, layer=None):
+    "`explain` of every row of `rows` (whole patients) for class `target`, in their order: each patient's images through the image models once."
+    name, items = _checked_target(self, target, layer), self.test_dl(rows).items
+    groups, res = items[self.context_col].astype(str).to_numpy(), [None]*len(items)
+    for g in pd.unique(groups):
+        at = np.flatnonzero(groups == g)
+        df = items.iloc[at]
+        runs = self.stage_one(df)
+        for pos,i in enumerate(at): res[i] = _explained(self, df, runs, pos, target, name)
+    return res
+
 
 # %% ../nbs/03e_explain.ipynb #04fc3be8
 def heatmap_grid(explanations, titles, colors=None, alpha=0.5, nrows=None, ncols=None, figsize=None):

@@ -138,3 +138,14 @@ def test_explain_names_the_context(ctx, duck):
     test_close(alone.probs['yes'], ctx.predict(odd.iloc[0]).p_yes.iloc[0], eps=1e-5)
     assert isinstance(e.show(), plt.Figure); plt.close('all')
     with pytest.raises(ValueError, match="'maybe' is not a class"): ctx.explain(odd.iloc[0], rows=test, target='maybe')
+
+def test_explain_patient_is_explain_of_each_row(ctx, duck):
+    "`explain_patient` explains every row in its order, as `explain` of each row among its patient's rows does."
+    test = duck[2]
+    rows = pd.concat([test[test.patient == p] for p in test.patient.unique()[:2]]).sample(frac=1, random_state=0)    # two patients, mixed
+    es = ctx.explain_patient(rows, target='yes')
+    assert len(es) == len(rows)
+    for e,(_,r) in zip(es, rows.iterrows()):
+        one = ctx.explain(r, rows=rows, target='yes')
+        test_close(e.probs['yes'], one.probs['yes'], eps=1e-6)
+        test_close(e.context.sort_index().to_numpy(), one.context.sort_index().to_numpy(), eps=1e-6)
