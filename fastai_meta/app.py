@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from PIL import Image, ImageDraw
 from fastai.vision.all import *
 from .columns import NA
-from .data import meta_encode, image_inputs, image_readers
+from .data import meta_encode, image_inputs, image_readers, class_index
 from .calibrate import OperatingPoint
 from .context import ContextLearner, percentile_in_group
 from .deploy import target_kind
@@ -208,9 +208,7 @@ PATIENT = 'this patient'
 def rank_class(learn, cls=None):
     "The class index a context model ranks a patient's images by: `cls`, else the operating point's, else the second of two classes."
     vocab = list(map(str, learn.vocab))
-    if cls is not None:
-        if str(cls) not in vocab: raise ValueError(f"{cls!r} is not a class of this model; its classes are {vocab}.")
-        return vocab.index(str(cls))
+    if cls is not None: return class_index(vocab, cls)
     if learn.decision: return learn.decision['idx']
     if len(vocab) == 2: return 1
     raise ValueError(f"This model has {len(vocab)} classes and no operating point: say which class ranks the images (`rank_by=`, `--rank-by`), one of {vocab}.")

@@ -19,6 +19,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 from torchmetrics.functional.classification import multiclass_calibration_error, binary_calibration_error
 from .losses import WrappedLoss
+from .data import class_index
 from .learner import MetaLearner
 
 # %% ../nbs/03b_calibrate.ipynb #1d179ec2
@@ -150,9 +151,7 @@ class OperatingPoint(WrappedLoss):
 @patch
 def set_operating_point(self:MetaLearner, cls, sensitivity=0.95, dl=None):
     "Decide class `cls` (a name of the vocabulary) whenever its probability reaches the threshold that gives `sensitivity` on `dl` (default: validation); `predict`, `get_preds(with_decoded=True)`, exports, the CLI and the app use it."
-    vocab = list(getattr(self.dls, 'vocab', None) or [])
-    if str(cls) not in map(str, vocab): raise ValueError(f"{cls!r} is not a class of this learner; its classes are {vocab}.")
-    idx = list(map(str, vocab)).index(str(cls))
+    idx = class_index(getattr(self.dls, 'vocab', None) or [], cls)
     loss = self.loss_func.loss_func if isinstance(self.loss_func, OperatingPoint) else self.loss_func
     self.loss_func = loss
     with self.no_bar(), self.no_logging(): probs, targets = self.get_preds(dl=ifnone(dl, self.dls.valid))

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from .columns import is_missing
 from .encoding import check_columns
-from .data import group_folds, meta_encode, image_readers, check_classes, several_images
+from .data import group_folds, meta_encode, image_readers, check_classes, several_images, class_index
 from .learner import fold_learner, fold_spec
 from .interpret import subgroup_report
 from .crossfit import cross_fit, fit_fold, fold_outputs
@@ -233,12 +233,11 @@ def calibrate(self:ContextLearner, df=None, n_bins=15):
 @patch
 def set_operating_point(self:ContextLearner, cls, sensitivity=0.95, df=None):
     "Decide class `cls` wherever its (calibrated) probability reaches the threshold that gives `sensitivity` on rows neither stage trained on (`held_out_probs`); `predict`, the CLI, the app and exports use it."
-    vocab = list(map(str, self.vocab))
-    if str(cls) not in vocab: raise ValueError(f"{cls!r} is not a class of this model; its classes are {vocab}.")
+    vocab, idx = list(map(str, self.vocab)), class_index(self.vocab, cls)
     p, y = self.held_out_probs(df)
     if self.temperature is not None: p = tempered(p, self.temperature)
-    res = operating_point(torch.as_tensor(p).float(), torch.as_tensor(y), vocab.index(str(cls)), sensitivity)
-    self.decision = dict(idx=vocab.index(str(cls)), threshold=res['threshold'], cls=str(cls), sensitivity=sensitivity)
+    res = operating_point(torch.as_tensor(p).float(), torch.as_tensor(y), idx, sensitivity)
+    self.decision = dict(idx=idx, threshold=res['threshold'], cls=str(cls), sensitivity=sensitivity)
     return dict(cls=str(cls), target=sensitivity, **res)
 
 # %% ../nbs/03c_context.ipynb #896be8c5

@@ -6,9 +6,9 @@ Docs: https://fastai-meta.github.io/fastai_meta/data.html.md"""
 
 # %% auto #0
 __all__ = ['SEVERAL_IMAGES', 'EncodedRows', 'MetaDL', 'MetaBlock', 'ImageBlocks', 'image_inputs', 'image_reads', 'image_readers',
-           'images_exchangeable', 'several_images', 'TabularImageBlock', 'meta_encode', 'check_classes', 'target_task',
-           'group_folds', 'GroupSplitter', 'MetaDataLoaders', 'show_batch', 'show_point', 'show_prediction',
-           'show_results', 'no_heatmap', 'plot_top_losses']
+           'images_exchangeable', 'several_images', 'TabularImageBlock', 'meta_encode', 'check_classes', 'class_index',
+           'target_task', 'group_folds', 'GroupSplitter', 'MetaDataLoaders', 'show_batch', 'show_point',
+           'show_prediction', 'show_results', 'no_heatmap', 'plot_top_losses']
 
 # %% ../nbs/00_data.ipynb #d30ad121
 import warnings
@@ -209,6 +209,12 @@ def check_classes(df, label_col, who):
     if y.isna().any(): raise ValueError(f"Label column {label_col!r} is missing in {int(y.isna().sum())} row(s), e.g. row {y.index[y.isna()].tolist()[0]!r}.")
     if pd.api.types.is_float_dtype(y) or y.astype(str).str.contains(';').any() or y.nunique() > 50:
         raise ValueError(f"{who}: {label_col!r} looks like a regression or multi-label target.")
+
+def class_index(vocab, cls):
+    "The index of class `cls`, by its name, in `vocab`; an error that names the classes when it is not one of them."
+    names = [str(v) for v in vocab]
+    if str(cls) not in names: raise ValueError(f"{cls!r} is not a class of this model; its classes are {names}.")
+    return names.index(str(cls))
 
 def target_task(y, label_delim=None, task='auto'):
     "The kind of target the values `y` are: 'multilabel' with `label_delim`, 'regression' for floats or numbers of more than 20 values, else 'classification' (`task` if it is not 'auto')."

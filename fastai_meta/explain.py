@@ -9,7 +9,7 @@ __all__ = ['last_stage', 'layer_name', 'overlay', 'Explanation', 'context_term',
 
 # %% ../nbs/03e_explain.ipynb #8a75451c
 from fastai.vision.all import *
-from .data import meta_encode, image_inputs
+from .data import meta_encode, image_inputs, class_index
 from .learner import MetaLearner, blank_row, column_of_position
 from .context import ContextLearner
 
@@ -122,7 +122,7 @@ def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=Non
     if dl is not None: return [self.explain(r, target, layer) for _,r in dl.items.iloc[:ifnone(n, len(dl.items))].iterrows()]
     if get_c(self.dls) is None or not hasattr(self.dls, 'vocab'): raise NotImplementedError("`explain` explains a classifier's class probability for now.")
     vocab, (k, masked) = [str(v) for v in self.dls.vocab], image_inputs(self.dls)
-    if target is not None and str(target) not in vocab: raise ValueError(f"{target!r} is not a class of this model; its classes are {vocab}.")
+    if target is not None: class_index(vocab, target)
     row, enc = _row(item), meta_encode(self.dls).encoding
     tdl = self.dls.test_dl(row, num_workers=0)
     xb = tuple(_plain(t) for t in tdl.one_batch()[:self.dls.n_inp])
@@ -183,8 +183,7 @@ def _explained(learn, df, runs, pos, target, layer):
 def _checked_target(learn, target, layer):
     "`layer` as a name in the image models' bodies, after checking that captum is there and `target` is a class."
     _captum()
-    vocab = list(map(str, learn.vocab))
-    if target is not None and str(target) not in vocab: raise ValueError(f"{target!r} is not a class of this model; its classes are {vocab}.")
+    if target is not None: class_index(learn.vocab, target)
     return None if layer is None else layer_name(learn.learners[0].model[0], layer)
 
 @patch
