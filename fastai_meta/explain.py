@@ -158,13 +158,13 @@ def _in_patient(learn, item, rows):
 def _context_terms(learn, runs, pos, t):
     "Each context term's contribution to the probability of class `t` in context of the row at `pos`: the fall when its features alone are set to their training mean, averaged over the image models."
     mean, terms = dict(zip(learn.features, learn.scaler.mean_)), [context_term(f) for f in learn.features]
-    res = {}
+    base, res = [learn.stage_two_probs(X)[pos, t] for _,X in runs], {}
     for term in dict.fromkeys(terms):
         cols = [f for f,tm in zip(learn.features, terms) if tm == term]
         drops = []
-        for _,X in runs:
+        for b,(_,X) in zip(base, runs):
             flat = X.copy(); flat.iloc[pos, flat.columns.get_indexer(cols)] = [mean[c] for c in cols]
-            drops.append(learn.stage_two_probs(X)[pos, t] - learn.stage_two_probs(flat)[pos, t])
+            drops.append(b - learn.stage_two_probs(flat)[pos, t])
         res[term] = float(np.mean(drops))
     return _largest_first(pd.Series(res))
 

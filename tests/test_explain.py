@@ -1,4 +1,4 @@
-"`learn.explain`: the shapes and signs of an explanation, a gap contributing nothing, another class on request, clear refusals. (Whether it finds the answer of a task built for it, and the model-randomisation check, run on the explain page.)"
+"`learn.explain`: the shapes and signs of an explanation, a gap contributing nothing, another class on request, clear refusals. (Whether it finds the answer of a task built for it, and the model-randomisation check: the explain page, and over five training runs bench/explain_sanity.py.)"
 import sys
 import pytest
 from fastai.vision.all import *
