@@ -49,11 +49,17 @@ def category_keys(values):
 
 # %% ../nbs/00_columns.ipynb #63ae9ca2
 _PATHS = r'[\\/]|\.(?:jpe?g|png|tiff?|bmp|gif|webp|dcm|nii|npy|npz)$'
-_ID_WORDS = re.compile(r'(?:^|_)(?:id|ids|idx|uid|uuid|guid|identifier|mrn|accession)(?:_|$)')
+_ID_WORDS = re.compile(r'(?:^|_)(?:id|ids|idx|uid|uuid|guid|identifier|mrn|accession)(?:_|$)|_(?:no|nr)$')
+_PLACE_WORDS = re.compile(r'(?:^|_)(?:site|sites|centre|center|hospital|clinic|scanner|camera|device|machine|station|region|country)(?:_|$)')
+_CODE_WORDS = re.compile(r'(?:^|_)(?:zip|zipcode|postcode|postal|code|codes|icd|icd9|icd10|cpt|fips|sic|naics)(?:_|$)')
+_SPLIT_WORDS = re.compile(r'^(?:(?:data_?)?(?:split|splits|fold|folds|kfold|set|subset|partition)|cv_fold|is_(?:train|test|val|valid))$')
+_SPLIT_VALUES = {'train', 'training', 'trn', 'valid', 'validation', 'val', 'test', 'testing', 'tst', 'dev', 'holdout', 'eval'}
+_PREFIXED = re.compile(r'^[A-Za-z]*[_\-:]?\d{3,}$')                     # 'ISIC_0024306', 'IP_7279968', 'P00123', '000123'
+_HASHED = re.compile(r'^(?=.*\d)(?=.*[a-f])[0-9a-f]{8,}$|^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', re.I)
 
 def _snake(name):
     "`name` in lower snake case: 'patientID' -> 'patient_id', 'Image Id' -> 'image_id'."
-    return re.sub(r'[^0-9a-z]+', '_', re.sub(r'(?<=[a-z0-9])(?=[A-Z])', '_', str(name)).lower())
+    return re.sub(r'[^0-9a-z]+', '_', re.sub(r'(?<=[a-z0-9])(?=[A-Z])', '_', str(name)).lower()).strip('_')
 
 def is_number(s):
     "Whether the column `s` holds numbers (not booleans)."
@@ -64,27 +70,57 @@ def _present(s):
     vals = s.to_numpy(dtype=object)
     return vals[~is_missing(vals)]
 
+def _integers(s):
+    "The non-missing values of the column `s` as int64 when they are all whole numbers, else `None`."
+    if not is_number(s): return None
+    ok = _present(s).astype('float64')
+    return ok.astype('int64') if np.all(np.mod(ok, 1) == 0) else None
+
+def _group_code(s):
+    "Whether the column `s` names a place or device (`site_id`, `scanner`) or a code (`zipcode`, `icd10`): categories, whatever their type."
+    name = _snake(s.name)
+    return bool(_CODE_WORDS.search(name) or _PLACE_WORDS.search(name))
+
+def _split_like(s):
+    "Why the column `s` looks like a train/valid/test split or a fold number, or `None`."
+    if _SPLIT_WORDS.match(_snake(s.name)): return 'a split, not a measurement: its name says so'
+    keys = {str(k).lower() for k in set(category_keys(_present(s)))}
+    if len(keys) >= 2 and keys <= _SPLIT_VALUES: return f"a split, not a measurement: its values are {sorted(keys)}"
+    return None
+
 def _id_like(s):
-    "Why the column `s` (training rows) looks like an identifier, or `None`."
-    if _ID_WORDS.search(_snake(s.name)): return 'an id: its name says so'
+    "Why the column `s` (training rows) looks like an identifier, or `None`: its name, prefixed or hashed text, or unique integers with no magnitude."
     ok = _present(s)
     n, k = len(ok), len(set(category_keys(ok)))
+    if _ID_WORDS.search(_snake(s.name)):                                   # `site_id` with a few values is a place, not an id
+        return None if _PLACE_WORDS.search(_snake(s.name)) and k <= max(20, np.sqrt(n)) else 'an id: its name says so'
+    if k < 20: return None
+    count = f'{k:,} distinct values in {n:,} rows'
     if is_number(s):
-        if not np.all(np.mod(ok.astype('float64'), 1) == 0): return None   # measured values: many distinct ones are expected
-        few_rows, many = k >= 0.9*n, k > max(120, 2*np.sqrt(n))             # more values than any age or count has
-    else: few_rows, many = k >= 0.5*n, k > 2*np.sqrt(n)
-    if k < 20 or not (few_rows or many): return None
-    return f'an id: {k:,} distinct values in {n:,} rows' + ('' if few_rows else ' (more than 2√n: their number grows with the table)')
+        ints = _integers(s)
+        if ints is None: return None                                       # measured values: many distinct ones are expected
+        if k < 0.9*n: return None                                          # values that repeat: counts, areas, doses
+        if abs(pd.Series(ints).corr(pd.Series(np.arange(n)), method='spearman')) > 0.99:
+            return f'an id: {count}, numbered in the order of the rows'
+        if k >= 0.5*(ints.max() - ints.min() + 1):
+            return f'an id: {count}, filling the range {ints.min():,}–{ints.max():,} (numbers with no magnitude)'
+        return None                                                        # unique, but spread like a measurement
+    text = pd.Series(ok.astype(str)).str.strip()
+    if (text.str.match(_HASHED).mean() > 0.9) and k >= 0.5*n: return f'an id: {count}, hash-like'
+    if text.str.match(_PREFIXED).mean() > 0.9 and (k >= 0.5*n or k > 2*np.sqrt(n)):
+        return f'an id: {count}, a prefix and digits' + ('' if k >= 0.5*n else ' (more than 2√n: their number grows with the table)')
+    if k >= 0.9*n: return f'an id: {count}, a different one on almost every row'
+    return None
 
 def _unusable(s):
-    "Why the column `s` (training rows) cannot be metadata (empty, constant, dates, file paths, an id), or `None`."
+    "Why the column `s` (training rows) cannot be metadata (empty, constant, dates, file paths, a split, an id), or `None`."
     ok = _present(s)
     if not len(ok): return 'all missing'
     if len(set(category_keys(ok))) == 1: return 'constant on the training rows'
     if pd.api.types.is_datetime64_any_dtype(s): return 'dates: turn them into numbers first (fastai: `add_datepart`)'
     text = not (is_number(s) or pd.api.types.is_bool_dtype(s))
     if text and pd.Series(ok.astype(str)).str.contains(_PATHS, case=False).mean() > 0.5: return 'file paths'
-    return _id_like(s)
+    return _split_like(s) or _id_like(s)
 
 # %% ../nbs/00_columns.ipynb #e16c1963
 def _is_classes(y):
@@ -216,21 +252,26 @@ def block_columns(context, columns):
     return {c: 'the splitter reads it' for c in _splitter_cols(dblock.splitter)} | read, label
 
 def infer_meta_columns(df, read=None, exclude=(), max_card=20, label=None):
-    "Categorical and continuous columns of `df` (training rows) as fastai's `cont_cat_split` splits them, and those left out with why: read elsewhere, excluded, unusable, ids, or giving `label` away."
+    "Categorical and continuous columns of `df` (training rows), those left out with why, and the guesses said: {column: how}."
     read, left = ifnone(read, {}), {}
     for c in df.columns:
-        why = (read[c] if isinstance(read, dict) else 'read by another block') if c in read else 'excluded' if c in exclude else _unusable(df[c])
+        why = ((read[c] if isinstance(read, dict) else 'read by another block') if c in read else
+               'excluded' if c in exclude else _unusable(df[c]))
         if why is not None: left[c] = why
     if label is not None and label in df.columns:
-        left |= {c: f'gives the label away: {why}' for c,(kind,why) in label_proxies(df, [c for c in df.columns if c not in left], label).items()
-                 if kind == 'determines'}
+        proxies = label_proxies(df, [c for c in df.columns if c not in left], label)
+        left |= {c: f'gives the label away: {why}' for c,(kind,why) in proxies.items() if kind == 'determines'}
     conts, cats = cont_cat_split(df[[c for c in df.columns if c not in left]], max_card=max_card)   # fastai's own split
-    return cats, conts, left
+    codes = [c for c in conts if _group_code(df[c])]
+    said = {c: 'numbers taken as categories: its name says a code, a place or a device' for c in codes}
+    return [*cats, *codes], [c for c in conts if c not in codes], left, said
 
-def choice_text(cats, conts, left, n_rows):
-    "What `MetaBlock` chose from `n_rows` training rows, in a few lines: the columns used, those left out and why, how to change it."
-    pad = max(map(len, map(str, left)), default=0)
+def choice_text(cats, conts, left, n_rows, said=None):
+    "What `MetaBlock` chose from `n_rows` training rows: the columns used, those left out and why, the guesses, how to change it."
+    pad = max(map(len, map(str, [*left, *ifnone(said, {})])), default=0)
+    rows = lambda title, d: [title] + [f'    {str(c):<{pad}}  {why}' for c,why in d.items()] if d else []
     return '\n'.join([f'MetaBlock chose the metadata from {n_rows:,} training rows:',
-                      f"  categorical: {', '.join(map(str, cats)) or '(none)'}", f"  continuous:  {', '.join(map(str, conts)) or '(none)'}",
-                      *(['  left out:'] + [f'    {str(c):<{pad}}  {why}' for c,why in left.items()] if left else []),
+                      f"  categorical: {', '.join(map(str, cats)) or '(none)'}",
+                      f"  continuous:  {', '.join(map(str, conts)) or '(none)'}",
+                      *rows('  guessed:', ifnone(said, {})), *rows('  left out:', left),
                       '  To choose: MetaBlock(cat_names=[...], cont_names=[...]), or MetaBlock(exclude=[...]) to leave more out.'])

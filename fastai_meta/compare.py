@@ -111,6 +111,17 @@ class Comparison:
         return (f"; {table} beats the best fusion, {f}, by {x*v['mean']:+.3g} [{x*v['low']:+.3g}, {x*v['high']:+.3g}]: "
                 "the network does not use what the table holds")
 
+    def _effects(self, table, both, phrase):
+        "The verdict's first clauses: whether the metadata carries signal (`table` alone or `both` with the image, over image only), and whether the best network uses it; `phrase` words a lift."
+        h, m = self.headline, self._best_net()
+        s = max((table, both), key=lambda t: self.lift[t][h]['mean'])
+        ls, l = self.lift[s][h], self.lift[m][h]
+        signal = 'the metadata carries signal' if ls['low'] > 0 else 'no clear signal in the metadata'
+        if m == CONTEXT: use = 'patient context helps' if l['low'] > 0 else 'patient context hurts' if l['high'] < 0 else 'no clear effect of patient context'
+        else: use = 'the network uses it' if l['low'] > 0 else 'the network is hurt by it' if l['high'] < 0 else 'no clear use of it by the network'
+        return (f"{signal}: {s} {phrase(ls)}; {use}: {m} {phrase(l)} "
+                f"(95 % intervals; better in {l['wins']} of {l['n']} folds)")
+
     def _best_net(self):
         "The network (a fusion, or the patient context) with the largest mean lift on the headline metric; the verdict leads with it."
         return max(self.fusions, key=lambda m: self.lift[m][self.headline]['mean'])     # `meta_compare` refuses an empty `fusions`
@@ -257,15 +268,11 @@ class CompareResult(Comparison):
         return int((self.scores[self.scores.model == m].classes_predicted < 2).sum())
 
     def _verdict(self):
-        "One line: the best network (fusion or context) and its lift over image only on the headline metric, the best model of all, whether the table alone or the product of experts beats the network, who predicts one class, the class whose recall drops most."
+        "One line: whether the metadata carries signal and whether the best network (fusion or context) uses it, on the headline metric; the best model of all, whether the table alone or the product of experts beats the network, who predicts one class, the class whose recall drops most."
         h, name = self.headline, self.headline.replace('_', ' ')
         mean = self.scores.groupby('model')[h].mean()
         m = self._best_net()
-        l = self.lift[m][h]
-        what = 'patient context' if m == CONTEXT else 'metadata'
-        what = f'{what} helps' if l['low'] > 0 else f'{what} hurts' if l['high'] < 0 else f'no clear effect of the {what}'
-        line = (f"{what}: {m} {100*l['mean']:+.1f} [{100*l['low']:+.1f}, {100*l['high']:+.1f}] {name} points over image only "
-                f"(95 % interval; better in {l['wins']} of {l['n']} folds)")
+        line = self._effects(GBM, POE, lambda l: f"{100*l['mean']:+.1f} [{100*l['low']:+.1f}, {100*l['high']:+.1f}] {name} points over image only")
         best = mean[self.models].idxmax()
         line += f"; best {name}: {best} ({mean[best]:.3f})"
         line += self._table_wins(GBM) or self._table_wins(POE)
@@ -326,14 +333,10 @@ class RegressionResult(Comparison):
         self.verdict = self._verdict()
 
     def _verdict(self):
-        "One line: the best network and its lift over image only on the headline metric, the best model of all, and whether the network uses what the table holds."
+        "One line: whether the metadata carries signal and whether the best network uses it, on the headline metric; the best model of all; whether the table beats the network."
         h = self.headline
         mean = self.scores.groupby('model')[h].mean()
-        m = self._best_net()
-        l = self.lift[m][h]
-        what = 'metadata helps' if l['low'] > 0 else 'metadata hurts' if l['high'] < 0 else 'no clear effect of the metadata'
-        line = (f"{what}: {m} {l['mean']:+.3g} [{l['low']:+.3g}, {l['high']:+.3g}] better {h} than image only "
-                f"(95 % interval; better in {l['wins']} of {l['n']} folds)")
+        line = self._effects(TABLE, AVERAGE, lambda l: f"{l['mean']:+.3g} [{l['low']:+.3g}, {l['high']:+.3g}] better {h} than image only")
         best = (mean[self.models].idxmin() if h in LOWER_IS_BETTER else mean[self.models].idxmax())
         line += f"; best {h}: {best} ({mean[best]:.3g})"
         if (wins := self._table_wins(TABLE) or self._table_wins(AVERAGE)): line += wins + f"; use {best}"

@@ -173,9 +173,9 @@ class MetaEncode(DisplayedTransform):
         left_out = {}
         if self.infer:
             if read is None: raise ValueError(CANNOT_TELL.format(label))
-            self.cat_names, self.cont_names, left_out = infer_meta_columns(df, read, self.exclude, self.max_card, label)
+            self.cat_names, self.cont_names, left_out, said = infer_meta_columns(df, read, self.exclude, self.max_card, label)
             if not (self.cat_names or self.cont_names): raise ValueError(f"No metadata column left to use; left out: {left_out}")
-            if getattr(self, 'verbose', True): print(choice_text(self.cat_names, self.cont_names, left_out, len(df)))
+            if getattr(self, 'verbose', True): print(choice_text(self.cat_names, self.cont_names, left_out, len(df), said))
         self.encoding = MetaEncoding.fit(df, self.cat_names, self.cont_names)
         self.encoding.left_out = left_out
         warn_leaks(df, self.cat_names + self.cont_names, label)

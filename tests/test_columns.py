@@ -28,7 +28,7 @@ def _table(n=200, seed=0):
 
 def test_inferred_columns_leave_out_ids_paths_constants_and_label_copies():
     df = _table()
-    cats, conts, left = infer_meta_columns(df, read={'file': 'the image block reads it', 'label': 'the label reads it'}, label='label')
+    cats, conts, left, said = infer_meta_columns(df, read={'file': 'the image block reads it', 'label': 'the label reads it'}, label='label')
     test_eq(sorted(cats), ['sex', 'site']); test_eq(conts, ['age'])
     test_eq(set(left), {'patient_id', 'diagnosis_copy', 'file', 'same', 'label'})
     assert left['patient_id'].startswith('an id') and 'gives the label away' in left['diagnosis_copy'] and left['same'].startswith('constant')
@@ -38,7 +38,7 @@ def test_a_strong_column_is_warned_about_not_dropped():
     df['score'] = np.where(df.label == 'mel', 0.9, 0.1) + np.random.default_rng(1).normal(0, 0.05, len(df))   # a strong feature, not a copy
     with pytest.warns(UserWarning, match="'score'"): found = warn_leaks(df, ['age', 'score'], 'label')
     assert list(found) == ['score']
-    cats, conts, _ = infer_meta_columns(df.drop(columns=['diagnosis_copy']), read={'file': '', 'label': ''}, label='label')
+    cats, conts, _, _ = infer_meta_columns(df.drop(columns=['diagnosis_copy']), read={'file': '', 'label': ''}, label='label')
     assert 'score' in conts
 
 def test_a_level_that_fixes_the_label_is_found():
@@ -53,3 +53,44 @@ def test_a_level_that_fixes_the_label_is_found():
 def test_the_choice_is_said():
     text = choice_text(['sex'], ['age'], {'patient_id': 'an id'}, 1234)
     assert '1,234 training rows' in text and 'patient_id' in text and 'an id' in text
+
+def _archetypes(n=500, seed=0):
+    "One column of each kind a real table holds, with the decision a careful user makes: 'cat', 'cont' or why it is left out."
+    rng = np.random.default_rng(seed)
+    cols = {'area': (rng.integers(700, 6000, n), 'cont'),                        # whole square feet, ~80 % distinct
+            'weight_kg': (rng.normal(70, 12, n).round(1), 'cont'),               # decimals, many distinct
+            'income': (rng.lognormal(11, 0.5, n).round(2), 'cont'),              # all distinct decimals
+            'dose_mg': (rng.choice(np.arange(50, 2000, 5), n), 'cont'),          # whole numbers with gaps in their range
+            'age': (rng.integers(20, 90, n), 'cont'), 'lesions': (rng.poisson(40, n), 'cont'),   # an age, a count
+            'zipcode': (rng.choice(rng.integers(10000, 99999, 49), n), 'cat'),   # integer codes
+            'icd10_code': (rng.choice([101, 202, 303, 404, 505, 606, 707, 808, 909, 111, 222, 333, 444, 555, 666, 777, 888, 999, 121, 232, 343, 454], n), 'cat'),
+            'scanner_id': (rng.integers(0, 6, n), 'cat'),                        # a device, named with id, few values
+            'seq': (np.arange(n) + 1, 'an id'),                                  # numbered in row order
+            'record': (rng.permutation(n), 'an id'),                             # unique, filling its range
+            'sample': ([f'{x:012x}' for x in rng.integers(0, 2**48, n)], 'an id'),   # hash-like
+            'uuid': ([f'{a:08x}-{b:04x}-4{c:03x}-a{c:03x}-{d:012x}' for a,b,c,d in rng.integers(0, 2**31, (n, 4))], 'an id'),
+            'image': ([f'ISIC_{x:07d}' for x in rng.permutation(n)], 'an id'),    # a prefix and digits
+            'patient': ([f'P{x:05d}' for x in rng.integers(0, 120, n)], 'an id'), # a prefix and digits, several rows each
+            'case_no': (rng.integers(0, 200, n), 'an id'),                       # its name says so
+            'split': (rng.choice(['train', 'valid', 'test'], n), 'a split'),
+            'fold': (rng.integers(0, 5, n), 'a split'),
+            'subset': (rng.choice(['train', 'val'], n), 'a split'),
+            'cohort': (rng.choice(['Train', 'Test'], n), 'a split')}              # the values say so
+    return pd.DataFrame({c: v for c,(v,_) in cols.items()}), {c: d for c,(_,d) in cols.items()}
+
+@pytest.mark.parametrize('seed', [0, 1])
+@pytest.mark.parametrize('n', [150, 500, 3000])
+def test_every_column_archetype_gets_the_careful_decision(n, seed):
+    "Measurements stay whatever their number of values; codes are categories (said); ids and splits are left out on evidence."
+    df, want = _archetypes(n, seed)
+    cats, conts, left, said = infer_meta_columns(df)
+    got = {**{c: 'cat' for c in cats}, **{c: 'cont' for c in conts}, **{c: why for c,why in left.items()}}
+    for c,d in want.items(): assert got[c].startswith(d), (c, got[c])
+    assert {'zipcode', 'icd10_code'} <= set(said)
+
+def test_a_measurement_is_kept_when_named_and_an_id_still_warned():
+    df, _ = _archetypes(400)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        found = warn_leaks(df, ['area', 'income', 'record', 'image'])
+    assert set(found) == {'record', 'image'} and len(w) == 2
