@@ -42,19 +42,18 @@ def test_wandb_table_shows_each_image_with_its_metadata(learn, tmp_path, monkeyp
     test_eq(table.columns, ['image', 'site', 'age', 'noise', 'label', 'prediction'])
     test_eq(len(table.data), 4)
     assert isinstance(table.data[0][0], wandb.Image) and table.data[0][-1] in ('no', 'yes')
-    run = wandb.init(project='fastai_meta-test', mode='offline')
+    run = wandb.init(project='fastai_meta-test', mode='offline', dir=tmp_path)
     run.log(res); run.finish()
     assert list(tmp_path.rglob('*.wandb')), 'no offline run file written'
 
 def test_wandb_callback_runs_offline(learn, tmp_path, monkeypatch):
-    "The whole callback, offline, with `log_preds`; fastai 2.8.12 with fastcore 2.2.41 fails on every learner while formatting its config (fastai#4173)."
+    "The whole callback, offline, with `log_preds`: `MetaWandbCallback` logs the config that fastai's own fails on (fastai#4173), every epoch's metrics and the predictions table."
     wandb = _wandb(tmp_path, monkeypatch)
-    from fastai.callback.wandb import WandbCallback
-    run = wandb.init(project='fastai_meta-test', mode='offline')
+    run = wandb.init(project='fastai_meta-test', mode='offline', dir=tmp_path)
     try:
-        with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=WandbCallback(log_preds=True, log_model=False, n_preds=4))
-    except TypeError as e:
-        if 'vars() argument must have __dict__' in str(e): pytest.xfail('fastai#4173: WandbCallback fails on any learner with this fastcore')
-        raise
+        with learn.no_bar(), learn.no_logging(): learn.fit(2, cbs=MetaWandbCallback(log_preds=True, log_model=False, n_preds=4))
+        assert run.config['batch size'] == 16 and run.config['Learner']['_name'].startswith('<fastai_meta.learner.MetaLearner')
+        assert {'Prediction_Samples', 'accuracy', 'valid_loss', 'epoch'} <= set(run.summary.keys()) and run.summary['epoch'] == 2
     finally: run.finish()
-    assert 'Prediction_Samples' in run.summary.keys()
+    assert not hasattr(learn, 'gather_args') or 'gather_args' not in learn.__dict__     # the learner is left as it was
+    assert list(tmp_path.rglob('*.wandb')), 'no offline run file written'
