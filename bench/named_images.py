@@ -1,9 +1,10 @@
 """Two named image columns (a close-up and an overview): which pooling tells them apart, and does it cost the symmetric case?
 
-`make_synthetic`'s 'ordered' task (the first image's tint, flipped by `flag`, is the label; the second a distraction) and
-'views' (exactly one image red, flipped by `flag`: order does not matter). Each `image_pool` trains the tests' two-layer CNN
+`make_synthetic`'s 'ordered' task (the first image's tint, flipped by `flag`, is the label; the second a distraction),
+'views' (exactly one image red, flipped by `flag`: order does not matter) and 'selects' (`flag` picks the image whose
+tint is the label: the metadata chooses the image). Each `image_pool` trains the tests' two-layer CNN
 (`fit_one_cycle(10, 3e-2)`, 400 rows, 16 px), `--seeds` seeds; validation accuracy. Named columns default to the pooling
-best on both; a list column of views keeps 'mean' (its slots are exchangeable), so bench/views.py is unchanged by it.
+best on all three; a list column of views keeps 'mean' (its slots are exchangeable), so bench/views.py is unchanged by it.
 
 Run: .venv/bin/python bench/named_images.py [--seeds 3]   Writes bench/results/named-images-cpu.{json,md}.
 """
@@ -16,11 +17,11 @@ from fastai_meta.all import *
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tests'))
 from test_images import small_cnn, views_dls          # the tests' own small CNN and DataLoaders
 
-OUT = Path(__file__).parent/'results'
+OUT, TASKS = Path(__file__).parent/'results', ('ordered', 'views', 'selects')
 
 def main(a):
     rows = []
-    for task in ('ordered', 'views'):
+    for task in TASKS:
         path = Path(tempfile.mkdtemp())
         df = make_synthetic(path, n=400, task=task, size=16, seed=0)
         for pool in a.pools:
@@ -34,8 +35,8 @@ def main(a):
     (OUT/'named-images-cpu.json').write_text(json.dumps(res, indent=1))
     acc = lambda t, p: [r['accuracy'] for r in rows if r['task'] == t and r['image_pool'] == p]
     md = [f"Two named image columns, 400 rows at 16 px, a two-layer CNN, `fit_one_cycle(10, 3e-2)`, {a.seeds} seeds, CPU ({res['threads']} threads): "
-          "validation accuracy (chance 0.5), mean and each seed.", '', '| image_pool | ordered | views |', '|---|---|---|']
-    md += [f"| `{p}` | " + ' | '.join(f"{np.mean(acc(t, p)):.3f} ({', '.join(f'{v:.2f}' for v in acc(t, p))})" for t in ('ordered', 'views')) + ' |' for p in a.pools]
+          "validation accuracy (chance 0.5), mean and each seed.", '', '| image_pool | ' + ' | '.join(TASKS) + ' |', '|---' * (len(TASKS) + 1) + '|']
+    md += [f"| `{p}` | " + ' | '.join(f"{np.mean(acc(t, p)):.3f} ({', '.join(f'{v:.2f}' for v in acc(t, p))})" for t in TASKS) + ' |' for p in a.pools]
     (OUT/'named-images-cpu.md').write_text('\n'.join(md) + '\n')
     print('\n'.join(md))
 

@@ -98,7 +98,8 @@ def create_meta_model(dls, arch, fusion='concat', n_out:int|None=None, pretraine
     k, masked = image_inputs(dls)
     image_pool = ifnone(image_pool, default_image_pool(dls))
     if (k > 1 or masked) and contrastive: raise ValueError("Self-contrastive guidance (`contrastive`) compares one image's stages: not available with several images per row.")
-    images = ImagePool(fuse.n_out, k, image_pool, masked, None if shared_body else [copy.deepcopy(body) for _ in range(k - 1)]) if k > 1 or masked else None
+    bodies = None if shared_body else [copy.deepcopy(body) for _ in range(k - 1)]
+    images = ImagePool(fuse.n_out, k, image_pool, masked, bodies, n_meta=branch.n_out) if k > 1 or masked else None
     n_head = fuse.n_out if images is None else images.n_out
     kind, mean, std = target_stats(dls)
     scale = TargetScale(mean, std, y_range) if kind == 'regression' and scale_y else None

@@ -144,7 +144,7 @@ class MetaModel(nn.Sequential):
             return h, u, feats
         pool = self.images
         imgs, present = xs[:pool.k], (xs[pool.k].as_subclass(Tensor).bool() if pool.masked else None)
-        return pool(self._per_image(imgs, u, present), present), u, None
+        return pool(self._per_image(imgs, u, present), present, u), u, None
 
     def _per_image(self, imgs, u, present):
         "Fused features (B, k, n) of each of a row's `k` images; a missing image (`present` False) never goes through the body."
@@ -185,28 +185,35 @@ class TargetScale(Module):
 POOLS = ('mean', 'slots', 'max', 'attention', 'concat')
 
 class ImagePool(Module):
-    "Combine the fused features (B, k, n) of a row's `k` images into one vector, skipping missing ones: 'mean'; 'slots' (the mean of each input's features scaled by its own learned channel weights, from 1: which image is which is kept); 'max'; 'attention' (gated, Ilse et al. 2018); 'concat'."
-    def __init__(self, n_in, k, how='mean', masked=True, bodies=None, hidden=128):
+    "Combine the fused features (B, k, n) of a row's `k` images into one vector, skipping missing ones (`how`: see below)."
+    def __init__(self, n_in, k, how='mean', masked=True, bodies=None, hidden=128, n_meta=0):
         if how not in POOLS: raise ValueError(f"Unknown image pooling {how!r}: use one of {POOLS}.")
         self.k, self.how, self.masked = k, how, masked
         self.bodies = nn.ModuleList(bodies) if bodies else None     # separate bodies for images 2..k (the first is the model's `m[0]`)
-        if how == 'slots': self.slot_scale = nn.Parameter(torch.zeros(k, n_in))   # each input's own channel weights, starting as a plain mean
+        if how == 'slots':
+            self.slot_scale = nn.Parameter(torch.zeros(k, n_in))    # each input's own channel weights, from 1...
+            self.slot_film = nn.Linear(n_meta, k*n_in) if n_meta else None   # ...moved by the row's metadata features
+            if self.slot_film is not None: nn.init.zeros_(self.slot_film.weight); nn.init.zeros_(self.slot_film.bias)
         if how == 'attention': self.att_v, self.att_u, self.att_w = nn.Linear(n_in, hidden), nn.Linear(n_in, hidden), nn.Linear(hidden, 1)
         self.n_out = k*n_in + k if how == 'concat' else n_in     # concat: each image's features (zeros if missing), then the mask
 
-    def forward(self, h, present=None):
+    def forward(self, h, present=None, u=None):
         m = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if present is None else present.bool()
         w = m.unsqueeze(-1).to(h.dtype)
-        mean = lambda: (h*w).sum(1) / w.sum(1).clamp(min=1)
-        if self.how == 'mean': return mean()
-        if self.how == 'slots': h = h * (1 + self.slot_scale); return mean()
         if self.how == 'max': return h.masked_fill(~m.unsqueeze(-1), float('-inf')).amax(1)
         if self.how == 'concat': return torch.cat([(h*w).flatten(1), w.squeeze(-1)], 1)
-        return (self.weights(h, m).unsqueeze(-1) * h).sum(1)
+        if self.how == 'slots': h = h * self.slot_weights(h, u)
+        return (self.weights(h, m).unsqueeze(-1) * h * w).sum(1)
+
+    def slot_weights(self, h, u=None):
+        "'slots': each input's channel weights (B, k, n), its own plus a shift set by the row's metadata features `u`."
+        scale = 1 + self.slot_scale
+        if self.slot_film is None or u is None: return scale.expand_as(h)
+        return scale + self.slot_film(u).view(-1, *self.slot_scale.shape)
 
     def weights(self, h, present=None):
         "The weight of each image of each row (B, k) in the pooled features: uniform over the present ones unless `how` is 'attention'."
         m = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if present is None else present.bool()
-        if self.how != 'attention': return m.float() / m.sum(1, keepdim=True)
-        return self.att_w(torch.tanh(self.att_v(h)) * torch.sigmoid(self.att_u(h))).squeeze(-1).masked_fill(~m, float('-inf')).softmax(1)
-
+        if self.how != 'attention': return m.to(h.dtype) / m.sum(1, keepdim=True).clamp(min=1)
+        score = self.att_w(torch.tanh(self.att_v(h)) * torch.sigmoid(self.att_u(h))).squeeze(-1)
+        return score.masked_fill(~m, float('-inf')).softmax(1)

@@ -15,7 +15,7 @@ from PIL import Image
 # %% ../nbs/05_synth.ipynb #5dfb11e4
 _SITES = ['head', 'arm', 'back', 'leg']
 _QUADRANTS = {'tl': (0, 0), 'tr': (1, 0), 'bl': (0, 1), 'br': (1, 1)}
-_TASKS = ('meta', 'xor', 'points', 'where', 'views', 'ordered', 'duckling', 'spot')
+_TASKS = ('meta', 'xor', 'points', 'where', 'views', 'ordered', 'selects', 'duckling', 'spot')
 _HUES = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [200, 40, 200], [40, 200, 200]], dtype='float32')
 
 def _ducklings(rng, n):
@@ -53,13 +53,13 @@ def make_synthetic(path, n=400, task='xor', size=32, seed=0):
         tint = np.where(red[:,None], [[90, -60, -60]], [[-60, -60, 90]]).astype('float32')
         imgs = imgs*0.6 + 50 + tint[:, None, None, :]
         df['flag'], df['label'] = _gaps(rng, flag), np.where(red != flag, 'yes', 'no')
-    elif task in ('views', 'ordered'):     # two images per row: `fname` and `fname2`
+    elif task in ('views', 'ordered', 'selects'):     # two images per row: `fname` and `fname2`
         red, red2, flag = rng.random(n) < 0.5, rng.random(n) < 0.5, rng.random(n) < 0.5
         tint = lambda r: np.where(r[:, None], [[90, -60, -60]], [[-60, -60, 90]]).astype('float32')[:, None, None, :]
         imgs, imgs2 = imgs*0.6 + 50 + tint(red), rng.integers(0, 256, (n, size, size, 3)).astype('float32')*0.6 + 50 + tint(red2)
         df['fname2'] = [f'{task}_{i:05d}_2.png' for i in range(n)]
         for f,im in zip(df.fname2, imgs2.clip(0, 255).astype('uint8')): Image.fromarray(im).save(img_dir/f)
-        decides = (red != red2) if task == 'views' else red      # 'ordered': the first image decides, the second is a distraction
+        decides = {'views': red != red2, 'ordered': red, 'selects': np.where(flag, ~red, red2)}[task]   # 'selects': yes when the image `flag` picks is red
         df['flag'], df['label'] = _gaps(rng, flag, 0.), np.where(decides != flag, 'yes', 'no')
     elif task == 'duckling':  # several images per `patient`: `label` is `yes` for the one unlike its patient's others
         patient, hue, odd = _ducklings(rng, n)

@@ -39,15 +39,15 @@ def test_views_task_needs_both_images_and_the_metadata(views, trained):
     assert (((r1 != r2) != flag) == yes).all()
     assert trained.validate()[1] >= 0.85          # chance is 0.5 (seen: 0.975 to 1.0 over seeds)
 
-@pytest.mark.parametrize('task,least', [('ordered', 0.95), ('views', 0.75)])
+@pytest.mark.parametrize('task,least', [('ordered', 0.95), ('views', 0.85), ('selects', 0.95)])
 def test_named_columns_are_told_apart_by_default(synth, task, least):
-    "Two named image columns: with default arguments the model learns the task where only the first image decides ('ordered': exchangeable mean pooling reached 0.70 to 0.81 over 3 seeds) and the symmetric 'views' task alike."
+    "Two named image columns, default arguments: the first image decides ('ordered'), the two are exchangeable ('views'), or the metadata picks the image ('selects'); no other pooling learns all three (bench/results/named-images-cpu.md)."
     path, df = synth(task, n=400, size=16, seed=0)
     set_seed(0, reproducible=True)
     learn = meta_cnn_learner(views_dls(path, df), small_cnn, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy)
     test_eq(learn.meta_args['image_pool'], 'slots')
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(10, 3e-2)
-    assert learn.validate()[1] >= least, task          # chance 0.5; seen 1.00 (ordered; a mean: 0.70 to 0.81) and 0.89 to 1.00 (views; concat: 0.49 to 0.60), 3 seeds
+    assert learn.validate()[1] >= least, task          # chance 0.5; seen 1.00 on all three over 5 seeds (a mean: 0.76 ordered, 0.77 selects; concat: 0.57 views)
 
 def test_a_list_column_stays_exchangeable(views):
     "The slots of one column (every view of a lesion) are pooled by a plain mean: swapping two of a row's views changes nothing."

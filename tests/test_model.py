@@ -49,6 +49,15 @@ def test_image_pool_masks_missing_images():
     with torch.no_grad(): slots.slot_scale[1] = -1.                          # ...and can learn to weigh each input on its own
     test_close(slots(h, torch.ones(2, 2, dtype=torch.bool)), h[:, 0] / 2)
 
+def test_slots_let_the_metadata_pick_the_image():
+    "With the metadata's width, 'slots' starts as a plain mean whatever the metadata, and a linear map of the metadata features can pick one image per row."
+    h, both = torch.tensor([[[1., 2.], [10., 20.]], [[1., 2.], [10., 20.]]]), torch.ones(2, 2, dtype=torch.bool)
+    u = torch.tensor([[1.], [-1.]])                                          # one metadata feature: +1 picks image 1, -1 image 2
+    pool = ImagePool(2, 2, 'slots', n_meta=1)
+    test_close(pool(h, both, u), ImagePool(2, 2, 'mean')(h, both))
+    with torch.no_grad(): pool.slot_film.weight[:] = torch.tensor([[1.], [1.], [-1.], [-1.]])   # image 1's weights +u, image 2's -u
+    test_close(pool(h, both, u), torch.tensor([[1., 2.], [10., 20.]]))       # each row reads the image its metadata picks
+
 def test_target_scale_round_trips():
     s = TargetScale(torch.tensor([10_000.]), torch.tensor([2_000.]))
     test_close(s(s.standardise(torch.tensor([[12_000.]]))), torch.tensor([[12_000.]]))
