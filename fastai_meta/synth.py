@@ -15,7 +15,7 @@ from PIL import Image
 # %% ../nbs/05_synth.ipynb #5dfb11e4
 _SITES = ['head', 'arm', 'back', 'leg']
 _QUADRANTS = {'tl': (0, 0), 'tr': (1, 0), 'bl': (0, 1), 'br': (1, 1)}
-_TASKS = ('meta', 'xor', 'points', 'where', 'views', 'ordered', 'selects', 'duckling', 'spot')
+_TASKS = ('meta', 'xor', 'points', 'where', 'views', 'ordered', 'selects', 'duckling', 'spot', 'patch')
 _HUES = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [200, 40, 200], [40, 200, 200]], dtype='float32')
 
 def _ducklings(rng, n):
@@ -72,6 +72,13 @@ def make_synthetic(path, n=400, task='xor', size=32, seed=0):
         for i in range(n): imgs[i, y0[i]:y0[i] + side, x0[i]:x0[i] + side] = [220, 30, 30] if red[i] else [30, 30, 220]
         df['flag'], df['site'], df['label'] = flag, _gaps(rng, rng.choice(_SITES, n)), np.where((red & flag) != (rng.random(n) < 0.05), 'yes', 'no')
         df['spot_x'], df['spot_y'], df['spot_colour'] = x0, y0, np.where(red, 'red', 'blue')
+    elif task == 'patch':     # a red square in half of the images: `label` 'yes' when there is one and `flag` is true
+        shown, flag, side = rng.random(n) < 0.5, rng.random(n) < 0.5, size // 4
+        x0, y0 = rng.integers(0, size - side + 1, n), rng.integers(0, size - side + 1, n)
+        imgs = imgs*0.5 + 64
+        for i in np.flatnonzero(shown): imgs[i, y0[i]:y0[i] + side, x0[i]:x0[i] + side] = [220, 30, 30]
+        df['flag'], df['site'], df['label'] = flag, _gaps(rng, rng.choice(_SITES, n)), np.where((shown & flag) != (rng.random(n) < 0.05), 'yes', 'no')
+        df['spot_x'], df['spot_y'] = np.where(shown, x0, -1), np.where(shown, y0, -1)
     elif task == 'where':
         quad, red = rng.choice(list(_QUADRANTS), n), rng.random((n, 4)) < 0.5
         imgs = imgs*0.5 + 64

@@ -1,4 +1,4 @@
-"`learn.explain`: the shapes and signs of an explanation, a gap contributing nothing, another class on request, clear refusals. (Whether it finds the answer of a task built for it, and the model-randomisation check: the explain page, and over five training runs bench/explain_sanity.py.)"
+"`learn.explain`: the shapes and signs of an explanation, a gap contributing nothing, another class on request, clear refusals, each heatmap's own check on a task whose region is known. (Over training runs and heatmap methods: the explain page and bench/explain_sanity.py.)"
 import sys
 import pytest
 from fastai.vision.all import *
@@ -29,6 +29,39 @@ def test_one_row(small):
     with pytest.raises(ValueError, match='5 is not a class'): learn.explain(row, target=5)          # a class by its name, not an index out of range
     with pytest.raises(ValueError, match='one row'): learn.explain(df.iloc[:2])
     assert len(learn.explain(dl=learn.dls.valid, n=2)) == 2
+
+def test_heatmap_methods_and_their_refusals(small):
+    learn, df = small
+    occ, gc = learn.explain(df.iloc[0]), learn.explain(df.iloc[0], method='gradcam')
+    assert occ.heatmaps[0].shape == gc.heatmaps[0].shape == (32, 32) and isinstance(occ.faithful, Faithfulness)
+    np.testing.assert_allclose(learn.explain(df.iloc[0], layer='layer4').heatmaps[0], learn.explain(df.iloc[0], method='gradcam', layer='layer4').heatmaps[0])
+    with pytest.raises(ValueError, match="'gradcam'"): learn.explain(df.iloc[0], method='occlusion', layer='layer4')
+    with pytest.raises(ValueError, match="Unknown heatmap method 'shap'"): learn.explain(df.iloc[0], method='shap')
+
+def test_faithfulness_verdicts():
+    assert Faithfulness(0.6, 0.01).trusted and Faithfulness(0.3, -0.2).trusted
+    assert not Faithfulness(0.04, 0.0).trusted and not Faithfulness(0.3, 0.2).trusted     # too small a fall; no better than random pixels
+    assert 'do not trust' in str(Faithfulness(0.0, 0.0)) and 'passes' in str(Faithfulness(0.5, 0.0))
+
+def test_each_heatmap_checks_itself_on_a_task_whose_region_is_known(synth):
+    "'patch': a red square in half of the images, `yes` when there is one and `flag` is true. A trained model's maps put their mass on the square and pass their own check; a model with re-initialised weights fails it."
+    path, df = synth('patch', n=600, size=32, seed=0)
+    set_seed(0)
+    dls = MetaDataLoaders.from_df(df, path, folder='images', fn_col='fname', label_col='label', cat_names=['flag'], cont_names=[], seed=0,
+                                  bs=32, num_workers=0, cache=ImageCache(32))
+    learn = meta_cnn_learner(dls, 'resnet18', pretrained=False, metrics=accuracy)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(8, 1e-2)
+    with learn.no_bar(): assert learn.validate()[1] > 0.85
+    rows = df[(df.spot_x >= 0) & df.flag & (df.label == 'yes')].head(12)
+    es = [learn.explain(r, target='yes') for _,r in rows.iterrows()]
+    mass = [e.heatmaps[0][r.spot_y:r.spot_y + 8, r.spot_x:r.spot_x + 8].sum() / e.heatmaps[0].sum() for e,(_,r) in zip(es, rows.iterrows())]
+    assert np.median(mass) > 0.3 and sum(e.faithful.trusted for e in es) >= 9, (np.round(mass, 2), [str(e.faithful) for e in es])   # the square is 1/16
+    for m in learn.model.modules():
+        if hasattr(m, 'reset_parameters'): m.reset_parameters()
+    rs = [learn.explain(r, target='yes') for _,r in rows.iterrows()]
+    assert sum(e.faithful.trusted for e in rs) <= 2
+    assert 'do not trust this heatmap' in next(e for e in rs if not e.faithful.trusted).show().get_suptitle()   # and the figure says so
+    plt.close('all')
 
 def test_without_captum_it_says_what_to_install(small, monkeypatch):
     monkeypatch.setitem(sys.modules, 'captum.attr', None)
