@@ -112,13 +112,13 @@ class Comparison:
                 "the network does not use what the table holds")
 
     def _effects(self, table, both, phrase):
-        "The verdict's first clauses: whether the metadata carries signal (`table` alone or `both` with the image, over image only), and whether the best network uses it; `phrase` words a lift."
+        "The verdict's first clauses: whether the table carries signal on its own (`table`, or `both` with the image, over image only), and whether the best network uses it; `phrase` words a lift."
         h, m = self.headline, self._best_net()
         s = max((table, both), key=lambda t: self.lift[t][h]['mean'])
         ls, l = self.lift[s][h], self.lift[m][h]
-        signal = 'the metadata carries signal' if ls['low'] > 0 else 'no clear signal in the metadata'
+        signal = 'the table carries signal on its own' if ls['low'] > 0 else 'no clear signal in the table on its own'
         if m == CONTEXT: use = 'patient context helps' if l['low'] > 0 else 'patient context hurts' if l['high'] < 0 else 'no clear effect of patient context'
-        else: use = 'the network uses it' if l['low'] > 0 else 'the network is hurt by it' if l['high'] < 0 else 'no clear use of it by the network'
+        else: use = 'the network uses the metadata' if l['low'] > 0 else 'the metadata hurts the network' if l['high'] < 0 else 'no clear use of the metadata by the network'
         return (f"{signal}: {s} {phrase(ls)}; {use}: {m} {phrase(l)} "
                 f"(95 % intervals; better in {l['wins']} of {l['n']} folds)")
 

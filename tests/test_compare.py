@@ -22,7 +22,7 @@ def test_metadata_that_reveals_the_label_gives_an_interval_above_zero(synth):
     l = res.lift['concat']['balanced_accuracy']
     print(f"image only {image:.3f}; concat lift {l}")
     assert image <= 0.65 and l['low'] > 0 and l['mean'] >= 0.2 and l['wins'] == 4      # seen at 1 thread: image 0.46, lift +0.44 [+0.22, +0.67]
-    assert res.verdict.startswith('the metadata carries signal: ') and '; the network uses it: concat ' in res.verdict
+    assert res.verdict.startswith('the table carries signal on its own: ') and '; the network uses the metadata: concat ' in res.verdict
 
 def _colour_table(path, n=120, size=16, seed=0):
     "Red or blue noise images (the label), with age and site drawn at random: metadata that is pure noise."
@@ -43,8 +43,8 @@ def test_noise_metadata_gives_an_interval_that_covers_zero(tmp_path):
     l = res.lift['concat']['balanced_accuracy']
     print(s.to_dict(), l)
     assert s[compare.IMAGE] >= 0.9 and s[compare.GBM] <= 0.7
-    assert l['low'] <= 0 <= l['high'] and 'the network uses it' not in res.verdict
-    assert res.verdict.startswith('no clear signal in the metadata')
+    assert l['low'] <= 0 <= l['high'] and 'the network uses the metadata' not in res.verdict
+    assert res.verdict.startswith('no clear signal in the table on its own')
 
 def test_paired_stats_against_a_hand_computation():
     d, frac = [0.03, -0.01, 0.05, 0.02, 0.04], 0.2
@@ -116,7 +116,7 @@ def _rare_train(name, df, valid, a):
     return dict(probs=np.stack([1 - p, p], 1).tolist(), vocab=['no', 'yes'], **({'columns': [['site'], ['age']]} if name != compare.IMAGE else {}))
 
 def test_the_verdict_tells_the_signal_apart_from_the_networks_use_of_it(synth, monkeypatch):
-    "The table alone learns the label (gradient boosting, fitted for real); the network gets it right in half the folds: the verdict says the metadata carries signal and that the network's use of it is unclear."
+    "The table alone learns the label (gradient boosting, fitted for real); the network gets it right in half the folds: the verdict says the table carries signal and that the network's use of the metadata is unclear."
     path, df = synth('meta', n=200)
     df = df.assign(patient=[f'P{i // 2}' for i in range(len(df))])
     calls = {}
@@ -128,8 +128,8 @@ def test_the_verdict_tells_the_signal_apart_from_the_networks_use_of_it(synth, m
     monkeypatch.setattr(compare, '_train', half_right)
     res = _compare(path, df, n_folds=4, metric='balanced_accuracy')
     assert res.lift[compare.GBM]['balanced_accuracy']['low'] > 0.2 and res.lift['concat']['balanced_accuracy']['low'] < 0
-    assert res.verdict.startswith(f'the metadata carries signal: {compare.GBM} +')
-    assert '; no clear use of it by the network: concat +' in res.verdict
+    assert res.verdict.startswith(f'the table carries signal on its own: {compare.GBM} +')
+    assert '; no clear use of the metadata by the network: concat +' in res.verdict
 
 def test_a_rare_class_is_judged_by_a_threshold_free_score_and_fair_thresholds(synth, monkeypatch):
     "10 % positives: the verdict leads with ROC AUC, names the model that wins on it, takes balanced accuracy at each model's own threshold (not argmax, where 'concat' would predict one class), and says who predicts one class."
@@ -139,7 +139,7 @@ def test_a_rare_class_is_judged_by_a_threshold_free_score_and_fair_thresholds(sy
     monkeypatch.setattr(compare, '_train', _rare_train)
     res = _compare(path, df, n_folds=4)
     assert res.headline == 'roc_auc' and 'Headline: roc auc' in res.verdict and 'threshold-free' in res.verdict
-    assert '; the network uses it: concat ' in res.verdict and 'best roc auc: concat' in res.verdict
+    assert '; the network uses the metadata: concat ' in res.verdict and 'best roc auc: concat' in res.verdict
     s = res.scores.groupby('model')[['roc_auc', 'balanced_accuracy', 'average_precision']].mean()
     assert s.loc['concat', 'roc_auc'] > 0.99 and s.loc['concat', 'balanced_accuracy'] > 0.95      # at its own threshold; argmax would give 0.5
     assert res.one_class(compare.IMAGE) == 4 and 'one class predicted for every row by image only' in res.verdict
@@ -159,8 +159,8 @@ def test_a_regression_is_compared_on_its_errors(synth):
     assert res.lift['concat']['mae']['mean'] > 0 and res.lift[compare.TABLE]['r2']['mean'] > 0.3
     l = res.lift['concat']['mae']                                        # the verdict leads with the network, and claims only what its interval shows
     signal = res.lift[compare.TABLE]['mae']                              # the table's own lift: the metadata carries signal
-    assert signal['low'] > 0 and res.verdict.startswith(f'the metadata carries signal: {compare.TABLE} ')
-    assert ('; the network uses it: concat ' if l['low'] > 0 else '; no clear use of it by the network: concat ') in res.verdict
+    assert signal['low'] > 0 and res.verdict.startswith(f'the table carries signal on its own: {compare.TABLE} ')
+    assert ('; the network uses the metadata: concat ' if l['low'] > 0 else '; no clear use of the metadata by the network: concat ') in res.verdict
     assert 'Headline: mae' in res.verdict and 'mae, image only' in res.to_markdown()
     v = res.versus(compare.TABLE, 'concat')                              # the table is what this task needs; the verdict says so where the interval shows it
     assert v['mean'] > 0 and (v['low'] > 0) == ('beats the best fusion, concat' in res.verdict) == ('use table only' in res.verdict)
