@@ -1,6 +1,6 @@
 """Does `learn.explain` find the region a task is built around, in every training run? Heatmap methods side by side.
 
-Tasks whose decisive region is known (`make_synthetic`, 64 px): 'patch' (a red square in half of the images; `yes` when
+Tasks whose decisive region is known (`make_synthetic`, `--size` px): 'patch' (a red square in half of the images; `yes` when
 there is one and `flag` is true: the square is the only evidence for `yes`), 'where' (a red or blue square in each
 quadrant; the label is the colour of the one in the quadrant that `quadrant` names; FiLM fusion, which learns it) and
 'spot' (one square, red or blue; `yes` when red and `flag`: a model may also answer from the absence of blue, which has
@@ -12,7 +12,7 @@ explained for their label's class by each method: 'occlusion' (the default), Gra
 rows whose map passes its own deletion check, and the seconds per explanation; for the default, the rows of a model
 with re-initialised weights whose map passes the check (it should be none).
 
-Run: .venv/bin/python bench/explain_sanity.py [--seeds 5] [--settings patch:resnet18 where:resnet18 patch:lite0 spot:resnet18]
+Run: .venv/bin/python bench/explain_sanity.py [--seeds 5] [--size 32] [--n 600] [--epochs 8] [--settings patch:resnet18 where:resnet18 patch:lite0 spot:resnet18]
 Writes bench/results/explain-sanity-cpu.{json,md}.
 """
 import argparse, copy, json, tempfile, time, warnings
@@ -22,7 +22,8 @@ import numpy as np, pandas as pd, torch
 from fastai.vision.all import accuracy, set_seed
 from fastai_meta.all import *
 
-OUT, SIZE, SIDE = Path(__file__).parent/'results', 64, 16
+OUT = Path(__file__).parent/'results'
+SIZE, SIDE = 32, 8                   # the image's side and the region's (set by --size)
 FIRST = dict(resnet18='layer1', lite0='blocks.1')
 METHODS = dict(occlusion=dict(), gradcam=dict(method='gradcam'), gradcam_first=None)
 
@@ -76,6 +77,8 @@ def run(task, body, seed, n, epochs):
     return res
 
 def main(a):
+    global SIZE, SIDE
+    SIZE, SIDE = a.size, a.size // 4
     t0, res = time.time(), []
     for setting in a.settings:
         task, body = setting.split(':')
@@ -96,7 +99,7 @@ def render(out):
                         f"| {g[f'{m}_passes'].sum()} of {g.rows.sum()} | {g[f'{m}_seconds'].median():.2f} |")
     acc = ', '.join(f"{t} {b}: {g.accuracy.min():.2f}–{g.accuracy.max():.2f}" for (t, b), g in tab.groupby(['task', 'body'], sort=False))
     md = '\n'.join([f"# Heatmaps against regions known to decide ({out['device']}, {out['threads']} threads)", '',
-                    f"{len(tab)} training runs: {a.n} rows of 64 px, {a.epochs} epochs of one cycle from scratch (resnet18) or "
+                    f"{len(tab)} training runs: {a.n} rows of {a.size} px, {a.epochs} epochs of one cycle from scratch (resnet18) or "
                     f"fine_tune({a.epochs // 2}) pretrained (EfficientNet-Lite0); validation accuracy {acc}. Up to 20 validation rows "
                     "per run whose answer lies in a known region (1/16 of the image), each explained for its label's class. "
                     "mass: the heatmap's share inside the region, median over a run's rows, then the median (range) over runs; "
@@ -112,7 +115,8 @@ def render(out):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()
-    p.add_argument('--seeds', type=int, default=5); p.add_argument('--epochs', type=int, default=12); p.add_argument('--n', type=int, default=1000)
+    p.add_argument('--seeds', type=int, default=5); p.add_argument('--epochs', type=int, default=8); p.add_argument('--n', type=int, default=600)
+    p.add_argument('--size', type=int, default=32)
     p.add_argument('--settings', nargs='+', default=['patch:resnet18', 'where:resnet18', 'patch:lite0', 'spot:resnet18'])
     p.add_argument('--render', action='store_true', help='only rewrite the .md from the saved .json')
     a = p.parse_args()

@@ -262,9 +262,21 @@ def infer_meta_columns(df, read=None, exclude=(), max_card=20, label=None):
         proxies = label_proxies(df, [c for c in df.columns if c not in left], label)
         left |= {c: f'gives the label away: {why}' for c,(kind,why) in proxies.items() if kind == 'determines'}
     conts, cats = cont_cat_split(df[[c for c in df.columns if c not in left]], max_card=max_card)   # fastai's own split
-    codes = [c for c in conts if _group_code(df[c])]
-    said = {c: 'numbers taken as categories: its name says a code, a place or a device' for c in codes}
-    return [*cats, *codes], [c for c in conts if c not in codes], left, said
+    said = {c: 'numbers taken as categories: its name says a code, a place or a device' for c in conts if _group_code(df[c])}
+    if label is not None and label in df.columns:
+        said |= {c: why for c in conts if c not in said and (why := _unordered_codes(df[c], df[label])) is not None}
+    return [*cats, *said], [c for c in conts if c not in said], left, said
+
+def _unordered_codes(x, y, margin=0.05):
+    "Why the whole numbers `x` look like codes whose order says nothing of the label `y` (a lookup of each value beats one of their quantile bins), or `None`."
+    ints, both = _integers(x), ~(is_missing(x.to_numpy(dtype=object)) | is_missing(y.to_numpy(dtype=object)))
+    if ints is None or not 20 < x[both].nunique() <= both.sum() / 5: return None     # codes repeat: five rows a value at least
+    xs, ys, classes = x[both], y[both].to_numpy(), _is_classes(y)
+    by_value, by_order = (_lookup_score(keys, ys, classes)[0] for keys in (category_keys(xs.to_numpy(dtype=object)), _levels(xs)))
+    if by_value < by_order + margin: return None
+    what = 'ROC AUC' if classes else 'R²'
+    return f'numbers taken as categories: a lookup of each value predicts the label better than their order ({what} {by_value:.2f} against {by_order:.2f})'
+
 
 def choice_text(cats, conts, left, n_rows, said=None):
     "What `MetaBlock` chose from `n_rows` training rows: the columns used, those left out and why, the guesses, how to change it."

@@ -94,3 +94,13 @@ def test_a_measurement_is_kept_when_named_and_an_id_still_warned():
         warnings.simplefilter('always')
         found = warn_leaks(df, ['area', 'income', 'record', 'image'])
     assert set(found) == {'record', 'image'} and len(w) == 2
+
+@pytest.mark.parametrize('seed', range(3))
+def test_integer_codes_whose_order_says_nothing_are_categories(seed):
+    "60 integer codes with no name to tell, each with its own rate of 'yes': a lookup of the values beats their order, so they are categories (said); a measurement ordered with the label stays continuous, and so do codes that predict nothing."
+    rng = np.random.default_rng(seed)
+    codes, rate = rng.integers(0, 60, 1200), rng.choice([0.1, 0.9], 60)
+    t = pd.DataFrame({'lot': codes, 'batch': rng.integers(0, 60, 1200), 'area': rng.integers(700, 6000, 1200)})
+    t['label'] = np.where((rng.random(1200) < rate[codes]) | (t.area > 5000), 'yes', 'no')
+    cats, conts, _, said = infer_meta_columns(t, read={'label': ''}, label='label')
+    test_eq((cats, sorted(conts)), (['lot'], ['area', 'batch'])); assert 'better than their order' in said['lot']
