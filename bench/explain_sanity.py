@@ -9,10 +9,10 @@ the first 20 validation rows whose answer lies in the region (`yes` rows with th
 explained for their label's class by each method: 'occlusion' (the default), Grad-CAM on the body's last stage
 (`gradcam`, the old default) and on its first stage (`gradcam-first`). For each: the heatmap's mass inside the region
 (median over the rows; the region is 1/16 of the image), the pointing game (rows whose hottest pixel is inside), the
-rows whose map passes its own deletion check, and the seconds per explanation; for the default, the rows of a model
+rows whose map passes its own deletion check; for the default, the rows of a model
 with re-initialised weights whose map passes the check (it should be none).
 
-Run: .venv/bin/python bench/explain_sanity.py [--seeds 5] [--size 32] [--n 600] [--epochs 8] [--settings patch:resnet18 where:resnet18 patch:lite0 spot:resnet18]
+Run: .venv/bin/python bench/explain_sanity.py [--seeds 5] [--size 32] [--n 600] [--epochs 8] [--settings patch:resnet18 where:resnet18:1000:10 patch:lite0 spot:resnet18]
 Writes bench/results/explain-sanity-cpu.{json,md}.
 """
 import argparse, copy, json, tempfile, time, warnings
@@ -80,10 +80,11 @@ def main(a):
     global SIZE, SIDE
     SIZE, SIDE = a.size, a.size // 4
     t0, res = time.time(), []
-    for setting in a.settings:
-        task, body = setting.split(':')
+    for setting in a.settings:                        # task:body, or task:body:rows:epochs
+        task, body, *more = setting.split(':')
+        n, epochs = (int(v) for v in more) if more else (a.n, a.epochs if body != 'lite0' else a.epochs // 2)
         for s in range(a.seeds):
-            res.append(run(task, body, s, a.n, a.epochs if body != 'lite0' else a.epochs // 2)); print(res[-1], flush=True)
+            res.append(run(task, body, s, n, epochs) | dict(n=n, epochs=epochs)); print(res[-1], flush=True)
             out = dict(device='gpu' if torch.cuda.is_available() else 'cpu', threads=torch.get_num_threads(), settings=vars(a), runs=res, seconds=time.time() - t0)
             (OUT/f"explain-sanity-{out['device']}.json").write_text(json.dumps(out, indent=1))
     render(out)
@@ -96,18 +97,19 @@ def render(out):
         for m in METHODS:
             rows.append(f"| {task} | {body} | {m.replace('_', ' ')} | {g[f'{m}_mass'].median():.2f} ({g[f'{m}_mass'].min():.2f}–{g[f'{m}_mass'].max():.2f}) "
                         f"| {int((g[f'{m}_mass'] > 0.5).sum())} of {len(g)} | {g[f'{m}_pointing'].sum()} of {g.rows.sum()} "
-                        f"| {g[f'{m}_passes'].sum()} of {g.rows.sum()} | {g[f'{m}_seconds'].median():.2f} |")
-    acc = ', '.join(f"{t} {b}: {g.accuracy.min():.2f}–{g.accuracy.max():.2f}" for (t, b), g in tab.groupby(['task', 'body'], sort=False))
+                        f"| {g[f'{m}_passes'].sum()} of {g.rows.sum()} |")
+    acc = '; '.join(f"{t}, {b}: {g.n.iloc[0]} rows, {g.epochs.iloc[0]} epochs, accuracy {g.accuracy.min():.2f}–{g.accuracy.max():.2f}"
+                    for (t, b), g in tab.groupby(['task', 'body'], sort=False))
     md = '\n'.join([f"# Heatmaps against regions known to decide ({out['device']}, {out['threads']} threads)", '',
-                    f"{len(tab)} training runs: {a.n} rows of {a.size} px, {a.epochs} epochs of one cycle from scratch (resnet18) or "
-                    f"fine_tune({a.epochs // 2}) pretrained (EfficientNet-Lite0); validation accuracy {acc}. Up to 20 validation rows "
+                    f"{len(tab)} training runs on images of {a.size} px: one cycle from scratch (resnet18) or `fine_tune` pretrained "
+                    f"(EfficientNet-Lite0); per task and body, {acc} (validation). Up to 20 validation rows "
                     "per run whose answer lies in a known region (1/16 of the image), each explained for its label's class. "
                     "mass: the heatmap's share inside the region, median over a run's rows, then the median (range) over runs; "
                     "runs > 0.5: runs whose median mass is over one half; pointing: rows whose hottest pixel is inside; passes: rows "
                     "whose map passes its own deletion check (its hottest 10 % of pixels, set to the image's mean colour, lower the "
-                    "probability by 0.05 or more and by twice what as many random pixels do); seconds: per explanation (heatmap, "
-                    "check and the metadata's ablation).", '',
-                    '| task | body | heatmap | mass | runs > 0.5 | pointing | passes | seconds |', '|---|---|---|---|---|---|---|---|', *rows, '',
+                    "probability by 0.05 or more and by twice what the same shape of pixels at random places does). The time of an explanation: "
+                    "explain-time-cpu.md.", '',
+                    '| task | body | heatmap | mass | runs > 0.5 | pointing | passes |', '|---|---|---|---|---|---|---|', *rows, '',
                     f"The default's maps of models with re-initialised weights passed the check in {tab.randomised_passes.sum()} of "
                     f"{tab.rows.sum()} rows.", ''])
     (OUT/f"explain-sanity-{out['device']}.md").write_text(md)
@@ -117,7 +119,7 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser()
     p.add_argument('--seeds', type=int, default=5); p.add_argument('--epochs', type=int, default=8); p.add_argument('--n', type=int, default=600)
     p.add_argument('--size', type=int, default=32)
-    p.add_argument('--settings', nargs='+', default=['patch:resnet18', 'where:resnet18', 'patch:lite0', 'spot:resnet18'])
+    p.add_argument('--settings', nargs='+', default=['patch:resnet18', 'where:resnet18:1000:10', 'patch:lite0', 'spot:resnet18'])
     p.add_argument('--render', action='store_true', help='only rewrite the .md from the saved .json')
     a = p.parse_args()
     if a.render: render(json.loads((OUT/f"explain-sanity-{'gpu' if torch.cuda.is_available() else 'cpu'}.json").read_text()))

@@ -63,17 +63,18 @@ def _bars(ax, s, values, xlabel):
     ax.axvline(0, color='k', lw=0.8); ax.set_xlabel(xlabel)
 
 class Faithfulness(NamedTuple):
-    "A heatmap's own check (deletion): the fall in the explained class's probability when its hottest `frac` of the pixels are replaced by the image's mean colour (`hot`), against the mean fall for as many random pixels (`random`)."
+    "A heatmap's own check (deletion): the fall in the explained class's probability when its hottest `frac` of the pixels are replaced by the image's mean colour (`hot`), against the mean fall for the same shape of pixels at random places (`random`)."
     hot: float
     random: float
     frac: float = 0.1
     @property
     def trusted(self):
-        "Whether the hottest pixels matter: their removal lowers the probability by 0.05 or more, and by twice what random pixels do."
+        "Whether the hottest pixels matter: their removal lowers the probability by 0.05 or more, and by twice what the same shape elsewhere does."
         return self.hot >= 0.05 and self.hot >= 2 * max(self.random, 0.)
     def __str__(self):
-        verdict = 'it passes its check' if self.trusted else 'do not trust this heatmap: its hottest pixels matter no more than random ones'
-        return f"its hottest {self.frac:.0%} of pixels, removed, lower p by {self.hot:.2f} (as many random pixels: {self.random:.2f}): {verdict}"
+        fall = lambda v: f'{round(v, 2) + 0.:.2f}'                   # no '-0.00'
+        verdict = 'it passes its check' if self.trusted else 'do not trust this heatmap'
+        return f"removing its hottest {self.frac:.0%} of pixels lowers p by {fall(self.hot)} (elsewhere: {fall(self.random)}): {verdict}"
 
 class Explanation:
     "Where the model looked and what each metadata value did, for one row: `heatmaps` (an H×W array per image, non-negative, on the image as the model saw it; `None` for a missing image), `meta` (column → signed change in the class's probability, largest first), `pred`, `probs`, `target` (the class explained), `faithful` (the heatmap's own check, a `Faithfulness`); for a `ContextLearner`, `context` (each context term → signed change in the probability in context) and `image_probs`."
@@ -152,15 +153,15 @@ def _occlusions(attr, model, act, xb, k, masked, t):
     return res
 
 def faithfulness(model, act, xb, k, heatmaps, t, frac=0.1, n_random=8, seed=0):
-    "Deletion check of `heatmaps` (one per image of the row `xb`): the fall in class `t`'s probability when each image's hottest `frac` of pixels are set to its mean colour, against the mean for `n_random` draws of as many random pixels; a `Faithfulness`."
+    "Deletion check of `heatmaps` (one per image of the row `xb`): the fall in class `t`'s probability when each image's hottest `frac` of pixels are set to its mean colour, against the mean for the same pixels shifted to `n_random` random places (wrapping round); a `Faithfulness`."
     gen, hot, rand = torch.Generator().manual_seed(seed), [], []
     for j,h in enumerate(heatmaps[:k]):
         img = xb[j]
         if h is None: hot.append(img); rand.append(img.expand(n_random, *img.shape[1:])); continue
         n = max(1, int(round(frac * h.size)))
         top = torch.zeros(h.size, dtype=torch.bool); top[torch.as_tensor(np.argsort(-h.ravel(), kind='stable')[:n].copy())] = True
-        draws = torch.stack([torch.randperm(h.size, generator=gen)[:n] for _ in range(n_random)])
-        some = torch.zeros(n_random, h.size, dtype=torch.bool).scatter_(1, draws, True)
+        shifts = [(int(torch.randint(h.shape[0], (1,), generator=gen)), int(torch.randint(h.shape[1], (1,), generator=gen))) for _ in range(n_random)]
+        some = torch.stack([top.view(h.shape).roll(sh, (0, 1)).flatten() for sh in shifts])   # the same shape, elsewhere
         out = lambda m: torch.where(m.view(-1, 1, *h.shape).to(img.device), _flat(img), img)
         hot.append(out(top[None])); rand.append(out(some))
     with torch.no_grad():

@@ -41,7 +41,7 @@ def test_heatmap_methods_and_their_refusals(small):
 def test_faithfulness_verdicts():
     assert Faithfulness(0.6, 0.01).trusted and Faithfulness(0.3, -0.2).trusted
     assert not Faithfulness(0.04, 0.0).trusted and not Faithfulness(0.3, 0.2).trusted     # too small a fall; no better than random pixels
-    assert 'do not trust' in str(Faithfulness(0.0, 0.0)) and 'passes' in str(Faithfulness(0.5, 0.0))
+    assert 'do not trust' in str(Faithfulness(0.0, 0.0)) and 'passes its check' in str(Faithfulness(0.5, 0.0)) and '-0.00' not in str(Faithfulness(0.5, -0.001))
 
 def test_each_heatmap_checks_itself_on_a_task_whose_region_is_known(synth):
     "'patch': a red square in half of the images, `yes` when there is one and `flag` is true. A trained model's maps put their mass on the square and pass their own check; a model with re-initialised weights fails it."
