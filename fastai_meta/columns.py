@@ -77,9 +77,9 @@ def _integers(s):
     return ok.astype('int64') if np.all(np.mod(ok, 1) == 0) else None
 
 def _group_code(s):
-    "Whether the column `s` names a place or device (`site_id`, `scanner`) or a code (`zipcode`, `icd10`): categories, whatever their type."
+    "Whether the whole numbers `s` are named as a place or device (`site_id`, `scanner`) or a code (`zipcode`, `icd10`)."
     name = _snake(s.name)
-    return bool(_CODE_WORDS.search(name) or _PLACE_WORDS.search(name))
+    return bool(_CODE_WORDS.search(name) or _PLACE_WORDS.search(name)) and _integers(s) is not None
 
 def _split_like(s):
     "Why the column `s` looks like a train/valid/test split or a fold number, or `None`."

@@ -185,7 +185,7 @@ class TargetScale(Module):
 POOLS = ('mean', 'slots', 'max', 'attention', 'concat')
 
 class ImagePool(Module):
-    "Combine the fused features (B, k, n) of a row's `k` images into one vector, skipping missing ones (`how`: see below)."
+    "Combine the fused features (B, k, n) of a row's `k` images into one, skipping missing ones: `how` is 'mean', 'slots', 'max', 'attention' or 'concat'."
     def __init__(self, n_in, k, how='mean', masked=True, bodies=None, hidden=128, n_meta=0):
         if how not in POOLS: raise ValueError(f"Unknown image pooling {how!r}: use one of {POOLS}.")
         self.k, self.how, self.masked = k, how, masked

@@ -65,6 +65,7 @@ def _archetypes(n=500, seed=0):
             'zipcode': (rng.choice(rng.integers(10000, 99999, 49), n), 'cat'),   # integer codes
             'icd10_code': (rng.choice([101, 202, 303, 404, 505, 606, 707, 808, 909, 111, 222, 333, 444, 555, 666, 777, 888, 999, 121, 232, 343, 454], n), 'cat'),
             'scanner_id': (rng.integers(0, 6, n), 'cat'),                        # a device, named with id, few values
+            'site_area_cm2': (rng.gamma(3, 2, n).round(2), 'cont'),              # a place's word in a measurement's name
             'seq': (np.arange(n) + 1, 'an id'),                                  # numbered in row order
             'record': (rng.permutation(n), 'an id'),                             # unique, filling its range
             'sample': ([f'{x:012x}' for x in rng.integers(0, 2**48, n)], 'an id'),   # hash-like
