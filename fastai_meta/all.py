@@ -16,6 +16,7 @@ from .calibrate import *
 from .crossfit import *
 from .scores import *
 from .context import *
+from .stack import *
 from .explain import *
 from .compare import *
 from .synth import *

@@ -16,6 +16,7 @@ from .columns import is_missing
 from .data import MetaDataLoaders, meta_encode, image_readers, target_task
 from .learner import meta_cnn_learner, fit_recipe, run_demo
 from .context import context_learner, ContextLearner
+from .stack import stack_learner, StackLearner
 from .compare import meta_compare
 from .deploy import load_safe, UnsafeFile
 from .app import meta_app
@@ -58,7 +59,7 @@ def _check_images(df, images, fname_col, suff='', image_sep=None):
 def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
               label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
-              operating_point=None, image_sep=None, context_col=None, context_folds=5):
+              operating_point=None, image_sep=None, context_col=None, context_folds=5, stack=False):
     "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, or several columns, or `image_sep`-separated names: several images per row; images under `images`); say the columns, split and recipe; calibrate and set an `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."
     df = _read_table(csv)
     _check_folder(images)
@@ -67,6 +68,8 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = target_task(df[label], label_delim, task)
     _check_images(df, images, fname_col, suff, image_sep)
+    if stack: return _train_stack(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task,
+                                  seed, lr, out, exclude, valid_col, group_col, context_col, context_folds, calibrate, operating_point, image_sep)
     if context_col is not None: return _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights,
                                                       fusion, suff, task, seed, lr, out, exclude, image_sep or valid_col,
                                                       context_col, context_folds, calibrate, operating_point)
@@ -99,6 +102,26 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     else: learn.export(out)
     return learn
 
+def _train_stack(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
+                 out, exclude, valid_col, group_col, context_col, folds, calibrate=False, operating_point=None, image_sep=None):
+    "`train --stack`: `stack_learner` on every row (with `context_col`: the patient context among stage two's inputs), exported to `out`."
+    if valid_col: raise CLIError("--stack trains on every row (its networks are cross-fitted): not with --valid-col")
+    if task not in ('classification', 'regression'): raise CLIError(f"--stack predicts a class or a value, not a {task} target")
+    _check_named(df, csv, context_col=context_col)
+    try:
+        learn = stack_learner(df, Path(images), group_col=group_col, context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=folds,
+                              seed=seed, task=task, fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None,
+                              cont_names=list(cont) if cont else None, exclude=exclude, arch=getattr(models, arch, None) or arch,
+                              pretrained=pretrained or weights is not None, weights_path=weights, size=size, bs=bs, suff=suff, image_sep=image_sep)
+    except ValueError as e: raise CLIError(str(e)) from e
+    print(f"Stack: {folds} networks ({fusion}), each trained without a fold{f' of {group_col or context_col!r} values' if group_col or context_col else ''}, "
+          f"then stage two on their out-of-fold outputs: {learn.two}. Every row was used: measure it on held-out rows with "
+          f"`fastai-meta compare --fusions {fusion} stack`.")
+    _decide(learn, calibrate, operating_point)
+    if Path(out).suffix != '.safetensors': raise CLIError("--stack exports .safetensors only (no pickle)")
+    learn.export_safe(out)
+    return learn
+
 def _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
                    out, exclude, unsupported, context_col, context_folds, calibrate=False, operating_point=None):
     "`train --context-col`: `context_learner` on every row, exported to `out`."
@@ -122,7 +145,7 @@ def _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, s
 
 def _decide(learn, calibrate=False, operating_point=None):
     "Fit temperature scaling and an operating point ('class=sensitivity') on the validation rows, saying what they gave."
-    rows = 'the validation rows' if not isinstance(learn, ContextLearner) else "rows neither stage trained on (the stage two's out-of-fold predictions)"
+    rows = 'the validation rows' if not isinstance(learn, (ContextLearner, StackLearner)) else "rows neither stage trained on (the stage two's out-of-fold predictions)"
     if calibrate: print(f'Calibrated on {rows}: {learn.calibrate()}.')
     if operating_point:
         cls, _, sens = str(operating_point).rpartition('=')
@@ -187,9 +210,9 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, p
     df = _read_table(csv)
     _check_folder(images)
     learn = _load(model)
-    if isinstance(learn, ContextLearner):
-        if tta: raise CLIError("--tta predicts with one model's augmentations; a patient-context model has no such option")
-        return _predict_context(learn, df, csv, images, out, suff)
+    if isinstance(learn, (ContextLearner, StackLearner)):
+        if tta: raise CLIError("--tta predicts with one model's augmentations; a two-stage model (patient context, stack) has no such option")
+        return _predict_two_stage(learn, df, csv, images, out, suff)
     missing = [c for c in _needed_columns(learn) if c not in df.columns]
     if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     _point_images_at(learn, images, suff)
@@ -229,23 +252,23 @@ def _empty_table(index, cols, labels=True):
     return pd.DataFrame({'row': index, **{c: pd.Series(np.nan, index=index, dtype=object if c == 'prediction' and labels else float) for c in cols}}, index=index)
 
 # %% ../nbs/04_cli.ipynb #c0a1b2c1
-def _predict_context(learn, df, csv, images, out=None, suff=None):
-    "`predict_csv` for a `ContextLearner`: each patient's rows together wherever they are in the table (its context); per row the decision, each class's probability with and without the context, and the percentile within the patient (`ContextLearner.output_columns`); a patient that cannot be predicted reported in `error` on each of its rows."
+def _predict_two_stage(learn, df, csv, images, out=None, suff=None):
+    "`predict_csv` for a `ContextLearner` or a `StackLearner`: a patient's rows together wherever they are in the table (its context); per row the learner's `output_columns`; a row (with context: a patient) that cannot be predicted reported in `error` (on each of its rows)."
     missing = [c for c in learn.columns if c not in df.columns]
     if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     for l in learn.learners: _point_images_at(l, images, suff)
     cols, key = learn.output_columns(), learn.context_col
-    table, errors = _empty_table(df.index, cols), {}
-    miss = pd.Series(is_missing(df[key].to_numpy(dtype=object)), index=df.index)
+    table, errors = _empty_table(df.index, cols, labels=getattr(learn, 'task', 'classification') != 'regression'), {}
+    miss = pd.Series(is_missing(df[key].to_numpy(dtype=object)) if key else False, index=df.index)
     for i in df.index[miss]: errors[i] = f"ValueError: context column {key!r} is missing: the row's patient is unknown"
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try: parts = [df[~miss]] if (~miss).any() else []; done = [learn.predict(parts[0])] if parts else []
-        except Exception: parts, done = [g for _,g in df[~miss].groupby(key, sort=False)], None      # find the patients that fail; predict the others
+        except Exception: parts, done = [g for _,g in df[~miss].groupby(key or np.arange(int((~miss).sum())), sort=False)], None   # find the patients (rows) that fail; predict the others
         for part in parts:
             try: res = done[0] if done else learn.predict(part)
             except Exception as e:
-                for i in part.index: errors[i] = f'{type(e).__name__}: {e} (patient {part[key].iloc[0]!r}: all its rows)'
+                for i in part.index: errors[i] = f'{type(e).__name__}: {e}' + (f' (patient {part[key].iloc[0]!r}: all its rows)' if key else '')
                 continue
             table.loc[part.index, cols] = res[cols].to_numpy()
     table['error'] = pd.Series(errors, dtype=object).reindex(df.index)
@@ -325,7 +348,8 @@ def _parser():
     t.add_argument('--operating-point', metavar='CLASS=SENSITIVITY', help='decide CLASS whenever its probability reaches the threshold that gives this sensitivity on the validation rows (e.g. mel=0.95)')
     t.add_argument('--out', default='model.safetensors', help='where to export the trained learner: .safetensors (no pickle) or .pkl (fastai\'s export)')
     t.add_argument('--context-col', help="patient context (the 'ugly duckling'): each image judged against the other images of its value of this column (the patient)")
-    t.add_argument('--context-folds', type=int, default=5, help='with --context-col: image models cross-fitted over this many folds of patients')
+    t.add_argument('--context-folds', '--folds', dest='context_folds', type=int, default=5, help='with --context-col or --stack: networks cross-fitted over this many folds (of patients)')
+    t.add_argument('--stack', action='store_true', help='a stack: networks cross-fitted over the folds, then a table model, a linear model and a boosted model on their out-of-fold outputs, weighted by their out-of-fold loss (stack_learner)')
     c = _data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds'))
     c.set_defaults(arch='resnet18', size=128)
     c.add_argument('--fusions', nargs='+', default=['concat'], help="fusions to compare with image only (concat, film, metanet, metablock, csf), and 'context': patient context")
@@ -387,7 +411,7 @@ def main(argv=None):
             train_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.arch, a.epochs, a.size, a.bs, a.pretrained, a.weights,
                       a.fusion, a.valid_pct, a.valid_col, a.group_col, a.suff, a.label_delim, a.task, a.seed, a.lr, out=a.out, exclude=a.exclude,
                       calibrate=a.calibrate, operating_point=a.operating_point, image_sep=a.image_sep, context_col=a.context_col,
-                      context_folds=a.context_folds)
+                      context_folds=a.context_folds, stack=a.stack)
             print(f'exported to {Path(a.out).resolve()}')
         elif a.cmd == 'compare':
             compare_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.exclude, a.group_col, a.suff, a.fusions, a.arch, a.pretrained,

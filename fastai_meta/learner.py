@@ -13,6 +13,7 @@ __all__ = ['IMAGE', 'NO_METADATA', 'VISION_ARGS', 'LEARNER_ARGS', 'target_stats'
 # %% ../nbs/02_learner.ipynb #3b55a185
 from fastai.vision.all import *
 import copy, inspect, os, tempfile, time, warnings      # after fastai's names: `copy` is the module
+from torchvision.ops import StochasticDepth
 from .synth import make_synthetic
 from .data import meta_encode, image_inputs, images_exchangeable, several_images, MetaDataLoaders
 from .model import *
@@ -85,7 +86,7 @@ def create_meta_model(dls, arch, fusion='concat', n_out:int|None=None, pretraine
                       ps:float|int|list|tuple=0.5, first_bn:bool=True, bn_final:bool=False, lin_first:bool=False,
                       y_range:list|tuple|None=None, meta_layers:list|tuple=(512, 128), meta_ps:float|int|list|tuple=0.3,
                       embed_p:float|int=0., contrastive:float|int=0., arcface:bool=False, arc_s:float|int=30., emb_dim:int=512,
-                      scale_y:bool=True, wide:bool=False, image_pool:str|None=None, shared_body:bool=True):
+                      scale_y:bool=True, wide:bool=False, image_p:float|int=0., image_pool:str|None=None, shared_body:bool=True):
     "The network of `meta_cnn_learner`, a `MetaModel`, for the metadata, image inputs and target of `dls` and the body of `arch` (as `create_vision_model` is `vision_learner`'s)."
     n_out = ifnone(n_out, get_c(dls))
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"
@@ -113,8 +114,9 @@ def create_meta_model(dls, arch, fusion='concat', n_out:int|None=None, pretraine
     if init is not None: apply_init(head, init)
     if scale is not None: start_at(head, torch.zeros_like(scale.mean), (scale.lo, scale.hi) if scale.ranged else None)
     elif kind in ('regression', 'points') and not arcface: start_at(head, mean, y_range)
-    return MetaModel(body, branch, fuse, head, stages=stages, wide=_zero(nn.Linear(branch.n_out, n_out)) if wide else None, out=scale,
-                     proj=StageProjections(channels) if contrastive else None, images=images)
+    return MetaModel(body, branch, fuse, head, stages=stages, wide=_zero(nn.Linear(branch.n_enc, n_out)) if wide else None, out=scale,
+                     proj=StageProjections(channels) if contrastive else None, images=images,
+                     image_drop=StochasticDepth(image_p, 'row') if image_p else None)
 
 # %% ../nbs/02_learner.ipynb #1be66949
 @delegates(Learner.__init__)

@@ -24,14 +24,17 @@ class MetaBranch(Module):
         ps = L(ps)*len(layers) if len(L(ps)) == 1 else L(ps)
         self.layers = nn.Sequential(*[LinBnDrop(ni, no, p=p, act=act_cls(), lin_first=True)
                                       for ni,no,p in zip([n_in]+layers[:-1], layers, ps)])
-        self.n_out = layers[-1] if layers else n_in
+        self.n_enc, self.n_out = n_in, (layers[-1] if layers else n_in)    # widths of `encoded` and of the output
 
-    def forward(self, meta):
+    def encoded(self, meta):
+        "The MLP's input: each categorical code's embedding and the batchnormed continuous values and `_na` flags."
         meta = meta.as_subclass(Tensor)
         x_cat, x_cont = meta[:, :self.n_cat].long(), meta[:, self.n_cat:]
         parts = [self.emb_drop(torch.cat([e(x_cat[:, i]) for i,e in enumerate(self.embeds)], 1))] if self.n_cat else []
         if self.bn_cont is not None: parts.append(self.bn_cont(x_cont))
-        return self.layers(torch.cat(parts, 1))
+        return torch.cat(parts, 1)
+
+    def forward(self, meta): return self.layers(self.encoded(meta))
 
 # %% ../nbs/01_model.ipynb #ca49eb82
 def pooling(nf, pool=True, concat_pool=True):
@@ -104,13 +107,13 @@ def stage_channels(body, stages, n_in=3, size=128):
 class MetaModel(nn.Sequential):
     "Body `m[0]`, metadata branch `m[1]`, fusion `m[2]`, head `m[3]`, then optional `wide`, `out`, `proj` and `images`; called as `model(image, meta)`, or `model(*images, mask, meta)`."
     # With `stages` set, the body is walked stage by stage and the fusion acts after each; else it runs whole.
-    # `wide`: a linear path from the metadata features to the output, added to the head's; `out`: maps the sum to the
+    # `wide`: a linear path from the encoded metadata (the branch's `encoded`) to the output, added to the head's; `out`: maps the sum to the
     # user's units (`TargetScale`); `proj`: stage projections for self-contrastive guidance (training only); `images`: an
     # `ImagePool` that combines the fused features of a row's several images (each through the body, with the metadata).
-    def __init__(self, *parts, stages=None, wide=None, out=None, proj=None, images=None):  # `*parts`: slicing (fastai's splitters) calls it too
+    def __init__(self, *parts, stages=None, wide=None, out=None, proj=None, images=None, image_drop=None):  # `*parts`: slicing (fastai's splitters) calls it too
         super().__init__(*parts)
         self.stages = stages
-        for k,m in dict(wide=wide, out=out, proj=proj, images=images).items():
+        for k,m in dict(wide=wide, out=out, proj=proj, images=images, image_drop=image_drop).items():
             if m is not None: self.add_module(k, m)
 
     def _walk(self, x, u, body=None):
@@ -123,9 +126,9 @@ class MetaModel(nn.Sequential):
         return x, feats
 
     def forward(self, *xs):
-        h, u, feats = self._features(*xs)
+        h, _, feats = self._features(*xs)
         out = self[3](h)
-        if 'wide' in self._modules: out = out + self.wide(u)
+        if 'wide' in self._modules: out = out + self.wide(self[1].encoded(xs[-1]))
         if 'temp' in self._modules: out = self.temp(out)      # temperature scaling (`Learner.calibrate`)
         if 'out' in self._modules: out = self.out(out)
         proj = self._modules.get('proj', self._modules.get('4'))   # '4': learners exported before the parts had names
@@ -134,6 +137,7 @@ class MetaModel(nn.Sequential):
     def _fused(self, x, u, body=None):
         "The fusion's output for images `x` with metadata features `u`, and the stage outputs (walked only when `stages` is set)."
         x, feats = self._walk(x, u, body) if self.stages is not None else (ifnone(body, self[0])(x), None)
+        if 'image_drop' in self._modules: x = self.image_drop(x)
         return self[2](x, u), feats
 
     def _features(self, *xs):

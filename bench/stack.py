@@ -1,0 +1,54 @@
+"""The stack against its parts on real data: is `stack_learner` at least as good as image only, the fusion and the table alone?
+
+`meta_compare(fusions=('concat', 'stack'))` with the benchmarks' pretrained recipe (`lesions.pretrained_compare`: EfficientNet-Lite0's
+offline weights, flips and rotations): image only, concat, gradient boosting on the table, the product of experts and the stack
+(`stack_learner` trained on each outer fold's training rows, its own networks cross-fitted over `--inner` folds of them), all
+scored on the same grouped outer folds; then the stack against each, paired by fold (`CompareResult.against`).
+
+- `--data ham10000`: the 7 diagnoses, at most `--per-class` images each, folds grouped by lesion; headline balanced accuracy.
+- `--data siim`: melanoma or not, `--per-class` images of each at random (melanomas are 1.7 % of the rows: the sample is
+  balanced on purpose), folds grouped by patient; headline ROC AUC.
+- `--data age`: HAM10000's age from the image, sex and site (a regression, `--per-class` × 7 rows with an age); headline MAE.
+
+Run: .venv/bin/python bench/stack.py --data ham10000|siim|age [--per-class 90] [--folds 3] [--inner 3] [--size 64] [--epochs 3]
+Writes bench/results/stack-<data>-<cpu|gpu>.{json,md,png} (and resumes from its run folder).
+"""
+import shutil, warnings
+warnings.filterwarnings('ignore')
+import numpy as np, pandas as pd, torch
+from fastai_meta.all import *
+from lesions import HAM, OUT, load_ham, parser, pretrained_compare
+
+SIIM = HAM.parent/'siim-isic-2020-half'
+
+def siim(per_class, seed):
+    "`per_class` melanomas and `per_class` other images of the SIIM-ISIC half, at random; the columns recorded with the label dropped."
+    df = pd.read_csv(SIIM/'train.csv').drop(columns=['diagnosis', 'benign_malignant'])
+    df = pd.concat([g.sample(min(per_class, len(g)), random_state=seed) for _,g in df.groupby('target')])
+    return df.assign(target=df.target.map({0: 'benign', 1: 'melanoma'})).reset_index(drop=True)
+
+def data(a):
+    "The rows and `meta_compare`'s data arguments of `--data`."
+    if a.data == 'siim':
+        return siim(a.per_class, a.seed), dict(path=SIIM, fn_col='image_name', label_col='target', group_col='patient_id',
+                                                cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'], metric='roc_auc')
+    df = load_ham(a.per_class, a.seed)
+    if a.data == 'age': return (df.dropna(subset=['age']).drop(columns=['dx', 'dx_type']).reset_index(drop=True),
+                                dict(path=HAM, fn_col='image_id', label_col='age', group_col='lesion_id', cat_names=['sex', 'localization'], cont_names=[], task='regression'))
+    return df, dict(path=HAM, fn_col='image_id', label_col='dx', group_col='lesion_id', cat_names=['sex', 'localization'], cont_names=['age'])
+
+def main(a):
+    device = 'gpu' if torch.cuda.is_available() else 'cpu'
+    df, spec = data(a)
+    run_dir = OUT/f'stack-{a.data}-{device}.run'
+    res = pretrained_compare(df, spec.pop('path'), a, run_dir, fusions=['concat', 'stack'], context_folds=a.inner, **spec)
+    weights = pd.DataFrame([r['weights'] for k,r in res.runs.items() if k.endswith('/stack')]).fillna(0).mean()
+    extra = f"Stage two's mean weights over the outer folds: {', '.join(f'{n} {w:.2f}' for n,w in weights.items())}."
+    for ext in ('json', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'stack-{a.data}-{device}.{ext}')
+    (OUT/f'stack-{a.data}-{device}.md').write_text(res.to_markdown() + '\n' + extra + '\n')
+    print(res.to_markdown(), extra, sep='\n')
+
+if __name__ == '__main__':
+    p = parser(folds=3, per_class=90, size=64, epochs=3)
+    p.add_argument('--data', default='ham10000', choices=['ham10000', 'siim', 'age']); p.add_argument('--inner', type=int, default=3, help="the stack's own folds")
+    main(p.parse_args())
