@@ -7,11 +7,13 @@ scored on the same grouped outer folds; then the stack against each, paired by f
 
 - `--data ham10000`: the 7 diagnoses, at most `--per-class` images each, folds grouped by lesion; headline balanced accuracy.
 - `--data siim`: melanoma or not, `--per-class` images of each at random (melanomas are 1.7 % of the rows: the sample is
-  balanced on purpose), folds grouped by patient; headline ROC AUC.
+  balanced on purpose), folds grouped by patient; headline ROC AUC. `--context`: `--per-class` patients with a melanoma and
+  as many without, up to 12 images each; the stack's stage two also reads each image's place among its patient's images
+  (`context_col='patient_id'`), and `'context'` (`context_learner`) joins.
 - `--data age`: HAM10000's age from the image, sex and site (a regression, `--per-class` × 7 rows with an age); headline MAE.
 
-Run: .venv/bin/python bench/stack.py --data ham10000|siim|age [--per-class 90] [--folds 3] [--inner 3] [--size 64] [--epochs 3]
-Writes bench/results/stack-<data>-<cpu|gpu>.{json,md,png} (and resumes from its run folder).
+Run: .venv/bin/python bench/stack.py --data ham10000|siim|age [--context] [--per-class 90] [--folds 3] [--inner 3] [--size 64] [--epochs 3]
+Writes bench/results/stack-<data>[-context]-<cpu|gpu>.{json,md,png} (and resumes from its run folder).
 """
 import shutil, warnings
 warnings.filterwarnings('ignore')
@@ -27,10 +29,19 @@ def siim(per_class, seed):
     df = pd.concat([g.sample(min(per_class, len(g)), random_state=seed) for _,g in df.groupby('target')])
     return df.assign(target=df.target.map({0: 'benign', 1: 'melanoma'})).reset_index(drop=True)
 
+def siim_patients(n, seed, cap=12):
+    "All images (at most `cap` per patient, melanomas kept first) of `n` patients with a melanoma and `n` without, at random: patients whose other images give each one its context."
+    df = pd.read_csv(SIIM/'train.csv').drop(columns=['diagnosis', 'benign_malignant'])
+    has = df.groupby('patient_id').target.max()
+    pick = pd.concat([has[has == v].sample(min(n, int((has == v).sum())), random_state=seed) for v in (0, 1)]).index
+    df = df[df.patient_id.isin(pick)].sample(frac=1, random_state=seed).sort_values('target', ascending=False, kind='stable')
+    df = df[df.groupby('patient_id').cumcount() < cap]
+    return df.assign(target=df.target.map({0: 'benign', 1: 'melanoma'})).reset_index(drop=True)
+
 def data(a):
     "The rows and `meta_compare`'s data arguments of `--data`."
     if a.data == 'siim':
-        return siim(a.per_class, a.seed), dict(path=SIIM, fn_col='image_name', label_col='target', group_col='patient_id',
+        return (siim_patients if a.context else siim)(a.per_class, a.seed), dict(path=SIIM, fn_col='image_name', label_col='target', group_col='patient_id',
                                                 cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'], metric='roc_auc')
     df = load_ham(a.per_class, a.seed)
     if a.data == 'age': return (df.dropna(subset=['age']).drop(columns=['dx', 'dx_type']).reset_index(drop=True),
@@ -40,15 +51,18 @@ def data(a):
 def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     df, spec = data(a)
-    run_dir = OUT/f'stack-{a.data}-{device}.run'
-    res = pretrained_compare(df, spec.pop('path'), a, run_dir, fusions=['concat', 'stack'], context_folds=a.inner, **spec)
+    name = f"stack-{a.data}{'-context' if a.context else ''}-{device}"
+    run_dir = OUT/f'{name}.run'
+    extra = dict(context_col='patient_id', fusions=['concat', 'context', 'stack']) if a.context else dict(fusions=['concat', 'stack'])
+    res = pretrained_compare(df, spec.pop('path'), a, run_dir, context_folds=a.inner, **extra, **spec)
     weights = pd.DataFrame([r['weights'] for k,r in res.runs.items() if k.endswith('/stack')]).fillna(0).mean()
-    extra = f"Stage two's mean weights over the outer folds: {', '.join(f'{n} {w:.2f}' for n,w in weights.items())}."
-    for ext in ('json', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'stack-{a.data}-{device}.{ext}')
-    (OUT/f'stack-{a.data}-{device}.md').write_text(res.to_markdown() + '\n' + extra + '\n')
-    print(res.to_markdown(), extra, sep='\n')
+    said = f"Stage two's mean weights over the outer folds: {', '.join(f'{n} {w:.2f}' for n,w in weights.items())}."
+    for ext in ('json', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'{name}.{ext}')
+    (OUT/f'{name}.md').write_text(res.to_markdown() + '\n' + said + '\n')
+    print(res.to_markdown(), said, sep='\n')
 
 if __name__ == '__main__':
     p = parser(folds=3, per_class=90, size=64, epochs=3)
     p.add_argument('--data', default='ham10000', choices=['ham10000', 'siim', 'age']); p.add_argument('--inner', type=int, default=3, help="the stack's own folds")
+    p.add_argument('--context', action='store_true', help="SIIM-ISIC: the stack with the patient context, and context_learner beside it")
     main(p.parse_args())

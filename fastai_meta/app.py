@@ -6,8 +6,8 @@ Docs: https://fastai-meta.github.io/fastai_meta/app.html.md"""
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'MAX_PIXELS', 'PATIENT', 'image_models', 'form_fields', 'form_rows', 'check_upload', 'predict_form',
-           'explain_form', 'figure_image', 'stacked', 'meta_app', 'rank_class', 'patient_rows', 'rank_patient',
-           'ranking_text', 'context_app']
+           'explain_form', 'figure_image', 'stacked', 'meta_app', 'predict_stack_form', 'stack_app', 'rank_class',
+           'patient_rows', 'rank_patient', 'ranking_text', 'context_app']
 
 # %% ../nbs/07_app.ipynb #81b6a7fa
 import io, threading
@@ -18,6 +18,7 @@ from .columns import NA
 from .data import meta_encode, image_inputs, image_readers, class_index
 from .calibrate import OperatingPoint
 from .context import ContextLearner, percentile_in_group
+from .stack import StackLearner
 from .deploy import target_kind
 from .explain import Explanation
 
@@ -25,8 +26,8 @@ from .explain import Explanation
 UNKNOWN = 'unknown'
 
 def image_models(learn):
-    "The image models of `learn`: a `ContextLearner`'s, or the learner itself."
-    return list(learn.learners) if isinstance(learn, ContextLearner) else [learn]
+    "The image models of `learn`: a `ContextLearner`'s or a `StackLearner`'s, or the learner itself."
+    return list(learn.learners) if isinstance(learn, (ContextLearner, StackLearner)) else [learn]
 
 def form_fields(learn):
     "One field per metadata column the learner (or context model) reads: (column, kind, choices, hint); kind 'choice', 'yes/no' or 'number'."
@@ -51,7 +52,7 @@ def form_rows(learn, image, values):
     "A DataFrame of two rows for image file `image`: the form's `values` (in `form_fields` order), and the same with every value missing."
     fields = form_fields(learn)
     if len(values) != len(fields): raise ValueError(f"{len(values)} values for {len(fields)} fields ({[f[0] for f in fields]}).")
-    fn_col = _reader(learn).cols[0]
+    fn_col = _reader(image_models(learn)[0]).cols[0]
     row = {fn_col: str(image), **{c: _value(k, v) for (c,k,_,_),v in zip(fields, values)}}
     return pd.DataFrame([row, {fn_col: str(image), **{c: None for c,*_ in fields}}], dtype=object)
 
@@ -174,6 +175,7 @@ def _inputs(gr, fields):
 def meta_app(learn, title='fastai_meta', rank_by=None):
     "A Gradio app for `learn`: an image, a form generated from its metadata, and out the prediction with and without the metadata and, for a classifier, its explanation (`explain`: the heatmap and the metadata's contributions); for a `ContextLearner`, `context_app` (`rank_by`: its ranking class)."
     if isinstance(learn, ContextLearner): return context_app(learn, title, rank_by)
+    if isinstance(learn, StackLearner): return stack_app(learn, title)
     import gradio as gr
     fields, kind, lock = form_fields(learn), _kind(learn), threading.Lock()
     def run(image, *values):
@@ -200,6 +202,53 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
                 effect = gr.Markdown(elem_id='effect')
                 shown = [gr.Image(label='explanation', elem_id='explanation')] if kind == 'category' else []
         go.click(run, [image, *inputs], [result, decision, effect, *shown], api_name='predict')
+    return app
+
+# %% ../nbs/07_app.ipynb #2108ba35
+def predict_stack_form(learn, image, values):
+    "Predict one case with a `StackLearner`, with its metadata and with none: as `predict_form`, plus the networks' own output (`network`)."
+    if learn.context_col is not None: raise ValueError("This stack reads the patient context (several images of a patient): predict a patient's rows with `learn.predict` or the CLI.")
+    df = form_rows(learn, image, values)
+    with _files_as_given(learn): res = learn.predict(df)
+    if learn.task == 'regression': return dict(kind='regression', with_meta=[float(res.prediction[0])], without_meta=[float(res.prediction[1])],
+                                               network=[float(res['prediction (network)'][0])])
+    vocab = [str(v) for v in learn.vocab]
+    p = lambda i, s='': [float(res[f'p_{v}{s}'][i]) for v in vocab]
+    return dict(kind='category', classes=vocab, with_meta=p(0), without_meta=p(1), network=p(0, ' (network)'), decision=str(res.prediction[0]))
+
+def _stack_note(learn):
+    "What the stack is and what its probabilities are, in Markdown."
+    dec = learn.decision
+    rule = f"**{dec['cls']}** whenever its probability reaches {dec['threshold']:.3f} (a sensitivity of {dec['sensitivity']})" if dec else 'the most probable class'
+    cal = f'calibrated by temperature scaling (T = {learn.temperature:.2f})' if learn.temperature is not None else 'not calibrated (see `StackLearner.calibrate`)'
+    return (f"A research tool, not a medical device. A stack: {len(learn.learners)} networks, then stage two {learn.two!r}. "
+            + (f"Probabilities: {cal}; decision: {rule}." if learn.task != 'regression' else 'It predicts a value.'))
+
+def stack_app(learn, title='fastai_meta'):
+    "A Gradio app for a `StackLearner` (one image per row, no patient context): an image and a form generated from its table; out the stack's prediction, the decision, and what the metadata and stage two changed."
+    import gradio as gr
+    fields, lock = form_fields(learn), threading.Lock()
+    def run(image, *values):
+        if image is None: raise gr.Error('Upload an image first.')
+        try:
+            with lock: res = predict_stack_form(learn, image, list(values))
+        except Exception as e: raise gr.Error(f'{type(e).__name__}: {e}') from e
+        out = dict(zip(res['classes'], res['with_meta'])) if res['kind'] == 'category' else {'prediction': res['with_meta'][0]}
+        net = dict(zip(res.get('classes', ['prediction']), res['network']))
+        return (out, f"Decision: **{res['decision']}**." if res['kind'] == 'category' else '', _effect_text(res),
+                'The networks alone: ' + ', '.join(f'{k} {v:.3f}' for k,v in net.items()) + '.')
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f'## {title}\n{_stack_note(learn)}')
+        with gr.Row():
+            with gr.Column():
+                image = _checked(gr, gr.Image(type='filepath', label='image', elem_id='image'))
+                inputs = _inputs(gr, fields)
+                go = gr.Button('Predict', variant='primary', elem_id='predict')
+            with gr.Column():
+                result = (gr.Label(num_top_classes=len(learn.vocab), label='probabilities', elem_id='probabilities') if learn.task != 'regression'
+                          else gr.JSON(label='prediction', elem_id='prediction'))
+                shown = [gr.Markdown(elem_id=k) for k in ('decision', 'effect', 'network')]
+        go.click(run, [image, *inputs], [result, *shown], api_name='predict')
     return app
 
 # %% ../nbs/07_app.ipynb #cda951a1

@@ -352,9 +352,9 @@ def _parser():
     t.add_argument('--stack', action='store_true', help='a stack: networks cross-fitted over the folds, then a table model, a linear model and a boosted model on their out-of-fold outputs, weighted by their out-of-fold loss (stack_learner)')
     c = _data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds'))
     c.set_defaults(arch='resnet18', size=128)
-    c.add_argument('--fusions', nargs='+', default=['concat'], help="fusions to compare with image only (concat, film, metanet, metablock, csf), and 'context': patient context")
-    c.add_argument('--context-col', help="the patient column of the 'context' model (default: --group-col)")
-    c.add_argument('--context-folds', type=int, default=3, help="the 'context' model's image models: this many per fold")
+    c.add_argument('--fusions', nargs='+', default=['concat'], help="fusions to compare with image only (concat, film, metanet, metablock, csf), 'context': patient context, and 'stack': stack_learner (with --context-col: with the patient context)")
+    c.add_argument('--context-col', help="the patient column of the 'context' model (default: --group-col), and of the stack's context")
+    c.add_argument('--context-folds', type=int, default=3, help="the 'context' model's and the stack's networks: this many per fold")
     c.add_argument('--folds', type=int, default=5, help='cross-validation folds (grouped by --group-col)')
     c.add_argument('--task', default='auto', choices=['auto', 'classification', 'regression'],
                    help='auto: regression for a float (or many-valued integer) label, else classification')

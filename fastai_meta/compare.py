@@ -36,7 +36,8 @@ def _context_run(df, valid, spec, context_col, context_folds, epochs, lr, cbs):
 def _stack_run(df, valid, a):
     "The stack (`stack_learner`: `context_folds` networks of the first fusion named, grouped by `group_col`, then its stage two) trained on the rows not in `valid`, as a run on the `valid` rows."
     fusion = next((f for f in a.fusions if f not in (CONTEXT, STACK)), 'concat')
-    learn = stack_learner(df[~valid], group_col=a.group_col, fusion=fusion, epochs=a.epochs, lr=a.lr, n_folds=a.context_folds, task=a.task, cbs=a.cbs, **a.spec)
+    learn = stack_learner(df[~valid], group_col=a.group_col, context_col=a.stack_context, fusion=fusion, epochs=a.epochs, lr=a.lr, n_folds=a.context_folds,
+                          task=a.task, cbs=a.cbs, **a.spec)
     probs = learn.get_preds(learn.test_dl(df[valid]))[0].numpy()
     return dict(probs=np.round(probs, 5).tolist(), vocab=[str(v) for v in learn.vocab], columns=[learn.coder.cat_names, learn.coder.cont_names],
                 weights=dict(zip(learn.two.names, learn.two.weights.tolist())))
@@ -60,19 +61,19 @@ def _settings(df, spec, a):
                 weights=Path(spec['weights_path']).name if spec['weights_path'] else None, epochs=a.epochs, lr=a.lr, size=spec['size'], bs=spec['bs'],
                 n_folds=a.n_folds, seeds=list(a.seeds), task=a.task, image_sep=spec['image_sep'],
                 **({'learner': learner_args(spec)} if learner_args(spec) else {}), **({'tta': True} if a.tta else {}), **(dict(context_col=a.context_col, context_folds=a.context_folds) if CONTEXT in a.fusions else {}),
-                **(dict(context_folds=a.context_folds) if STACK in a.fusions else {}))
+                **(dict(context_folds=a.context_folds, stack_context=a.stack_context) if STACK in a.fusions else {}))
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'], keep=True)
 def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr=None, n_folds=5, seeds=(0,), out=None, bins=4,
                  context_col=None, context_folds=3, exclude=None, metric=None, task='auto', cbs=None, tta=False, **kwargs):
-    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds; `'stack'`: `stack_learner` over `context_folds` folds of the training rows), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`; `cbs` join every training run; `tta`: image only and the fusions predict with test-time augmentation (`learn.tta`); `kwargs`: the data, the body and the learner (`fold_spec`)."
+    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds; `'stack'`: `stack_learner` over `context_folds` folds of the training rows, with the patient context if `context_col` is named), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`; `cbs` join every training run; `tta`: image only and the fusions predict with test-time augmentation (`learn.tta`); `kwargs`: the data, the body and the learner (`fold_spec`)."
     spec = fold_spec(path=path, exclude=list(L(exclude)) + ([group_col] if group_col else []), **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col] + ([group_col] if group_col else []))
     task = target_task(df[label_col], task=task)
     if task not in ('classification', 'regression'): raise ValueError(f"meta_compare compares classifiers and regressions, not a {task!r} task.")
     if not fusions: raise ValueError("No fusion to compare with image only: pass `fusions`, e.g. ('concat',).")
-    context_col = context_col or group_col
+    stack_context, context_col = context_col, context_col or group_col       # the stack takes the patient context only when it is named
     if CONTEXT in fusions and not context_col: raise ValueError("The 'context' model needs the patient: pass `context_col` (or `group_col`).")
     if CONTEXT in fusions and (task == 'regression' or is_listy(fn_col) or spec['image_sep']):
         raise ValueError("The 'context' model classifies one image per row: leave it out of `fusions` for a regression or several images per row.")
@@ -85,7 +86,7 @@ def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr
     if metric is not None and metric not in known: raise ValueError(f"`metric` is one of {list(known)} for a {task}, not {metric!r}.")
     df = df.reset_index(drop=True)
     if group_col is None: warnings.warn("No `group_col`: folds split rows, so one patient's (or lesion's) images can sit on both sides and flatter every model.")
-    a = SimpleNamespace(spec=spec, task=task, group_col=group_col, fusions=fusions, epochs=epochs, lr=lr, n_folds=n_folds, seeds=seeds, exclude=exclude,
+    a = SimpleNamespace(spec=spec, task=task, group_col=group_col, fusions=fusions, epochs=epochs, lr=lr, n_folds=n_folds, seeds=seeds, exclude=exclude, stack_context=stack_context,
                         context_col=context_col, context_folds=context_folds, cbs=cbs, tta=tta)
     settings = _settings(df, spec, a)
     store = RunStore(Path(out)/'compare.json', settings) if out is not None else None
@@ -151,8 +152,10 @@ class Comparison:
         "The call that trains model `m` for use: the table alone and the combinations come through `stack_learner`, whose stage two weighs a table model against the network."
         if m == IMAGE: return "`image_learner(dls, arch)`"
         if m == CONTEXT: return f"`context_learner(df, context_col={self.settings.get('context_col')!r})` or `fastai-meta train --context-col {self.settings.get('context_col')}`"
-        group = f", group_col={self.settings['group_col']!r}" if self.settings.get('group_col') else ''
-        if m in (STACK, GBM, POE, TABLE, AVERAGE): return f"`stack_learner(df{group})` or `fastai-meta train --stack`"
+        s = self.settings
+        group = (f", group_col={s['group_col']!r}" if s.get('group_col') else '') + (f", context_col={s['stack_context']!r}" if s.get('stack_context') else '')
+        cli = (f" --group-col {s['group_col']}" if s.get('group_col') else '') + (f" --context-col {s['stack_context']}" if s.get('stack_context') else '')
+        if m in (STACK, GBM, POE, TABLE, AVERAGE): return f"`stack_learner(df{group})` or `fastai-meta train --stack{cli}`"
         return f"`meta_cnn_learner(dls, arch, fusion={m!r})` or `fastai-meta train --fusion {m}`"
 
     def _best_net(self):

@@ -86,7 +86,7 @@ def create_meta_model(dls, arch, fusion='concat', n_out:int|None=None, pretraine
                       ps:float|int|list|tuple=0.5, first_bn:bool=True, bn_final:bool=False, lin_first:bool=False,
                       y_range:list|tuple|None=None, meta_layers:list|tuple=(512, 128), meta_ps:float|int|list|tuple=0.3,
                       embed_p:float|int=0., contrastive:float|int=0., arcface:bool=False, arc_s:float|int=30., emb_dim:int=512,
-                      scale_y:bool=True, wide:bool=False, image_p:float|int=0., image_pool:str|None=None, shared_body:bool=True):
+                      scale_y:bool=True, wide:bool|None=None, image_p:float|int=0., image_pool:str|None=None, shared_body:bool=True):
     "The network of `meta_cnn_learner`, a `MetaModel`, for the metadata, image inputs and target of `dls` and the body of `arch` (as `create_vision_model` is `vision_learner`'s)."
     n_out = ifnone(n_out, get_c(dls))
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"
@@ -105,6 +105,7 @@ def create_meta_model(dls, arch, fusion='concat', n_out:int|None=None, pretraine
     kind, mean, std = target_stats(dls)
     scale = TargetScale(mean, std, y_range) if kind == 'regression' and scale_y else None
     if scale is not None: _check_n_out(scale, n_out)
+    if wide is None: wide = not arcface            # a linear path from the table to the output, unless the head has no logits
     if arcface:
         if wide: raise ValueError("`wide` adds to the logits; an ArcFace head has none: use one or the other.")
         head = nn.Sequential(create_head(n_head, emb_dim, lin_ftrs=lin_ftrs, ps=ps, pool=False, first_bn=first_bn, lin_first=lin_first),

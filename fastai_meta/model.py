@@ -105,9 +105,12 @@ def stage_channels(body, stages, n_in=3, size=128):
 
 # %% ../nbs/01_model.ipynb #3da992cc
 class MetaModel(nn.Sequential):
-    "Body `m[0]`, metadata branch `m[1]`, fusion `m[2]`, head `m[3]`, then optional `wide`, `out`, `proj` and `images`; called as `model(image, meta)`, or `model(*images, mask, meta)`."
+    "Body `m[0]`, metadata branch `m[1]`, fusion `m[2]`, head `m[3]`, then optional `wide`, `out`, `proj`, `images` and `image_drop`; called as `model(image, meta)`, or `model(*images, mask, meta)`."
+    wide_gain = 30.
     # With `stages` set, the body is walked stage by stage and the fusion acts after each; else it runs whole.
-    # `wide`: a linear path from the encoded metadata (the branch's `encoded`) to the output, added to the head's; `out`: maps the sum to the
+    # `wide`: a linear path from the encoded metadata (the branch's `encoded`) to the output, times `wide_gain`, added to the head's (under Adam
+    # the gain makes its weights move `wide_gain` times as fast as the rest: a linear model needs larger weights than a few epochs at the
+    # network's rate give them; bench/table_network.py measured it); `out`: maps the sum to the
     # user's units (`TargetScale`); `proj`: stage projections for self-contrastive guidance (training only); `images`: an
     # `ImagePool` that combines the fused features of a row's several images (each through the body, with the metadata).
     def __init__(self, *parts, stages=None, wide=None, out=None, proj=None, images=None, image_drop=None):  # `*parts`: slicing (fastai's splitters) calls it too
@@ -128,7 +131,7 @@ class MetaModel(nn.Sequential):
     def forward(self, *xs):
         h, _, feats = self._features(*xs)
         out = self[3](h)
-        if 'wide' in self._modules: out = out + self.wide(self[1].encoded(xs[-1]))
+        if 'wide' in self._modules: out = out + self.wide_gain * self.wide(self[1].encoded(xs[-1]))
         if 'temp' in self._modules: out = self.temp(out)      # temperature scaling (`Learner.calibrate`)
         if 'out' in self._modules: out = self.out(out)
         proj = self._modules.get('proj', self._modules.get('4'))   # '4': learners exported before the parts had names

@@ -5,7 +5,7 @@ from urllib.parse import urljoin, urlparse, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ['sources', 'columns', 'encoding', 'images', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner', 'interpret', 'trackers', 'calibrate', 'crossfit', 'scores', 'context', 'explain', 'compare', 'cli', 'synth', 'deploy', 'hub', 'app']
+MODULES = ['sources', 'columns', 'encoding', 'images', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner', 'interpret', 'trackers', 'calibrate', 'crossfit', 'scores', 'context', 'stack', 'explain', 'compare', 'cli', 'synth', 'deploy', 'hub', 'app']
 TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several_images', 'ugly_duckling']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']

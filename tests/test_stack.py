@@ -80,8 +80,8 @@ def test_cli_train_stack_then_predict(table_task, tmp_path, capsys):
     path, train, test = table_task
     train.to_csv(tmp_path/'train.csv', index=False); test.to_csv(tmp_path/'test.csv', index=False)
     assert main(['train', str(tmp_path/'train.csv'), str(path/'images'), '--label', 'label', '--cat', 'site', '--cont', 'age', '--stack',
-                 '--folds', '3', '--arch', 'resnet18', '--size', '16', '--epochs', '1', '--out', str(tmp_path/'s.safetensors')]) == 0
-    assert 'Stack: 3 networks' in capsys.readouterr().out
+                 '--folds', '2', '--arch', 'resnet18', '--size', '16', '--epochs', '1', '--out', str(tmp_path/'s.safetensors')]) == 0
+    assert 'Stack: 2 networks' in capsys.readouterr().out
     assert main(['predict', str(tmp_path/'s.safetensors'), str(tmp_path/'test.csv'), str(path/'images'), '--out', str(tmp_path/'p.csv')]) == 0
     p = pd.read_csv(tmp_path/'p.csv')
     assert len(p) == len(test) and p.error.isna().all() and {'prediction', 'p_yes', 'p_yes (network)'} <= set(p.columns)
@@ -90,9 +90,21 @@ def test_compare_scores_the_stack_and_names_the_call(table_task):
     path, train, _ = table_task
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        res = meta_compare(train.assign(g=np.arange(len(train)) // 2), path/'images', group_col='g', fusions=('concat', 'stack'), n_folds=3,
+        res = meta_compare(train.assign(g=np.arange(len(train)) // 2), path/'images', group_col='g', fusions=('concat', 'stack'), n_folds=2,
                            context_folds=2, cat_names=['site'], cont_names=['age'], arch=resnet18, pretrained=False, size=16, epochs=1)
     s = res.scores.groupby('model').balanced_accuracy.mean()
     assert s['stack'] > 0.8 and s['stack'] > s['image only'] + 0.2, s
     assert 'train it with `' in res.verdict
     assert res.how_to_train('stack').startswith('`stack_learner(df') and res.how_to_train(GBM) == res.how_to_train('stack')
+
+def test_the_app_serves_a_stack(stack, table_task, tmp_path):
+    gradio_client = pytest.importorskip('gradio_client')
+    from test_app import serve
+    path, _, test = table_task
+    with serve(stack.export_safe(tmp_path/'s.safetensors')) as (url, log):
+        c = gradio_client.Client(url, verbose=False)
+        image = gradio_client.handle_file(str(path/'images'/test.fname.iloc[0]))
+        probs, decision, effect, network = c.predict(image, 'head', 80, api_name='/predict')       # the rule's score: +3.5
+        assert probs['label'] == 'yes' and 'Decision: **yes**' in decision and 'with none' in effect and 'networks alone' in network
+        probs, decision, *_ = c.predict(image, 'leg', 20, api_name='/predict')                      # -3.5
+        assert probs['label'] == 'no'
