@@ -6,7 +6,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/context.html.md"""
 
 # %% auto #0
 __all__ = ['tempered', 'percentile_in_group', 'patient_context', 'classes_used', 'OnEach', 'ContextDL', 'ContextLearner',
-           'fit_stage_two', 'context_learner', 'images_per_patient']
+           'fit_stage_two', 'context_learner', 'images_per_patient', 'class_auc']
 
 # %% ../nbs/03c_context.ipynb #18d7a56f
 import warnings
@@ -263,7 +263,7 @@ def images_per_patient(groups):
     b = np.minimum(np.log2(n).astype(int), 5)
     return np.array(['1', '2-3', '4-7', '8-15', '16-31', '32+'], dtype=object)[b]
 
-def _score(y, p):
+def class_auc(y, p):
     "ROC AUC of probabilities `p` (rows × classes) for class indices `y` (one-vs-rest macro for several classes); NaN with one class."
     y, p = np.asarray(y), np.asarray(p)
     if len(np.unique(y)) < 2: return float('nan')
@@ -278,6 +278,6 @@ def meta_report(self:ContextLearner, df, cols=None, bins=4):
     cols = list(L(ifnone(cols, ['patient images', *enc.cat_names, *enc.cont_names])))
     check_columns(items.columns, [c for c in cols if c != 'patient images'])
     extra = {'patient images': (images_per_patient(items[self.context_col]), ['1', '2-3', '4-7', '8-15', '16-31', '32+'])}
-    res = subgroup_report(items, cols, lambda i: {'roc_auc': _score(y[i], p[i]), 'roc_auc (image only)': _score(y[i], img[i])}, enc.cont_names, bins, extra)
+    res = subgroup_report(items, cols, lambda i: {'roc_auc': class_auc(y[i], p[i]), 'roc_auc (image only)': class_auc(y[i], img[i])}, enc.cont_names, bins, extra)
     res['lift'] = res['roc_auc'] - res['roc_auc (image only)']
     return res

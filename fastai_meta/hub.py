@@ -15,6 +15,7 @@ from huggingface_hub.errors import HFValidationError
 from safetensors import safe_open
 from .learner import MetaLearner
 from .context import ContextLearner
+from .stack import StackLearner
 from .deploy import load_safe
 
 # %% ../nbs/06a_hub.ipynb #bc480fcb
@@ -64,13 +65,17 @@ def _metrics(metrics):
 # %% ../nbs/06a_hub.ipynb #6aa2c370
 def model_card(desc, metrics=None, license=None, data=None, intended_use=INTENDED_USE, limits=LIMITS, name=None):
     "The Hub's `ModelCard` (YAML header and Markdown) of the model that description `desc` (`describe`, or a context model's) describes."
-    ctx = desc.get('kind') == 'context'
-    one = desc['stage_one'][0] if ctx else desc
+    ctx, stack = desc.get('kind') == 'context', desc.get('kind') == 'stack'
+    one = desc['stage_one'][0] if ctx or stack else desc
+    per_patient = ctx or (stack and desc['stage_two'].get('context_col') is not None)     # predicted a patient's rows at once
     what, classes = _task(one)
     arch, fusion = one['arch'].get('name', one['arch']), one['fusion']['name']
     how = (f"patient context: {len(desc['stage_one'])} image + metadata models ({fusion} fusion, {arch} body) cross-fitted over folds of "
            f"`{desc['stage_two']['context_col']}`, then a logistic regression on each image's probability and its place among its patient's "
-           f"images ({', '.join(desc['stage_two']['features'])})" if ctx else f"the {fusion} fusion with a {arch} image body")
+           f"images ({', '.join(desc['stage_two']['features'])})" if ctx else
+           f"a stack: {len(desc['stage_one'])} image + metadata networks ({fusion} fusion, {arch} body) cross-fitted over folds, then stage two, "
+           f"weighted by greedy ensemble selection ({', '.join(f'''{c['name']} {c['weight']:.2f}''' for c in desc['stage_two']['candidates'])})" if stack
+           else f"the {fusion} fusion with a {arch} image body")
     vocab = one['target'].get('vocab') or []
     tags = ['fastai', 'fastai_meta', 'safetensors', 'image-classification' if what.endswith('classification') else what]
     head = ModelCardData(license=license, library_name='fastai_meta', tags=tags)
@@ -78,11 +83,12 @@ def model_card(desc, metrics=None, license=None, data=None, intended_use=INTENDE
     body = [f"# {name or 'A fastai_meta model'}", '', f"{what.capitalize()} from an image and its metadata: {how}.", '',
             '## Task', '', classes, f"Images: column `{one['image']['fn_col']}`.", '', '## Metadata', '', _columns(one['meta']), '',
             '## Validation', '', _metrics(metrics), '', '## Calibration and operating point', '',
-            _decision(one, vocab) if not ctx else "Patient context: the stage two's probabilities, not calibrated further.", '',
+            _decision(one, vocab) if not (ctx or stack) else _decision(dict(temperature=desc['stage_two'].get('temperature'), operating_point=desc['stage_two'].get('decision')), vocab)
+            if stack else "Patient context: the stage two's probabilities, not calibrated further.", '',
             '## Training data', '', data or "Not stated by the person who saved this model: ask them what it was trained on, and under which licence.", '',
             '## Intended use and limits', '', intended_use, '', limits, '', '## How to load', '',
             '```python', 'from fastai_meta.hub import from_pretrained', f"learn = from_pretrained({load!r})",
-            "learn.predict(row)     # a row (dict or DataFrame row) with the image's file name and the columns above" if not ctx
+            "learn.predict(row)     # a row (dict or DataFrame row) with the image's file name and the columns above" if not per_patient
             else "learn.predict(rows)    # one patient's rows, each image against the others", '```', '',
             "The weights are a safetensors file and the learner is rebuilt from the file's own checksummed description: nothing is unpickled.",
             f"Saved with fastai_meta {one['library']['fastai_meta']}, fastai {one['library']['fastai']}, torch {one['library']['torch']}."]
@@ -102,7 +108,7 @@ def _description(fname):
     with safe_open(str(fname), 'pt') as f: return json.loads(f.metadata()['fastai_meta'])
 
 @patch
-def save_pretrained(self:MetaLearner|ContextLearner, folder, metrics=None, license=None, data=None, intended_use=INTENDED_USE, limits=LIMITS, name=None):
+def save_pretrained(self:MetaLearner|ContextLearner|StackLearner, folder, metrics=None, license=None, data=None, intended_use=INTENDED_USE, limits=LIMITS, name=None):
     "Write `folder`/model.safetensors (`export_safe`), config.json (its description) and README.md (`model_card`; `metrics`: default `validation_metrics`, a context model's none)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     desc = _description(self.export_safe(folder/WEIGHTS))
@@ -112,7 +118,7 @@ def save_pretrained(self:MetaLearner|ContextLearner, folder, metrics=None, licen
     return folder
 
 @patch
-def push_to_hub(self:MetaLearner|ContextLearner, repo_id, private=None, token=None, revision=None, commit_message='Upload a fastai_meta model', **kwargs):
+def push_to_hub(self:MetaLearner|ContextLearner|StackLearner, repo_id, private=None, token=None, revision=None, commit_message='Upload a fastai_meta model', **kwargs):
     "Write the `save_pretrained` folder (`kwargs`: its card's) and upload it to the Hub repo `repo_id`, created if needed, with `upload_folder`; the commit's info."
     with tempfile.TemporaryDirectory() as d:
         self.save_pretrained(d, name=kwargs.pop('name', repo_id), **kwargs)

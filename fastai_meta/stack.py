@@ -6,7 +6,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/stack.html.md"""
 
 # %% auto #0
 __all__ = ['CANDIDATES', 'TableCoder', 'network_columns', 'network_frame', 'offset', 'as_output', 'Candidate', 'stack_loss',
-           'ensemble_selection', 'StageTwo', 'fit_stage_two', 'StackRows', 'StackLearner', 'stack_learner']
+           'ensemble_selection', 'StageTwo', 'fit_stack', 'StackRows', 'StackLearner', 'stack_learner']
 
 # %% ../nbs/03f_stack.ipynb #8b38ba0c
 import warnings
@@ -20,7 +20,8 @@ from .encoding import check_columns
 from .data import meta_encode, image_readers, check_classes, target_task, several_images
 from .learner import NO_METADATA, fold_learner, fold_spec
 from .crossfit import row_folds, cross_fit, fit_fold, fold_outputs, out_of_fold
-from .context import tempered, patient_context, percentile_in_group, classes_used, OnEach, ContextLearner
+from .context import tempered, patient_context, percentile_in_group, classes_used, class_auc, OnEach, ContextLearner
+from .interpret import subgroup_report
 
 # %% ../nbs/03f_stack.ipynb #937485d0
 class TableCoder:
@@ -185,7 +186,7 @@ class StageTwo:
         return sum(w * c.predict(X) for c,w in zip(self.candidates, self.weights) if w > 0)
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{n}: {w:.2f}' for n,w in zip(self.names, self.weights))})"
 
-def fit_stage_two(X, y, folds, task, vocab, coder, context=(), candidates=CANDIDATES, seed=0):
+def fit_stack(X, y, folds, task, vocab, coder, context=(), candidates=CANDIDATES, seed=0):
     "Stage two on the out-of-fold table `X` and targets `y`: each candidate cross-fitted over `folds`, the ensemble weights chosen on their out-of-fold outputs, each candidate with weight refitted on every row; the `StageTwo`, the candidates' out-of-fold outputs (by name) and the stack's held-out outputs (each fold's rows under weights chosen on the other folds)."
     make, width = lambda n: Candidate(n, task, vocab, coder, context, seed), 1 if task == 'regression' else len(vocab)
     outs = {n: np.zeros((len(X), width)) for n in candidates}
@@ -347,9 +348,26 @@ def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat
     X = pd.concat([learn.inputs(df[folds == k], r['probs'], r.get('emb')).set_index(np.flatnonzero(folds == k)) for k,r in runs.items()]).sort_index()
     y = learn.targets_of(df)
     context = [c for c in X.columns if c not in coder.cat_names + coder.cont_names + network_columns(task, vocab)]
-    learn.two, learn.candidate_outputs, learn.held_out = fit_stage_two(X, y, folds, task, vocab, coder, context, tuple(candidates), seed)
+    learn.two, learn.candidate_outputs, learn.held_out = fit_stack(X, y, folds, task, vocab, coder, context, tuple(candidates), seed)
     arch = spec['arch']
     learn.targets, learn.oof = y, X.assign(fold=folds)
     learn.settings = dict(fn_col=fn_col, n_folds=n_folds, seed=seed, group_col=group_col, fusion=fusion if isinstance(fusion, str) else getattr(fusion, '__name__', str(fusion)),
                           arch=arch if isinstance(arch, str) else arch.__name__, epochs=epochs, size=spec['size'], candidates=list(candidates), context=context)
     return learn
+
+# %% ../nbs/03f_stack.ipynb #6b512b4e
+@patch
+def meta_report(self:StackLearner, df, cols=None, bins=4):
+    "The stack and its networks alone on the labelled rows of `df` (with context: whole patients), overall and by each table column of `cols`: ROC AUC for classes, MAE for values, and the stack's gain."
+    dl = self.test_dl(df, with_labels=True)
+    p, y, net = (t.numpy() for t in self.get_preds(dl, with_network=True))
+    reg, items = self.task == 'regression', dl.items.reset_index(drop=True)
+    score = (lambda i: {'mae': float(np.abs(p[i, 0] - y[i]).mean()), 'mae (network)': float(np.abs(net[i, 0] - y[i]).mean())}) if reg else \
+            (lambda i: {'roc_auc': class_auc(y[i], p[i]), 'roc_auc (network)': class_auc(y[i], net[i])})
+    cols = list(L(ifnone(cols, self.coder.cat_names + self.coder.cont_names)))
+    check_columns(items.columns, cols)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = subgroup_report(items, cols, score, self.coder.cont_names, bins)
+    res['gain'] = res['mae (network)'] - res['mae'] if reg else res['roc_auc'] - res['roc_auc (network)']
+    return res

@@ -108,3 +108,9 @@ def test_the_app_serves_a_stack(stack, table_task, tmp_path):
         assert probs['label'] == 'yes' and 'Decision: **yes**' in decision and 'with none' in effect and 'networks alone' in network
         probs, decision, *_ = c.predict(image, 'leg', 20, api_name='/predict')                      # -3.5
         assert probs['label'] == 'no'
+
+def test_save_pretrained_writes_a_card_and_loads_back(stack, table_task, tmp_path):
+    folder = stack.save_pretrained(tmp_path/'hub', license='cc-by-nc-4.0')
+    card = (folder/'README.md').read_text()
+    assert 'a stack: 3 image + metadata networks' in card and 'Not calibrated' in card
+    test_close(from_pretrained(folder).get_preds(table_task[2])[0], stack.get_preds(table_task[2])[0], eps=1e-4)
