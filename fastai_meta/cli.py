@@ -64,7 +64,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     df = _read_table(csv)
     _check_folder(images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
-    _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, named=L(cat) + L(cont) + L(exclude))
+    _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, context_col=context_col, named=L(cat) + L(cont) + L(exclude))
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = target_task(df[label], label_delim, task)
     _check_images(df, images, fname_col, suff, image_sep)
@@ -105,27 +105,22 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
 def _train_stack(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
                  out, exclude, valid_col, group_col, context_col, folds, calibrate=False, operating_point=None, image_sep=None):
     "`train --stack`: `stack_learner` on every row (with `context_col`: the patient context among stage two's inputs), exported to `out`."
-    if valid_col: raise CLIError("--stack trains on every row (its networks are cross-fitted): not with --valid-col")
-    if task not in ('classification', 'regression'): raise CLIError(f"--stack predicts a class or a value, not a {task} target")
-    _check_named(df, csv, context_col=context_col)
+    if valid_col or Path(out).suffix != '.safetensors': raise CLIError("--stack trains on every row (its networks are cross-fitted; not with --valid-col) and exports .safetensors")
     try:
         learn = stack_learner(df, Path(images), group_col=group_col, context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=folds,
                               seed=seed, task=task, fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None,
                               cont_names=list(cont) if cont else None, exclude=exclude, arch=getattr(models, arch, None) or arch,
                               pretrained=pretrained or weights is not None, weights_path=weights, size=size, bs=bs, suff=suff, image_sep=image_sep)
     except ValueError as e: raise CLIError(str(e)) from e
-    print(f"Stack: {folds} networks ({fusion}), each trained without a fold{f' of {group_col or context_col!r} values' if group_col or context_col else ''}, "
-          f"then stage two on their out-of-fold outputs: {learn.two}. Every row was used: measure it on held-out rows with "
-          f"`fastai-meta compare --fusions {fusion} stack`.")
+    print(f"Stack: {folds} networks ({fusion}), each trained without a fold{f' of {group_col or context_col!r} values' if group_col or context_col else ''}, then "
+          f"stage two on their out-of-fold outputs: {learn.two}. Every row was used: measure it on held-out rows with `fastai-meta compare --fusions {fusion} stack`.")
     _decide(learn, calibrate, operating_point)
-    if Path(out).suffix != '.safetensors': raise CLIError("--stack exports .safetensors only (no pickle)")
     learn.export_safe(out)
     return learn
 
 def _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
                    out, exclude, unsupported, context_col, context_folds, calibrate=False, operating_point=None):
     "`train --context-col`: `context_learner` on every row, exported to `out`."
-    _check_named(df, csv, context_col=context_col)
     if task != 'classification' or not isinstance(fname_col, str) or unsupported:
         raise CLIError("--context-col trains a classifier of one image per row, on every row (its image models are cross-fitted): "
                        "not with --image-sep, several image columns or --valid-col.")

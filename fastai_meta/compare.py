@@ -141,7 +141,8 @@ class Comparison:
         "Model `m`'s paired improvement over each other model on the headline metric, fold by fold (points ×100 for classes; positive: `m` better): mean, 95 % interval, folds better."
         x = 1 if self.task == 'regression' else 100
         rows = {o: self.versus(m, o) for o in self.models if o != m}
-        return pd.DataFrame({o: dict(mean=x*v['mean'], low=x*v['low'], high=x*v['high'], better=f"{v['wins']} of {v['n']}") for o,v in rows.items()}).T
+        return pd.DataFrame.from_dict({o: dict(mean=x*v['mean'], low=x*v['low'], high=x*v['high'], better=f"{v['wins']} of {v['n']}") for o,v in rows.items()},
+                                      orient='index')
 
     def _against_section(self):
         "Markdown lines of the stack against each other model, when the stack was compared."
@@ -160,7 +161,8 @@ class Comparison:
 
     def _best_net(self):
         "The network (a fusion, or the patient context) with the largest mean lift on the headline metric; the verdict leads with it."
-        return max(self.fusions, key=lambda m: self.lift[m][self.headline]['mean'])     # `meta_compare` refuses an empty `fusions`
+        nets = [f for f in self.fusions if f != STACK] or list(self.fusions)             # the stack is judged by `against`, not as the network
+        return max(nets, key=lambda m: self.lift[m][self.headline]['mean'])     # `meta_compare` refuses an empty `fusions`
 
     def _lifts(self):
         "`lift[model][metric]`: paired stats of the model's improvement over image only, per fold."

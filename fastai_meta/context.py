@@ -170,6 +170,22 @@ class ContextLearner:
                     **{f'percentile in patient ({self.vocab[j]})': percentile_in_group(p[:, j], g) for j in self.focus})
         return pd.DataFrame({self.context_col: g, **{c: cols[c] for c in self.output_columns()}}, index=dl.items.index)
 
+    def stage_two_state(self):
+        "The stage two (its scaling and logistic regression) as plain JSON, no pickle: what `export_safe` writes beside the image models."
+        return dict(vocab=self.vocab, features=self.features, mean=self.scaler.mean_.tolist(), scale=self.scaler.scale_.tolist(),
+                    coef=self.stage_two.coef_.tolist(), intercept=self.stage_two.intercept_.tolist(), classes=self.stage_two.classes_.tolist())
+
+    @classmethod
+    def from_state(cls, learners, two, temperature=None, decision=None):
+        "The context model of the image models `learners` and the stage two's description `two` (`stage_two_state`, with the columns and `settings` the export adds)."
+        scaler, lr = StandardScaler(), LogisticRegression()
+        scaler.mean_, scaler.scale_ = np.array(two['mean'], dtype=float), np.array(two['scale'], dtype=float)
+        lr.coef_, lr.intercept_, lr.classes_ = np.array(two['coef'], dtype=float), np.array(two['intercept'], dtype=float), np.array(two['classes'], dtype=int)
+        scaler.n_features_in_ = lr.n_features_in_ = len(list(two['features']))
+        if not (scaler.mean_.shape == scaler.scale_.shape == lr.coef_.shape[1:] == (scaler.n_features_in_,)): raise ValueError('shapes differ')
+        return cls(learners, scaler, lr, list(two['vocab']), str(two['context_col']), str(two['label_col']), None, dict(two['settings']),
+                   temperature=temperature, decision=decision)
+
 # %% ../nbs/03c_context.ipynb #990af7fd
 def fit_stage_two(oof, y, C=1.0, seed=0):
     "Standardise the context features of the out-of-fold table `oof` and fit a logistic regression to targets `y` on them."

@@ -14,8 +14,6 @@ import lightgbm as lgb
 import fastai, timm, torchvision
 from fastai.vision.all import *
 from fastai.vision.augment import AffineCoordTfm
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file
 from . import __version__
@@ -28,7 +26,7 @@ from .losses import ArcFaceLoss, WrappedLoss
 from .learner import MetaLearner, meta_cnn_learner, described_args
 from .calibrate import Temperature, OperatingPoint
 from .context import ContextLearner
-from .stack import StackLearner, StageTwo, Candidate, TableCoder
+from .stack import StackLearner
 
 # %% ../nbs/06_deploy.ipynb #db0b0727
 FORMAT, VERSION = 'fastai_meta.safe', 1
@@ -297,8 +295,7 @@ def _dataloaders(desc, bs=64, device=None):
 def load_safe(fname, cpu=True, sha256=None, images=None, bs=64):
     "Rebuild the `Learner` that `export_safe` wrote to `fname` (or the `ContextLearner` or `StackLearner`), from its description and weights only: no unpickling, no `torch.load`; `images`: the folder to read file names from."
     desc, tensors = _read(fname, sha256)
-    if desc.get('kind') == 'context': return _load_context(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))
-    if desc.get('kind') == 'stack': return _load_stack(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))
+    if desc.get('kind') in ('context', 'stack'): return _load_two_stage(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))
     return _rebuild(desc, tensors, cpu, images, bs)
 
 def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
@@ -332,88 +329,56 @@ def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
     return learn
 
 # %% ../nbs/06_deploy.ipynb #4d6d18c8
-@patch
-def export_safe(self:ContextLearner, fname='context.safetensors', check=True):
-    "Write every image model and the stage two to one safetensors file (no pickle); `load_safe` reads it back as a `ContextLearner`; with `check`, reload it and compare predictions."
-    tensors = {f'stage_one.{k}.{n}': v.detach().cpu().clone().contiguous() for k,l in enumerate(self.learners) for n,v in l.model.state_dict().items()}
-    two = dict(vocab=self.vocab, context_col=self.context_col, label_col=self.label_col, features=self.features, mean=self.scaler.mean_.tolist(),
-               scale=self.scaler.scale_.tolist(), coef=self.stage_two.coef_.tolist(), intercept=self.stage_two.intercept_.tolist(),
-               classes=self.stage_two.classes_.tolist(), settings=_plain(self.settings), temperature=self.temperature, decision=_plain(self.decision))
-    desc = json.dumps(dict(format=FORMAT, version=VERSION, kind='context', stage_one=[describe(l) for l in self.learners], stage_two=two), sort_keys=True)
+def _save_two_stage(learn, kind, two, fname, check):
+    "Write a two-stage learner (`kind`: 'context' or 'stack'): every network's weights and, in the header, their descriptions and stage two's `two`; with `check`, reload it and compare predictions."
+    tensors = {f'stage_one.{k}.{n}': v.detach().cpu().clone().contiguous() for k,l in enumerate(learn.learners) for n,v in l.model.state_dict().items()}
+    two |= dict(label_col=learn.label_col, context_col=learn.context_col, settings=_plain(learn.settings), temperature=learn.temperature, decision=_plain(learn.decision))
+    desc = json.dumps(dict(format=FORMAT, version=VERSION, kind=kind, stage_one=[describe(l) for l in learn.learners], stage_two=two), sort_keys=True)
     Path(fname).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(fname), metadata={'fastai_meta': desc, 'checksum': _digest(desc, tensors)})
-    if check: _check_context_export(self, fname)
+    if check: _check_two_stage_export(learn, fname)
     return Path(fname)
 
-def _check_context_export(learn, fname, n=3):
-    "Reload `fname` and compare its predictions with `learn`'s on the images of up to `n` validation patients of the first image model; removes the file and raises if they differ."
+def _check_two_stage_export(learn, fname, n=3):
+    "Reload `fname` and compare its predictions with `learn`'s on the first network's validation rows (with a context column, those of `n` patients); removes the file and raises if they differ."
     items = learn.learners[0].dls.valid_ds.items
     if not isinstance(items, pd.DataFrame) or not len(items): return warnings.warn("export_safe: no validation rows to check the file against.")
-    rows = items[items[learn.context_col].isin(items[learn.context_col].drop_duplicates()[:n])]
+    key = learn.context_col
+    rows = items[items[key].isin(items[key].drop_duplicates()[:n])] if key else items[:8*n]
     a, b = (l.get_preds(l.test_dl(rows))[0] for l in (learn, load_safe(fname)))
     if float((a - b).abs().max()) > 1e-4:
         Path(fname).unlink()
         raise UnsafeFile(f"The file did not reproduce the learner (largest difference {float((a - b).abs().max()):.3g}): use `learn.export()`.")
 
-def _load_context(desc, tensors, rebuild):
-    "The `ContextLearner` of a description and weights read by `load_safe`; `rebuild` makes each image model from its description and weights."
-    two, descs = _get(desc, 'stage_two', dict), _get(desc, 'stage_one', list)
-    learners = [rebuild(d, {n[len(f'stage_one.{k}.'):]: v for n,v in tensors.items() if n.startswith(f'stage_one.{k}.')}) for k,d in enumerate(descs)]
-    scaler, lr = StandardScaler(), LogisticRegression()
-    try:
-        scaler.mean_, scaler.scale_ = np.array(two['mean'], dtype=float), np.array(two['scale'], dtype=float)
-        lr.coef_, lr.intercept_, lr.classes_ = np.array(two['coef'], dtype=float), np.array(two['intercept'], dtype=float), np.array(two['classes'], dtype=int)
-        scaler.n_features_in_ = lr.n_features_in_ = len(_get(two, 'features', list, 'stage two'))
-        if not (scaler.mean_.shape == scaler.scale_.shape == lr.coef_.shape[1:] == (scaler.n_features_in_,)): raise ValueError('shapes differ')
-        t, dec = two.get('temperature'), two.get('decision')
-        if t is not None: t = float(_get(two, 'temperature', (float, int), 'stage two'))
-        if dec is not None: dec = dict(idx=_get(dec, 'idx', int, 'decision'), threshold=float(_get(dec, 'threshold', (float, int), 'decision')),
-                                       cls=_get(dec, 'cls', str, 'decision'), sensitivity=float(_get(dec, 'sensitivity', (float, int), 'decision')))
-    except (KeyError, TypeError, ValueError, IndexError) as e: raise UnsafeFile(f"The stage two's description is inconsistent ({e}).") from e
-    return ContextLearner(learners, scaler, lr, _get(two, 'vocab', list, 'stage two'), _get(two, 'context_col', str, 'stage two'),
-                          _get(two, 'label_col', str, 'stage two'), None, _get(two, 'settings', dict, 'stage two'), temperature=t, decision=dec)
+def _stage_one(desc, tensors, rebuild):
+    "Each network of a two-stage description, rebuilt (`rebuild`) from its description and weights, and stage two's description."
+    learners = [rebuild(d, {n[len(f'stage_one.{k}.'):]: v for n,v in tensors.items() if n.startswith(f'stage_one.{k}.')}) for k,d in enumerate(_get(desc, 'stage_one', list))]
+    return learners, _get(desc, 'stage_two', dict)
+
+def _decision(two):
+    "The temperature and the operating point that stage two's description `two` holds (each `None` if not set)."
+    t, dec = two.get('temperature'), two.get('decision')
+    if t is not None: t = float(_get(two, 'temperature', (float, int), 'stage two'))
+    if dec is not None: dec = dict(idx=_get(dec, 'idx', int, 'decision'), threshold=float(_get(dec, 'threshold', (float, int), 'decision')),
+                                   cls=_get(dec, 'cls', str, 'decision'), sensitivity=float(_get(dec, 'sensitivity', (float, int), 'decision')))
+    return t, dec
+
+@patch
+def export_safe(self:ContextLearner, fname='context.safetensors', check=True):
+    "Write every image model and the stage two (`ContextLearner.stage_two_state`) to one safetensors file (no pickle); `load_safe` reads it back as a `ContextLearner`; with `check`, reload it and compare predictions."
+    return _save_two_stage(self, 'context', self.stage_two_state(), fname, check)
+
+def _load_two_stage(desc, tensors, rebuild):
+    "The `ContextLearner` or `StackLearner` (by the description's `kind`) of a description and weights read by `load_safe`; `rebuild` makes each network from its description and weights."
+    learners, two = _stage_one(desc, tensors, rebuild)
+    try: return {'context': ContextLearner, 'stack': StackLearner}[desc['kind']].from_state(learners, two, *_decision(two))
+    except (KeyError, TypeError, ValueError, IndexError, lgb.basic.LightGBMError) as e: raise UnsafeFile(f"The stage two's description is inconsistent ({e}).") from e
 
 # %% ../nbs/06_deploy.ipynb #6f20455e
 @patch
 def export_safe(self:StackLearner, fname='stack.safetensors', check=True):
-    "Write every network and stage two (LightGBM's trees as its own text, the linear model's numbers) to one safetensors file (no pickle); `load_safe` reads it back as a `StackLearner`; with `check`, reload it and compare predictions."
-    tensors = {f'stage_one.{k}.{n}': v.detach().cpu().clone().contiguous() for k,l in enumerate(self.learners) for n,v in l.model.state_dict().items()}
-    two = dict(task=self.task, vocab=[str(v) for v in self.vocab], label_col=self.label_col, context_col=self.context_col, coder=self.coder.state(),
-               candidates=[dict(name=c.name, weight=float(w), state=c.state()) for c,w in zip(self.two.candidates, self.two.weights)],
-               settings=_plain(self.settings), temperature=self.temperature, decision=_plain(self.decision))
-    desc = json.dumps(dict(format=FORMAT, version=VERSION, kind='stack', stage_one=[describe(l) for l in self.learners], stage_two=two), sort_keys=True)
-    Path(fname).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(fname), metadata={'fastai_meta': desc, 'checksum': _digest(desc, tensors)})
-    if check: _check_stack_export(self, fname)
-    return Path(fname)
-
-def _check_stack_export(learn, fname, n=8):
-    "Reload `fname` and compare its predictions with `learn`'s on up to `n` validation rows of the first network (whole patients with a context column); removes the file and raises if they differ."
-    items = learn.learners[0].dls.valid_ds.items
-    if not isinstance(items, pd.DataFrame) or not len(items): return warnings.warn("export_safe: no validation rows to check the file against.")
-    rows = items[items[learn.context_col].isin(items[learn.context_col].drop_duplicates()[:3])] if learn.context_col else items[:n]
-    a, b = (l.get_preds(l.test_dl(rows))[0] for l in (learn, load_safe(fname)))
-    if float((a - b).abs().max()) > 1e-4:
-        Path(fname).unlink()
-        raise UnsafeFile(f"The file did not reproduce the stack (largest difference {float((a - b).abs().max()):.3g}): use `learn.export()`.")
-
-def _load_stack(desc, tensors, rebuild):
-    "The `StackLearner` of a description and weights read by `load_safe`; `rebuild` makes each network from its description and weights."
-    two, descs = _get(desc, 'stage_two', dict), _get(desc, 'stage_one', list)
-    learners = [rebuild(d, {n[len(f'stage_one.{k}.'):]: v for n,v in tensors.items() if n.startswith(f'stage_one.{k}.')}) for k,d in enumerate(descs)]
-    try:
-        task, vocab, settings = _get(two, 'task', str, 'stage two'), _get(two, 'vocab', list, 'stage two'), _get(two, 'settings', dict, 'stage two')
-        coder = TableCoder(**{k: _get(two['coder'], k, t, 'table') for k,t in dict(cat_names=list, cont_names=list, categories=dict, medians=dict).items()})
-        cands = [Candidate.from_state(_get(c, 'name', str, 'candidate'), _get(c, 'state', dict, 'candidate'), task, vocab, coder, settings.get('context', []))
-                 for c in _get(two, 'candidates', list, 'stage two')]
-        weights = np.array([_get(c, 'weight', (float, int), 'candidate') for c in two['candidates']], dtype=float)
-        t, dec = two.get('temperature'), two.get('decision')
-        if t is not None: t = float(_get(two, 'temperature', (float, int), 'stage two'))
-        if dec is not None: dec = dict(idx=_get(dec, 'idx', int, 'decision'), threshold=float(_get(dec, 'threshold', (float, int), 'decision')),
-                                       cls=_get(dec, 'cls', str, 'decision'), sensitivity=float(_get(dec, 'sensitivity', (float, int), 'decision')))
-    except (KeyError, TypeError, ValueError, lgb.basic.LightGBMError) as e: raise UnsafeFile(f"The stage two's description is inconsistent ({e}).") from e
-    return StackLearner(learners, StageTwo(cands, weights), coder, task, vocab, _get(two, 'label_col', str, 'stage two'), two.get('context_col'),
-                        settings, temperature=t, decision=dec)
+    "Write every network and stage two (`StackLearner.stage_two_state`) to one safetensors file (no pickle); `load_safe` reads it back as a `StackLearner`; with `check`, reload it and compare predictions."
+    return _save_two_stage(self, 'stack', self.stage_two_state(), fname, check)
 
 # %% ../nbs/06_deploy.ipynb #52f8e4b0
 def encode_meta(learn, df):

@@ -308,6 +308,20 @@ class StackLearner:
     def __repr__(self):
         return f"{type(self).__name__}({len(self.learners)} {self.settings['fusion']} networks; stage two {self.two!r})"
 
+    def stage_two_state(self):
+        "Stage two and the table's coding as plain JSON (LightGBM's trees as its own text; no pickle): what `export_safe` writes beside the networks."
+        return dict(task=self.task, vocab=[str(v) for v in self.vocab], coder=self.coder.state(),
+                    candidates=[dict(name=c.name, weight=float(w), state=c.state()) for c,w in zip(self.two.candidates, self.two.weights)])
+
+    @classmethod
+    def from_state(cls, learners, two, temperature=None, decision=None):
+        "The stack of the networks `learners` and stage two's description `two` (`stage_two_state`, with the columns and `settings` the export adds)."
+        task, vocab, settings = str(two['task']), list(two['vocab']), dict(two['settings'])
+        coder = TableCoder(*(two['coder'][k] for k in ('cat_names', 'cont_names', 'categories', 'medians')))
+        cands = [Candidate.from_state(c['name'], c['state'], task, vocab, coder, settings.get('context', [])) for c in two['candidates']]
+        return cls(learners, StageTwo(cands, np.array([float(c['weight']) for c in two['candidates']])), coder, task, vocab, str(two['label_col']),
+                   two.get('context_col'), settings, temperature=temperature, decision=decision)
+
 # %% ../nbs/03f_stack.ipynb #73db2f51
 def _table_columns(runs, df, spec, left_out):
     "The table's categorical and continuous columns: those stage one's networks read, else (image only) the `MetaBlock`'s guess over the other columns."
