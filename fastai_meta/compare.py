@@ -60,8 +60,8 @@ def _settings(df, spec, a):
                 arch=spec['arch'] if isinstance(spec['arch'], str) else spec['arch'].__name__, pretrained=bool(spec['pretrained']),
                 weights=Path(spec['weights_path']).name if spec['weights_path'] else None, epochs=a.epochs, lr=a.lr, size=spec['size'], bs=spec['bs'],
                 n_folds=a.n_folds, seeds=list(a.seeds), task=a.task, image_sep=spec['image_sep'],
-                **({'learner': learner_args(spec)} if learner_args(spec) else {}), **({'tta': True} if a.tta else {}), **(dict(context_col=a.context_col, context_folds=a.context_folds) if CONTEXT in a.fusions else {}),
-                **(dict(context_folds=a.context_folds, stack_context=a.stack_context) if STACK in a.fusions else {}))
+                **({'learner': learner_args(spec)} if learner_args(spec) else {}), **({'tta': True} if a.tta else {}), **(dict(context_col=a.context_col) if CONTEXT in a.fusions else {}),
+                **(dict(context_folds=a.context_folds) if CONTEXT in a.fusions or STACK in a.fusions else {}), **(dict(stack_context=a.stack_context) if STACK in a.fusions else {}))
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'], keep=True)
 def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr=None, n_folds=5, seeds=(0,), out=None, bins=4,

@@ -17,15 +17,15 @@ from sklearn.metrics import log_loss, mean_absolute_error
 from sklearn.preprocessing import StandardScaler
 from .columns import is_missing, infer_meta_columns
 from .encoding import check_columns
-from .data import meta_encode, image_readers, check_classes, target_task, several_images
+from .data import check_classes, target_task, several_images
 from .learner import NO_METADATA, fold_learner, fold_spec
-from .crossfit import row_folds, cross_fit, fit_fold, fold_outputs, out_of_fold
+from .crossfit import row_folds, cross_fit, fit_fold, fold_outputs
 from .context import tempered, patient_context, percentile_in_group, classes_used, class_auc, OnEach, ContextLearner
 from .interpret import subgroup_report
 
 # %% ../nbs/03f_stack.ipynb #937485d0
 class TableCoder:
-    "The table's columns as stage two reads them, fitted on the training rows: `frame` (categories of the training values, others missing; numbers as floats, gaps NaN) for gradient boosting, `dense` (one-hot, numbers standardised with a missing flag) for a linear model."
+    "The table's columns as stage two reads them, fitted on the training rows: `frame` (categories of the training values, others missing; numbers as floats, gaps NaN) for gradient boosting, `dense` (one-hot categories, numbers with the median for a gap and a missing flag) for a linear model."
     def __init__(self, cat_names, cont_names, categories, medians):
         store_attr()
 
@@ -100,7 +100,7 @@ class Candidate:
         if name not in CANDIDATES: raise ValueError(f"Unknown stage-two candidate {name!r}: use any of {CANDIDATES}.")
         store_attr(); self.model = None
 
-    def _gbm_input(self, X): return pd.concat([self.coder.frame(X), X[list(self.context)].reset_index(drop=True).set_index(X.index)], axis=1)
+    def _gbm_input(self, X): return pd.concat([self.coder.frame(X), X[list(self.context)]], axis=1)
     def _linear_input(self, X): return np.hstack([X[network_columns(self.task, self.vocab)].to_numpy(), self.coder.dense(X), X[list(self.context)].to_numpy()])
 
     def fit(self, X, y):
@@ -362,6 +362,9 @@ def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat
     X = pd.concat([learn.inputs(df[folds == k], r['probs'], r.get('emb')).set_index(np.flatnonzero(folds == k)) for k,r in runs.items()]).sort_index()
     y = learn.targets_of(df)
     context = [c for c in X.columns if c not in coder.cat_names + coder.cont_names + network_columns(task, vocab)]
+    idle = [] if coder.cat_names + coder.cont_names else [c for c in candidates if c == 'table' or (c == 'boosted' and not context)]
+    if idle: warnings.warn(f"No table columns: stage two leaves out {idle}, which read only the table.")
+    candidates = [c for c in L(candidates) if c not in idle]
     learn.two, learn.candidate_outputs, learn.held_out = fit_stack(X, y, folds, task, vocab, coder, context, tuple(candidates), seed)
     arch = spec['arch']
     learn.targets, learn.oof = y, X.assign(fold=folds)
