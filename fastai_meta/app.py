@@ -172,6 +172,19 @@ def _inputs(gr, fields):
             gr.Dropdown(ch, value=UNKNOWN, label=c, info=h, elem_id=f'field-{c}') if k == 'choice' else
             gr.Number(value=None, label=c, info=h, placeholder='not recorded', elem_id=f'field-{c}') for c,k,ch,h in fields]   # without a placeholder, an empty box shows 0
 
+def _upload_app(gr, title, note, fields, outputs, run):
+    "The one-image app's page: `note`, an image and the form of `fields` on the left; on the right the components `outputs()` makes, which `run` fills."
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f'## {title}\n{note}')
+        with gr.Row():
+            with gr.Column():
+                image = _checked(gr, gr.Image(type='filepath', label='image', elem_id='image'))
+                inputs = _inputs(gr, fields)
+                go = gr.Button('Predict', variant='primary', elem_id='predict')
+            with gr.Column(): shown = outputs()
+        go.click(run, [image, *inputs], shown, api_name='predict')
+    return app
+
 def meta_app(learn, title='fastai_meta', rank_by=None):
     "A Gradio app for `learn`: an image, a form generated from its metadata, and out the prediction with and without the metadata and, for a classifier, its explanation (`explain`: the heatmap and the metadata's contributions); for a `ContextLearner`, `context_app` (`rank_by`: its ranking class)."
     if isinstance(learn, ContextLearner): return context_app(learn, title, rank_by)
@@ -188,21 +201,11 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
         out = ({c: p for c,p in zip(res['classes'], res['with_meta'])} if kind in ('category', 'multicategory')
                else _drawn(res['image'], res['points']) if kind == 'points' else {f'output {j}': v for j,v in enumerate(res['with_meta'])})
         return (out, _decision_text(learn, res), _effect_text(res)) + ((pic,) if kind == 'category' else ())
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f'## {title}\n{_note(learn)}')
-        with gr.Row():
-            with gr.Column():
-                image = _checked(gr, gr.Image(type='filepath', label='image', elem_id='image'))
-                inputs = _inputs(gr, fields)
-                go = gr.Button('Predict', variant='primary', elem_id='predict')
-            with gr.Column():
-                result = (gr.Label(num_top_classes=len(learn.dls.vocab), label='probabilities', elem_id='probabilities') if kind in ('category', 'multicategory')
-                          else gr.Image(label='points', elem_id='points') if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'))
-                decision = gr.Markdown(elem_id='decision')
-                effect = gr.Markdown(elem_id='effect')
-                shown = [gr.Image(label='explanation', elem_id='explanation')] if kind == 'category' else []
-        go.click(run, [image, *inputs], [result, decision, effect, *shown], api_name='predict')
-    return app
+    outputs = lambda: [gr.Label(num_top_classes=len(learn.dls.vocab), label='probabilities', elem_id='probabilities') if kind in ('category', 'multicategory')
+                       else gr.Image(label='points', elem_id='points') if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'),
+                       gr.Markdown(elem_id='decision'), gr.Markdown(elem_id='effect')] + ([gr.Image(label='explanation', elem_id='explanation')] if kind == 'category' else [])
+    return _upload_app(gr, title, _note(learn), fields, outputs, run)
+
 
 # %% ../nbs/07_app.ipynb #2108ba35
 def predict_stack_form(learn, image, values):
@@ -237,19 +240,9 @@ def stack_app(learn, title='fastai_meta'):
         net = dict(zip(res.get('classes', ['prediction']), res['network']))
         return (out, f"Decision: **{res['decision']}**." if res['kind'] == 'category' else '', _effect_text(res),
                 'The networks alone: ' + ', '.join(f'{k} {v:.3f}' for k,v in net.items()) + '.')
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f'## {title}\n{_stack_note(learn)}')
-        with gr.Row():
-            with gr.Column():
-                image = _checked(gr, gr.Image(type='filepath', label='image', elem_id='image'))
-                inputs = _inputs(gr, fields)
-                go = gr.Button('Predict', variant='primary', elem_id='predict')
-            with gr.Column():
-                result = (gr.Label(num_top_classes=len(learn.vocab), label='probabilities', elem_id='probabilities') if learn.task != 'regression'
-                          else gr.JSON(label='prediction', elem_id='prediction'))
-                shown = [gr.Markdown(elem_id=k) for k in ('decision', 'effect', 'network')]
-        go.click(run, [image, *inputs], [result, *shown], api_name='predict')
-    return app
+    outputs = lambda: [gr.Label(num_top_classes=len(learn.vocab), label='probabilities', elem_id='probabilities') if learn.task != 'regression'
+                       else gr.JSON(label='prediction', elem_id='prediction')] + [gr.Markdown(elem_id=k) for k in ('decision', 'effect', 'network')]
+    return _upload_app(gr, title, _stack_note(learn), fields, outputs, run)
 
 # %% ../nbs/07_app.ipynb #cda951a1
 PATIENT = 'this patient'
