@@ -8,7 +8,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/cli.html.md"""
 __all__ = ['CLIError', 'train_csv', 'predict_csv', 'compare_csv', 'main']
 
 # %% ../nbs/04_cli.ipynb #6c3e0fbe
-import argparse, json, os, sys, warnings
+import argparse, inspect, json, os, sys, warnings
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)   # fastai.layers, at import
 from fastai.vision.all import *
 from . import __version__
@@ -18,6 +18,7 @@ from .learner import meta_cnn_learner, fit_recipe, run_demo
 from .context import context_learner, ContextLearner
 from .stack import stack_learner, StackLearner
 from .compare import meta_compare
+from .crossfit import runner_for, runner_options
 from .deploy import load_safe, UnsafeFile
 from .app import meta_app
 
@@ -59,20 +60,18 @@ def _check_images(df, images, fname_col, suff='', image_sep=None):
 def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
               label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
-              operating_point=None, image_sep=None, context_col=None, context_folds=5, stack=False):
+              operating_point=None, image_sep=None, context_col=None, context_folds=5, stack=False, runner=None):
     "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, or several columns, or `image_sep`-separated names: several images per row; images under `images`); say the columns, split and recipe; calibrate and set an `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."
-    df = _read_table(csv)
+    opts, df = dict(locals()), _read_table(csv)                      # the options, passed on by name to the two-stage trainers
     _check_folder(images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, context_col=context_col, named=L(cat) + L(cont) + L(exclude))
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = target_task(df[label], label_delim, task)
     _check_images(df, images, fname_col, suff, image_sep)
-    if stack: return _train_stack(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task,
-                                  seed, lr, out, exclude, valid_col, group_col, context_col, context_folds, calibrate, operating_point, image_sep)
-    if context_col is not None: return _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights,
-                                                      fusion, suff, task, seed, lr, out, exclude, image_sep or valid_col,
-                                                      context_col, context_folds, calibrate, operating_point)
+    opts.update(cat=cat, cont=cont, task=task)
+    if stack: return _train_stack(df, **opts)
+    if context_col is not None: return _train_context(df, **opts)
     set_seed(seed, reproducible=True)      # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
     try:
         dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label, label_delim=label_delim,
@@ -102,33 +101,34 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     else: learn.export(out)
     return learn
 
-def _train_stack(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
-                 out, exclude, valid_col, group_col, context_col, folds, calibrate=False, operating_point=None, image_sep=None):
+def _train_stack(df, *, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
+                 out, exclude, valid_col, group_col, context_col, context_folds, calibrate, operating_point, image_sep, runner, **_):
     "`train --stack`: `stack_learner` on every row (with `context_col`: the patient context among stage two's inputs), exported to `out`."
     if valid_col or Path(out).suffix != '.safetensors': raise CLIError("--stack trains on every row (its networks are cross-fitted; not with --valid-col) and exports .safetensors")
     try:
-        learn = stack_learner(df, Path(images), group_col=group_col, context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=folds,
+        learn = stack_learner(df, Path(images), group_col=group_col, context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=context_folds,
                               seed=seed, task=task, fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None,
                               cont_names=list(cont) if cont else None, exclude=exclude, arch=getattr(models, arch, None) or arch,
-                              pretrained=pretrained or weights is not None, weights_path=weights, size=size, bs=bs, suff=suff, image_sep=image_sep)
+                              pretrained=pretrained or weights is not None, weights_path=weights, size=size, bs=bs, suff=suff, image_sep=image_sep,
+                              runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
-    print(f"Stack: {folds} networks ({fusion}), each trained without a fold{f' of {group_col or context_col!r} values' if group_col or context_col else ''}, then "
+    print(f"Stack: {context_folds} networks ({fusion}), each trained without a fold{f' of {group_col or context_col!r} values' if group_col or context_col else ''}, then "
           f"stage two on their out-of-fold outputs: {learn.two}. Every row was used: measure it on held-out rows with `fastai-meta compare --fusions {fusion} stack`.")
     _decide(learn, calibrate, operating_point)
     learn.export_safe(out)
     return learn
 
-def _train_context(df, csv, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
-                   out, exclude, unsupported, context_col, context_folds, calibrate=False, operating_point=None):
+def _train_context(df, *, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
+                   out, exclude, image_sep, valid_col, context_col, context_folds, calibrate, operating_point, runner, **_):
     "`train --context-col`: `context_learner` on every row, exported to `out`."
-    if task != 'classification' or not isinstance(fname_col, str) or unsupported:
+    if task != 'classification' or not isinstance(fname_col, str) or image_sep or valid_col:
         raise CLIError("--context-col trains a classifier of one image per row, on every row (its image models are cross-fitted): "
                        "not with --image-sep, several image columns or --valid-col.")
     try:
         learn = context_learner(df, Path(images), context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=context_folds, seed=seed,
                                 fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None,
                                 exclude=exclude, arch=getattr(models, arch, None) or arch, pretrained=pretrained or weights is not None,
-                                weights_path=weights, size=size, bs=bs, suff=suff)
+                                weights_path=weights, size=size, bs=bs, suff=suff, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
     print(f"Patient context: {context_folds} image models ({fusion}), each trained without a fold of {context_col!r} values, then a logistic "
           f"regression on {', '.join(learn.features)}. Every row was used: measure the lift on held-out patients with "
@@ -272,7 +272,7 @@ def _predict_two_stage(learn, df, csv, images, out=None, suff=None):
 
 def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, exclude=None, group_col=None, suff='', fusions=('concat',),
                 arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32, lr=None, folds=5, seeds=1, seed=0, out='compare',
-                context_col=None, context_folds=3, metric=None, task='auto', image_sep=None):
+                context_col=None, context_folds=3, metric=None, task='auto', image_sep=None, runner=None):
     "Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and table; write them to `out`."
     df = _read_table(csv)
     _check_folder(images)
@@ -284,7 +284,7 @@ def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, excl
                            cont_names=list(cont) if cont else None, exclude=exclude, suff=suff, fusions=tuple(fusions), arch=arch,
                            pretrained=pretrained or weights is not None, weights_path=weights, epochs=epochs, size=size, bs=bs, lr=lr,
                            n_folds=folds, seeds=tuple(range(seed, seed + seeds)), out=out, context_col=context_col, context_folds=context_folds,
-                           metric=metric, task=task, image_sep=image_sep)
+                           metric=metric, task=task, image_sep=image_sep, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
     print(res.verdict, '', res.summary().to_markdown(), '', f'written to {Path(out).resolve()}', sep='\n')
     return res
@@ -320,6 +320,7 @@ def _data_options(t):
     t.add_argument('--weights', help='a local file of pretrained weights for the body (e.g. from offline_weights)')
     return t
 
+
 def _parser():
     "The `fastai-meta` command's arguments (defaults shown in `--help`)."
     p = argparse.ArgumentParser(prog='fastai-meta', description=__doc__ or 'Images with metadata in fastai.')
@@ -332,7 +333,7 @@ def _parser():
     d.add_argument('--arch', default='resnet18', help='a torchvision/fastai arch name, or a timm model name')
     d.add_argument('--seed', type=int, default=0, help='random seed (data, split, training)')
     d.add_argument('--json', help='also write the scores to this file')
-    t = _data_options(add('train', help='train on a CSV of file names and metadata; export the learner'))
+    t = runner_options(_data_options(add('train', help='train on a CSV of file names and metadata; export the learner')))
     t.add_argument('--task', default='auto', choices=['auto', 'classification', 'multilabel', 'regression'],
                    help='auto: multilabel with --label-delim, regression for a float (or many-valued integer) label, else classification')
     t.add_argument('--label-delim', help='separator of several labels in one cell (multi-label)')
@@ -345,7 +346,7 @@ def _parser():
     t.add_argument('--context-col', help="patient context (the 'ugly duckling'): each image judged against the other images of its value of this column (the patient)")
     t.add_argument('--context-folds', '--folds', dest='context_folds', type=int, default=5, help='with --context-col or --stack: networks cross-fitted over this many folds (of patients)')
     t.add_argument('--stack', action='store_true', help='a stack: networks cross-fitted over the folds, then a table model, a linear model and a boosted model on their out-of-fold outputs, weighted by their out-of-fold loss (stack_learner)')
-    c = _data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds'))
+    c = runner_options(_data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds')))
     c.set_defaults(arch='resnet18', size=128)
     c.add_argument('--fusions', nargs='+', default=['concat'], help="fusions to compare with image only (concat, film, metanet, metablock, csf), 'context': patient context, and 'stack': stack_learner (with --context-col: with the patient context)")
     c.add_argument('--context-col', help="the patient column of the 'context' model (default: --group-col), and of the stack's context")
@@ -391,6 +392,10 @@ def _app_command(a):
     except ValueError as e: raise CLIError(str(e)) from e
     app.launch(server_name=a.host, server_port=a.port, share=a.share)
 
+def _by_name(f, a, **given):
+    "Call `f` with the parsed options `a` that name its parameters, by keyword (and `given`)."
+    return f(**{k: v for k,v in vars(a).items() if k in inspect.signature(f).parameters and k not in given}, **given)
+
 def main(argv=None):
     "Entry point of the `fastai-meta` command; returns its exit code (2: bad input, said in one line)."
     a = _parser().parse_args(argv)
@@ -403,14 +408,9 @@ def main(argv=None):
             print(f"lift from metadata: {res['image + metadata'] - res['image only']:+.3f} accuracy")
             if a.json: Path(a.json).write_text(json.dumps(res, indent=2))
         elif a.cmd == 'train':
-            train_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.arch, a.epochs, a.size, a.bs, a.pretrained, a.weights,
-                      a.fusion, a.valid_pct, a.valid_col, a.group_col, a.suff, a.label_delim, a.task, a.seed, a.lr, out=a.out, exclude=a.exclude,
-                      calibrate=a.calibrate, operating_point=a.operating_point, image_sep=a.image_sep, context_col=a.context_col,
-                      context_folds=a.context_folds, stack=a.stack)
+            _by_name(train_csv, a, fname_col=fname, runner=runner_for(a.workers, a.ray_address, a.gpus_per_job))
             print(f'exported to {Path(a.out).resolve()}')
-        elif a.cmd == 'compare':
-            compare_csv(a.csv, a.images, a.label, fname, a.cat, a.cont, a.exclude, a.group_col, a.suff, a.fusions, a.arch, a.pretrained,
-                        a.weights, a.epochs, a.size, a.bs, a.lr, a.folds, a.seeds, a.seed, a.out, a.context_col, a.context_folds, a.metric, a.task, a.image_sep)
+        elif a.cmd == 'compare': _by_name(compare_csv, a, fname_col=fname, runner=runner_for(a.workers, a.ray_address, a.gpus_per_job))
         elif a.cmd == 'app': _app_command(a)
         else: return _predict_command(a)
     except CLIError as e:

@@ -13,11 +13,10 @@ import json, warnings
 from fastai.vision.all import *
 from .encoding import check_columns
 from .data import meta_encode, check_classes, target_task
-from .learner import IMAGE, fold_learner, fold_spec, learner_args
 from .interpret import subgroup_report
 from .scores import *
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
-from .crossfit import row_folds, cross_fit, fit_fold, out_of_fold, RunStore, write_json
+from .crossfit import IMAGE, fold_learner, fold_spec, learner_args, row_folds, Job, run_jobs, fit_fold, out_of_fold, RunStore, write_json
 from .context import context_learner
 from .stack import stack_learner
 
@@ -33,10 +32,14 @@ def _context_run(df, valid, spec, context_col, context_folds, epochs, lr, cbs):
     enc = meta_encode(learn.learners[0].dls).encoding
     return dict(probs=np.round(probs, 5).tolist(), vocab=learn.vocab, columns=[list(enc.cat_names), list(enc.cont_names)])
 
+def _stack_fusion(fusions):
+    "The network a compare's stack is built on: the first fusion named, else concat."
+    return next((f for f in fusions if f not in (CONTEXT, STACK)), 'concat')
+
 def _stack_run(df, valid, a):
     "The stack (`stack_learner`: `context_folds` networks of the first fusion named, grouped by `group_col`, then its stage two) trained on the rows not in `valid`, as a run on the `valid` rows."
-    fusion = next((f for f in a.fusions if f not in (CONTEXT, STACK)), 'concat')
-    learn = stack_learner(df[~valid], group_col=a.group_col, context_col=a.stack_context, fusion=fusion, epochs=a.epochs, lr=a.lr, n_folds=a.context_folds,
+    learn = stack_learner(df[~valid], group_col=a.group_col, context_col=a.stack_context, fusion=_stack_fusion(a.fusions), epochs=a.epochs, lr=a.lr,
+                          n_folds=a.context_folds,
                           task=a.task, cbs=a.cbs, **a.spec)
     probs = learn.get_preds(learn.test_dl(df[valid]))[0].numpy()
     return dict(probs=np.round(probs, 5).tolist(), vocab=[str(v) for v in learn.vocab], columns=[learn.coder.cat_names, learn.coder.cont_names],
@@ -65,8 +68,9 @@ def _settings(df, spec, a):
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'], keep=True)
 def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr=None, n_folds=5, seeds=(0,), out=None, bins=4,
-                 context_col=None, context_folds=3, exclude=None, metric=None, task='auto', cbs=None, tta=False, **kwargs):
-    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds; `'stack'`: `stack_learner` over `context_folds` folds of the training rows, with the patient context if `context_col` is named), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`; `cbs` join every training run; `tta`: image only and the fusions predict with test-time augmentation (`learn.tta`); `kwargs`: the data, the body and the learner (`fold_spec`)."
+                 context_col=None, context_folds=3, exclude=None, metric=None, task='auto', cbs=None, tta=False, runner=None,
+                 **kwargs):
+    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds; `'stack'`: `stack_learner` over `context_folds` folds of the training rows, with the patient context if `context_col` is named), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`; `cbs` join every training run; `tta`: image only and the fusions predict with test-time augmentation (`learn.tta`); `runner`: how the trainings run (`Serial()`, one after another, or a `RayRunner`: in parallel, the same runs); `kwargs`: the data, the body and the learner (`fold_spec`)."
     spec = fold_spec(path=path, exclude=list(L(exclude)) + ([group_col] if group_col else []), **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col] + ([group_col] if group_col else []))
@@ -91,12 +95,8 @@ def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr
     settings = _settings(df, spec, a)
     store = RunStore(Path(out)/'compare.json', settings) if out is not None else None
     folds = {s: row_folds(df, n_folds, s, group_col, stratify=label_col if task == 'classification' else None) for s in seeds}
-    runs = {}
-    for s in seeds:
-        for m in (IMAGE, *fusions):
-            said = any('columns' in r for r in runs.values()) or (store is not None and any('columns' in r for r in store.runs.values()))
-            done = cross_fit(df, folds[s], partial(_train, m, a=a), seed=s, store=store, key=f'{s}/{{fold}}/{m}', quiet=said)
-            runs.update({f'{s}/{k}/{m}': r for k,r in done.items()})
+    jobs = [Job(f'{s}/{k}/{m}', partial(_train, m, a=a), folds[s], k, s) for s in seeds for m in (IMAGE, *fusions) for k in range(n_folds)]
+    runs = run_jobs(df, jobs, store, runner, quiet=store is not None and any('columns' in r for r in store.runs.values()))
     res = (CompareResult if task == 'classification' else RegressionResult)(df, settings, runs, folds, bins, metric)
     if out is not None: res.save(out)
     return res
@@ -153,10 +153,10 @@ class Comparison:
         "The call that trains model `m` for use: the table alone and the combinations come through `stack_learner`, whose stage two weighs a table model against the network."
         if m == IMAGE: return "`image_learner(dls, arch)`"
         if m == CONTEXT: return f"`context_learner(df, context_col={self.settings.get('context_col')!r})` or `fastai-meta train --context-col {self.settings.get('context_col')}`"
-        s = self.settings
-        group = (f", group_col={s['group_col']!r}" if s.get('group_col') else '') + (f", context_col={s['stack_context']!r}" if s.get('stack_context') else '')
-        cli = (f" --group-col {s['group_col']}" if s.get('group_col') else '') + (f" --context-col {s['stack_context']}" if s.get('stack_context') else '')
-        if m in (STACK, GBM, POE, TABLE, AVERAGE): return f"`stack_learner(df{group})` or `fastai-meta train --stack{cli}`"
+        s, fusion = self.settings, _stack_fusion(self.fusions)
+        named = dict(group_col=s.get('group_col'), context_col=s.get('stack_context'), fusion=None if fusion == 'concat' else fusion)
+        call, cli = ''.join(f", {k}={v!r}" for k, v in named.items() if v), ''.join(f" --{k.replace('_', '-')} {v}" for k, v in named.items() if v)
+        if m in (STACK, GBM, POE, TABLE, AVERAGE): return f"`stack_learner(df{call})` or `fastai-meta train --stack{cli}`"
         return f"`meta_cnn_learner(dls, arch, fusion={m!r})` or `fastai-meta train --fusion {m}`"
 
     def _best_net(self):

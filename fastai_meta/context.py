@@ -18,9 +18,8 @@ from sklearn.preprocessing import StandardScaler
 from .columns import is_missing
 from .encoding import check_columns
 from .data import group_folds, meta_encode, image_readers, check_classes, several_images, class_index
-from .learner import fold_learner, fold_spec
 from .interpret import subgroup_report
-from .crossfit import cross_fit, fit_fold, fold_outputs
+from .crossfit import fold_learner, fold_spec, cross_fit, FoldFit, fold_outputs
 from .calibrate import fit_temperature, operating_point, decide_at, Calibration
 
 # %% ../nbs/03c_context.ipynb #6c2a08c6
@@ -194,8 +193,9 @@ def fit_stage_two(oof, y, C=1.0, seed=0):
     return scaler, LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(scaler.transform(X), y)
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics'])
-def context_learner(df, path='.', context_col='patient_id', fusion='concat', epochs=5, lr=None, n_folds=5, seed=0, C=1.0, cbs=None, **kwargs):
-    "Patient context in one call: `n_folds` image + metadata learners (`meta_cnn_learner`, `fusion`) cross-fitted over folds grouped by `context_col`, then a logistic regression on each image's out-of-fold probabilities and its place among its patient's images; a `ContextLearner`."
+def context_learner(df, path='.', context_col='patient_id', fusion='concat', epochs=5, lr=None, n_folds=5, seed=0, C=1.0, cbs=None, runner=None,
+                    **kwargs):
+    "Patient context in one call: `n_folds` image + metadata learners (`meta_cnn_learner`, `fusion`) cross-fitted over folds grouped by `context_col`, then a logistic regression on each image's out-of-fold probabilities and its place among its patient's images; a `ContextLearner`. `runner`: how the networks train (`Serial()`, or a `RayRunner`)."
     spec = fold_spec(path=path, **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col, context_col])
@@ -209,7 +209,8 @@ def context_learner(df, path='.', context_col='patient_id', fusion='concat', epo
         raise ValueError(f"Every value of {context_col!r} has one image: there is no patient context to learn from.")
     spec['exclude'] = list(L(spec['exclude'])) + [context_col]        # the patient is the context, never a feature
     folds = group_folds(df, context_col, n_folds, seed, stratify=label_col)
-    runs = cross_fit(df, folds, partial(fit_fold, partial(fold_learner, model=fusion, **spec), epochs=epochs, lr=lr, embeddings=True, keep=True, cbs=cbs), seed=seed)
+    runs = cross_fit(df, folds, FoldFit(partial(fold_learner, model=fusion, **spec), epochs=epochs, lr=lr, embeddings=True, keep=True, cbs=cbs), seed=seed,
+                     runner=runner)
     vocab = runs[0]['vocab']
     for k,r in runs.items():
         if r['vocab'] != vocab: raise ValueError(f"Fold {k} has the classes {r['vocab']}, fold 0 {vocab}: too few rows of a class for {n_folds} folds.")

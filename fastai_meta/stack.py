@@ -18,8 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from .columns import is_missing, infer_meta_columns
 from .encoding import check_columns
 from .data import check_classes, target_task, several_images
-from .learner import NO_METADATA, fold_learner, fold_spec
-from .crossfit import row_folds, cross_fit, fit_fold, fold_outputs
+from .crossfit import NO_METADATA, fold_learner, fold_spec, row_folds, cross_fit, FoldFit, fold_outputs
 from .context import tempered, patient_context, percentile_in_group, classes_used, class_auc, OnEach, ContextLearner
 from .interpret import subgroup_report
 
@@ -333,8 +332,8 @@ def _table_columns(runs, df, spec, left_out):
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'task'])
 def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat', candidates=CANDIDATES, epochs=5, lr=None, n_folds=5, seed=0,
-                  task='auto', cbs=None, **kwargs):
-    "The best of an image model and its table, in one call: `n_folds` networks (`fusion`, or `IMAGE`) cross-fitted over folds grouped by `group_col` (else `context_col`), then stage two on their out-of-fold outputs and the table (and, with `context_col`, each image's patient context): the `candidates` cross-fitted over the same folds and weighted by greedy ensemble selection; a `StackLearner`."
+                  task='auto', cbs=None, runner=None, **kwargs):
+    "The best of an image model and its table, in one call: `n_folds` networks (`fusion`, or `IMAGE`) cross-fitted over folds grouped by `group_col` (else `context_col`), then stage two on their out-of-fold outputs and the table (and, with `context_col`, each image's patient context): the `candidates` cross-fitted over the same folds and weighted by greedy ensemble selection; a `StackLearner`. `runner`: how the networks train (`Serial()`, or a `RayRunner`)."
     spec = fold_spec(path=path, **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     groups = [c for c in (group_col, context_col) if c is not None]
@@ -352,7 +351,8 @@ def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat
     df = df.reset_index(drop=True)
     folds = row_folds(df, n_folds, seed, group_col or context_col, stratify=label_col if task == 'classification' else None)
     ctx = context_col is not None
-    runs = cross_fit(df, folds, partial(fit_fold, partial(fold_learner, model=fusion, task=task, **spec), epochs=epochs, lr=lr, embeddings=ctx, keep=True, cbs=cbs), seed=seed)
+    runs = cross_fit(df, folds, FoldFit(partial(fold_learner, model=fusion, task=task, **spec), epochs=epochs, lr=lr, embeddings=ctx, keep=True, cbs=cbs),
+                     seed=seed, runner=runner)
     vocab = runs[0]['vocab'] if task == 'classification' else []
     for k,r in runs.items():
         if r['vocab'] != runs[0]['vocab']: raise ValueError(f"Fold {k} has the classes {r['vocab']}, fold 0 {vocab}: too few rows of a class for {n_folds} folds.")
