@@ -2,9 +2,9 @@
 
 The synthetic `'meta'` task (`make_synthetic`, `--n` rows, two rows per patient, patient-grouped folds): image only and
 concat, 3 folds, ResNet-18 from scratch, 3 epochs, at each of `--sizes` pixels: 6 jobs. `serial` runs them in this
-process with all of the machine's threads (torch's default); `ray` as `RayRunner(workers=W)` tasks of one thread each (W =
-the CPU count), on workers started beforehand. Wall time of each, the ratio, and the largest difference between the two
-tables' scores. Then the task overhead: 24 jobs that train nothing, on warm workers, per job.
+process with all of the machine's threads (torch's default), then with one thread; `ray` as `RayRunner(workers=W)` tasks
+of one thread each (W = the CPU count), on workers started beforehand. Wall times, the speed-up over the default serial
+run, and the largest difference between the Ray table's scores and each serial table's. Then the task overhead: 24 jobs that train nothing, on warm workers, per job.
 
 Run: .venv/bin/python bench/ray_runner.py [--n 240] [--sizes 32 64]   Writes bench/results/ray-runner-cpu.{json,md}.
 """
@@ -17,6 +17,7 @@ from fastai_meta.all import *
 from fastai_meta.crossfit import Job, run_jobs, RayRunner
 
 OUT = Path(__file__).parent/'results'
+COLS = ['accuracy', 'balanced_accuracy', 'roc_auc']
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])        # `_nothing` travels by value
 
 def _nothing(df, valid): return dict(probs=np.random.rand(int(valid.sum()), 2).tolist())
@@ -38,11 +39,14 @@ def main(a):
         kw = dict(path=path, folder='images', group_col='patient', cat_names=['site'], cont_names=['age'], arch='resnet18',
                   pretrained=False, size=size, n_folds=3, epochs=3)
         serial, t_serial = timed(lambda: meta_compare(df, **kw))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        one, t_one = timed(lambda: meta_compare(df, **kw))                    # one thread, as each Ray job has
+        torch.set_num_threads(threads)
         on_ray, t_ray = timed(lambda: meta_compare(df, runner=runner, **kw))
-        cols = ['accuracy', 'balanced_accuracy', 'roc_auc']
-        diff = float(np.abs(serial.scores[cols].to_numpy() - on_ray.scores[cols].to_numpy()).max())
-        rows.append(dict(size=size, jobs=6, serial_s=round(t_serial, 1), ray_s=round(t_ray, 1), speedup=round(t_serial / t_ray, 2),
-                         max_score_diff=diff))
+        diff = lambda r: float(np.abs(r.scores[COLS].to_numpy() - on_ray.scores[COLS].to_numpy()).max())
+        rows.append(dict(size=size, jobs=6, serial_s=round(t_serial, 1), serial_1_thread_s=round(t_one, 1), ray_s=round(t_ray, 1),
+                         speedup=round(t_serial / t_ray, 2), diff_from_serial=diff(serial), diff_from_serial_1_thread=diff(one)))
         print(rows[-1], flush=True)
     _, t = timed(lambda: run_jobs(table, jobs, runner=runner))
     res = dict(cpu=os.cpu_count(), torch_threads=torch.get_num_threads(), ray=ray.__version__, workers=workers, ray_start_s=round(start, 1), workers_warm_s=round(warm, 1),
@@ -50,7 +54,7 @@ def main(a):
     (OUT/'ray-runner-cpu.json').write_text(json.dumps(res, indent=1))
     md = [f"# Ray runner against serial, on a {res['cpu']}-core CPU", '',
           f"`meta_compare` (image only and concat, 3 folds, {a.n} rows, ResNet-18 from scratch, 3 epochs): serial with "
-          f"{res['torch_threads']} threads, Ray with {workers} workers of one thread. Ray started in {res['ray_start_s']} s and its workers imported the library in "
+          f"{res['torch_threads']} threads (and with 1), Ray with {workers} workers of one thread. Ray started in {res['ray_start_s']} s and its workers imported the library in "
           f"{res['workers_warm_s']} s, once per session (neither counted); "
           f"a job that trains nothing costs {res['overhead_per_job_s']} s on warm workers.", '',
           pd.DataFrame(rows).to_markdown(index=False)]

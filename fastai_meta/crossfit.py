@@ -165,9 +165,10 @@ class Serial:
     def __call__(self, df, jobs, quiet=False):
         for i,job in enumerate(jobs): yield job, job(df, quiet=quiet or i > 0)
 
-def _ray_job(df, job, cwd, quiet):
-    "A job on a Ray worker, in the driver's working folder where this machine has it (relative image paths then name the same files)."
+def _ray_job(df, job, cwd, quiet, threads):
+    "A job on a Ray worker with `threads` threads, in the driver's working folder where this machine has it (relative image paths then name the same files)."
     if os.path.isdir(cwd): os.chdir(cwd)
+    torch.set_num_threads(threads)                                      # the thread count is part of a run: torch sums in another order with more
     return _shipped(job(df, quiet))
 
 class RayRunner:
@@ -186,7 +187,7 @@ class RayRunner:
         ray = self.start()
         task = ray.remote(_ray_job).options(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job, max_retries=self.max_retries, retry_exceptions=False)
         data, cwd = ray.put(df), os.getcwd()                 # the table once, by reference; images stay where they are, read by path
-        todo = {task.remote(data, job, cwd, quiet or i > 0): job for i,job in enumerate(jobs)}
+        todo = {task.remote(data, job, cwd, quiet or i > 0, max(1, int(self.cpus_per_job))): job for i,job in enumerate(jobs)}
         while todo:
             (ref,), _ = ray.wait(list(todo), num_returns=1)
             job = todo.pop(ref)
