@@ -1,9 +1,10 @@
-"Folds on Ray Core: the same runs as a serial run (a compare and a context model), a worker killed mid-job retried, a stopped driver resumed from its `RunStore`, a failing job named."
-import os, sys, warnings
+"Folds on Ray Core: the same runs as a serial run (the command line's compare and a context model), a worker killed mid-job retried, a stopped driver resumed from its `RunStore`, a failing job named."
+import json, os, sys, warnings
 import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.crossfit import Job, run_jobs, RunStore, Serial, RayRunner, runner_for
+from fastai_meta.cli import main
 
 ray = pytest.importorskip('ray')
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])     # this module's job functions travel by value: workers cannot import tests/
@@ -16,20 +17,17 @@ def two_workers():
     yield runner
     ray.shutdown()
 
-def _spec(path):
-    return dict(path=path, folder='images', group_col='patient', cat_names=['site'], cont_names=['age'], arch='lcnet_050', pretrained=False, size=16, bs=16)
-
-def test_compare_on_ray_gives_the_serial_runs(synth, two_workers):
-    "Image only and concat over 2 grouped folds: the Ray run's table, per fold and model, is the serial run's."
+def test_cli_compare_with_two_workers_gives_the_serial_table(synth, two_workers, tmp_path):
+    "`fastai-meta compare ... --workers 2`: the same runs (every held-out probability) and the same report (verdict and table) as the serial command."
     path, df = synth('meta', n=80, size=16)
-    df = df.assign(patient=[f'P{i // 2}' for i in range(len(df))])
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        serial = meta_compare(df, n_folds=2, epochs=2, **_spec(path))
-        on_ray = meta_compare(df, n_folds=2, epochs=2, runner=two_workers, **_spec(path))
-    cols = ['seed', 'fold', 'model', 'accuracy', 'balanced_accuracy', 'roc_auc']
-    pd.testing.assert_frame_equal(serial.scores[cols], on_ray.scores[cols])
-    assert serial.scores.accuracy.nunique() > 1                        # a real comparison, not a constant
+    df.assign(patient=[f'P{i // 2}' for i in range(len(df))]).to_csv(tmp_path/'t.csv', index=False)
+    args = ['compare', str(tmp_path/'t.csv'), str(path/'images'), '--label', 'label', '--group-col', 'patient', '--cat', 'site', '--cont', 'age',
+            '--arch', 'lcnet_050', '--size', '16', '--bs', '16', '--epochs', '2', '--folds', '2']
+    for name, extra in (('serial', []), ('ray', ['--workers', '2'])): assert main(args + ['--out', str(tmp_path/name)] + extra) == 0
+    serial, on_ray = (json.loads((tmp_path/n/'compare.json').read_text()) for n in ('serial', 'ray'))
+    assert on_ray['runs'] == serial['runs'] and len(serial['runs']) == 4
+    assert (tmp_path/'ray'/'compare.md').read_text() == (tmp_path/'serial'/'compare.md').read_text()
+    assert len({round(p[1], 3) for r in serial['runs'].values() for p in r['probs']}) > 10      # real outputs, not a constant
 
 def test_context_learner_on_ray_predicts_as_the_serial_one(synth, two_workers):
     "The context model's networks trained on Ray, sent back as weights and rebuilt here: the same predictions as the serial model's."
