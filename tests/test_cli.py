@@ -1,9 +1,9 @@
 "The command line says what it does and fails loudly: columns used and left out, the recipe, one clear line and a non-zero exit for bad input."
-import subprocess, sys
+import inspect, subprocess, sys
 import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.cli import main, predict_csv
+from fastai_meta.cli import main, predict_csv, train_csv, compare_csv, _parser
 from conftest import meta_dls
 
 @pytest.fixture(scope='module')
@@ -111,3 +111,10 @@ def test_predict_with_tta_and_progress(exported, synth, tmp_path, capsys):
     assert mean_aug.min() > -1e-4 and mean_aug.max() < 1 + 1e-4 and np.abs(p - q).max() > 1e-3
     assert main(['predict', str(tmp_path/'aug.safetensors'), str(tmp/'train.csv'), str(path/'images'), '--tta', '--out', str(tmp_path/'p.csv')]) == 0
     assert 'changed no prediction' in capsys.readouterr().err
+
+def test_every_option_reaches_its_command_by_name():
+    "`main` calls `train_csv` and `compare_csv` by keyword with the parsed options: each of their parameters is an option of its command (none falls silently to a default)."
+    for cmd, f in (('train', train_csv), ('compare', compare_csv)):
+        a = vars(_parser().parse_args([cmd, 'x.csv', 'images', '--label', 'y']))
+        assert [k for k in inspect.signature(f).parameters if k not in a] == ['runner'], cmd     # the runner is made from --workers, --ray-address, --gpus-per-job
+        assert {'workers', 'ray_address', 'gpus_per_job'} <= set(a)
