@@ -138,6 +138,7 @@ class Job:
     def named(self, e):
         "The exception `e`, noting that this job raised it."
         note = f'(raised by the job {self.key!r})'
+        if note in getattr(e, '__notes__', []) or (e.args and note in str(e.args[0])): return e     # named where it ran
         if hasattr(e, 'add_note'): e.add_note(note)
         elif e.args and isinstance(e.args[0], str): e.args = (f'{e.args[0]} {note}', *e.args[1:])
         return e
@@ -188,14 +189,17 @@ class RayRunner:
         task = ray.remote(_ray_job).options(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job, max_retries=self.max_retries, retry_exceptions=False)
         data, cwd = ray.put(df), os.getcwd()                 # the table once, by reference; images stay where they are, read by path
         todo = {task.remote(data, job, cwd, quiet or i > 0, max(1, int(self.cpus_per_job))): job for i,job in enumerate(jobs)}
-        while todo:
-            (ref,), _ = ray.wait(list(todo), num_returns=1)
-            job = todo.pop(ref)
-            try: run = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:
-                for r in todo: ray.cancel(r, force=True)   # the other jobs stop now, not after their training
-                raise job.named(e.cause if isinstance(e.cause, Exception) else e) from None
-            yield job, run
+        try:
+            while todo:
+                (ref,), _ = ray.wait(list(todo), num_returns=1)
+                job = todo.pop(ref)
+                try: run = ray.get(ref)
+                except ray.exceptions.RayError as e:        # the job raised (its exception is the cause), or its workers died past the retries
+                    cause = getattr(e, 'cause', None)
+                    raise job.named(cause if isinstance(cause, Exception) else e) from None
+                yield job, run
+        finally:
+            for r in todo: ray.cancel(r, force=True)       # stopped or failed: the other jobs stop now, not after their training
 
 def runner_for(workers=None, ray_address=None, gpus_per_job=0):
     "The runner the command line's `--workers`, `--ray-address` and `--gpus-per-job` name: `Serial()` for one worker and no address, else a `RayRunner`."
