@@ -204,7 +204,7 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
     outputs = lambda: [gr.Label(num_top_classes=len(learn.dls.vocab), label='probabilities', elem_id='probabilities') if kind in ('category', 'multicategory')
                        else gr.Image(label='points', elem_id='points') if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'),
                        gr.Markdown(elem_id='decision'), gr.Markdown(elem_id='effect')] + ([gr.Image(label='explanation', elem_id='explanation')] if kind == 'category' else [])
-    return _upload_app(gr, title, _note(learn), fields, outputs, run)
+    return _upload_app(gr, title=title, note=_note(learn), fields=fields, outputs=outputs, run=run)
 
 
 # %% ../nbs/07_app.ipynb #2108ba35
@@ -242,7 +242,7 @@ def stack_app(learn, title='fastai_meta'):
                 'The networks alone: ' + ', '.join(f'{k} {v:.3f}' for k,v in net.items()) + '.')
     outputs = lambda: [gr.Label(num_top_classes=len(learn.vocab), label='probabilities', elem_id='probabilities') if learn.task != 'regression'
                        else gr.JSON(label='prediction', elem_id='prediction')] + [gr.Markdown(elem_id=k) for k in ('decision', 'effect', 'network')]
-    return _upload_app(gr, title, _stack_note(learn), fields, outputs, run)
+    return _upload_app(gr, title=title, note=_stack_note(learn), fields=fields, outputs=outputs, run=run)
 
 # %% ../nbs/07_app.ipynb #cda951a1
 PATIENT = 'this patient'

@@ -52,7 +52,7 @@ def image_body(arch, pretrained=True, weights=None, weights_path=None, n_in=3, c
     if isinstance(arch, str):
         body, nf, _ = _timm_body(arch, pretrained, weights_path, n_in)
         return body, nf, body.needs_pool
-    body, nf, _ = _torchvision_body(arch, pretrained, weights, weights_path, n_in, cut)
+    body, nf, _ = _torchvision_body(arch, pretrained, weights=weights, weights_path=weights_path, n_in=n_in, cut=cut)
     return body, nf, True
 
 def body_splitter(arch, body):

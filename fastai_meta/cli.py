@@ -207,7 +207,7 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, p
     learn = _load(model)
     if isinstance(learn, (ContextLearner, StackLearner)):
         if tta: raise CLIError("--tta predicts with one model's augmentations; a two-stage model (patient context, stack) has no such option")
-        return _predict_two_stage(learn, df, csv, images, out, suff)
+        return _predict_two_stage(learn, df=df, csv=csv, images=images, out=out, suff=suff)
     missing = [c for c in _needed_columns(learn) if c not in df.columns]
     if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     _point_images_at(learn, images, suff)

@@ -47,7 +47,8 @@ def _stack_run(df, valid, a):
 
 def _train(name, df, valid, a):
     "Train model `name` (image only, a fusion, 'context' or 'stack') on the rows not in `valid`: its run on the `valid` rows (probabilities, vocab, the metadata columns it used)."
-    if name == CONTEXT: return _context_run(df, valid, a.spec, a.context_col, a.context_folds, a.epochs, a.lr, a.cbs)
+    if name == CONTEXT: return _context_run(df, valid=valid, spec=a.spec, context_col=a.context_col,
+                                            context_folds=a.context_folds, epochs=a.epochs, lr=a.lr, cbs=a.cbs)
     if name == STACK: return _stack_run(df, valid, a)
     run = fit_fold(partial(fold_learner, model=name, task=a.task, **a.spec), df, valid, a.epochs, a.lr, decimals=5, cbs=a.cbs, tta=a.tta)
     if name == IMAGE: run.pop('columns', None)          # image only reads no metadata, even where it is built as a `MetaModel`
@@ -97,7 +98,7 @@ def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr
     folds = {s: row_folds(df, n_folds, s, group_col, stratify=label_col if task == 'classification' else None) for s in seeds}
     jobs = [Job(f'{s}/{k}/{m}', partial(_train, m, a=a), folds[s], k, s) for s in seeds for m in (IMAGE, *fusions) for k in range(n_folds)]
     runs = run_jobs(df, jobs, store, runner, quiet=store is not None and any('columns' in r for r in store.runs.values()))
-    res = (CompareResult if task == 'classification' else RegressionResult)(df, settings, runs, folds, bins, metric)
+    res = (CompareResult if task == 'classification' else RegressionResult)(df, settings, runs, folds, bins=bins, metric=metric)
     if out is not None: res.save(out)
     return res
 

@@ -182,8 +182,9 @@ class ContextLearner:
         lr.coef_, lr.intercept_, lr.classes_ = np.array(two['coef'], dtype=float), np.array(two['intercept'], dtype=float), np.array(two['classes'], dtype=int)
         scaler.n_features_in_ = lr.n_features_in_ = len(list(two['features']))
         if not (scaler.mean_.shape == scaler.scale_.shape == lr.coef_.shape[1:] == (scaler.n_features_in_,)): raise ValueError('shapes differ')
-        return cls(learners, scaler, lr, list(two['vocab']), str(two['context_col']), str(two['label_col']), None, dict(two['settings']),
-                   temperature=temperature, decision=decision)
+        return cls(learners, scaler=scaler, stage_two=lr, vocab=list(two['vocab']), context_col=str(two['context_col']),
+                   label_col=str(two['label_col']), oof=None, settings=dict(two['settings']), temperature=temperature,
+                   decision=decision)
 
 # %% ../nbs/03c_context.ipynb #990af7fd
 def fit_stage_two(oof, y, C=1.0, seed=0):
@@ -222,7 +223,8 @@ def context_learner(df, path='.', context_col='patient_id', fusion='concat', epo
     arch = spec['arch']
     settings = dict(fn_col=fn_col, n_folds=n_folds, seed=seed, C=C, fusion=fusion if isinstance(fusion, str) else getattr(fusion, '__name__', str(fusion)),
                     arch=arch if isinstance(arch, str) else arch.__name__, epochs=epochs, size=spec['size'], features=list(oof.columns.drop('fold')))
-    return ContextLearner([r['learn'] for r in runs.values()], scaler, stage_two, vocab, context_col, label_col, oof, settings, targets=y)
+    return ContextLearner([r['learn'] for r in runs.values()], scaler=scaler, stage_two=stage_two, vocab=vocab,
+                          context_col=context_col, label_col=label_col, oof=oof, settings=settings, targets=y)
 
 # %% ../nbs/03c_context.ipynb #bec98ae1
 @patch
@@ -295,6 +297,8 @@ def meta_report(self:ContextLearner, df, cols=None, bins=4):
     cols = list(L(ifnone(cols, ['patient images', *enc.cat_names, *enc.cont_names])))
     check_columns(items.columns, [c for c in cols if c != 'patient images'])
     extra = {'patient images': (images_per_patient(items[self.context_col]), ['1', '2-3', '4-7', '8-15', '16-31', '32+'])}
-    res = subgroup_report(items, cols, lambda i: {'roc_auc': class_auc(y[i], p[i]), 'roc_auc (image only)': class_auc(y[i], img[i])}, enc.cont_names, bins, extra)
+    res = subgroup_report(items, cols=cols,
+                          score=lambda i: {'roc_auc': class_auc(y[i], p[i]), 'roc_auc (image only)': class_auc(y[i], img[i])},
+                          cont_names=enc.cont_names, bins=bins, extra=extra)
     res['lift'] = res['roc_auc'] - res['roc_auc (image only)']
     return res

@@ -184,7 +184,7 @@ def several_images(df, fn_col, image_sep=None):
 def TabularImageBlock(fn_col, cat_names=None, cont_names=None, pref='', suff='', cls=PILImage, cache=None, n_images=None, image_sep=';', **kwargs):
     "The input blocks of one row, image (read from `fn_col`, or from an `ImageCache`) and metadata (`kwargs` to `MetaBlock`); unpack them into `blocks`. Several image columns, or `n_images`: see `ImageBlocks`."
     if is_listy(fn_col) or n_images is not None:
-        return (*ImageBlocks(fn_col, n_images, image_sep, pref, suff, cls, cache), MetaBlock(cat_names, cont_names, **kwargs))
+        return (*ImageBlocks(fn_col, n_images=n_images, sep=image_sep, pref=pref, suff=suff, cls=cls, cache=cache), MetaBlock(cat_names, cont_names, **kwargs))
     img = ImageBlock(cls)
     img.type_tfms = L(ReadImage(fn_col, pref=pref, suff=suff, img_cls=cls, cache=cache))
     return img, MetaBlock(cat_names, cont_names, **kwargs)

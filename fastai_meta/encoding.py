@@ -65,7 +65,7 @@ class MetaEncoding:
             fills.append(fill); means.append(float(x.mean())); stds.append(std)
         for c in cat_names:
             if len(vocabs[c]) == 1: warnings.warn(f"Categorical column {c!r} is all missing in the training rows: it carries no information.")
-        return cls(list(cat_names), list(cont_names), vocabs, fills, means, stds)
+        return cls(list(cat_names), cont_names=list(cont_names), vocabs=vocabs, fills=fills, means=means, stds=stds)
 
     @property
     def luts(self):

@@ -197,12 +197,14 @@ def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=Non
     dec = self.loss_func.decodes(probs) if hasattr(self.loss_func, 'decodes') else probs.argmax(-1)
     if dec[0].ndim: raise NotImplementedError("`explain` explains a single-label classifier's class probability for now.")
     t = int(dec[0]) if target is None else vocab.index(str(target))
-    if method == 'gradcam': heats = _grad_cams(attr, model, xb, k, masked, t, layer_name(model[0], ifnone(layer, last_stage(model[0], xb[0]))))
-    else: heats = _occlusions(attr, model, act, xb, k, masked, t)
+    if method == 'gradcam': heats = _grad_cams(attr, model=model, xb=xb, k=k, masked=masked, t=t,
+                                               name=layer_name(model[0], ifnone(layer, last_stage(model[0], xb[0]))))
+    else: heats = _occlusions(attr, model, act=act, xb=xb, k=k, masked=masked, t=t)
     shown = [None if h is None else tdl.decode((TensorImage(x.cpu()),))[0][0].permute(1, 2, 0).numpy() for x,h in zip(xb[:k], heats)]
     values = {c: row[c].iloc[0] if c in row else None for c in [*enc.cat_names, *enc.cont_names]}
-    return Explanation(shown, heats, _ablation(attr, model, act, xb, enc, t), vocab[int(dec[0])], dict(zip(vocab, probs[0].tolist())), vocab[t], values,
-                       deletion_check(model, act, xb, k, heats, t))
+    return Explanation(shown, heatmaps=heats, meta=_ablation(attr, model, act=act, xb=xb, enc=enc, t=t), pred=vocab[int(dec[0])],
+                       probs=dict(zip(vocab, probs[0].tolist())), target=vocab[t], values=values,
+                       faithful=deletion_check(model, act=act, xb=xb, k=k, heatmaps=heats, t=t))
 
 # %% ../nbs/03e_explain.ipynb #48b0287c
 def context_term(feature):
@@ -244,7 +246,8 @@ def _explained(learn, df, runs, pos, target, layer):
     heats = [None if hs[0] is None else np.mean(hs, 0) for hs in zip(*[e.heatmaps for e in es])]
     meta = _largest_first(pd.concat([e.meta for e in es], axis=1).mean(axis=1))
     check = Faithfulness(*np.mean([e.faithful[:2] for e in es], 0).tolist(), es[0].faithful.frac)   # the image models' checks, averaged
-    return Explanation(es[0].images, heats, meta, vocab[dec], dict(zip(vocab, p.tolist())), vocab[t], es[0].values, check,
+    return Explanation(es[0].images, heatmaps=heats, meta=meta, pred=vocab[dec], probs=dict(zip(vocab, p.tolist())),
+                       target=vocab[t], values=es[0].values, faithful=check,
                        context=_context_terms(learn, runs, pos, t), image_probs=dict(zip(vocab, img.tolist())))
 
 def _checked_target(learn, target, layer):
@@ -258,7 +261,7 @@ def explain(self:ContextLearner, item, rows=None, target=None, layer=None):
     "Explain the prediction in context of one image's row `item` for class `target` (default: the predicted one); the context comes from its patient's rows in `rows` (none: the image alone). The heatmap and metadata contributions are the image models' (averaged over the folds; `layer`: a module of the first one's body, or its name); `context`, the stage two's terms (`context_term`), each set to its training mean on its own."
     name = _checked_target(self, target, layer)
     df, pos = _in_patient(self, item, rows)
-    return _explained(self, df, self.stage_one(df), pos, target, name)
+    return _explained(self, df=df, runs=self.stage_one(df), pos=pos, target=target, layer=name)
 
 @patch
 def explain_patient(self:ContextLearner, rows, target=None, layer=None):
@@ -269,7 +272,7 @@ def explain_patient(self:ContextLearner, rows, target=None, layer=None):
         at = np.flatnonzero(groups == g)
         df = items.iloc[at]
         runs = self.stage_one(df)
-        for pos,i in enumerate(at): res[i] = _explained(self, df, runs, pos, target, name)
+        for pos,i in enumerate(at): res[i] = _explained(self, df=df, runs=runs, pos=pos, target=target, layer=name)
     return res
 
 

@@ -114,7 +114,7 @@ def save_pretrained(self:MetaLearner|ContextLearner|StackLearner, folder, metric
     desc = _description(self.export_safe(folder/WEIGHTS))
     (folder/CONFIG).write_text(json.dumps(desc, indent=1, sort_keys=True))
     if metrics is None and isinstance(self, MetaLearner): metrics = validation_metrics(self)
-    model_card(desc, metrics, license, data, intended_use, limits, name).save(folder/CARD)
+    model_card(desc, metrics=metrics, license=license, data=data, intended_use=intended_use, limits=limits, name=name).save(folder/CARD)
     return folder
 
 @patch

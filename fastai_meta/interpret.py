@@ -92,7 +92,7 @@ def meta_report(self:MetaLearner, cols=None, dl=None, bins=4, metrics=None, show
     def score(i):
         idx = torch.as_tensor(np.flatnonzero(i))
         return {n: _metric_value(m, preds[idx], targs[idx]) for n,m in zip(names, metrics)}
-    res = subgroup_report(items, cols, score, enc.cont_names, bins, extra)
+    res = subgroup_report(items, cols=cols, score=score, cont_names=enc.cont_names, bins=bins, extra=extra)
     if show: _plot_report(res, names[0])
     return res
 

@@ -90,7 +90,8 @@ def create_meta_model(dls, arch, fusion='concat', n_out:int|None=None, pretraine
     n_out = ifnone(n_out, get_c(dls))
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"
     enc = meta_encode(dls).encoding
-    body, nf, pool = image_body(arch, pretrained, weights, weights_path, n_in, cut)
+    body, nf, pool = image_body(arch, pretrained=pretrained, weights=weights, weights_path=weights_path, n_in=n_in,
+                                cut=cut)
     branch = MetaBranch(enc.cardinalities, enc.n_cont, meta_layers, meta_ps, embed_p)
     stages = body_stages(body) if is_staged(fusion) or contrastive else None   # walk the body stage by stage?
     channels = stage_channels(body, stages, n_in) if stages else [nf]

@@ -187,7 +187,7 @@ class StageTwo:
 
 def fit_stack(X, y, folds, task, vocab, coder, context=(), candidates=CANDIDATES, seed=0):
     "Stage two on the out-of-fold table `X` and targets `y`: each candidate cross-fitted over `folds`, the ensemble weights chosen on their out-of-fold outputs, each candidate with weight refitted on every row; the `StageTwo`, the candidates' out-of-fold outputs (by name) and the stack's held-out outputs (each fold's rows under weights chosen on the other folds)."
-    make, width = lambda n: Candidate(n, task, vocab, coder, context, seed), 1 if task == 'regression' else len(vocab)
+    make, width = lambda n: Candidate(n, task=task, vocab=vocab, coder=coder, context=context, seed=seed), 1 if task == 'regression' else len(vocab)
     outs = {n: np.zeros((len(X), width)) for n in candidates}
     for k in np.unique(folds):
         tr, va = folds != k, folds == k
@@ -317,9 +317,11 @@ class StackLearner:
         "The stack of the networks `learners` and stage two's description `two` (`stage_two_state`, with the columns and `settings` the export adds)."
         task, vocab, settings = str(two['task']), list(two['vocab']), dict(two['settings'])
         coder = TableCoder(*(two['coder'][k] for k in ('cat_names', 'cont_names', 'categories', 'medians')))
-        cands = [Candidate.from_state(c['name'], c['state'], task, vocab, coder, settings.get('context', [])) for c in two['candidates']]
-        return cls(learners, StageTwo(cands, np.array([float(c['weight']) for c in two['candidates']])), coder, task, vocab, str(two['label_col']),
-                   two.get('context_col'), settings, temperature=temperature, decision=decision)
+        cands = [Candidate.from_state(c['name'], state=c['state'], task=task, vocab=vocab, coder=coder,
+                                      context=settings.get('context', [])) for c in two['candidates']]
+        return cls(learners, two=StageTwo(cands, np.array([float(c['weight']) for c in two['candidates']])),
+                   coder=coder, task=task, vocab=vocab, label_col=str(two['label_col']),
+                   context_col=two.get('context_col'), settings=settings, temperature=temperature, decision=decision)
 
 # %% ../nbs/03f_stack.ipynb #73db2f51
 def _table_columns(runs, df, spec, left_out):
@@ -358,14 +360,17 @@ def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat
         if r['vocab'] != runs[0]['vocab']: raise ValueError(f"Fold {k} has the classes {r['vocab']}, fold 0 {vocab}: too few rows of a class for {n_folds} folds.")
     cat_names, cont_names = _table_columns(runs, df, spec, [*L(fn_col), label_col, *L(spec['exclude'])])
     coder = TableCoder.fit(df, cat_names, cont_names)
-    learn = StackLearner([r['learn'] for r in runs.values()], None, coder, task, vocab, label_col, context_col)
+    learn = StackLearner([r['learn'] for r in runs.values()], two=None, coder=coder, task=task, vocab=vocab,
+                         label_col=label_col, context_col=context_col)
     X = pd.concat([learn.inputs(df[folds == k], r['probs'], r.get('emb')).set_index(np.flatnonzero(folds == k)) for k,r in runs.items()]).sort_index()
     y = learn.targets_of(df)
     context = [c for c in X.columns if c not in coder.cat_names + coder.cont_names + network_columns(task, vocab)]
     idle = [] if coder.cat_names + coder.cont_names else [c for c in candidates if c == 'table' or (c == 'boosted' and not context)]
     if idle: warnings.warn(f"No table columns: stage two leaves out {idle}, which read only the table.")
     candidates = [c for c in L(candidates) if c not in idle]
-    learn.two, learn.candidate_outputs, learn.held_out = fit_stack(X, y, folds, task, vocab, coder, context, tuple(candidates), seed)
+    learn.two, learn.candidate_outputs, learn.held_out = fit_stack(X, y=y, folds=folds, task=task, vocab=vocab,
+                                                                   coder=coder, context=context,
+                                                                   candidates=tuple(candidates), seed=seed)
     arch = spec['arch']
     learn.targets, learn.oof = y, X.assign(fold=folds)
     learn.settings = dict(fn_col=fn_col, n_folds=n_folds, seed=seed, group_col=group_col, fusion=fusion if isinstance(fusion, str) else getattr(fusion, '__name__', str(fusion)),

@@ -45,6 +45,12 @@ def test_modules_stay_small():
     long = {f.name: n for f in PKG.glob('*.py') if f.stem != '_modidx' and (n := len(f.read_text().splitlines())) > 420}
     assert not long, f'modules over ~400 lines: {long}'
 
+def test_no_call_passes_more_than_five_arguments_by_position():
+    "A long argument list is passed by keyword: reorder a parameter and a positional value would land in the wrong slot, silently."
+    long = [f'{name}.py:{n.lineno} {ast.unparse(n.func)}' for name, tree in _modules().items() for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and sum(not isinstance(a, ast.Starred) for a in n.args) > 5]
+    assert not long, '\n'.join(long)
+
 def test_fastai_methods_stay_fastai_s():
     "A plain `vision_learner` in a process that imported the library runs fastai's own `fine_tune` and `predict`; a `DataBlock` without a `MetaBlock` takes fastai's own `datasets`."
     code = ("from fastai.vision.all import *\n"
