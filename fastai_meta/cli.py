@@ -26,14 +26,12 @@ from .app import meta_app
 class CLIError(Exception):
     "A problem with the command's input (a file, a column, an option), reported in one line with no traceback."
 
-def _read_table(csv):
-    "The CSV file `csv` as a DataFrame; a `CLIError` naming it if it is missing or unreadable."
+def _read_table(csv, images):
+    "The CSV file `csv` as a DataFrame, the folder `images` there; a `CLIError` naming either if it is missing or unreadable."
     if not Path(csv).is_file(): raise CLIError(f"table not found: {csv}")
+    if not Path(images).is_dir(): raise CLIError(f"image folder not found: {images}")
     try: return pd.read_csv(csv)
     except Exception as e: raise CLIError(f"could not read the table {csv}: {e}") from e
-
-def _check_folder(images):
-    if not Path(images).is_dir(): raise CLIError(f"image folder not found: {images}")
 
 def _metrics(task, n_classes=2):
     "fastai metrics that suit `task`."
@@ -62,8 +60,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
               label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
               operating_point=None, image_sep=None, context_col=None, context_folds=5, stack=False, runner=None):
     "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, or several columns, or `image_sep`-separated names: several images per row; images under `images`); say the columns, split and recipe; calibrate and set an `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."
-    opts, df = dict(locals()), _read_table(csv)                      # the options, passed on by name to the two-stage trainers
-    _check_folder(images)
+    opts, df = dict(locals()), _read_table(csv, images)              # the options, passed on by name to the two-stage trainers
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, context_col=context_col, named=L(cat) + L(cont) + L(exclude))
     if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
@@ -202,8 +199,7 @@ def _output_columns(learn, vocab):
 
 def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, progress=True):
     "Predict every row of `csv` (images under `images`) with the exported learner `model` (with `tta`, test-time augmentation); one row out per row in, bad rows reported in `error`, not dropped; `progress`: rows done, on stderr, for a table of several chunks."
-    df = _read_table(csv)
-    _check_folder(images)
+    df = _read_table(csv, images)
     learn = _load(model)
     if isinstance(learn, (ContextLearner, StackLearner)):
         if tta: raise CLIError("--tta predicts with one model's augmentations; a two-stage model (patient context, stack) has no such option")
@@ -274,8 +270,7 @@ def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, excl
                 arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32, lr=None, folds=5, seeds=1, seed=0, out='compare',
                 context_col=None, context_folds=3, metric=None, task='auto', image_sep=None, runner=None):
     "Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and table; write them to `out`."
-    df = _read_table(csv)
-    _check_folder(images)
+    df = _read_table(csv, images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, named=L(cat) + L(cont) + L(exclude))
     arch = getattr(models, arch, None) or arch
@@ -305,21 +300,26 @@ def _data_options(t):
     t.add_argument('--fname-col', '--image-cols', dest='fname_col', nargs='+', default=['fname'],
                    help='the column of image file names; several columns: several images per row (a close-up, an overview)')
     t.add_argument('--image-sep', help="separator of several file names in one cell (e.g. ';'): all of a row's images are used")
-    t.add_argument('--suff', default='', help="appended to each file name (e.g. '.jpg')")
-    t.add_argument('--cat', nargs='*', default=None, help='categorical columns (default: inferred, and printed)')
-    t.add_argument('--cont', nargs='*', default=None, help='continuous columns (default: inferred, and printed)')
-    t.add_argument('--exclude', nargs='*', default=None, help='columns never to use as metadata (an id, a column recorded after the diagnosis)')
+    t.add_argument('--suff', help="appended to each file name (e.g. '.jpg')")
+    t.add_argument('--cat', nargs='*', help='categorical columns (default: inferred, and printed)')
+    t.add_argument('--cont', nargs='*', help='continuous columns (default: inferred, and printed)')
+    t.add_argument('--exclude', nargs='*', help='columns never to use as metadata (an id, a column recorded after the diagnosis)')
     t.add_argument('--group-col', help='keep each value of this column (patient, lesion) on one side of the split')
-    t.add_argument('--seed', type=int, default=0, help='random seed (split, training)')
-    t.add_argument('--arch', default='resnet34', help='a torchvision/fastai arch name, or a timm model name')
-    t.add_argument('--epochs', type=int, default=5, help='epochs (of fine_tune when pretrained, else of fit_one_cycle)')
-    t.add_argument('--size', type=int, default=224, help='images are resized to this many pixels')
-    t.add_argument('--bs', type=int, default=32, help='batch size')
+    t.add_argument('--seed', type=int, help='random seed (split, training)')
+    t.add_argument('--arch', help='a torchvision/fastai arch name, or a timm model name')
+    t.add_argument('--epochs', type=int, help='epochs (of fine_tune when pretrained, else of fit_one_cycle)')
+    t.add_argument('--size', type=int, help='images are resized to this many pixels')
+    t.add_argument('--bs', type=int, help='batch size')
     t.add_argument('--lr', type=float, help='learning rate (default: 3e-3 for a pretrained timm body, 2e-3 for a torchvision one, 1e-2 from scratch)')
     t.add_argument('--pretrained', action='store_true', help='start from pretrained weights (needs them cached or online)')
     t.add_argument('--weights', help='a local file of pretrained weights for the body (e.g. from offline_weights)')
     return t
 
+
+def _defaults_from(f, p):
+    "The parser `p` with its options' defaults read from the signature of `f`, the function its command calls: one place for each."
+    p.set_defaults(**{k: v.default for k,v in inspect.signature(f).parameters.items() if v.default is not inspect.Parameter.empty and k != 'runner'})
+    return p
 
 def _parser():
     "The `fastai-meta` command's arguments (defaults shown in `--help`)."
@@ -327,37 +327,36 @@ def _parser():
     p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='cmd', required=True)
     add = partial(sub.add_parser, formatter_class=_ShowDefaults)
-    d = add('demo', help='train image-only and image+metadata models on synthetic data; print both scores')
-    d.add_argument('--n', type=int, default=400, help='synthetic images to make')
-    d.add_argument('--epochs', type=int, default=8, help='training epochs of each model')
-    d.add_argument('--arch', default='resnet18', help='a torchvision/fastai arch name, or a timm model name')
-    d.add_argument('--seed', type=int, default=0, help='random seed (data, split, training)')
+    d = _defaults_from(run_demo, add('demo', help='train image-only and image+metadata models on synthetic data; print both scores'))
+    d.add_argument('--n', type=int, help='synthetic images to make')
+    d.add_argument('--epochs', type=int, help='training epochs of each model')
+    d.add_argument('--arch', help='a torchvision/fastai arch name, or a timm model name')
+    d.add_argument('--seed', type=int, help='random seed (data, split, training)')
     d.add_argument('--json', help='also write the scores to this file')
-    t = runner_options(_data_options(add('train', help='train on a CSV of file names and metadata; export the learner')))
-    t.add_argument('--task', default='auto', choices=['auto', 'classification', 'multilabel', 'regression'],
+    t = _defaults_from(train_csv, runner_options(_data_options(add('train', help='train on a CSV of file names and metadata; export the learner'))))
+    t.add_argument('--task', choices=['auto', 'classification', 'multilabel', 'regression'],
                    help='auto: multilabel with --label-delim, regression for a float (or many-valued integer) label, else classification')
     t.add_argument('--label-delim', help='separator of several labels in one cell (multi-label)')
     t.add_argument('--valid-col', help='boolean column marking validation rows')
-    t.add_argument('--valid-pct', type=float, default=0.2, help='share of rows held out')
-    t.add_argument('--fusion', default='concat', help='concat, film, metanet, metablock or csf')
+    t.add_argument('--valid-pct', type=float, help='share of rows held out')
+    t.add_argument('--fusion', help='concat, film, metanet, metablock or csf')
     t.add_argument('--calibrate', action='store_true', help='fit temperature scaling on the validation rows (calibrated probabilities)')
     t.add_argument('--operating-point', metavar='CLASS=SENSITIVITY', help='decide CLASS whenever its probability reaches the threshold that gives this sensitivity on the validation rows (e.g. mel=0.95)')
-    t.add_argument('--out', default='model.safetensors', help='where to export the trained learner: .safetensors (no pickle) or .pkl (fastai\'s export)')
+    t.add_argument('--out', help='where to export the trained learner: .safetensors (no pickle) or .pkl (fastai\'s export)')
     t.add_argument('--context-col', help="patient context (the 'ugly duckling'): each image judged against the other images of its value of this column (the patient)")
-    t.add_argument('--context-folds', '--folds', dest='context_folds', type=int, default=5, help='with --context-col or --stack: networks cross-fitted over this many folds (of patients)')
+    t.add_argument('--context-folds', '--folds', dest='context_folds', type=int, help='with --context-col or --stack: networks cross-fitted over this many folds (of patients)')
     t.add_argument('--stack', action='store_true', help='a stack: networks cross-fitted over the folds, then a table model, a linear model and a boosted model on their out-of-fold outputs, weighted by their out-of-fold loss (stack_learner)')
-    c = runner_options(_data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds')))
-    c.set_defaults(arch='resnet18', size=128)
-    c.add_argument('--fusions', nargs='+', default=['concat'], help="fusions to compare with image only (concat, film, metanet, metablock, csf), 'context': patient context, and 'stack': stack_learner (with --context-col: with the patient context)")
+    c = _defaults_from(compare_csv, runner_options(_data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds'))))
+    c.add_argument('--fusions', nargs='+', help="fusions to compare with image only (concat, film, metanet, metablock, csf), 'context': patient context, and 'stack': stack_learner (with --context-col: with the patient context)")
     c.add_argument('--context-col', help="the patient column of the 'context' model (default: --group-col), and of the stack's context")
-    c.add_argument('--context-folds', type=int, default=3, help="the 'context' model's and the stack's networks: this many per fold")
-    c.add_argument('--folds', type=int, default=5, help='cross-validation folds (grouped by --group-col)')
-    c.add_argument('--task', default='auto', choices=['auto', 'classification', 'regression'],
+    c.add_argument('--context-folds', type=int, help="the 'context' model's and the stack's networks: this many per fold")
+    c.add_argument('--folds', type=int, help='cross-validation folds (grouped by --group-col)')
+    c.add_argument('--task', choices=['auto', 'classification', 'regression'],
                    help='auto: regression for a float (or many-valued integer) label, else classification')
     c.add_argument('--metric', choices=['accuracy', 'balanced_accuracy', 'roc_auc', 'average_precision', 'mae', 'rmse', 'mape', 'r2'],
                    help='the score the verdict leads with (default: ROC AUC for two classes of which one is under 20 %%, else balanced accuracy; MAE for a regression)')
-    c.add_argument('--seeds', type=int, default=1, help='repeat the cross-validation with this many seeds (other folds each time)')
-    c.add_argument('--out', default='compare', help='folder for compare.json, compare.md and compare.png (a run there with the same options resumes)')
+    c.add_argument('--seeds', type=int, help='repeat the cross-validation with this many seeds (other folds each time)')
+    c.add_argument('--out', help='folder for compare.json, compare.md and compare.png (a run there with the same options resumes)')
     q = add('predict', help='predict every row of a CSV with an exported learner; one row out per row in')
     q.add_argument('model', help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)')
     q.add_argument('csv', help='a table with the columns used in training (the label may be absent)')

@@ -113,8 +113,10 @@ def test_predict_with_tta_and_progress(exported, synth, tmp_path, capsys):
     assert 'changed no prediction' in capsys.readouterr().err
 
 def test_every_option_reaches_its_command_by_name():
-    "`main` calls `train_csv` and `compare_csv` by keyword with the parsed options: each of their parameters is an option of its command (none falls silently to a default)."
+    "`main` calls `train_csv` and `compare_csv` by keyword with the parsed options: each of their parameters is an option of its command (none falls silently to a default), whose default is the function's."
     for cmd, f in (('train', train_csv), ('compare', compare_csv)):
         a = vars(_parser().parse_args([cmd, 'x.csv', 'images', '--label', 'y']))
         assert [k for k in inspect.signature(f).parameters if k not in a] == ['runner'], cmd     # the runner is made from --workers, --ray-address, --gpus-per-job
         assert {'workers', 'ray_address', 'gpus_per_job'} <= set(a)
+        for k,v in inspect.signature(f).parameters.items():     # one default per option: the function's
+            if k not in ('runner', 'fname_col') and v.default is not inspect.Parameter.empty: assert a[k] == v.default, (cmd, k)
