@@ -46,6 +46,14 @@ def _check_named(df, csv, named=(), **cols):
     missing = [c for c in named if c not in df.columns]
     if missing: raise CLIError(f"column(s) {missing} not in {csv}; it has {list(df.columns)}")
 
+def _body(arch, pretrained, weights):
+    "The body's options as the library takes them: an arch by name (torchvision's, else timm's), pretrained when given weights."
+    return dict(arch=getattr(models, arch, None) or arch, pretrained=pretrained or weights is not None, weights_path=weights)
+
+def _table(fname_col, label, cat, cont, exclude):
+    "The table's options as the library takes them: the image and label columns, the metadata named (`None`: inferred)."
+    return dict(fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None, exclude=exclude)
+
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)     # what bad rows, columns or image files raise while the data is made
 
 def _check_images(df, images, fname_col, suff='', image_sep=None):
@@ -83,9 +91,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     split = (f'column {valid_col!r}' if valid_col else f'by {group_col!r}, groups kept on one side' + (', stratified by the label' if task == 'classification' else '')
              if group_col else 'random rows')
     print(f'Split: {len(tr):,} training and {len(va):,} validation rows ({split}).')
-    arch = getattr(models, arch, None) or arch
-    pretrained = pretrained or weights is not None
-    try: learn = meta_cnn_learner(dls, arch, fusion=fusion, pretrained=pretrained, weights_path=weights,
+    try: learn = meta_cnn_learner(dls, fusion=fusion, **_body(arch, pretrained, weights),
                                   metrics=_metrics(task, len(getattr(dls, 'vocab', [])) if task == 'classification' else 0))
     except Exception as e:                 # an unknown arch or fusion, weights that cannot be had or do not fit: the options, not the data
         raise CLIError(f"could not build the model ({arch!r}, fusion {fusion!r}{f', weights {weights}' if weights else ''}): {type(e).__name__}: {e}") from e
@@ -104,10 +110,8 @@ def _train_stack(df, *, images, label, fname_col, cat, cont, arch, epochs, size,
     if valid_col or Path(out).suffix != '.safetensors': raise CLIError("--stack trains on every row (its networks are cross-fitted; not with --valid-col) and exports .safetensors")
     try:
         learn = stack_learner(df, Path(images), group_col=group_col, context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=context_folds,
-                              seed=seed, task=task, fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None,
-                              cont_names=list(cont) if cont else None, exclude=exclude, arch=getattr(models, arch, None) or arch,
-                              pretrained=pretrained or weights is not None, weights_path=weights, size=size, bs=bs, suff=suff, image_sep=image_sep,
-                              runner=runner)
+                              seed=seed, task=task, **_table(fname_col, label, cat, cont, exclude), **_body(arch, pretrained, weights),
+                              size=size, bs=bs, suff=suff, image_sep=image_sep, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
     print(f"Stack: {context_folds} networks ({fusion}), each trained without a fold{f' of {group_col or context_col!r} values' if group_col or context_col else ''}, then "
           f"stage two on their out-of-fold outputs: {learn.two}. Every row was used: measure it on held-out rows with `fastai-meta compare --fusions {fusion} stack`.")
@@ -123,9 +127,8 @@ def _train_context(df, *, images, label, fname_col, cat, cont, arch, epochs, siz
                        "not with --image-sep, several image columns or --valid-col.")
     try:
         learn = context_learner(df, Path(images), context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=context_folds, seed=seed,
-                                fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None,
-                                exclude=exclude, arch=getattr(models, arch, None) or arch, pretrained=pretrained or weights is not None,
-                                weights_path=weights, size=size, bs=bs, suff=suff, runner=runner)
+                                **_table(fname_col, label, cat, cont, exclude), **_body(arch, pretrained, weights),
+                                size=size, bs=bs, suff=suff, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
     print(f"Patient context: {context_folds} image models ({fusion}), each trained without a fold of {context_col!r} values, then a logistic "
           f"regression on {', '.join(learn.features)}. Every row was used: measure the lift on held-out patients with "
@@ -273,11 +276,9 @@ def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, excl
     df = _read_table(csv, images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, named=L(cat) + L(cont) + L(exclude))
-    arch = getattr(models, arch, None) or arch
     try:
-        res = meta_compare(df, Path(images), fn_col=fname_col, label_col=label, group_col=group_col, cat_names=list(cat) if cat else None,
-                           cont_names=list(cont) if cont else None, exclude=exclude, suff=suff, fusions=tuple(fusions), arch=arch,
-                           pretrained=pretrained or weights is not None, weights_path=weights, epochs=epochs, size=size, bs=bs, lr=lr,
+        res = meta_compare(df, Path(images), group_col=group_col, **_table(fname_col, label, cat, cont, exclude), suff=suff,
+                           fusions=tuple(fusions), **_body(arch, pretrained, weights), epochs=epochs, size=size, bs=bs, lr=lr,
                            n_folds=folds, seeds=tuple(range(seed, seed + seeds)), out=out, context_col=context_col, context_folds=context_folds,
                            metric=metric, task=task, image_sep=image_sep, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
