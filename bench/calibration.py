@@ -30,9 +30,8 @@ def _fold(df, fold, k, a, keep=None):
     learn = fold_learner(rows, cal[~test], 'concat', HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx', cat_names=['sex', 'localization'],
                          cont_names=['age'], arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs,
                          cache=ImageCache(a.size), batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
-    method, args, kwargs = fit_recipe(learn, a.epochs, a.lr)
     t0 = time.time()
-    with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args, **kwargs)
+    with learn.no_bar(), learn.no_logging(): fit_recipe(learn, a.epochs, a.lr)()
     tdl = learn.dls.test_dl(df[test], with_labels=True)
     with learn.no_bar():
         logits, y = (t.as_subclass(torch.Tensor) for t in learn.get_preds(dl=tdl, act=lambda x: x))

@@ -39,8 +39,7 @@ def train(name, df, a):
                          label_col='dx', arch=a.arch, weights_path=a.weights, size=a.size, cache=ImageCache(a.size) if name != 'image only' else None,
                          batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), **META,
                          **({} if name == 'image only' else dict(meta_dropout=a.p if 'rows' in name else 0., cbs=[MetaDropout(a.p, per_column=True)] if 'per column' in name else [])))
-    method, args, kwargs = fit_recipe(learn, a.epochs, a.lr)
-    with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args, **kwargs)
+    with learn.no_bar(), learn.no_logging(): fit_recipe(learn, a.epochs, a.lr)()
     return learn
 
 def evaluate(learn, name, df, seed):

@@ -96,9 +96,9 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
     except Exception as e:                 # an unknown arch or fusion, weights that cannot be had or do not fit: the options, not the data
         raise CLIError(f"could not build the model ({arch!r}, fusion {fusion!r}{f', weights {weights}' if weights else ''}): {type(e).__name__}: {e}") from e
     learn.path = Path('.')
-    method, args, kwargs = fit_recipe(learn, epochs, lr)
-    print(f"Training: {method}({', '.join(map(str, args))}{''.join(f', {k}={v}' for k,v in kwargs.items())}), {task}.")
-    getattr(learn, method)(*args, **kwargs)
+    recipe = fit_recipe(learn, epochs, lr)
+    print(f"Training: {recipe.func.__name__}({', '.join(map(str, recipe.args))}{''.join(f', {k}={v}' for k,v in recipe.keywords.items())}), {task}.")
+    recipe()
     _decide(learn, calibrate, operating_point)
     if Path(out).suffix == '.safetensors': learn.export_safe(out)
     else: learn.export(out)

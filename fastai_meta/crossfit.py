@@ -80,9 +80,8 @@ def fold_outputs(learn, dl, embeddings=False, tta=False):
 def fit_fold(build, df, valid, epochs=5, lr=None, embeddings=False, keep=False, decimals=None, cbs=None, tta=False):
     "Build `build(df, valid)`, train it with `fit_recipe` (and `cbs`), and return its run on the `valid` rows: `probs` (with `tta`: test-time augmented), `vocab`, the metadata `columns` it used, `emb` (with `embeddings`), `learn` (with `keep`)."
     learn = build(df, valid)
-    method, args, kwargs = fit_recipe(learn, epochs, lr)
-    kwargs['cbs'] = L(kwargs.get('cbs')) + L(cbs)
-    with learn.no_bar(), learn.no_logging(): getattr(learn, method)(*args, **kwargs)
+    recipe = fit_recipe(learn, epochs, lr)
+    with learn.no_bar(), learn.no_logging(): recipe(cbs=L(recipe.keywords.get('cbs')) + L(cbs))
     probs, emb = fold_outputs(learn, learn.dls.valid, embeddings, tta)
     run = dict(probs=probs if decimals is None else np.round(probs, decimals).tolist(), vocab=[str(v) for v in getattr(learn.dls, 'vocab', [])])
     if isinstance(learn.model, MetaModel):

@@ -232,9 +232,9 @@ def get_embeddings(self:MetaLearner, dl=None, ds_idx=1):
 
 # %% ../nbs/02_learner.ipynb #cmp006
 def fit_recipe(learn, epochs, lr=None):
-    "How to train `learn`: `fine_tune` for a pretrained body (with the `lr_mult` `meta_cnn_learner` chose for it), else `fit_one_cycle` with `PreciseBN`; as (method, args, kwargs)."
-    if not learn.pretrained: return 'fit_one_cycle', (epochs, lr or 1e-2), dict(cbs=PreciseBN())     # from scratch: validation losses of the weights as they are
-    return 'fine_tune', (epochs, lr or (3e-3 if isinstance(learn.arch, str) else 2e-3)), dict(lr_mult=getattr(learn, 'fine_tune_lr_mult', 100))
+    "How to train `learn`, as a `partial` of its method to call: `fine_tune` for a pretrained body (with the `lr_mult` `meta_cnn_learner` chose for it), else `fit_one_cycle` with `PreciseBN`."
+    if not learn.pretrained: return partial(learn.fit_one_cycle, epochs, lr or 1e-2, cbs=PreciseBN())    # from scratch: validation losses of the weights as they are
+    return partial(learn.fine_tune, epochs, lr or (3e-3 if isinstance(learn.arch, str) else 2e-3), lr_mult=getattr(learn, 'fine_tune_lr_mult', 100))
 
 def image_learner(dls, arch, pretrained=True, weights_path=None, **kwargs):
     "The image-only baseline: fastai's `vision_learner` with the body, weights, layer groups and `lr_mult` that `meta_cnn_learner` would use (pass `learn.fine_tune_lr_mult` to `fine_tune`, or train it with `fit_recipe`)."
