@@ -167,7 +167,7 @@ def _point_images_at(learn, images, suff=None):
 def _needed_columns(learn):
     "The columns the exported `learn` reads from a row: the image file name(s) and the metadata."
     enc = meta_encode(learn.dls).encoding
-    return list(dict.fromkeys(c for r in _image_readers(learn) for c in r.cols if not isinstance(c, int))) + enc.cat_names + enc.cont_names
+    return list(dict.fromkeys(c for r in _image_readers(learn) for c in r.cols if not isinstance(c, int))) + enc.columns
 
 def _pred_rows(learn, rows, tta=False):
     "Probabilities (or values) and decoded predictions of the rows of `rows`, and with `tta` (fastai's test-time augmentation, decoded as `get_preds` decodes) whether the augmentations changed nothing."

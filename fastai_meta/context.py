@@ -102,7 +102,7 @@ class ContextLearner:
         "The columns a row needs: the image file name, the metadata and the context column."
         dls = self.learners[0].dls
         enc = meta_encode(dls).encoding
-        return list(dict.fromkeys([image_readers(dls)[0].cols[0], *enc.cat_names, *enc.cont_names, self.context_col]))
+        return list(dict.fromkeys([image_readers(dls)[0].cols[0], *enc.columns, self.context_col]))
 
     def test_dl(self, df, with_labels=False):
         "The rows of `df` (whole patients: a patient's context comes from its rows here) for `get_preds`."
@@ -294,7 +294,7 @@ def meta_report(self:ContextLearner, df, cols=None, bins=4):
     dl = self.test_dl(df, with_labels=True)
     p, y, img = (t.numpy() for t in self.get_preds(dl, with_image=True))
     enc, items = meta_encode(self.learners[0].dls).encoding, dl.items
-    cols = list(L(ifnone(cols, ['patient images', *enc.cat_names, *enc.cont_names])))
+    cols = list(L(ifnone(cols, ['patient images', *enc.columns])))
     check_columns(items.columns, [c for c in cols if c != 'patient images'])
     extra = {'patient images': (images_per_patient(items[self.context_col]), ['1', '2-3', '4-7', '8-15', '16-31', '32+'])}
     res = subgroup_report(items, cols=cols,

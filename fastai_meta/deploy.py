@@ -275,7 +275,7 @@ def _dataloaders(desc, bs=64, device=None):
         raise UnsafeFile("The metadata description is inconsistent: vocabularies or statistics do not match the column names.")
     item = [_make(s, _ITEM, 'item transforms') for s in ([img['cache_resize']] if img.get('cache_resize') else []) + _get(desc, 'item_tfms', list)]
     batch = [_make(s, _BATCH, 'batch transforms') for s in _get(desc, 'batch_tfms', list)]
-    cols = [c for c in [*(r.reader.cols[0] for r in reads), *enc.cat_names, *enc.cont_names] if isinstance(c, str)]
+    cols = [c for c in [*(r.reader.cols[0] for r in reads), *enc.columns] if isinstance(c, str)]
     n_inp = len(reads) + len(masks) + 1
     dsets = Datasets(pd.DataFrame(columns=list(dict.fromkeys(cols))), tfms=[*([r] for r in reads), *masks, [MetaEncode.fitted(enc)], _y_tfms(t)],
                      splits=[[], []], n_inp=n_inp, types=[pd.Series])   # fastai reads the types from a first row; there is none

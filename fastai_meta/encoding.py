@@ -83,7 +83,9 @@ class MetaEncoding:
         "Number of codes of each categorical input: the vocabularies, then 3 (`#na#`, False, True) for each flag."
         return [len(self.vocabs[c]) for c in self.cat_names] + [3]*len(self.cont_names)
     @property
-    def n_cat(self): return len(self.cat_names) + len(self.cont_names)
+    def columns(self): return [*self.cat_names, *self.cont_names]    # the row layout's owner: categorical, then continuous
+    @property
+    def n_cat(self): return len(self.columns)
     @property
     def n_cont(self): return len(self.cont_names)
 
@@ -103,7 +105,7 @@ class MetaEncoding:
 
     def encode_df(self, df:pd.DataFrame):
         "Encode every row of `df` at once."
-        check_columns(df.columns, self.cat_names + self.cont_names)
+        check_columns(df.columns, self.columns)
         return self.encode(df[self.cat_names].to_numpy(dtype=object), df[self.cont_names].to_numpy(dtype=object), rows=df.index)
 
     def decode(self, x):
@@ -178,7 +180,7 @@ class MetaEncode(DisplayedTransform):
             if getattr(self, 'verbose', True): print(choice_text(self.cat_names, self.cont_names, left_out, len(df), said))
         self.encoding = MetaEncoding.fit(df, self.cat_names, self.cont_names)
         self.encoding.left_out = left_out
-        warn_leaks(df, self.cat_names + self.cont_names, label)
+        warn_leaks(df, self.encoding.columns, label)
 
     @property
     def name(self): return f'MetaEncode -- {self.encoding!r}' if self.encoding is not None else 'MetaEncode'
@@ -186,7 +188,7 @@ class MetaEncode(DisplayedTransform):
     def _positions(self, index):
         "Positions of the metadata columns in a row's `index`, cached per column layout."
         if self._layout is None or not (self._layout[0] is index or self._layout[0].equals(index)):
-            check_columns(index, self.cat_names + self.cont_names)
+            check_columns(index, self.encoding.columns)
             self._layout = (index, index.get_indexer(self.cat_names), index.get_indexer(self.cont_names))
         return self._layout[1:]
 

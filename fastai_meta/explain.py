@@ -175,7 +175,7 @@ def _ablation(attr, model, act, xb, enc, t):
     cols = column_of_position(enc).to(meta.device)[None]
     ab = attr.FeatureAblation(lambda u, *x: act(model(*x, u))).attribute(meta, baselines=blank_row(enc).to(meta)[None], target=t,
                                                                         additional_forward_args=rest, feature_mask=cols)[0]
-    names = [*enc.cat_names, *enc.cont_names]
+    names = enc.columns
     return _largest_first(pd.Series({c: float(ab[int((cols[0] == j).nonzero()[0])]) for j,c in enumerate(names)}))
 
 @patch
@@ -201,7 +201,7 @@ def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=Non
                                                name=layer_name(model[0], ifnone(layer, last_stage(model[0], xb[0]))))
     else: heats = _occlusions(attr, model, act=act, xb=xb, k=k, masked=masked, t=t)
     shown = [None if h is None else tdl.decode((TensorImage(x.cpu()),))[0][0].permute(1, 2, 0).numpy() for x,h in zip(xb[:k], heats)]
-    values = {c: row[c].iloc[0] if c in row else None for c in [*enc.cat_names, *enc.cont_names]}
+    values = {c: row[c].iloc[0] if c in row else None for c in enc.columns}
     return Explanation(shown, heatmaps=heats, meta=_ablation(attr, model, act=act, xb=xb, enc=enc, t=t), pred=vocab[int(dec[0])],
                        probs=dict(zip(vocab, probs[0].tolist())), target=vocab[t], values=values,
                        faithful=deletion_check(model, act=act, xb=xb, k=k, heatmaps=heats, t=t))

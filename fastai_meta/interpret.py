@@ -30,7 +30,7 @@ def meta_importance(self:MetaLearner, dl=None, n_repeats=3, seed=0, show=True):
         with self.no_bar(), self.no_logging(): res = self.validate(dl=self.dls.test_dl(df, with_labels=True), cbs=cbs)
         return res[1] if len(res) > 1 else -res[0]
     enc = meta_encode(self.dls)
-    base, cols, rng = score(items), enc.cat_names + enc.cont_names, np.random.default_rng(seed)
+    base, cols, rng = score(items), enc.columns, np.random.default_rng(seed)
     rows = []
     for c in cols:
         drops = [base - score(items.assign(**{c: rng.permutation(items[c].to_numpy())})) for _ in range(n_repeats)]
@@ -82,7 +82,7 @@ def meta_report(self:MetaLearner, cols=None, dl=None, bins=4, metrics=None, show
     items = ifnone(dl, self.dls.valid).items
     if not isinstance(items, pd.DataFrame): raise TypeError("meta_report needs a DataLoader over DataFrame rows (with their labels).")
     enc, extra = meta_encode(self.dls).encoding, _images_per_row(self.dls, items)
-    cols = list(L(ifnone(cols, enc.cat_names + enc.cont_names + list(extra))))
+    cols = list(L(ifnone(cols, enc.columns + list(extra))))
     check_columns(items.columns, [c for c in cols if c not in extra])
     metrics = L(ifnone(metrics, self.metrics))
     if not metrics: raise ValueError("No metrics to report: pass `metrics=` or give the learner some.")

@@ -208,7 +208,7 @@ class MetaDropout(Callback):
     def __init__(self, p=0.2, per_column=False): store_attr()
     def before_fit(self):
         enc = meta_encode(self.dls).encoding
-        self.blank, self.col_of, self.n_cols = blank_row(enc), column_of_position(enc), len(enc.cat_names) + len(enc.cont_names)
+        self.blank, self.col_of, self.n_cols = blank_row(enc), column_of_position(enc), len(enc.columns)
     def before_batch(self):
         if not self.training or not self.p: return
         x = self.xb[-1]
