@@ -29,8 +29,7 @@ def meta_importance(self:MetaLearner, dl=None, n_repeats=3, seed=0, show=True):
     def score(df, cbs=None):
         with self.no_bar(), self.no_logging(): res = self.validate(dl=self.dls.test_dl(df, with_labels=True), cbs=cbs)
         return res[1] if len(res) > 1 else -res[0]
-    enc = meta_encode(self.dls)
-    base, cols, rng = score(items), enc.columns, np.random.default_rng(seed)
+    base, cols, rng = score(items), meta_encode(self.dls).encoding.columns, np.random.default_rng(seed)
     rows = []
     for c in cols:
         drops = [base - score(items.assign(**{c: rng.permutation(items[c].to_numpy())})) for _ in range(n_repeats)]
