@@ -13,6 +13,7 @@ import shutil, warnings
 warnings.filterwarnings('ignore')
 import pandas as pd, torch
 from fastai_meta.all import *
+from fastai_meta.compare import TABLE
 from lesions import HAM, OUT, load_ham, parser, pretrained_compare
 
 SIIM = HAM.parent/'siim-isic-2020-half'

@@ -21,6 +21,7 @@ from PIL import Image
 from gradio_client import Client, handle_file
 from fastai.vision.all import accuracy, resnet18, set_seed
 from fastai_meta.all import *
+from fastai_meta.app import rank_patient
 from fastai_meta.synth import make_synthetic
 
 OUT = Path(__file__).parent/'results'

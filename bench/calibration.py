@@ -20,6 +20,7 @@ import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from fastai.vision.all import aug_transforms, set_seed
 from fastai_meta.all import *
+from fastai_meta.speed import cpu_bf16_supported
 from lesions import HAM, OUT, load_ham, interval as _ci, parser
 
 def _fold(df, fold, k, a, keep=None):

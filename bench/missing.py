@@ -15,6 +15,7 @@ import matplotlib; matplotlib.use('Agg')
 import numpy as np, pandas as pd
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.crossfit import IMAGE
 from lesions import HAM, OUT, load_ham, parser
 
 META = dict(cat_names=['sex', 'localization'], cont_names=['age'])

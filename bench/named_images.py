@@ -14,6 +14,7 @@ warnings.filterwarnings('ignore')
 import numpy as np, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.model import pooling
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tests'))
 from test_images import small_cnn, views_dls          # the tests' own small CNN and DataLoaders
 

@@ -16,6 +16,8 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from sklearn.metrics import roc_auc_score
 from fastai_meta.all import *
+from fastai_meta.context import fit_stage_two
+from fastai_meta.crossfit import IMAGE, fit_fold
 from lesions import OUT, interval as _ci, parser
 
 SIIM = Path(__file__).resolve().parents[2]/'shared'/'data'/'siim-isic-2020-half'

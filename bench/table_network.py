@@ -19,6 +19,7 @@ import numpy as np, torch
 from fastai.vision.all import *
 from sklearn.metrics import balanced_accuracy_score
 from fastai_meta.all import *
+from fastai_meta.crossfit import fit_fold
 from lesions import HAM, OUT, load_ham
 
 SETTINGS = {'old': dict(wide=False), 'wide': dict(wide=True), 'wide + image_p': dict(wide=True, image_p=0.5)}

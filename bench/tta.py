@@ -13,6 +13,7 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import aug_transforms, partial, set_seed
 from fastai_meta.all import *
+from fastai_meta.crossfit import fit_fold, fold_outputs
 from lesions import HAM, OUT, load_ham, parser
 
 def main(a):

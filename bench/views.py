@@ -13,6 +13,7 @@ import warnings
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai_meta.all import *
+from fastai_meta.crossfit import IMAGE
 from lesions import HAM, OUT, parser, pretrained_compare
 
 def load_lesions(per_class, seed):

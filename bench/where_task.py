@@ -11,6 +11,7 @@ from pathlib import Path
 warnings.filterwarnings('ignore')
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.crossfit import IMAGE, fit_fold
 
 OUT = Path(__file__).parent/'results'
 

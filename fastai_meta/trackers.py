@@ -10,7 +10,7 @@ __all__ = ['tensorboard_log', 'wandb_process', 'MetaWandbCallback']
 # %% ../nbs/03d_trackers.ipynb #72431b18
 from fastai.vision.all import *
 from .encoding import TensorMeta
-from .data import SEVERAL_IMAGES, show_results
+from .show import SEVERAL_IMAGES, show_results
 try:                                  # optional: W&B's callback and its table need wandb
     import wandb
     from fastai.callback.wandb import WandbCallback

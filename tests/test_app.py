@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.forms import form_fields, form_rows
 from conftest import fit_quietly
 from fastai_meta.cli import main
 from PIL import Image

@@ -3,6 +3,7 @@ import warnings
 import numpy as np, pandas as pd, pytest, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.calibrate import calibration_error
 from conftest import meta_dls
 
 def _sampled(n=4000, c=4, seed=0, multi=False):

@@ -5,6 +5,7 @@ from PIL import Image
 from scipy import stats
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.scores import product_of_experts
 import fastai_meta.compare as compare
 from fastai_meta.cli import main
 

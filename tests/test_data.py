@@ -3,6 +3,7 @@ import pickle, warnings
 import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.encoding import MetaRow
 from conftest import meta_dls
 
 def _encode(dls, rows):

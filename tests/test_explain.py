@@ -3,6 +3,8 @@ import sys
 import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.explain import last_stage
+from fastai_meta.model import pooling
 
 @pytest.fixture(scope='module')
 def small(synth):

@@ -3,6 +3,8 @@ import pickle, warnings
 import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.forms import form_rows
+from fastai_meta.model import pooling
 from fastai_meta.images import TensorPresent, ImagesPresent
 
 def small_cnn(pretrained=False):

@@ -2,6 +2,8 @@
 import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.learner import described_args
+from fastai_meta.model import MetaBranch, TargetScale
 from conftest import meta_dls
 
 def test_parts_sit_where_fastai_s_splitters_look(synth):

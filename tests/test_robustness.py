@@ -5,6 +5,7 @@ from hypothesis import given, settings, HealthCheck, strategies as st
 from hypothesis.extra.pandas import column, data_frames, range_indexes
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.encoding import MetaEncode
 from fastai_meta.columns import category_keys
 from conftest import meta_dls
 

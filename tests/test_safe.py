@@ -4,7 +4,7 @@ from unittest import mock
 import numpy as np, pandas as pd, pytest, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.deploy import _digest
+from fastai_meta.description import digest
 from fastai_meta.cli import main
 from safetensors.torch import load_file, save_file
 from conftest import COLS, meta_dls, fit_quietly
@@ -71,7 +71,7 @@ def exported(synth, tmp_path_factory):
 
 def _write(f, desc, tensors, checksum=None):
     d = json.dumps(desc)
-    save_file(tensors, str(f), metadata={'fastai_meta': d, 'checksum': checksum or _digest(d, tensors)})
+    save_file(tensors, str(f), metadata={'fastai_meta': d, 'checksum': checksum or digest(d, tensors)})
     return f
 
 @pytest.mark.parametrize('change, says', [
@@ -98,10 +98,10 @@ def test_a_changed_or_unpinned_file_is_refused(exported, tmp_path):
     f, desc, tensors = exported
     d = dict(desc, meta=dict(desc['meta'], means=[m + 1 for m in desc['meta']['means']]))        # edited, checksum not recomputed
     with pytest.raises(UnsafeFile, match='changed after export'):
-        load_safe(_write(tmp_path/'a.safetensors', d, tensors, checksum=_digest(json.dumps(desc), tensors)))
+        load_safe(_write(tmp_path/'a.safetensors', d, tensors, checksum=digest(json.dumps(desc), tensors)))
     t = dict(tensors); k = next(iter(t)); t[k] = t[k] + 1                                        # weights changed
     with pytest.raises(UnsafeFile, match='changed after export'):
-        load_safe(_write(tmp_path/'b.safetensors', desc, t, checksum=_digest(json.dumps(desc), tensors)))
+        load_safe(_write(tmp_path/'b.safetensors', desc, t, checksum=digest(json.dumps(desc), tensors)))
     save_file(tensors, str(tmp_path/'c.safetensors'))                                            # weights only
     with pytest.raises(UnsafeFile, match='no fastai_meta description'): load_safe(tmp_path/'c.safetensors')
     (tmp_path/'d.safetensors').write_bytes(pickle.dumps({'a': 1}))                               # not safetensors at all

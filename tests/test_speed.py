@@ -3,6 +3,7 @@ import subprocess
 import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.speed import FastTraining, cpu_bf16_supported, has_depthwise
 from conftest import meta_dls, fit_quietly
 
 GPU = torch.cuda.is_available()

@@ -4,6 +4,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.compare import GBM
+from fastai_meta.stage_two import stack_loss
 from fastai_meta.cli import main
 
 @pytest.fixture(scope='module')

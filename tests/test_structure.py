@@ -6,8 +6,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1]/'fastai_meta'
 # The stages, bottom up (nbs/contributing.md draws them): a module may import only the modules listed before it (synth, the
 # synthetic data sets, imports none).
-STAGES = ['sources', 'synth', 'columns', 'encoding', 'images', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner', 'interpret', 'trackers', 'calibrate',
-          'crossfit', 'scores', 'context', 'stack', 'explain', 'compare', 'deploy', 'hub', 'app', 'cli']
+STAGES = ['sources', 'synth', 'columns', 'encoding', 'images', 'show', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner', 'interpret', 'trackers', 'calibrate',
+          'crossfit', 'scores', 'context', 'stage_two', 'stack', 'explain', 'report', 'compare', 'description', 'deploy', 'hub', 'forms', 'app', 'commands', 'cli']
 APART = {'all': set(STAGES), '__init__': set(), '_modidx': set()}   # `all` gathers the stages
 
 def _imports(tree):
@@ -50,6 +50,12 @@ def test_no_call_passes_more_than_five_arguments_by_position():
     long = [f'{name}.py:{n.lineno} {ast.unparse(n.func)}' for name, tree in _modules().items() for n in ast.walk(tree)
             if isinstance(n, ast.Call) and sum(not isinstance(a, ast.Starred) for a in n.args) > 5]
     assert not long, '\n'.join(long)
+
+def test_one_import_gives_what_a_user_calls():
+    "`fastai_meta.all` names what a user calls (at most 101 names, half its first count), no constant and no star import."
+    names = [a.asname or a.name for n in ast.parse((PKG/'all.py').read_text()).body if isinstance(n, ast.ImportFrom) for a in n.names]
+    assert '*' not in names and len(names) <= 101, len(names)
+    assert not [n for n in names if n.isupper()]
 
 def test_fastai_methods_stay_fastai_s():
     "A plain `vision_learner` in a process that imported the library runs fastai's own `fine_tune` and `predict`; a `DataBlock` without a `MetaBlock` takes fastai's own `datasets`."
