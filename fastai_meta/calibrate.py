@@ -24,67 +24,89 @@ from .learner import MetaLearner
 
 # %% ../nbs/03b_calibrate.ipynb #1d179ec2
 class Temperature(Module):
-    "Divide the logits by a temperature `t` fitted after training (Guo et al. 2017); a buffer, so training never changes it."
+    """Divide the logits by a temperature `t` fitted after training (Guo et al. 2017); a buffer, so training never
+    changes it."""
     def __init__(self, t=1.): self.register_buffer('t', torch.tensor(float(t)))
     def forward(self, x): return x / self.t
     def __repr__(self): return f'{type(self).__name__}(t={float(self.t):.3f})'
 
 def _nll(logits, targets, multi):
     "Mean negative log-likelihood of `targets` under `logits` (softmax, or independent sigmoids if `multi`)."
-    return F.binary_cross_entropy_with_logits(logits, targets.float()) if multi else F.cross_entropy(logits, targets.long())
+    return F.binary_cross_entropy_with_logits(logits, targets.float()) if multi else F.cross_entropy(
+        logits, targets.long())
 
 def fit_temperature(logits, targets, multi=False, bounds=(0.05, 20.)):
-    "The temperature in `bounds` that minimises the negative log-likelihood of `targets` given `logits / t` (scipy's bounded search over log t)."
+    """The temperature in `bounds` that minimises the negative log-likelihood of `targets` given `logits / t` (scipy's
+    bounded search over log t)."""
     logits = torch.as_tensor(logits).float()
     with torch.no_grad(): f = lambda lt: float(_nll(logits / np.exp(lt), targets, multi))
     res = minimize_scalar(f, bounds=tuple(np.log(bounds)), method='bounded', options=dict(xatol=1e-4))
     t = float(np.exp(res.x)) if res.fun <= f(0.) else 1.       # never worse than leaving the logits as they are
     if not bounds[0]*1.01 < t < bounds[1]/1.01:
-        warnings.warn(f"The fitted temperature, {t:.3g}, is at the edge of {bounds}: the logits hardly predict these targets "
-                      "(a model no better than chance is calibrated by flattening it). Check the model before trusting its probabilities.")
+        warnings.warn(
+            f"The fitted temperature, {t:.3g}, is at the edge of {bounds}: the logits hardly predict these targets "
+            "(a model no better than chance is calibrated by flattening it). Check the model before trusting its probabilities."
+        )
     return t
 
 # %% ../nbs/03b_calibrate.ipynb #f1dd57ea
 def calibration_error(probs, targets, n_bins=15):
-    "Expected calibration error (L1, `n_bins` equal-width bins; torchmetrics) of class probabilities `probs` (multi-class) or of each label's `probs` pooled (multi-label)."
+    """Expected calibration error (L1, `n_bins` equal-width bins; torchmetrics) of class probabilities `probs`
+    (multi-class) or of each label's `probs` pooled (multi-label)."""
     probs, targets = torch.as_tensor(probs).float(), torch.as_tensor(targets)
-    if targets.ndim == 2: return float(binary_calibration_error(probs.flatten(), targets.flatten().long(), n_bins=n_bins, norm='l1'))
-    return float(multiclass_calibration_error(probs, targets.long(), num_classes=probs.shape[1], n_bins=n_bins, norm='l1'))
+    if targets.ndim == 2:
+        return float(binary_calibration_error(probs.flatten(), targets.flatten().long(), n_bins=n_bins, norm='l1'))
+    return float(
+        multiclass_calibration_error(probs, targets.long(), num_classes=probs.shape[1], n_bins=n_bins, norm='l1'))
 
 def ExpectedCalibrationError(n_bins=15, multi=False):
-    "A fastai metric of the expected calibration error, e.g. per subgroup with `meta_report(metrics=[ExpectedCalibrationError()])`."
+    """A fastai metric of the expected calibration error, e.g. per subgroup with
+    `meta_report(metrics=[ExpectedCalibrationError()])`."""
     act = ActivationType.Sigmoid if multi else ActivationType.Softmax
-    return AccumMetric(partial(calibration_error, n_bins=n_bins), activation=act, dim_argmax=-1, flatten=False, name='ece')
+    return AccumMetric(partial(calibration_error, n_bins=n_bins), activation=act, dim_argmax=-1, flatten=False,
+                       name='ece')
 
 def reliability(probs, targets, n_bins=15, strategy='uniform'):
-    "Points of a reliability diagram: mean confidence and accuracy of the top class in each non-empty bin (scikit-learn's `calibration_curve`; `strategy='quantile'`: bins of equal counts), with the bins' counts."
+    """Points of a reliability diagram: mean confidence and accuracy of the top class in each non-empty bin
+    (scikit-learn's `calibration_curve`; `strategy='quantile'`: bins of equal counts), with the bins' counts."""
     probs, targets = torch.as_tensor(probs).float(), torch.as_tensor(targets)
     if targets.ndim == 2: conf, hit = probs.flatten().numpy(), targets.flatten().numpy()
     else: conf, hit = probs.max(1).values.numpy(), (probs.argmax(1) == targets).numpy()
     acc, mean_conf = calibration_curve(hit.astype(int), conf, n_bins=n_bins, strategy=strategy)
-    edges = np.percentile(conf, np.linspace(0, 100, n_bins + 1)) if strategy == 'quantile' else np.linspace(0, 1, n_bins + 1)
+    edges = np.percentile(conf, np.linspace(0, 100, n_bins +
+                                            1)) if strategy == 'quantile' else np.linspace(0, 1, n_bins + 1)
     counts = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=n_bins)   # sklearn's bins
     return mean_conf, acc, counts[counts > 0]
 
 # %% ../nbs/03b_calibrate.ipynb #9d13d2a4
 class Calibration:
-    "What `Learner.calibrate` fitted and measured: the temperature, and calibration error and log-likelihood before and after, on `n` rows."
+    """What `Learner.calibrate` fitted and measured: the temperature, and calibration error and log-likelihood before
+    and after, on `n` rows."""
     def __init__(self, temperature, before, after, targets, n_bins=15):
         store_attr('temperature,before,after,targets,n_bins')
         self.ece_before, self.ece_after = (calibration_error(p, targets, n_bins) for p in (before, after))
         self.nll_before, self.nll_after = (_nll_probs(p, targets) for p in (before, after))
         self.n = len(targets)
     def __repr__(self):
-        return (f'{type(self).__name__}(temperature={self.temperature:.3f}, ECE {self.ece_before:.3f} -> {self.ece_after:.3f} '
-                f'NLL {self.nll_before:.3f} -> {self.nll_after:.3f}, on {self.n} rows)')
+        return (
+            f'{type(self).__name__}(temperature={self.temperature:.3f}, ECE {self.ece_before:.3f} -> {self.ece_after:.3f} '
+            f'NLL {self.nll_before:.3f} -> {self.nll_after:.3f}, on {self.n} rows)')
     def plot(self, ax=None, n_bins=None):
-        "Reliability diagram before and after: accuracy against confidence in `n_bins` bins of equal counts (default: one per 50 rows, 3 to `self.n_bins`), each with its 95 % interval; the diagonal is perfect calibration."
+        """Reliability diagram before and after: accuracy against confidence in `n_bins` bins of equal counts (default:
+        one per 50 rows, 3 to `self.n_bins`), each with its 95 % interval; the diagonal is perfect calibration."""
         if ax is None: ax = plt.subplots(figsize=(4, 4))[1]
         ax.plot([0, 1], [0, 1], 'k--', lw=1, label='perfectly calibrated')
-        for p, nm, e in ((self.before, 'before', self.ece_before), (self.after, f'after (T={self.temperature:.2f})', self.ece_after)):
-            conf, acc, n = reliability(p, self.targets, ifnone(n_bins, max(3, min(self.n_bins, self.n // 50))), strategy='quantile')
-            ax.errorbar(conf, acc, yerr=1.96*np.sqrt(acc*(1 - acc)/n), fmt='o-', capsize=2, label=f'{nm}: ECE {e:.3f}')   # binomial, normal approximation
-        ax.set_xlabel('confidence'); ax.set_ylabel('accuracy'); ax.legend(fontsize=8); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
+        for p, nm, e in ((self.before, 'before', self.ece_before), (self.after, f'after (T={self.temperature:.2f})',
+                                                                    self.ece_after)):
+            conf, acc, n = reliability(p, self.targets, ifnone(n_bins, max(3, min(self.n_bins, self.n // 50))),
+                                       strategy='quantile')
+            # binomial, normal approximation
+            ax.errorbar(conf, acc, yerr=1.96*np.sqrt(acc*(1 - acc)/n), fmt='o-', capsize=2, label=f'{nm}: ECE {e:.3f}')
+        ax.set_xlabel('confidence')
+        ax.set_ylabel('accuracy')
+        ax.legend(fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
         return ax
 
 def _nll_probs(probs, targets):
@@ -101,10 +123,12 @@ def _is_multi(targets):
 
 @patch
 def calibrate(self:MetaLearner, dl=None, n_bins=15):
-    "Fit temperature scaling on `dl` (default: the validation set), held in the model (and its exports) as `model.temp`; returns a `Calibration` report."
+    """Fit temperature scaling on `dl` (default: the validation set), held in the model (and its exports) as
+    `model.temp`; returns a `Calibration` report."""
     if 'temp' in self.model._modules: del self.model._modules['temp']      # refit from the raw logits
     dl = ifnone(dl, self.dls.valid)
-    if not len(dl.dataset): raise ValueError("No rows to calibrate on: the validation set is empty; pass `dl=` with held-out rows.")
+    if not len(dl.dataset):
+        raise ValueError("No rows to calibrate on: the validation set is empty; pass `dl=` with held-out rows.")
     with self.no_bar(), self.no_logging(): logits, targets = self.get_preds(dl=dl, act=noop)
     logits, targets = logits.float().as_subclass(Tensor), targets.as_subclass(Tensor)
     multi = _is_multi(targets)
@@ -115,29 +139,37 @@ def calibrate(self:MetaLearner, dl=None, n_bins=15):
 
 # %% ../nbs/03b_calibrate.ipynb #932ad1b2
 def operating_point(probs, targets, idx, sensitivity=0.95):
-    "The highest threshold on class `idx`'s probability at which its recall in `targets` reaches `sensitivity` (scikit-learn's `roc_curve`), with the recall, its 95 % interval and the specificity there."
+    """The highest threshold on class `idx`'s probability at which its recall in `targets` reaches `sensitivity`
+    (scikit-learn's `roc_curve`), with the recall, its 95 % interval and the specificity there."""
     probs, targets = torch.as_tensor(probs).float(), torch.as_tensor(targets)
     y = (targets[:, idx] if targets.ndim == 2 else targets == idx).numpy().astype(int)
     n_pos = int(y.sum())
-    if not 0 < n_pos < len(y): raise ValueError(f"Class {idx} has {n_pos} of {len(y)} rows here: a threshold needs both positives and negatives.")
+    if not 0 < n_pos < len(y):
+        raise ValueError(
+            f"Class {idx} has {n_pos} of {len(y)} rows here: a threshold needs both positives and negatives.")
     if not 0 < sensitivity <= 1: raise ValueError(f"`sensitivity` is a fraction in (0, 1], got {sensitivity}.")
     fpr, tpr, thr = roc_curve(y, probs[:, idx].numpy(), drop_intermediate=False)
     i = int(np.flatnonzero(tpr >= sensitivity - 1e-12)[0])
     k = int(round(tpr[i] * n_pos))
     ci = binomtest(k, n_pos).proportion_ci(0.95)
-    if n_pos < 30: warnings.warn(f"The threshold is chosen from {n_pos} positive rows only: its sensitivity on new data is uncertain "
-                                 f"(95 % interval {ci.low:.2f} to {ci.high:.2f}).")
-    return dict(threshold=float(min(thr[i], 1.)), sensitivity=float(tpr[i]), sensitivity_ci=(float(ci.low), float(ci.high)),
-                specificity=float(1 - fpr[i]), n_pos=n_pos, n=len(y))
+    if n_pos < 30:
+        warnings.warn(
+            f"The threshold is chosen from {n_pos} positive rows only: its sensitivity on new data is uncertain "
+            f"(95 % interval {ci.low:.2f} to {ci.high:.2f}).")
+    return dict(threshold=float(min(thr[i], 1.)), sensitivity=float(tpr[i]),
+                sensitivity_ci=(float(ci.low), float(ci.high)), specificity=float(1 - fpr[i]), n_pos=n_pos, n=len(y))
 
 def decide_at(probs, idx, threshold):
-    "Each row's class under probabilities `probs` (rows): `idx` wherever its probability reaches `threshold`, else the likeliest other class."
+    """Each row's class under probabilities `probs` (rows): `idx` wherever its probability reaches `threshold`, else
+    the likeliest other class."""
     others = probs.clone()
     others[..., idx] = -1.
-    return torch.where(probs[..., idx] >= threshold, torch.full_like(others[..., 0], idx, dtype=torch.long), others.argmax(-1))
+    return torch.where(probs[..., idx] >= threshold, torch.full_like(others[..., 0], idx, dtype=torch.long),
+                       others.argmax(-1))
 
 class OperatingPoint(WrappedLoss):
-    "`loss_func`, decoding at a decision threshold: class `idx` wherever its probability reaches `threshold` (else the likeliest other class; for several labels, that label alone)."
+    """`loss_func`, decoding at a decision threshold: class `idx` wherever its probability reaches `threshold` (else
+    the likeliest other class; for several labels, that label alone)."""
     def __init__(self, loss_func, idx, threshold, multi=False, target=None):
         super().__init__(loss_func); store_attr('idx,threshold,multi,target')
     def decodes(self, x):
@@ -150,12 +182,15 @@ class OperatingPoint(WrappedLoss):
 
 @patch
 def set_operating_point(self:MetaLearner, cls, sensitivity=0.95, dl=None):
-    "Decide class `cls` (a name of the vocabulary) whenever its probability reaches the threshold that gives `sensitivity` on `dl` (default: validation); `predict`, `get_preds(with_decoded=True)`, exports, the CLI and the app use it."
+    """Decide class `cls` (a name of the vocabulary) whenever its probability reaches the threshold that gives
+    `sensitivity` on `dl` (default: validation); `predict`, `get_preds(with_decoded=True)`, exports, the CLI and the
+    app use it."""
     idx = class_index(getattr(self.dls, 'vocab', None) or [], cls)
     loss = self.loss_func.loss_func if isinstance(self.loss_func, OperatingPoint) else self.loss_func
     self.loss_func = loss
     with self.no_bar(), self.no_logging(): probs, targets = self.get_preds(dl=ifnone(dl, self.dls.valid))
     targets = targets.as_subclass(Tensor)
     res = operating_point(probs.as_subclass(Tensor), targets, idx, sensitivity)
-    self.loss_func = OperatingPoint(loss, idx, res['threshold'], multi=_is_multi(targets), target=dict(cls=str(cls), sensitivity=sensitivity))
+    self.loss_func = OperatingPoint(loss, idx, res['threshold'], multi=_is_multi(targets),
+                                    target=dict(cls=str(cls), sensitivity=sensitivity))
     return dict(cls=str(cls), target=sensitivity, **res)

@@ -9,7 +9,8 @@ __all__ = ['main']
 
 # %% ../nbs/04_cli.ipynb #6c3e0fbe
 import argparse, inspect, json, os, sys, warnings
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)   # fastai.layers, at import
+# fastai.layers, at import
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 from fastai.vision.all import *
 from . import __version__
 from .learner import run_demo
@@ -22,7 +23,9 @@ class _ShowDefaults(argparse.HelpFormatter):
     "Help that shows each option's default, where it has one and its help does not already say it."
     def _get_help_string(self, action):
         h = action.help or ''
-        if action.default is None or action.default is False or action.default in ('', argparse.SUPPRESS) or 'default' in h or not action.option_strings: return h
+        if action.default is None or action.default is False or action.default in (
+                '', argparse.SUPPRESS) or 'default' in h or not action.option_strings:
+            return h
         return h + ' (default: %(default)s)'
 
 def _data_options(t):
@@ -30,28 +33,40 @@ def _data_options(t):
     t.add_argument('csv', help='a table with one row per image: its file name, metadata columns and label')
     t.add_argument('images', help='folder the file names are relative to')
     t.add_argument('--label', required=True, help='the label column')
-    t.add_argument('--fname-col', '--image-cols', dest='fname_col', nargs='+', default=['fname'],
-                   help='the column of image file names; several columns: several images per row (a close-up, an overview)')
-    t.add_argument('--image-sep', help="separator of several file names in one cell (e.g. ';'): all of a row's images are used")
+    t.add_argument(
+        '--fname-col', '--image-cols', dest='fname_col', nargs='+', default=['fname'],
+        help='the column of image file names; several columns: several images per row (a close-up, an overview)')
+    t.add_argument('--image-sep',
+                   help="separator of several file names in one cell (e.g. ';'): all of a row's images are used")
     t.add_argument('--suff', help="appended to each file name (e.g. '.jpg')")
     t.add_argument('--cat', nargs='*', help='categorical columns (default: inferred, and printed)')
     t.add_argument('--cont', nargs='*', help='continuous columns (default: inferred, and printed)')
-    t.add_argument('--exclude', nargs='*', help='columns never to use as metadata (an id, a column recorded after the diagnosis)')
+    t.add_argument('--exclude', nargs='*',
+                   help='columns never to use as metadata (an id, a column recorded after the diagnosis)')
     t.add_argument('--group-col', help='keep each value of this column (patient, lesion) on one side of the split')
     t.add_argument('--seed', type=int, help='random seed (split, training)')
     t.add_argument('--arch', help='a torchvision/fastai arch name, or a timm model name')
     t.add_argument('--epochs', type=int, help='epochs (of fine_tune when pretrained, else of fit_one_cycle)')
     t.add_argument('--size', type=int, help='images are resized to this many pixels')
     t.add_argument('--bs', type=int, help='batch size')
-    t.add_argument('--lr', type=float, help='learning rate (default: 3e-3 for a pretrained timm body, 2e-3 for a torchvision one, 1e-2 from scratch)')
-    t.add_argument('--pretrained', action='store_true', help='start from pretrained weights (needs them cached or online)')
+    t.add_argument(
+        '--lr', type=float,
+        help='learning rate (default: 3e-3 for a pretrained timm body, 2e-3 for a torchvision one, 1e-2 from scratch)'
+    )
+    t.add_argument('--pretrained', action='store_true',
+                   help='start from pretrained weights (needs them cached or online)')
     t.add_argument('--weights', help='a local file of pretrained weights for the body (e.g. from offline_weights)')
     return t
 
 
 def _defaults_from(f, p):
-    "The parser `p` with its options' defaults read from the signature of `f`, the function its command calls: one place for each."
-    p.set_defaults(**{k: v.default for k,v in inspect.signature(f).parameters.items() if v.default is not inspect.Parameter.empty and k != 'runner'})
+    """The parser `p` with its options' defaults read from the signature of `f`, the function its command calls: one
+    place for each."""
+    p.set_defaults(
+        **{
+            k: v.default for k, v in inspect.signature(f).parameters.items()
+            if v.default is not inspect.Parameter.empty and k != 'runner'
+        })
     return p
 
 def _parser():
@@ -60,57 +75,108 @@ def _parser():
     p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='cmd', required=True)
     add = partial(sub.add_parser, formatter_class=_ShowDefaults)
-    d = _defaults_from(run_demo, add('demo', help='train image-only and image+metadata models on synthetic data; print both scores'))
+    d = _defaults_from(
+        run_demo, add('demo', help='train image-only and image+metadata models on synthetic data; print both scores'))
     d.add_argument('--n', type=int, help='synthetic images to make')
     d.add_argument('--epochs', type=int, help='training epochs of each model')
     d.add_argument('--arch', help='a torchvision/fastai arch name, or a timm model name')
     d.add_argument('--seed', type=int, help='random seed (data, split, training)')
     d.add_argument('--json', help='also write the scores to this file')
-    t = _defaults_from(train_csv, runner_options(_data_options(add('train', help='train on a CSV of file names and metadata; export the learner'))))
-    t.add_argument('--task', choices=['auto', 'classification', 'multilabel', 'regression'],
-                   help='auto: multilabel with --label-delim, regression for a float (or many-valued integer) label, else classification')
+    t = _defaults_from(
+        train_csv,
+        runner_options(
+            _data_options(add('train', help='train on a CSV of file names and metadata; export the learner'))))
+    t.add_argument(
+        '--task', choices=['auto', 'classification', 'multilabel', 'regression'], help=
+        'auto: multilabel with --label-delim, regression for a float (or many-valued integer) label, else classification'
+    )
     t.add_argument('--label-delim', help='separator of several labels in one cell (multi-label)')
     t.add_argument('--valid-col', help='boolean column marking validation rows')
     t.add_argument('--valid-pct', type=float, help='share of rows held out')
     t.add_argument('--fusion', help='concat, film, metanet, metablock or csf')
-    t.add_argument('--calibrate', action='store_true', help='fit temperature scaling on the validation rows (calibrated probabilities)')
-    t.add_argument('--operating-point', metavar='CLASS=SENSITIVITY', help='decide CLASS whenever its probability reaches the threshold that gives this sensitivity on the validation rows (e.g. mel=0.95)')
-    t.add_argument('--out', help='where to export the trained learner: .safetensors (no pickle) or .pkl (fastai\'s export)')
-    t.add_argument('--context-col', help="patient context (the 'ugly duckling'): each image judged against the other images of its value of this column (the patient)")
-    t.add_argument('--context-folds', '--folds', dest='context_folds', type=int, help='with --context-col or --stack: networks cross-fitted over this many folds (of patients)')
-    t.add_argument('--stack', action='store_true', help='a stack: networks cross-fitted over the folds, then a table model, a linear model and a boosted model on their out-of-fold outputs, weighted by their out-of-fold loss (stack_learner)')
-    c = _defaults_from(compare_csv, runner_options(_data_options(add('compare', help='does the metadata help? image only against fusions, on the same grouped folds'))))
-    c.add_argument('--fusions', nargs='+', help="fusions to compare with image only (concat, film, metanet, metablock, csf), 'context': patient context, and 'stack': stack_learner (with --context-col: with the patient context)")
-    c.add_argument('--context-col', help="the patient column of the 'context' model (default: --group-col), and of the stack's context")
-    c.add_argument('--context-folds', type=int, help="the 'context' model's and the stack's networks: this many per fold")
+    t.add_argument('--calibrate', action='store_true',
+                   help='fit temperature scaling on the validation rows (calibrated probabilities)')
+    t.add_argument(
+        '--operating-point', metavar='CLASS=SENSITIVITY', help=
+        'decide CLASS whenever its probability reaches the threshold that gives this sensitivity on the validation rows (e.g. mel=0.95)'
+    )
+    t.add_argument('--out',
+                   help='where to export the trained learner: .safetensors (no pickle) or .pkl (fastai\'s export)')
+    t.add_argument(
+        '--context-col', help=
+        "patient context (the 'ugly duckling'): each image judged against the other images of its value of this column (the patient)"
+    )
+    t.add_argument('--context-folds', '--folds', dest='context_folds', type=int,
+                   help='with --context-col or --stack: networks cross-fitted over this many folds (of patients)')
+    t.add_argument(
+        '--stack', action='store_true', help=
+        'a stack: networks cross-fitted over the folds, then a table model, a linear model and a boosted model on their out-of-fold outputs, weighted by their out-of-fold loss (stack_learner)'
+    )
+    c = _defaults_from(
+        compare_csv,
+        runner_options(
+            _data_options(
+                add('compare',
+                    help='does the metadata help? image only against fusions, on the same grouped folds'))))
+    c.add_argument(
+        '--fusions', nargs='+', help=
+        "fusions to compare with image only (concat, film, metanet, metablock, csf), 'context': patient context, and 'stack': stack_learner (with --context-col: with the patient context)"
+    )
+    c.add_argument(
+        '--context-col',
+        help="the patient column of the 'context' model (default: --group-col), and of the stack's context")
+    c.add_argument('--context-folds', type=int,
+                   help="the 'context' model's and the stack's networks: this many per fold")
     c.add_argument('--folds', type=int, help='cross-validation folds (grouped by --group-col)')
     c.add_argument('--task', choices=['auto', 'classification', 'regression'],
                    help='auto: regression for a float (or many-valued integer) label, else classification')
-    c.add_argument('--metric', choices=['accuracy', 'balanced_accuracy', 'roc_auc', 'average_precision', 'mae', 'rmse', 'mape', 'r2'],
-                   help='the score the verdict leads with (default: ROC AUC for two classes of which one is under 20 %%, else balanced accuracy; MAE for a regression)')
+    c.add_argument(
+        '--metric',
+        choices=['accuracy', 'balanced_accuracy', 'roc_auc', 'average_precision', 'mae', 'rmse', 'mape', 'r2'], help=
+        'the score the verdict leads with (default: ROC AUC for two classes of which one is under 20 %%, else balanced accuracy; MAE for a regression)'
+    )
     c.add_argument('--seeds', type=int, help='repeat the cross-validation with this many seeds (other folds each time)')
-    c.add_argument('--out', help='folder for compare.json, compare.md and compare.png (a run there with the same options resumes)')
+    c.add_argument(
+        '--out',
+        help='folder for compare.json, compare.md and compare.png (a run there with the same options resumes)')
     q = add('predict', help='predict every row of a CSV with an exported learner; one row out per row in')
-    q.add_argument('model', help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)')
+    q.add_argument(
+        'model',
+        help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)'
+    )
     q.add_argument('csv', help='a table with the columns used in training (the label may be absent)')
     q.add_argument('images', help='folder the file names are relative to')
     q.add_argument('--suff', help="appended to each file name (default: as in training)")
     q.add_argument('--out', default='predictions.csv', help='where to write one row per input row')
-    q.add_argument('--tta', action='store_true', help="test-time augmentation: average the predictions over the training augmentations (fastai's tta)")
-    w = add('app', help="serve a local web app for an exported learner: an image (a patient-context model: the patient's images), a form generated from its metadata, the prediction")
-    w.add_argument('model', help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)')
-    w.add_argument('--host', default='127.0.0.1', help='address to serve on (127.0.0.1: this machine only; 0.0.0.0: the network)')
+    q.add_argument(
+        '--tta', action='store_true',
+        help="test-time augmentation: average the predictions over the training augmentations (fastai's tta)")
+    w = add(
+        'app', help=
+        "serve a local web app for an exported learner: an image (a patient-context model: the patient's images), a form generated from its metadata, the prediction"
+    )
+    w.add_argument(
+        'model',
+        help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)'
+    )
+    w.add_argument('--host', default='127.0.0.1',
+                   help='address to serve on (127.0.0.1: this machine only; 0.0.0.0: the network)')
     w.add_argument('--port', type=int, default=7860, help='port to serve on')
-    w.add_argument('--share', action='store_true', help="also ask Gradio for a public link (off: keep patient data on this machine)")
-    w.add_argument('--rank-by', help="a patient-context model: the class its patient's images are ranked by (default: the operating point's, or the second of two)")
+    w.add_argument('--share', action='store_true',
+                   help="also ask Gradio for a public link (off: keep patient data on this machine)")
+    w.add_argument(
+        '--rank-by', help=
+        "a patient-context model: the class its patient's images are ranked by (default: the operating point's, or the second of two)"
+    )
     return p
 
 def _predict_command(a):
     "Run `predict`; exit code 1 when any row could not be predicted."
     table = predict_csv(a.model, a.csv, a.images, a.out, a.suff, tta=a.tta)
     bad = table.error.dropna()
-    print(f"{len(table) - len(bad)} of {len(table)} rows predicted" + (f"; {len(bad)} not (reason in the 'error' column)" if len(bad) else '')
-          + f'; written to {Path(a.out).resolve()}')
+    print(f"{len(table) - len(bad)} of {len(table)} rows predicted" +
+          (f"; {len(bad)} not (reason in the 'error' column)" if len(bad) else '') +
+          f'; written to {Path(a.out).resolve()}')
     for i,e in list(bad.items())[:5]: print(f'row {i!r} not predicted: {e}', file=sys.stderr)
     if len(bad) > 5: print(f'... and {len(bad) - 5} more rows', file=sys.stderr)
     return 1 if len(bad) else 0
@@ -118,7 +184,8 @@ def _predict_command(a):
 def _app_command(a):
     "Run `app`: load the model (a `CLIError` if it cannot be) and serve it until interrupted."
     learn = load_model(a.model)
-    print(f"Serving {a.model} on http://{a.host}:{a.port}" + (' and a public Gradio link' if a.share else ' (this machine only)' if a.host == '127.0.0.1' else ''))
+    print(f"Serving {a.model} on http://{a.host}:{a.port}" +
+          (' and a public Gradio link' if a.share else ' (this machine only)' if a.host == '127.0.0.1' else ''))
     try: app = meta_app(learn, title=f'fastai_meta: {Path(a.model).name}', rank_by=a.rank_by)
     except ImportError as e: raise CLIError(f"the app needs gradio: pip install 'fastai_meta[app]' ({e})") from e
     except ValueError as e: raise CLIError(str(e)) from e
@@ -142,7 +209,8 @@ def main(argv=None):
         elif a.cmd == 'train':
             _by_name(train_csv, a, fname_col=fname, runner=runner_for(a.workers, a.ray_address, a.gpus_per_job))
             print(f'exported to {Path(a.out).resolve()}')
-        elif a.cmd == 'compare': _by_name(compare_csv, a, fname_col=fname, runner=runner_for(a.workers, a.ray_address, a.gpus_per_job))
+        elif a.cmd == 'compare':
+            _by_name(compare_csv, a, fname_col=fname, runner=runner_for(a.workers, a.ray_address, a.gpus_per_job))
         elif a.cmd == 'app': _app_command(a)
         else: return _predict_command(a)
     except CLIError as e:

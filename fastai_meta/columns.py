@@ -21,7 +21,8 @@ NA = '#na#'
 _BOOL_TEXT = {'true': 'True', 'false': 'False'}
 
 def _canon(v):
-    "Vocabulary key of one non-missing category value: integral numbers as ints, text stripped, 'true'/'FALSE' as booleans."
+    """Vocabulary key of one non-missing category value: integral numbers as ints, text stripped, 'true'/'FALSE' as
+    booleans."""
     if isinstance(v, (bool, np.bool_)): return str(bool(v))
     if isinstance(v, (float, np.floating)) and float(v).is_integer(): return str(int(v))
     v = str(v).strip()
@@ -34,10 +35,13 @@ def is_missing(values):
     return mask | np.array([isinstance(v, str) and not v.strip() for v in vals], dtype=bool).reshape(mask.shape)
 
 def distinct_codes(values):
-    "Codes of `values` into their distinct values (-1 for None/NaN), and those values: python work per distinct value, not per row."
+    """Codes of `values` into their distinct values (-1 for None/NaN), and those values: python work per distinct
+    value, not per row."""
     vals = np.asarray(values, dtype=object).ravel()
-    if pd.api.types.infer_dtype(vals, skipna=True) in ('mixed', 'mixed-integer'):   # True == 1 would merge: tell types apart
-        vals = np.array([(type(v), v) if isinstance(v, (bool, np.bool_)) else v for v in vals] + [()], dtype=object)[:-1]
+    # True == 1 would merge: tell types apart
+    if pd.api.types.infer_dtype(vals, skipna=True) in ('mixed', 'mixed-integer'):
+        vals = np.array([(type(v), v) if isinstance(v, (bool, np.bool_)) else v for v in vals] + [()],
+                        dtype=object)[:-1]
     codes, uniq = pd.factorize(vals)
     return codes, np.array([u[1] if isinstance(u, tuple) else u for u in uniq] + [()], dtype=object)[:-1]
 
@@ -50,12 +54,19 @@ def category_keys(values):
 # %% ../nbs/00_columns.ipynb #63ae9ca2
 _PATHS = r'[\\/]|\.(?:jpe?g|png|tiff?|bmp|gif|webp|dcm|nii|npy|npz)$'
 _ID_WORDS = re.compile(r'(?:^|_)(?:id|ids|idx|uid|uuid|guid|identifier|mrn|accession)(?:_|$)|_(?:no|nr)$')
-_PLACE_WORDS = re.compile(r'(?:^|_)(?:site|sites|centre|center|hospital|clinic|scanner|camera|device|machine|station|region|country)(?:_|$)')
+_PLACE_WORDS = re.compile(
+    r'(?:^|_)(?:site|sites|centre|center|hospital|clinic|scanner|camera|device|machine|station|region|country)(?:_|$)'
+)
 _CODE_WORDS = re.compile(r'(?:^|_)(?:zip|zipcode|postcode|postal|code|codes|icd|icd9|icd10|cpt|fips|sic|naics)(?:_|$)')
-_SPLIT_WORDS = re.compile(r'^(?:(?:data_?)?(?:split|splits|fold|folds|kfold|set|subset|partition)|cv_fold|is_(?:train|test|val|valid))$')
-_SPLIT_VALUES = {'train', 'training', 'trn', 'valid', 'validation', 'val', 'test', 'testing', 'tst', 'dev', 'holdout', 'eval'}
-_PREFIXED = re.compile(r'^[A-Za-z]*[_\-:]?\d{3,}$')                     # 'ISIC_0024306', 'IP_7279968', 'P00123', '000123'
-_HASHED = re.compile(r'^(?=.*\d)(?=.*[a-f])[0-9a-f]{8,}$|^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', re.I)
+_SPLIT_WORDS = re.compile(
+    r'^(?:(?:data_?)?(?:split|splits|fold|folds|kfold|set|subset|partition)|cv_fold|is_(?:train|test|val|valid))$')
+_SPLIT_VALUES = {
+    'train', 'training', 'trn', 'valid', 'validation', 'val', 'test', 'testing', 'tst', 'dev', 'holdout', 'eval'
+}
+# 'ISIC_0024306', 'IP_7279968', 'P00123', '000123'
+_PREFIXED = re.compile(r'^[A-Za-z]*[_\-:]?\d{3,}$')
+_HASHED = re.compile(
+    r'^(?=.*\d)(?=.*[a-f])[0-9a-f]{8,}$|^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', re.I)
 
 def _snake(name):
     "`name` in lower snake case: 'patientID' -> 'patient_id', 'Image Id' -> 'image_id'."
@@ -77,7 +88,8 @@ def _integers(s):
     return ok.astype('int64') if np.all(np.mod(ok, 1) == 0) else None
 
 def _group_code(s):
-    "Whether the whole numbers `s` are named as a place or device (`site_id`, `scanner`) or a code (`zipcode`, `icd10`)."
+    """Whether the whole numbers `s` are named as a place or device (`site_id`, `scanner`) or a code (`zipcode`,
+    `icd10`)."""
     name = _snake(s.name)
     return bool(_CODE_WORDS.search(name) or _PLACE_WORDS.search(name)) and _integers(s) is not None
 
@@ -89,16 +101,19 @@ def _split_like(s):
     return None
 
 def _id_like(s):
-    "Why the column `s` (training rows) looks like an identifier, or `None`: its name, prefixed or hashed text, or unique integers with no magnitude."
+    """Why the column `s` (training rows) looks like an identifier, or `None`: its name, prefixed or hashed text, or
+    unique integers with no magnitude."""
     ok = _present(s)
     n, k = len(ok), len(set(category_keys(ok)))
-    if _ID_WORDS.search(_snake(s.name)):                                   # `site_id` with a few values is a place, not an id
+    # `site_id` with a few values is a place, not an id
+    if _ID_WORDS.search(_snake(s.name)):
         return None if _PLACE_WORDS.search(_snake(s.name)) and k <= max(20, np.sqrt(n)) else 'an id: its name says so'
     if k < 20: return None
     count = f'{k:,} distinct values in {n:,} rows'
     if is_number(s):
         ints = _integers(s)
-        if ints is None: return None                                       # measured values: many distinct ones are expected
+        # measured values: many distinct ones are expected
+        if ints is None: return None
         if k < 0.9*n: return None                                          # values that repeat: counts, areas, doses
         if abs(pd.Series(ints).corr(pd.Series(np.arange(n)), method='spearman')) > 0.99:
             return f'an id: {count}, numbered in the order of the rows'
@@ -108,12 +123,14 @@ def _id_like(s):
     text = pd.Series(ok.astype(str)).str.strip()
     if (text.str.match(_HASHED).mean() > 0.9) and k >= 0.5*n: return f'an id: {count}, hash-like'
     if text.str.match(_PREFIXED).mean() > 0.9 and (k >= 0.5*n or k > 2*np.sqrt(n)):
-        return f'an id: {count}, a prefix and digits' + ('' if k >= 0.5*n else ' (more than 2√n: their number grows with the table)')
+        return f'an id: {count}, a prefix and digits' + ('' if k >= 0.5 *
+                                                         n else ' (more than 2√n: their number grows with the table)')
     if k >= 0.9*n: return f'an id: {count}, a different one on almost every row'
     return None
 
 def _unusable(s):
-    "Why the column `s` (training rows) cannot be metadata (empty, constant, dates, file paths, a split, an id), or `None`."
+    """Why the column `s` (training rows) cannot be metadata (empty, constant, dates, file paths, a split, an id), or
+    `None`."""
     ok = _present(s)
     if not len(ok): return 'all missing'
     if len(set(category_keys(ok))) == 1: return 'constant on the training rows'
@@ -129,20 +146,25 @@ def _is_classes(y):
 
 def _levels(x, bins=10):
     "Keys of the column `x`: its categories, or for many-valued numbers their quantile bin."
-    if is_number(x) and x.nunique() > bins: return pd.qcut(x.astype('float64'), bins, duplicates='drop').astype(str).to_numpy(dtype=object)
+    if is_number(x) and x.nunique() > bins:
+        return pd.qcut(x.astype('float64'), bins, duplicates='drop').astype(str).to_numpy(dtype=object)
     return category_keys(x.to_numpy(dtype=object))
 
 def _determines(keys, y):
-    "Whether the label `y` is a function of `keys` (the values seen twice or more, covering half the rows or more), with examples."
+    """Whether the label `y` is a function of `keys` (the values seen twice or more, covering half the rows or more),
+    with examples."""
     d = pd.DataFrame({'k': keys, 'y': y})
     g = d.groupby('k').y.agg(['nunique', 'size', 'first'])
     shared = g[g['size'] >= 2]
-    if not (shared['size'].sum() >= 0.5*len(d) and (shared['nunique'] == 1).all() and shared['first'].nunique() > 1): return None
+    if not (shared['size'].sum() >= 0.5 * len(d) and
+            (shared['nunique'] == 1).all() and shared['first'].nunique() > 1):
+        return None
     top = shared.sort_values('size', ascending=False).head(3)
     return ', '.join(f'{k!r} → {v!r}' for k,v in top['first'].items())
 
 def _pure_level(keys, y, n_min=10, alpha=1e-10):
-    "The value of `keys` on `n_min` rows or more whose label never varies, least likely by chance (below `alpha` / values): (value, rows, label, log10 chance), or `None`."
+    """The value of `keys` on `n_min` rows or more whose label never varies, least likely by chance (below `alpha` /
+    values): (value, rows, label, log10 chance), or `None`."""
     d = pd.DataFrame({'k': keys, 'y': y})
     g = d.groupby('k').y.agg(['nunique', 'size', 'first'])
     g = g[(g['nunique'] == 1) & (g['size'] >= n_min)]
@@ -159,7 +181,8 @@ def _auc_low(auc, n_pos, n_neg):
     return auc - 1.96 * np.sqrt(max(var, 0))
 
 def _lookup_score(keys, y, classes, seed=0):
-    "How well a lookup of `keys` fitted on one random half predicts `y` on the other (both ways): (score, its 95% lower end, class) for the class best told from the rest by ROC AUC, or R² for a quantity."
+    """How well a lookup of `keys` fitted on one random half predicts `y` on the other (both ways): (score, its 95%
+    lower end, class) for the class best told from the rest by ROC AUC, or R² for a quantity."""
     keys = pd.Series(keys).fillna(NA).to_numpy()
     if classes:
         y = pd.Series(y).astype(str).to_numpy()
@@ -173,7 +196,8 @@ def _lookup_score(keys, y, classes, seed=0):
         tab = (g.sum() + prior) / (g.size().to_numpy()[:, None] + 1)          # shrunk towards the prior
         pred[~fit] = tab.reindex(keys[~fit]).fillna(pd.Series(prior)).to_numpy()
     if not classes: return (r2 := float(1 - ((pred - targ)**2).sum() / ((targ - targ.mean())**2).sum())), r2, None
-    order = np.argsort(targ.sum(0), kind='stable')                        # rarest class first: it names a binary label's tie
+    # rarest class first: it names a binary label's tie
+    order = np.argsort(targ.sum(0), kind='stable')
     aucs = {np.unique(y)[j]: roc_auc_score(targ[:, j], pred[:, j]) for j in order if 0 < targ[:, j].sum() < len(targ)}
     low = {c: _auc_low(a, (y == c).sum(), (y != c).sum()) for c,a in aucs.items()}
     best = max(low, key=low.get, default=None)
@@ -181,7 +205,8 @@ def _lookup_score(keys, y, classes, seed=0):
 
 # %% ../nbs/00_columns.ipynb #5456a754
 def label_proxies(df, names, label, min_score=0.9):
-    "Columns of `names` that give `label` away on the training rows `df`, as {column: (kind, why)}: kind 'determines' (left out when inferred) or 'strong' (warned about)."
+    """Columns of `names` that give `label` away on the training rows `df`, as {column: (kind, why)}: kind 'determines'
+    (left out when inferred) or 'strong' (warned about)."""
     y, res = df[label], {}
     classes = _is_classes(y)
     for c in names:
@@ -189,7 +214,8 @@ def label_proxies(df, names, label, min_score=0.9):
         both = ~(is_missing(x.to_numpy(dtype=object)) | is_missing(y.to_numpy(dtype=object)))
         if both.sum() < 2: continue
         xs, ys = x[both], y[both]
-        if is_number(xs) and is_number(ys) and ys.nunique() > 2 and xs.nunique() > 2 and abs(xs.rank().corr(ys.rank())) > 0.999:
+        if is_number(xs) and is_number(ys) and ys.nunique() > 2 and xs.nunique() > 2 and abs(xs.rank().corr(
+                ys.rank())) > 0.999:
             res[c] = ('determines', f'a monotone copy of the label {label!r}'); continue
         if classes:
             keys, yk = category_keys(xs.to_numpy(dtype=object)), category_keys(ys.to_numpy(dtype=object))
@@ -197,8 +223,10 @@ def label_proxies(df, names, label, min_score=0.9):
                 res[c] = ('determines', f'the label {label!r} is a function of it ({eg})'); continue
             if (pure := _pure_level(keys, yk)) is not None:
                 v, n, lab, logp = pure
-                res[c] = ('determines', f'its value {v!r} ({n:,} rows) always has the label {lab!r}, which chance would give with '
-                                        f'probability 1e{int(np.ceil(logp))}: recorded with the diagnosis?'); continue
+                res[c] = ('determines',
+                          f'its value {v!r} ({n:,} rows) always has the label {lab!r}, which chance would give with '
+                          f'probability 1e{int(np.ceil(logp))}: recorded with the diagnosis?')
+                continue
         score, low, cls = _lookup_score(_levels(xs), ys.to_numpy(), classes)
         if low >= min_score:
             what = f'tells {label!r} = {cls!r} from the rest with ROC AUC {score:.2f} (95% interval from {low:.2f}; ' if classes else f'predicts {label!r} with R² {score:.2f} ('
@@ -206,19 +234,24 @@ def label_proxies(df, names, label, min_score=0.9):
     return res
 
 def warn_leaks(df, names, label=None):
-    "Warn about each column of `names` that looks like an id, or gives `label` away, on the training rows `df`; return {column: why}."
+    """Warn about each column of `names` that looks like an id, or gives `label` away, on the training rows `df`;
+    return {column: why}."""
     found = {c: why for c in names if (why := _id_like(df[c])) is not None}
     if label is not None and label in df.columns:
         found |= {c: why for c,(kind,why) in label_proxies(df, [c for c in names if c not in found], label).items()}
     for c,why in found.items():
-        after = ('A strong feature and a column recorded after the diagnosis look alike to any rule: if it is known only '
-                 'after the diagnosis, leave it out' if why.startswith('alone') else 'A model reading it learns nothing that holds at prediction time: leave it out')
-        warnings.warn(f"Metadata column {c!r}: {why}. {after} (`exclude=[{c!r}]`, or drop it from the names).", stacklevel=2)
+        after = (
+            'A strong feature and a column recorded after the diagnosis look alike to any rule: if it is known only '
+            'after the diagnosis, leave it out' if why.startswith('alone') else
+            'A model reading it learns nothing that holds at prediction time: leave it out')
+        warnings.warn(f"Metadata column {c!r}: {why}. {after} (`exclude=[{c!r}]`, or drop it from the names).",
+                      stacklevel=2)
     return found
 
 # %% ../nbs/00_columns.ipynb #015fc7e5
-CANNOT_TELL = ("MetaBlock was given no column names, and cannot tell which columns {} reads: a label that slips into the "
-                "metadata gives a perfect and worthless model, so it does not guess. Pass `cat_names`/`cont_names`.")
+CANNOT_TELL = (
+    "MetaBlock was given no column names, and cannot tell which columns {} reads: a label that slips into the "
+    "metadata gives a perfect and worthless model, so it does not guess. Pass `cat_names`/`cont_names`.")
 
 def _steps(getter, type_tfms):
     "The steps a block applies to a row: its getter (or a `Pipeline`'s functions), then its type transforms."
@@ -238,7 +271,8 @@ def _splitter_cols(splitter):
     return []
 
 def block_columns(context, columns):
-    "Columns read by the other blocks of a `DataBlock` (`context`: it and the metadata block's index) and its splitter, with by what, or `None`; and the label column."
+    """Columns read by the other blocks of a `DataBlock` (`context`: it and the metadata block's index) and its
+    splitter, with by what, or `None`; and the label column."""
     if context is None: return None, 'the rest of the data (it is not set up by a `DataBlock`)'
     dblock, i = context
     read, label = {}, None
@@ -252,7 +286,8 @@ def block_columns(context, columns):
     return {c: 'the splitter reads it' for c in _splitter_cols(dblock.splitter)} | read, label
 
 def infer_meta_columns(df, read=None, exclude=(), max_card=20, label=None):
-    "Categorical and continuous columns of `df` (training rows), those left out with why, and the guesses said: {column: how}."
+    """Categorical and continuous columns of `df` (training rows), those left out with why, and the guesses said:
+    {column: how}."""
     read, left = ifnone(read, {}), {}
     for c in df.columns:
         why = ((read[c] if isinstance(read, dict) else 'read by another block') if c in read else
@@ -262,28 +297,37 @@ def infer_meta_columns(df, read=None, exclude=(), max_card=20, label=None):
         proxies = label_proxies(df, [c for c in df.columns if c not in left], label)
         left |= {c: f'gives the label away: {why}' for c,(kind,why) in proxies.items() if kind == 'determines'}
     conts, cats = cont_cat_split(df[[c for c in df.columns if c not in left]], max_card=max_card)   # fastai's own split
-    said = {c: 'numbers taken as categories: its name says a code, a place or a device' for c in conts if _group_code(df[c])}
+    said = {
+        c: 'numbers taken as categories: its name says a code, a place or a device' for c in conts
+        if _group_code(df[c])
+    }
     if label is not None and label in df.columns:
         said |= {c: why for c in conts if c not in said and (why := _unordered_codes(df[c], df[label])) is not None}
     return [*cats, *said], [c for c in conts if c not in said], left, said
 
 def _unordered_codes(x, y, margin=0.05):
-    "Why the whole numbers `x` look like codes whose order says nothing of the label `y` (a lookup of each value beats one of their quantile bins), or `None`."
+    """Why the whole numbers `x` look like codes whose order says nothing of the label `y` (a lookup of each value
+    beats one of their quantile bins), or `None`."""
     ints, both = _integers(x), ~(is_missing(x.to_numpy(dtype=object)) | is_missing(y.to_numpy(dtype=object)))
-    if ints is None or not 20 < x[both].nunique() <= both.sum() / 5: return None     # codes repeat: five rows a value at least
+    # codes repeat: five rows a value at least
+    if ints is None or not 20 < x[both].nunique() <= both.sum() / 5: return None
     xs, ys, classes = x[both], y[both].to_numpy(), _is_classes(y)
-    by_value, by_order = (_lookup_score(keys, ys, classes)[0] for keys in (category_keys(xs.to_numpy(dtype=object)), _levels(xs)))
+    by_value, by_order = (_lookup_score(keys, ys, classes)[0]
+                          for keys in (category_keys(xs.to_numpy(dtype=object)), _levels(xs)))
     if by_value < by_order + margin: return None
     what = 'ROC AUC' if classes else 'R²'
     return f'numbers taken as categories: a lookup of each value predicts the label better than their order ({what} {by_value:.2f} against {by_order:.2f})'
 
 
 def choice_text(cats, conts, left, n_rows, said=None):
-    "What `MetaBlock` chose from `n_rows` training rows: the columns used, those left out and why, the guesses, how to change it."
+    """What `MetaBlock` chose from `n_rows` training rows: the columns used, those left out and why, the guesses, how
+    to change it."""
     pad = max(map(len, map(str, [*left, *ifnone(said, {})])), default=0)
     rows = lambda title, d: [title] + [f'    {str(c):<{pad}}  {why}' for c,why in d.items()] if d else []
-    return '\n'.join([f'MetaBlock chose the metadata from {n_rows:,} training rows:',
-                      f"  categorical: {', '.join(map(str, cats)) or '(none)'}",
-                      f"  continuous:  {', '.join(map(str, conts)) or '(none)'}",
-                      *rows('  guessed:', ifnone(said, {})), *rows('  left out:', left),
-                      '  To choose: MetaBlock(cat_names=[...], cont_names=[...]), or MetaBlock(exclude=[...]) to leave more out.'])
+    return '\n'.join([
+        f'MetaBlock chose the metadata from {n_rows:,} training rows:',
+        f"  categorical: {', '.join(map(str, cats)) or '(none)'}",
+        f"  continuous:  {', '.join(map(str, conts)) or '(none)'}", *rows('  guessed:', ifnone(said, {})),
+        *rows('  left out:', left),
+        '  To choose: MetaBlock(cat_names=[...], cont_names=[...]), or MetaBlock(exclude=[...]) to leave more out.'
+    ])

@@ -24,7 +24,8 @@ class CLIError(Exception):
     "A problem with the command's input (a file, a column, an option), reported in one line with no traceback."
 
 def _read_table(csv, images):
-    "The CSV file `csv` as a DataFrame, the folder `images` there; a `CLIError` naming either if it is missing or unreadable."
+    """The CSV file `csv` as a DataFrame, the folder `images` there; a `CLIError` naming either if it is missing or
+    unreadable."""
     if not Path(csv).is_file(): raise CLIError(f"table not found: {csv}")
     if not Path(images).is_dir(): raise CLIError(f"image folder not found: {images}")
     try: return pd.read_csv(csv)
@@ -39,119 +40,163 @@ def _metrics(task, n_classes=2):
 def _check_named(df, csv, named=(), **cols):
     "A `CLIError` naming the first column the options name that `df` (read from `csv`) lacks."
     for what,c in cols.items():
-        if c is not None and c not in df.columns: raise CLIError(f"{what.replace('_col', '').replace('_', ' ')} column {c!r} not in {csv}; it has {list(df.columns)}")
+        if c is not None and c not in df.columns:
+            raise CLIError(
+                f"{what.replace('_col', '').replace('_', ' ')} column {c!r} not in {csv}; it has {list(df.columns)}")
     missing = [c for c in named if c not in df.columns]
     if missing: raise CLIError(f"column(s) {missing} not in {csv}; it has {list(df.columns)}")
 
 def _body(arch, pretrained, weights):
-    "The body's options as the library takes them: an arch by name (torchvision's, else timm's), pretrained when given weights."
-    return dict(arch=getattr(models, arch, None) or arch, pretrained=pretrained or weights is not None, weights_path=weights)
+    """The body's options as the library takes them: an arch by name (torchvision's, else timm's), pretrained when
+    given weights."""
+    return dict(arch=getattr(models, arch, None) or arch, pretrained=pretrained or weights is not None,
+                weights_path=weights)
 
 def _table(fname_col, label, cat, cont, exclude):
     "The table's options as the library takes them: the image and label columns, the metadata named (`None`: inferred)."
-    return dict(fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None, exclude=exclude)
+    return dict(fn_col=fname_col, label_col=label, cat_names=list(cat) if cat else None,
+                cont_names=list(cont) if cont else None, exclude=exclude)
 
-_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)     # what bad rows, columns or image files raise while the data is made
+# what bad rows, columns or image files raise while the data is made
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
 
 def _check_images(df, images, fname_col, suff='', image_sep=None):
-    "A `CLIError` naming the first of the table's image files (in `fname_col`, several columns, or `image_sep`-separated) not found under `images`."
-    missing = [(i, f) for c in L(fname_col) for i,v in df[c].dropna().items()
-               for f in (str(v).split(image_sep) if image_sep else [str(v)]) if f and not (Path(images)/f'{f}{suff}').is_file()]
-    if missing: raise CLIError(f"{len(missing)} image file(s) not found under {images}, e.g. {missing[0][1] + suff!r} (row {missing[0][0]!r}); "
-                               "fix the file names, --suff or the folder")
+    """A `CLIError` naming the first of the table's image files (in `fname_col`, several columns, or
+    `image_sep`-separated) not found under `images`."""
+    missing = [(i, f) for c in L(fname_col) for i, v in df[c].dropna().items()
+               for f in (str(v).split(image_sep) if image_sep else [str(v)])
+               if f and not (Path(images) / f'{f}{suff}').is_file()]
+    if missing:
+        raise CLIError(
+            f"{len(missing)} image file(s) not found under {images}, e.g. {missing[0][1] + suff!r} (row {missing[0][0]!r}); "
+            "fix the file names, --suff or the folder")
 
 def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
               pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
               label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
               operating_point=None, image_sep=None, context_col=None, context_folds=5, stack=False, runner=None):
-    "Train `meta_cnn_learner` on `csv` (file names in `fname_col`, or several columns, or `image_sep`-separated names: several images per row; images under `images`); say the columns, split and recipe; calibrate and set an `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."
-    opts, df = dict(locals()), _read_table(csv, images)              # the options, passed on by name to the two-stage trainers
+    """Train `meta_cnn_learner` on `csv` (file names in `fname_col`, or several columns, or `image_sep`-separated
+    names: several images per row; images under `images`); say the columns, split and recipe; calibrate and set an
+    `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."""
+    # the options, passed on by name to the two-stage trainers
+    opts, df = dict(locals()), _read_table(csv, images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
-    _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, context_col=context_col, named=L(cat) + L(cont) + L(exclude))
-    if (cat or cont) and exclude: cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
+    _check_named(df, csv, label=label, group_col=group_col, valid_col=valid_col, context_col=context_col,
+                 named=L(cat) + L(cont) + L(exclude))
+    if (cat or cont) and exclude:
+        cat, cont = [c for c in L(cat) if c not in exclude], [c for c in L(cont) if c not in exclude]
     task = target_task(df[label], label_delim, task)
     _check_images(df, images, fname_col, suff, image_sep)
     opts.update(cat=cat, cont=cont, task=task)
     if stack: return _train_stack(df, **opts)
     if context_col is not None: return _train_context(df, **opts)
-    set_seed(seed, reproducible=True)      # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
+    # before the DataLoaders: fastai seeds their shuffling from Python's `random` when they are made
+    set_seed(seed, reproducible=True)
     try:
-        dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label, label_delim=label_delim,
+        dls = MetaDataLoaders.from_df(df, path=Path(images), fn_col=fname_col, suff=suff, label_col=label,
+                                      label_delim=label_delim,
                                       y_block=RegressionBlock if task == 'regression' else None,
-                                      cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None, exclude=exclude,
-                                      valid_pct=valid_pct, valid_col=valid_col, group_col=group_col, seed=seed, item_tfms=Resize(size), bs=bs,
-                                      image_sep=image_sep)
-    except _INPUT_ERRORS as e: raise CLIError(f"could not make the data from {csv} and {images}: {type(e).__name__}: {e}") from e
+                                      cat_names=list(cat) if cat else None, cont_names=list(cont) if cont else None,
+                                      exclude=exclude, valid_pct=valid_pct, valid_col=valid_col, group_col=group_col,
+                                      seed=seed, item_tfms=Resize(size), bs=bs, image_sep=image_sep)
+    except _INPUT_ERRORS as e:
+        raise CLIError(f"could not make the data from {csv} and {images}: {type(e).__name__}: {e}") from e
     enc = meta_encode(dls).encoding
-    if cat or cont: print(f"Metadata (named): categorical: {', '.join(enc.cat_names) or '(none)'}; continuous: {', '.join(enc.cont_names) or '(none)'}")
+    if cat or cont:
+        print(
+            f"Metadata (named): categorical: {', '.join(enc.cat_names) or '(none)'}; continuous: {', '.join(enc.cont_names) or '(none)'}"
+        )
     tr, va = dls.splits
-    split = (f'column {valid_col!r}' if valid_col else f'by {group_col!r}, groups kept on one side' + (', stratified by the label' if task == 'classification' else '')
-             if group_col else 'random rows')
+    split = (f'column {valid_col!r}' if valid_col else f'by {group_col!r}, groups kept on one side' +
+             (', stratified by the label' if task == 'classification' else '') if group_col else 'random rows')
     print(f'Split: {len(tr):,} training and {len(va):,} validation rows ({split}).')
     try: learn = meta_cnn_learner(dls, fusion=fusion, **_body(arch, pretrained, weights),
                                   metrics=_metrics(task, len(getattr(dls, 'vocab', [])) if task == 'classification' else 0))
-    except Exception as e:                 # an unknown arch or fusion, weights that cannot be had or do not fit: the options, not the data
-        raise CLIError(f"could not build the model ({arch!r}, fusion {fusion!r}{f', weights {weights}' if weights else ''}): {type(e).__name__}: {e}") from e
+        # an unknown arch or fusion, weights that cannot be had or do not fit: the options, not the data
+    except Exception as e:
+        raise CLIError(
+            f"could not build the model ({arch!r}, fusion {fusion!r}{f', weights {weights}' if weights else ''}): {type(e).__name__}: {e}"
+        ) from e
     learn.path = Path('.')
     recipe = fit_recipe(learn, epochs, lr)
-    print(f"Training: {recipe.func.__name__}({', '.join(map(str, recipe.args))}{''.join(f', {k}={v}' for k,v in recipe.keywords.items())}), {task}.")
+    print(
+        f"Training: {recipe.func.__name__}({', '.join(map(str, recipe.args))}{''.join(f', {k}={v}' for k,v in recipe.keywords.items())}), {task}."
+    )
     recipe()
     _decide(learn, calibrate, operating_point)
     if Path(out).suffix == '.safetensors': learn.export_safe(out)
     else: learn.export(out)
     return learn
 
-def _train_stack(df, *, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
-                 out, exclude, valid_col, group_col, context_col, context_folds, calibrate, operating_point, image_sep, runner, **_):
-    "`train --stack`: `stack_learner` on every row (with `context_col`: the patient context among stage two's inputs), exported to `out`."
-    if valid_col or Path(out).suffix != '.safetensors': raise CLIError("--stack trains on every row (its networks are cross-fitted; not with --valid-col) and exports .safetensors")
+def _train_stack(df, *, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion,
+                 suff, task, seed, lr, out, exclude, valid_col, group_col, context_col, context_folds, calibrate,
+                 operating_point, image_sep, runner, **_):
+    """`train --stack`: `stack_learner` on every row (with `context_col`: the patient context among stage two's
+    inputs), exported to `out`."""
+    if valid_col or Path(out).suffix != '.safetensors':
+        raise CLIError(
+            "--stack trains on every row (its networks are cross-fitted; not with --valid-col) and exports .safetensors"
+        )
     try:
-        learn = stack_learner(df, Path(images), group_col=group_col, context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=context_folds,
-                              seed=seed, task=task, **_table(fname_col, label, cat, cont, exclude), **_body(arch, pretrained, weights),
+        learn = stack_learner(df, Path(images), group_col=group_col, context_col=context_col, fusion=fusion,
+                              epochs=epochs, lr=lr, n_folds=context_folds, seed=seed, task=task,
+                              **_table(fname_col, label, cat, cont, exclude), **_body(arch, pretrained, weights),
                               size=size, bs=bs, suff=suff, image_sep=image_sep, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
-    print(f"Stack: {context_folds} networks ({fusion}), each trained without a fold{f' of {group_col or context_col!r} values' if group_col or context_col else ''}, then "
-          f"stage two on their out-of-fold outputs: {learn.two}. Every row was used: measure it on held-out rows with `fastai-meta compare --fusions {fusion} stack`.")
+    print(
+        f"Stack: {context_folds} networks ({fusion}), each trained without a fold{f' of {group_col or context_col!r} values' if group_col or context_col else ''}, then "
+        f"stage two on their out-of-fold outputs: {learn.two}. Every row was used: measure it on held-out rows with `fastai-meta compare --fusions {fusion} stack`."
+    )
     _decide(learn, calibrate, operating_point)
     learn.export_safe(out)
     return learn
 
-def _train_context(df, *, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion, suff, task, seed, lr,
-                   out, exclude, image_sep, valid_col, context_col, context_folds, calibrate, operating_point, runner, **_):
+def _train_context(df, *, images, label, fname_col, cat, cont, arch, epochs, size, bs, pretrained, weights, fusion,
+                   suff, task, seed, lr, out, exclude, image_sep, valid_col, context_col, context_folds, calibrate,
+                   operating_point, runner, **_):
     "`train --context-col`: `context_learner` on every row, exported to `out`."
     if task != 'classification' or not isinstance(fname_col, str) or image_sep or valid_col:
-        raise CLIError("--context-col trains a classifier of one image per row, on every row (its image models are cross-fitted): "
-                       "not with --image-sep, several image columns or --valid-col.")
+        raise CLIError(
+            "--context-col trains a classifier of one image per row, on every row (its image models are cross-fitted): "
+            "not with --image-sep, several image columns or --valid-col.")
     try:
-        learn = context_learner(df, Path(images), context_col=context_col, fusion=fusion, epochs=epochs, lr=lr, n_folds=context_folds, seed=seed,
-                                **_table(fname_col, label, cat, cont, exclude), **_body(arch, pretrained, weights),
-                                size=size, bs=bs, suff=suff, runner=runner)
+        learn = context_learner(df, Path(images), context_col=context_col, fusion=fusion, epochs=epochs, lr=lr,
+                                n_folds=context_folds, seed=seed, **_table(fname_col, label, cat, cont, exclude),
+                                **_body(arch, pretrained, weights), size=size, bs=bs, suff=suff, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
-    print(f"Patient context: {context_folds} image models ({fusion}), each trained without a fold of {context_col!r} values, then a logistic "
-          f"regression on {', '.join(learn.features)}. Every row was used: measure the lift on held-out patients with "
-          f"`fastai-meta compare --fusions concat context --context-col {context_col}`.")
+    print(
+        f"Patient context: {context_folds} image models ({fusion}), each trained without a fold of {context_col!r} values, then a logistic "
+        f"regression on {', '.join(learn.features)}. Every row was used: measure the lift on held-out patients with "
+        f"`fastai-meta compare --fusions concat context --context-col {context_col}`.")
     _decide(learn, calibrate, operating_point)
     if Path(out).suffix == '.safetensors': learn.export_safe(out)
     else: learn.export(out)
     return learn
 
 def _decide(learn, calibrate=False, operating_point=None):
-    "Fit temperature scaling and an operating point ('class=sensitivity') on the validation rows, saying what they gave."
-    rows = 'the validation rows' if not isinstance(learn, (ContextLearner, StackLearner)) else "rows neither stage trained on (the stage two's out-of-fold predictions)"
+    """Fit temperature scaling and an operating point ('class=sensitivity') on the validation rows, saying what they
+    gave."""
+    rows = 'the validation rows' if not isinstance(
+        learn,
+        (ContextLearner, StackLearner)) else "rows neither stage trained on (the stage two's out-of-fold predictions)"
     if calibrate: print(f'Calibrated on {rows}: {learn.calibrate()}.')
     if operating_point:
         cls, _, sens = str(operating_point).rpartition('=')
         try: sens = float(sens)
-        except ValueError: raise CLIError(f"--operating-point is CLASS=SENSITIVITY (e.g. mel=0.95), not {operating_point!r}") from None
+        except ValueError:
+            raise CLIError(
+                f"--operating-point is CLASS=SENSITIVITY (e.g. mel=0.95), not {operating_point!r}") from None
         try: op = learn.set_operating_point(cls, sens)
         except ValueError as e: raise CLIError(str(e)) from e
-        print(f"Operating point: {cls!r} whenever its probability reaches {op['threshold']:.4f}: on {op['n']} of {rows}, sensitivity "
-              f"{op['sensitivity']:.3f} (95 % interval {op['sensitivity_ci'][0]:.2f} to {op['sensitivity_ci'][1]:.2f}, {op['n_pos']} positives), "
-              f"specificity {op['specificity']:.3f}; chosen on these rows, so optimistic: check it on others.")
+        print(
+            f"Operating point: {cls!r} whenever its probability reaches {op['threshold']:.4f}: on {op['n']} of {rows}, sensitivity "
+            f"{op['sensitivity']:.3f} (95 % interval {op['sensitivity_ci'][0]:.2f} to {op['sensitivity_ci'][1]:.2f}, {op['n_pos']} positives), "
+            f"specificity {op['specificity']:.3f}; chosen on these rows, so optimistic: check it on others.")
 
 # %% ../nbs/04a_commands.ipynb #f1a2b3c1
 def _image_readers(learn):
-    "The `ColReader`s that read image file names in the exported `learn`, one per image input; a `CLIError` if one reads them otherwise."
+    """The `ColReader`s that read image file names in the exported `learn`, one per image input; a `CLIError` if one
+    reads them otherwise."""
     try: return image_readers(learn.dls)
     except ValueError as e: raise CLIError(f"the exported learner cannot be pointed at the images: {e}") from e
 
@@ -167,7 +212,8 @@ def _needed_columns(learn):
     return list(dict.fromkeys(c for r in _image_readers(learn) for c in r.cols if not isinstance(c, int))) + enc.columns
 
 def _pred_rows(learn, rows, tta=False):
-    "Probabilities (or values) and decoded predictions of the rows of `rows`, and with `tta` (fastai's test-time augmentation, decoded as `get_preds` decodes) whether the augmentations changed nothing."
+    """Probabilities (or values) and decoded predictions of the rows of `rows`, and with `tta` (fastai's test-time
+    augmentation, decoded as `get_preds` decodes) whether the augmentations changed nothing."""
     dl = learn.dls.test_dl(rows, num_workers=0)
     if not tta: return (*learn.get_preds(dl=dl, with_decoded=True)[::2], None)
     aug, plain = learn.tta(dl=dl, beta=None)[0]
@@ -187,7 +233,8 @@ def load_model(model):
         except UnsafeFile as e: raise CLIError(f"refused the model {model}: {e}") from e
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', 'load_learner` uses Python', UserWarning)   # said in the command's help: only load files you trust
+            # said in the command's help: only load files you trust
+            warnings.filterwarnings('ignore', 'load_learner` uses Python', UserWarning)
             return load_learner(model, cpu=not torch.cuda.is_available())
     except Exception as e: raise CLIError(f"could not load the model {model} ({type(e).__name__}: {e})") from e
 
@@ -198,14 +245,21 @@ def _output_columns(learn, vocab):
     return ['prediction'] if n == 1 else [f'prediction_{j}' for j in range(n)]
 
 def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, progress=True):
-    "Predict every row of `csv` (images under `images`) with the exported learner `model` (with `tta`, test-time augmentation); one row out per row in, bad rows reported in `error`, not dropped; `progress`: rows done, on stderr, for a table of several chunks."
+    """Predict every row of `csv` (images under `images`) with the exported learner `model` (with `tta`, test-time
+    augmentation); one row out per row in, bad rows reported in `error`, not dropped; `progress`: rows done, on
+    stderr, for a table of several chunks."""
     df = _read_table(csv, images)
     learn = load_model(model)
     if isinstance(learn, (ContextLearner, StackLearner)):
-        if tta: raise CLIError("--tta predicts with one model's augmentations; a two-stage model (patient context, stack) has no such option")
+        if tta:
+            raise CLIError(
+                "--tta predicts with one model's augmentations; a two-stage model (patient context, stack) has no such option"
+            )
         return _predict_two_stage(learn, df=df, csv=csv, images=images, out=out, suff=suff)
     missing = [c for c in _needed_columns(learn) if c not in df.columns]
-    if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
+    if missing:
+        raise CLIError(
+            f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     _point_images_at(learn, images, suff)
     vocab = getattr(learn.dls, 'vocab', None)
     vocab = vocab if vocab is not None and len(vocab) == getattr(learn, 'n_out', len(vocab)) else None
@@ -220,17 +274,21 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, p
                 errors.update(bad)
                 good = part.drop(index=list(bad))
                 if len(good): res.append((good.index, *_pred_rows(learn, good, tta)))
-            if progress and len(df) > chunk: print(f"\rpredicted {min(s + chunk, len(df)):,} of {len(df):,} rows", end='', file=sys.stderr, flush=True)
+            if progress and len(df) > chunk:
+                print(f"\rpredicted {min(s + chunk, len(df)):,} of {len(df):,} rows", end='', file=sys.stderr,
+                      flush=True)
     if progress and len(df) > chunk: print(file=sys.stderr)
     if tta and res and all(r[3] for r in res):
-        print("--tta: the model's augmentations changed no prediction: it has none to average over (a .safetensors export keeps only "
-              "what inference needs; train with augmentations and export .pkl to keep them)", file=sys.stderr)
+        print(
+            "--tta: the model's augmentations changed no prediction: it has none to average over (a .safetensors export keeps only "
+            "what inference needs; train with augmentations and export .pkl to keep them)", file=sys.stderr)
     cols = _output_columns(learn, vocab)
     table = _empty_table(df.index, cols, labels=vocab is not None)
     for idx, probs, dec, _ in res:
         probs = probs.float().reshape(len(idx), -1).numpy()
         if vocab is not None:       # classes: the label(s) and each class's probability
-            lab = [';'.join(str(v) for v,k in zip(vocab, d) if k) for d in dec] if dec.ndim == 2 else [str(vocab[int(d)]) for d in dec]
+            lab = [';'.join(str(v) for v, k in zip(vocab, d) if k)
+                   for d in dec] if dec.ndim == 2 else [str(vocab[int(d)]) for d in dec]
             table.loc[idx, 'prediction'] = lab
             table.loc[idx, cols[1:]] = probs
         else: table.loc[idx, cols] = probs
@@ -239,14 +297,24 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, p
     return table
 
 def _empty_table(index, cols, labels=True):
-    "The output table before any prediction: one row per input row (`row`), the prediction columns `cols` empty (`prediction` holds labels if `labels`)."
-    return pd.DataFrame({'row': index, **{c: pd.Series(np.nan, index=index, dtype=object if c == 'prediction' and labels else float) for c in cols}}, index=index)
+    """The output table before any prediction: one row per input row (`row`), the prediction columns `cols` empty
+    (`prediction` holds labels if `labels`)."""
+    return pd.DataFrame(
+        {
+            'row': index, **{
+                c: pd.Series(np.nan, index=index, dtype=object if c == 'prediction' and labels else float) for c in cols
+            }
+        }, index=index)
 
 # %% ../nbs/04a_commands.ipynb #c0a1b2c1
 def _predict_two_stage(learn, df, csv, images, out=None, suff=None):
-    "`predict_csv` for a `ContextLearner` or a `StackLearner`: a patient's rows together wherever they are in the table (its context); per row the learner's `output_columns`; a row (with context: a patient) that cannot be predicted reported in `error` (on each of its rows)."
+    """`predict_csv` for a `ContextLearner` or a `StackLearner`: a patient's rows together wherever they are in the
+    table (its context); per row the learner's `output_columns`; a row (with context: a patient) that cannot be
+    predicted reported in `error` (on each of its rows)."""
     missing = [c for c in learn.columns if c not in df.columns]
-    if missing: raise CLIError(f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
+    if missing:
+        raise CLIError(
+            f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
     for l in learn.learners: _point_images_at(l, images, suff)
     cols, key = learn.output_columns(), learn.context_col
     table, errors = _empty_table(df.index, cols, labels=getattr(learn, 'task', 'classification') != 'regression'), {}
@@ -255,29 +323,36 @@ def _predict_two_stage(learn, df, csv, images, out=None, suff=None):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try: parts = [df[~miss]] if (~miss).any() else []; done = [learn.predict(parts[0])] if parts else []
-        except Exception: parts, done = [g for _,g in df[~miss].groupby(key or np.arange(int((~miss).sum())), sort=False)], None   # find the patients (rows) that fail; predict the others
+            # find the patients (rows) that fail; predict the others
+        except Exception:
+            parts, done = [g for _, g in df[~miss].groupby(key or np.arange(int((~miss).sum())), sort=False)], None
         for part in parts:
             try: res = done[0] if done else learn.predict(part)
             except Exception as e:
-                for i in part.index: errors[i] = f'{type(e).__name__}: {e}' + (f' (patient {part[key].iloc[0]!r}: all its rows)' if key else '')
+                for i in part.index:
+                    errors[i] = f'{type(e).__name__}: {e}' + (f' (patient {part[key].iloc[0]!r}: all its rows)'
+                                                              if key else '')
                 continue
             table.loc[part.index, cols] = res[cols].to_numpy()
     table['error'] = pd.Series(errors, dtype=object).reindex(df.index)
     if out is not None: table.to_csv(out, index=False)
     return table
 
-def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, exclude=None, group_col=None, suff='', fusions=('concat',),
-                arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32, lr=None, folds=5, seeds=1, seed=0, out='compare',
-                context_col=None, context_folds=3, metric=None, task='auto', image_sep=None, runner=None):
-    "Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and table; write them to `out`."
+def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, exclude=None, group_col=None, suff='',
+                fusions=('concat', ), arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32,
+                lr=None, folds=5, seeds=1, seed=0, out='compare', context_col=None, context_folds=3, metric=None,
+                task='auto', image_sep=None, runner=None):
+    """Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and table;
+    write them to `out`."""
     df = _read_table(csv, images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, named=L(cat) + L(cont) + L(exclude))
     try:
-        res = meta_compare(df, Path(images), group_col=group_col, **_table(fname_col, label, cat, cont, exclude), suff=suff,
-                           fusions=tuple(fusions), **_body(arch, pretrained, weights), epochs=epochs, size=size, bs=bs, lr=lr,
-                           n_folds=folds, seeds=tuple(range(seed, seed + seeds)), out=out, context_col=context_col, context_folds=context_folds,
-                           metric=metric, task=task, image_sep=image_sep, runner=runner)
+        res = meta_compare(df, Path(images), group_col=group_col,
+                           **_table(fname_col, label, cat, cont, exclude), suff=suff, fusions=tuple(fusions),
+                           **_body(arch, pretrained, weights), epochs=epochs, size=size, bs=bs, lr=lr, n_folds=folds,
+                           seeds=tuple(range(seed, seed + seeds)), out=out, context_col=context_col,
+                           context_folds=context_folds, metric=metric, task=task, image_sep=image_sep, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
     print(res.verdict, '', res.summary().to_markdown(), '', f'written to {Path(out).resolve()}', sep='\n')
     return res

@@ -20,74 +20,120 @@ from .report import *
 
 # %% ../nbs/03a_compare.ipynb #cmp020
 def _context_run(df, valid, spec, context_col, context_folds, epochs, lr, cbs):
-    "The patient-context model (`context_learner`: `context_folds` concat learners, then its stage two) trained on the rows not in `valid`, as a run on the `valid` rows."
-    learn = context_learner(df[~valid], context_col=context_col, epochs=epochs, lr=lr, n_folds=context_folds, cbs=cbs, **spec)
+    """The patient-context model (`context_learner`: `context_folds` concat learners, then its stage two) trained on
+    the rows not in `valid`, as a run on the `valid` rows."""
+    learn = context_learner(df[~valid], context_col=context_col, epochs=epochs, lr=lr, n_folds=context_folds, cbs=cbs,
+                            **spec)
     with learn.learners[0].no_bar(): probs = learn.get_preds(learn.test_dl(df[valid]))[0].numpy()
     enc = meta_encode(learn.learners[0].dls).encoding
-    return dict(probs=np.round(probs, 5).tolist(), vocab=learn.vocab, columns=[list(enc.cat_names), list(enc.cont_names)])
+    return dict(probs=np.round(probs, 5).tolist(), vocab=learn.vocab,
+                columns=[list(enc.cat_names), list(enc.cont_names)])
 
 def _stack_run(df, valid, a):
-    "The stack (`stack_learner`: `context_folds` networks of the first fusion named, grouped by `group_col`, then its stage two) trained on the rows not in `valid`, as a run on the `valid` rows."
-    learn = stack_learner(df[~valid], group_col=a.group_col, context_col=a.stack_context, fusion=stack_fusion(a.fusions), epochs=a.epochs, lr=a.lr,
-                          n_folds=a.context_folds,
+    """The stack (`stack_learner`: `context_folds` networks of the first fusion named, grouped by `group_col`, then its
+    stage two) trained on the rows not in `valid`, as a run on the `valid` rows."""
+    learn = stack_learner(df[~valid], group_col=a.group_col, context_col=a.stack_context,
+                          fusion=stack_fusion(a.fusions), epochs=a.epochs, lr=a.lr, n_folds=a.context_folds,
                           task=a.task, cbs=a.cbs, **a.spec)
     probs = learn.get_preds(learn.test_dl(df[valid]))[0].numpy()
-    return dict(probs=np.round(probs, 5).tolist(), vocab=[str(v) for v in learn.vocab], columns=[learn.coder.cat_names, learn.coder.cont_names],
-                weights=dict(zip(learn.two.names, learn.two.weights.tolist())))
+    return dict(probs=np.round(probs, 5).tolist(), vocab=[str(v) for v in learn.vocab],
+                columns=[learn.coder.cat_names,
+                         learn.coder.cont_names], weights=dict(zip(learn.two.names, learn.two.weights.tolist())))
 
 def _train(name, df, valid, a):
-    "Train model `name` (image only, a fusion, 'context' or 'stack') on the rows not in `valid`: its run on the `valid` rows (probabilities, vocab, the metadata columns it used)."
+    """Train model `name` (image only, a fusion, 'context' or 'stack') on the rows not in `valid`: its run on the
+    `valid` rows (probabilities, vocab, the metadata columns it used)."""
     if name == CONTEXT: return _context_run(df, valid=valid, spec=a.spec, context_col=a.context_col,
                                             context_folds=a.context_folds, epochs=a.epochs, lr=a.lr, cbs=a.cbs)
     if name == STACK: return _stack_run(df, valid, a)
-    run = fit_fold(partial(fold_learner, model=name, task=a.task, **a.spec), df, valid, a.epochs, a.lr, decimals=5, cbs=a.cbs, tta=a.tta)
-    if name == IMAGE: run.pop('columns', None)          # image only reads no metadata, even where it is built as a `MetaModel`
+    run = fit_fold(partial(fold_learner, model=name, task=a.task, **a.spec), df, valid, a.epochs, a.lr, decimals=5,
+                   cbs=a.cbs, tta=a.tta)
+    # image only reads no metadata, even where it is built as a `MetaModel`
+    if name == IMAGE: run.pop('columns', None)
     return run
 
 # %% ../nbs/03a_compare.ipynb #cmp021
 def _settings(df, spec, a):
-    "What a saved run must share with this one to be resumed: the data (its rows, file names and labels) and every training choice."
+    """What a saved run must share with this one to be resumed: the data (its rows, file names and labels) and every
+    training choice."""
     rows = pd.util.hash_pandas_object(df[[*L(spec['fn_col']), spec['label_col']]].astype(str), index=False).sum()
     names = lambda v: None if v is None else list(L(v))
-    return dict(n_rows=len(df), data_hash=str(int(rows) % 2**61), fn_col=spec['fn_col'], label_col=spec['label_col'], group_col=a.group_col,
-                cat_names=names(spec['cat_names']), cont_names=names(spec['cont_names']), exclude=list(L(a.exclude)), fusions=list(a.fusions),
-                arch=spec['arch'] if isinstance(spec['arch'], str) else spec['arch'].__name__, pretrained=bool(spec['pretrained']),
-                weights=Path(spec['weights_path']).name if spec['weights_path'] else None, epochs=a.epochs, lr=a.lr, size=spec['size'], bs=spec['bs'],
-                n_folds=a.n_folds, seeds=list(a.seeds), task=a.task, image_sep=spec['image_sep'],
-                **({'learner': learner_args(spec)} if learner_args(spec) else {}), **({'tta': True} if a.tta else {}), **(dict(context_col=a.context_col) if CONTEXT in a.fusions else {}),
-                **(dict(context_folds=a.context_folds) if CONTEXT in a.fusions or STACK in a.fusions else {}), **(dict(stack_context=a.stack_context) if STACK in a.fusions else {}))
+    return dict(n_rows=len(df), data_hash=str(int(rows) % 2**61), fn_col=spec['fn_col'], label_col=spec['label_col'],
+                group_col=a.group_col, cat_names=names(spec['cat_names']), cont_names=names(spec['cont_names']),
+                exclude=list(L(a.exclude)), fusions=list(a.fusions),
+                arch=spec['arch'] if isinstance(spec['arch'], str) else spec['arch'].__name__,
+                pretrained=bool(spec['pretrained']),
+                weights=Path(spec['weights_path']).name if spec['weights_path'] else None, epochs=a.epochs, lr=a.lr,
+                size=spec['size'], bs=spec['bs'], n_folds=a.n_folds, seeds=list(a.seeds),
+                task=a.task, image_sep=spec['image_sep'],
+                **({'learner': learner_args(spec)} if learner_args(spec) else {}), **({'tta': True} if a.tta else {}),
+                **(dict(context_col=a.context_col) if CONTEXT in a.fusions else {}),
+                **(dict(context_folds=a.context_folds) if CONTEXT in a.fusions or STACK in a.fusions else {}),
+                **(dict(stack_context=a.stack_context) if STACK in a.fusions else {}))
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'], keep=True)
-def meta_compare(df, path='.', group_col=None, fusions=('concat',), epochs=5, lr=None, n_folds=5, seeds=(0,), out=None, bins=4,
-                 context_col=None, context_folds=3, exclude=None, metric=None, task='auto', cbs=None, tta=False, runner=None,
-                 **kwargs):
-    "Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by `context_col`, default `group_col`, over `context_folds` folds; `'stack'`: `stack_learner` over `context_folds` folds of the training rows, with the patient context if `context_col` is named), gradient boosting on the metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`; `cbs` join every training run; `tta`: image only and the fusions predict with test-time augmentation (`learn.tta`); `runner`: how the trainings run (`Serial()`, one after another, or a `RayRunner`: in parallel, the same runs); `kwargs`: the data, the body and the learner (`fold_spec`)."
+def meta_compare(df, path='.', group_col=None, fusions=('concat', ), epochs=5, lr=None, n_folds=5, seeds=(0, ),
+                 out=None, bins=4, context_col=None, context_folds=3, exclude=None, metric=None, task='auto',
+                 cbs=None, tta=False, runner=None, **kwargs):
+    """Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by
+    `context_col`, default `group_col`, over `context_folds` folds; `'stack'`: `stack_learner` over `context_folds`
+    folds of the training rows, with the patient context if `context_col` is named), gradient boosting on the
+    metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in
+    `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`;
+    `cbs` join every training run; `tta`: image only and the fusions predict with test-time augmentation
+    (`learn.tta`); `runner`: how the trainings run (`Serial()`, one after another, or a `RayRunner`: in parallel,
+    the same runs); `kwargs`: the data, the body and the learner (`fold_spec`)."""
     spec = fold_spec(path=path, exclude=list(L(exclude)) + ([group_col] if group_col else []), **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col] + ([group_col] if group_col else []))
     task = target_task(df[label_col], task=task)
-    if task not in ('classification', 'regression'): raise ValueError(f"meta_compare compares classifiers and regressions, not a {task!r} task.")
+    if task not in ('classification', 'regression'):
+        raise ValueError(f"meta_compare compares classifiers and regressions, not a {task!r} task.")
     if not fusions: raise ValueError("No fusion to compare with image only: pass `fusions`, e.g. ('concat',).")
-    stack_context, context_col = context_col, context_col or group_col       # the stack takes the patient context only when it is named
-    if CONTEXT in fusions and not context_col: raise ValueError("The 'context' model needs the patient: pass `context_col` (or `group_col`).")
+    # the stack takes the patient context only when it is named
+    stack_context, context_col = context_col, context_col or group_col
+    if CONTEXT in fusions and not context_col:
+        raise ValueError("The 'context' model needs the patient: pass `context_col` (or `group_col`).")
     if CONTEXT in fusions and (task == 'regression' or is_listy(fn_col) or spec['image_sep']):
-        raise ValueError("The 'context' model classifies one image per row: leave it out of `fusions` for a regression or several images per row.")
+        raise ValueError(
+            "The 'context' model classifies one image per row: leave it out of `fusions` for a regression or several images per row."
+        )
     if CONTEXT in fusions: check_columns(df.columns, [context_col])
-    if CONTEXT in fusions and tta: warnings.warn("tta: image only and the fusions predict with test-time augmentation, the 'context' model without.")
-    if STACK in fusions and tta: warnings.warn("tta: image only and the fusions predict with test-time augmentation, the stack without.")
-    if task == 'classification': check_classes(df, label_col, 'meta_compare compares classifiers (accuracy, balanced accuracy, ROC AUC)')
-    elif df[label_col].isna().any(): raise ValueError(f"Label column {label_col!r} is missing in {int(df[label_col].isna().sum())} row(s), e.g. row {df.index[df[label_col].isna()].tolist()[0]!r}.")
+    if CONTEXT in fusions and tta:
+        warnings.warn(
+            "tta: image only and the fusions predict with test-time augmentation, the 'context' model without.")
+    if STACK in fusions and tta:
+        warnings.warn("tta: image only and the fusions predict with test-time augmentation, the stack without.")
+    if task == 'classification':
+        check_classes(df, label_col, 'meta_compare compares classifiers (accuracy, balanced accuracy, ROC AUC)')
+    elif df[label_col].isna().any():
+        raise ValueError(
+            f"Label column {label_col!r} is missing in {int(df[label_col].isna().sum())} row(s), e.g. row {df.index[df[label_col].isna()].tolist()[0]!r}."
+        )
     known = METRICS if task == 'classification' else REGRESSION_METRICS
-    if metric is not None and metric not in known: raise ValueError(f"`metric` is one of {list(known)} for a {task}, not {metric!r}.")
+    if metric is not None and metric not in known:
+        raise ValueError(f"`metric` is one of {list(known)} for a {task}, not {metric!r}.")
     df = df.reset_index(drop=True)
-    if group_col is None: warnings.warn("No `group_col`: folds split rows, so one patient's (or lesion's) images can sit on both sides and flatter every model.")
-    a = SimpleNamespace(spec=spec, task=task, group_col=group_col, fusions=fusions, epochs=epochs, lr=lr, n_folds=n_folds, seeds=seeds, exclude=exclude, stack_context=stack_context,
+    if group_col is None:
+        warnings.warn(
+            "No `group_col`: folds split rows, so one patient's (or lesion's) images can sit on both sides and flatter every model."
+        )
+    a = SimpleNamespace(spec=spec, task=task, group_col=group_col, fusions=fusions, epochs=epochs, lr=lr,
+                        n_folds=n_folds, seeds=seeds, exclude=exclude, stack_context=stack_context,
                         context_col=context_col, context_folds=context_folds, cbs=cbs, tta=tta)
     settings = _settings(df, spec, a)
     store = RunStore(Path(out)/'compare.json', settings) if out is not None else None
-    folds = {s: row_folds(df, n_folds, s, group_col, stratify=label_col if task == 'classification' else None) for s in seeds}
-    jobs = [Job(f'{s}/{k}/{m}', partial(_train, m, a=a), folds[s], k, s) for s in seeds for m in (IMAGE, *fusions) for k in range(n_folds)]
-    runs = run_jobs(df, jobs, store, runner, quiet=store is not None and any('columns' in r for r in store.runs.values()))
-    res = (CompareResult if task == 'classification' else RegressionResult)(df, settings, runs, folds, bins=bins, metric=metric)
+    folds = {
+        s: row_folds(df, n_folds, s, group_col, stratify=label_col if task == 'classification' else None)
+        for s in seeds
+    }
+    jobs = [
+        Job(f'{s}/{k}/{m}', partial(_train, m, a=a), folds[s], k, s) for s in seeds for m in (IMAGE, *fusions)
+        for k in range(n_folds)
+    ]
+    runs = run_jobs(df, jobs, store, runner, quiet=store is not None and
+                    any('columns' in r for r in store.runs.values()))
+    res = (CompareResult if task == 'classification' else RegressionResult)(df, settings, runs, folds, bins=bins,
+                                                                            metric=metric)
     if out is not None: res.save(out)
     return res

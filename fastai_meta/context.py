@@ -24,7 +24,8 @@ from .calibrate import fit_temperature, operating_point, decide_at, Calibration
 
 # %% ../nbs/03c_context.ipynb #6c2a08c6
 def tempered(p, t):
-    "Class probabilities `p` (rows) with their log-probabilities divided by the temperature `t`: for two classes, the logit over `t`."
+    """Class probabilities `p` (rows) with their log-probabilities divided by the temperature `t`: for two classes, the
+    logit over `t`."""
     z = np.log(np.clip(np.asarray(p, dtype=float), 1e-7, 1)) / t
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
@@ -32,19 +33,23 @@ def tempered(p, t):
 def _logit(p): p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6); return np.log(p/(1 - p))
 
 def _centred_rank(x, groups):
-    "Each value's rank within its group, as (rank - 1/2) / size: 1/2 for a group of one, evenly spread in (0, 1) otherwise."
+    """Each value's rank within its group, as (rank - 1/2) / size: 1/2 for a group of one, evenly spread in (0, 1)
+    otherwise."""
     s = pd.Series(x)
     return ((s.groupby(groups).rank(method='average') - 0.5) / s.groupby(groups).transform('size')).to_numpy()
 
 def percentile_in_group(x, groups):
-    "Each value's percentile among its group's values (`groups`, one per row): 0 the lowest, 100 the highest, ties averaged; NaN for a group of one."
+    """Each value's percentile among its group's values (`groups`, one per row): 0 the lowest, 100 the highest, ties
+    averaged; NaN for a group of one."""
     s, g = pd.Series(np.asarray(x, dtype=float)), pd.Series(np.asarray(groups, dtype=object))
     n = s.groupby(g).transform('size').to_numpy()
     with np.errstate(invalid='ignore', divide='ignore'):
         return np.where(n > 1, 100 * (s.groupby(g).rank(method='average').to_numpy() - 1) / (n - 1), np.nan)
 
 def patient_context(groups, probs, emb):
-    "Each image against the other images of its group (`groups`, one value per row): from its class probabilities `probs` (rows × classes used) and embeddings `emb`; missing context (a group of one image) is 0 with `has_context` 0."
+    """Each image against the other images of its group (`groups`, one value per row): from its class probabilities
+    `probs` (rows × classes used) and embeddings `emb`; missing context (a group of one image) is 0 with
+    `has_context` 0."""
     groups = pd.factorize(pd.Series(np.asarray(groups, dtype=object)))[0]
     probs, emb = np.asarray(probs, dtype=float).reshape(len(groups), -1), np.asarray(emb, dtype=float)
     n = np.bincount(groups)[groups]
@@ -73,12 +78,15 @@ def _check_rows(df, cols, context_col):
     if isinstance(df, pd.Series): df = df.to_frame().T
     check_columns(df.columns, cols)
     miss = is_missing(df[context_col].to_numpy(dtype=object))
-    if miss.any(): raise ValueError(f"Context column {context_col!r} is missing in {int(miss.sum())} row(s), e.g. row {df.index[miss].tolist()[0]!r}: "
-                                    "each image needs its patient, whose other images give its context.")
+    if miss.any():
+        raise ValueError(
+            f"Context column {context_col!r} is missing in {int(miss.sum())} row(s), e.g. row {df.index[miss].tolist()[0]!r}: "
+            "each image needs its patient, whose other images give its context.")
     return df
 
 class OnEach:
-    "Call a method on each of `objs`: fastai's `load_learner` calls `learn.dls.cpu()`, which moves every image model's data."
+    """Call a method on each of `objs`: fastai's `load_learner` calls `learn.dls.cpu()`, which moves every image
+    model's data."""
     def __init__(self, objs): self.objs = objs
     def __getattr__(self, k): return lambda *args, **kwargs: [getattr(o, k)(*args, **kwargs) for o in self.objs]
 
@@ -90,8 +98,10 @@ class ContextDL:
     def __len__(self): return len(self.items)
 
 class ContextLearner:
-    "Image models cross-fitted over patient-grouped folds (`learners`), and a stage-two logistic regression (`scaler`, `stage_two`) on each image's probabilities and patient context."
-    def __init__(self, learners, scaler, stage_two, vocab, context_col, label_col, oof=None, settings=None, targets=None, temperature=None, decision=None):
+    """Image models cross-fitted over patient-grouped folds (`learners`), and a stage-two logistic regression
+    (`scaler`, `stage_two`) on each image's probabilities and patient context."""
+    def __init__(self, learners, scaler, stage_two, vocab, context_col, label_col, oof=None, settings=None,
+                 targets=None, temperature=None, decision=None):
         store_attr()
 
     @property
@@ -109,26 +119,34 @@ class ContextLearner:
         return ContextDL(self, df, with_labels)
 
     def stage_two_probs(self, X):
-        "Stage two's class probabilities (columns in `vocab` order, with the temperature if calibrated) for the context features `X` (a DataFrame with the `features`)."
-        p, out = self.stage_two.predict_proba(self.scaler.transform(X[self.features].to_numpy())), np.zeros((len(X), len(self.vocab)))
+        """Stage two's class probabilities (columns in `vocab` order, with the temperature if calibrated) for the
+        context features `X` (a DataFrame with the `features`)."""
+        p, out = self.stage_two.predict_proba(self.scaler.transform(X[self.features].to_numpy())), np.zeros(
+            (len(X), len(self.vocab)))
         out[:, self.stage_two.classes_] = p
         return out if self.temperature is None else tempered(out, self.temperature)
 
     @property
     def focus(self):
-        "The classes (indices) whose percentile within the patient `predict` gives: the operating point's, else the second of two, else every class."
+        """The classes (indices) whose percentile within the patient `predict` gives: the operating point's, else the
+        second of two, else every class."""
         return [self.decision['idx']] if self.decision else classes_used(self.vocab)
 
     def output_columns(self):
-        "The columns of `predict`, after the context column: the decision, the number of the patient's images, each class's probability with and without the context, and the percentile within the patient of the `focus` classes."
-        return (['prediction', 'n_images'] + [f'p_{v}' for v in self.vocab] + [f'p_{v} (image only)' for v in self.vocab]
-                + [f'percentile in patient ({self.vocab[j]})' for j in self.focus])
+        """The columns of `predict`, after the context column: the decision, the number of the patient's images, each
+        class's probability with and without the context, and the percentile within the patient of the `focus`
+        classes."""
+        return (['prediction', 'n_images'] + [f'p_{v}' for v in self.vocab] +
+                [f'p_{v} (image only)' for v in self.vocab] +
+                [f'percentile in patient ({self.vocab[j]})' for j in self.focus])
 
     @property
-    def features(self): return list(self.oof.columns.drop('fold')) if self.oof is not None else self.settings['features']
+    def features(self):
+        return list(self.oof.columns.drop('fold')) if self.oof is not None else self.settings['features']
 
     def stage_one(self, df):
-        "Each image model's class probabilities and context features (`patient_context`) for the rows of `df` (whole patients): a list of (probs, features) pairs."
+        """Each image model's class probabilities and context features (`patient_context`) for the rows of `df` (whole
+        patients): a list of (probs, features) pairs."""
         res = []
         for learn in self.learners:
             with warnings.catch_warnings():
@@ -138,114 +156,156 @@ class ContextLearner:
         return res
 
     def _run(self, dl):
-        "Stage two's probabilities of `dl`'s rows averaged over the stage-one models, and the stage-one models' averaged probabilities."
+        """Stage two's probabilities of `dl`'s rows averaged over the stage-one models, and the stage-one models'
+        averaged probabilities."""
         runs = self.stage_one(dl.items)
         return np.mean([self.stage_two_probs(X) for _,X in runs], 0), np.mean([p for p,_ in runs], 0)
 
     def get_preds(self, dl=None, with_image=False):
-        "Class probabilities of `dl`'s rows (a `test_dl`) and their targets (with labels), as tensors; `with_image`: also the image models' own."
-        if dl is None: raise ValueError("Pass `dl=learn.test_dl(df)`: a ContextLearner's training rows were all used by stage two.")
+        """Class probabilities of `dl`'s rows (a `test_dl`) and their targets (with labels), as tensors; `with_image`:
+        also the image models' own."""
+        if dl is None:
+            raise ValueError(
+                "Pass `dl=learn.test_dl(df)`: a ContextLearner's training rows were all used by stage two.")
         if isinstance(dl, pd.DataFrame): dl = self.test_dl(dl)
         p, img = self._run(dl)
         targ = None
         if dl.with_labels:
             y = dl.items[self.label_col].astype(str).map({str(v):i for i,v in enumerate(self.vocab)})
-            if y.isna().any(): raise ValueError(f"Label column {self.label_col!r} has {dl.items[self.label_col][y.isna()].iloc[0]!r} in row {y.index[y.isna()].tolist()[0]!r}, not one of the classes {self.vocab}.")
+            if y.isna().any():
+                raise ValueError(
+                    f"Label column {self.label_col!r} has {dl.items[self.label_col][y.isna()].iloc[0]!r} in row {y.index[y.isna()].tolist()[0]!r}, not one of the classes {self.vocab}."
+                )
             targ = torch.as_tensor(np.array(y, dtype=int))
         return (torch.as_tensor(p).float(), targ) + ((torch.as_tensor(img).float(),) if with_image else ())
 
     def decide(self, p):
-        "The class index of each row of probabilities `p`: at the operating point (`set_operating_point`) if set, else the most probable."
+        """The class index of each row of probabilities `p`: at the operating point (`set_operating_point`) if set,
+        else the most probable."""
         if not self.decision: return p.argmax(1)
         return decide_at(torch.as_tensor(p), self.decision['idx'], self.decision['threshold']).numpy()
 
     def predict(self, df):
-        "Predict the images of `df` (whole patients, their rows anywhere in it; a Series: one image): the class, how many images its context came from, each class's probability with and without the context, and its percentile within the patient (`output_columns`)."
+        """Predict the images of `df` (whole patients, their rows anywhere in it; a Series: one image): the class, how
+        many images its context came from, each class's probability with and without the context, and its percentile
+        within the patient (`output_columns`)."""
         dl = self.test_dl(df)
         p, img = self._run(dl)
         g = dl.items[self.context_col].to_numpy(dtype=object)
-        cols = dict(prediction=np.array(self.vocab, dtype=object)[self.decide(p)], n_images=pd.Series(g).map(pd.Series(g).value_counts()).to_numpy(),
-                    **{f'p_{v}': p[:, j] for j,v in enumerate(self.vocab)}, **{f'p_{v} (image only)': img[:, j] for j,v in enumerate(self.vocab)},
-                    **{f'percentile in patient ({self.vocab[j]})': percentile_in_group(p[:, j], g) for j in self.focus})
+        cols = dict(
+            prediction=np.array(self.vocab, dtype=object)[self.decide(p)],
+            n_images=pd.Series(g).map(pd.Series(g).value_counts()).to_numpy(),
+            **{f'p_{v}': p[:, j] for j, v in enumerate(self.vocab)},
+            **{f'p_{v} (image only)': img[:, j] for j, v in enumerate(self.vocab)},
+            **{f'percentile in patient ({self.vocab[j]})': percentile_in_group(p[:, j], g) for j in self.focus})
         return pd.DataFrame({self.context_col: g, **{c: cols[c] for c in self.output_columns()}}, index=dl.items.index)
 
     def stage_two_state(self):
-        "The stage two (its scaling and logistic regression) as plain JSON, no pickle: what `export_safe` writes beside the image models."
-        return dict(vocab=self.vocab, features=self.features, mean=self.scaler.mean_.tolist(), scale=self.scaler.scale_.tolist(),
-                    coef=self.stage_two.coef_.tolist(), intercept=self.stage_two.intercept_.tolist(), classes=self.stage_two.classes_.tolist())
+        """The stage two (its scaling and logistic regression) as plain JSON, no pickle: what `export_safe` writes
+        beside the image models."""
+        return dict(vocab=self.vocab, features=self.features, mean=self.scaler.mean_.tolist(),
+                    scale=self.scaler.scale_.tolist(), coef=self.stage_two.coef_.tolist(),
+                    intercept=self.stage_two.intercept_.tolist(), classes=self.stage_two.classes_.tolist())
 
     @classmethod
     def from_state(cls, learners, two, temperature=None, decision=None):
-        "The context model of the image models `learners` and the stage two's description `two` (`stage_two_state`, with the columns and `settings` the export adds)."
+        """The context model of the image models `learners` and the stage two's description `two` (`stage_two_state`,
+        with the columns and `settings` the export adds)."""
         scaler, lr = StandardScaler(), LogisticRegression()
         scaler.mean_, scaler.scale_ = np.array(two['mean'], dtype=float), np.array(two['scale'], dtype=float)
-        lr.coef_, lr.intercept_, lr.classes_ = np.array(two['coef'], dtype=float), np.array(two['intercept'], dtype=float), np.array(two['classes'], dtype=int)
+        lr.coef_, lr.intercept_, lr.classes_ = np.array(two['coef'], dtype=float), np.array(
+            two['intercept'], dtype=float), np.array(two['classes'], dtype=int)
         scaler.n_features_in_ = lr.n_features_in_ = len(list(two['features']))
-        if not (scaler.mean_.shape == scaler.scale_.shape == lr.coef_.shape[1:] == (scaler.n_features_in_,)): raise ValueError('shapes differ')
+        if not (scaler.mean_.shape == scaler.scale_.shape == lr.coef_.shape[1:] == (scaler.n_features_in_, )):
+            raise ValueError('shapes differ')
         return cls(learners, scaler=scaler, stage_two=lr, vocab=list(two['vocab']), context_col=str(two['context_col']),
                    label_col=str(two['label_col']), oof=None, settings=dict(two['settings']), temperature=temperature,
                    decision=decision)
 
 # %% ../nbs/03c_context.ipynb #990af7fd
 def fit_stage_two(oof, y, C=1.0, seed=0):
-    "Standardise the context features of the out-of-fold table `oof` and fit a logistic regression to targets `y` on them."
+    """Standardise the context features of the out-of-fold table `oof` and fit a logistic regression to targets `y` on
+    them."""
     X = oof.drop(columns='fold').to_numpy()
     scaler = StandardScaler().fit(X)
     return scaler, LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(scaler.transform(X), y)
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics'])
-def context_learner(df, path='.', context_col='patient_id', fusion='concat', epochs=5, lr=None, n_folds=5, seed=0, C=1.0, cbs=None, runner=None,
-                    **kwargs):
-    "Patient context in one call: `n_folds` image + metadata learners (`meta_cnn_learner`, `fusion`) cross-fitted over folds grouped by `context_col`, then a logistic regression on each image's out-of-fold probabilities and its place among its patient's images; a `ContextLearner`. `runner`: how the networks train (`Serial()`, or a `RayRunner`)."
+def context_learner(df, path='.', context_col='patient_id', fusion='concat', epochs=5, lr=None, n_folds=5, seed=0,
+                    C=1.0, cbs=None, runner=None, **kwargs):
+    """Patient context in one call: `n_folds` image + metadata learners (`meta_cnn_learner`, `fusion`) cross-fitted
+    over folds grouped by `context_col`, then a logistic regression on each image's out-of-fold probabilities and
+    its place among its patient's images; a `ContextLearner`. `runner`: how the networks train (`Serial()`, or a
+    `RayRunner`)."""
     spec = fold_spec(path=path, **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col, context_col])
     check_classes(df, label_col, 'context_learner')
     if several_images(df, fn_col, spec['image_sep']):
-        raise ValueError(f"context_learner takes one image per row, and {fn_col!r} names several per row. Give each image its own row, keeping its "
-                         f"{context_col!r}: several columns with `df.melt(id_vars=[...], value_vars={list(L(fn_col))!r}, value_name='fname')`, "
-                         "a separated list with `df.assign(fname=df[col].str.split(sep)).explode('fname')`; each view is then judged among the patient's images.")
+        raise ValueError(
+            f"context_learner takes one image per row, and {fn_col!r} names several per row. Give each image its own row, keeping its "
+            f"{context_col!r}: several columns with `df.melt(id_vars=[...], value_vars={list(L(fn_col))!r}, value_name='fname')`, "
+            "a separated list with `df.assign(fname=df[col].str.split(sep)).explode('fname')`; each view is then judged among the patient's images."
+        )
     df = df.reset_index(drop=True)
     if (df.groupby(context_col, dropna=False)[fn_col].transform('size') < 2).all():
         raise ValueError(f"Every value of {context_col!r} has one image: there is no patient context to learn from.")
     spec['exclude'] = list(L(spec['exclude'])) + [context_col]        # the patient is the context, never a feature
     folds = group_folds(df, context_col, n_folds, seed, stratify=label_col)
-    runs = cross_fit(df, folds, FoldFit(partial(fold_learner, model=fusion, **spec), epochs=epochs, lr=lr, embeddings=True, keep=True, cbs=cbs), seed=seed,
-                     runner=runner)
+    runs = cross_fit(
+        df, folds,
+        FoldFit(partial(fold_learner, model=fusion, **spec), epochs=epochs, lr=lr, embeddings=True, keep=True,
+                cbs=cbs), seed=seed, runner=runner)
     vocab = runs[0]['vocab']
     for k,r in runs.items():
-        if r['vocab'] != vocab: raise ValueError(f"Fold {k} has the classes {r['vocab']}, fold 0 {vocab}: too few rows of a class for {n_folds} folds.")
-    oof = pd.concat([patient_context(df[context_col][folds == k], r['probs'][:, classes_used(vocab)], r['emb']).set_index(np.flatnonzero(folds == k))
-                     for k,r in runs.items()]).sort_index()          # each held-out patient, from the model that never saw it
+        if r['vocab'] != vocab:
+            raise ValueError(
+                f"Fold {k} has the classes {r['vocab']}, fold 0 {vocab}: too few rows of a class for {n_folds} folds."
+            )
+    oof = pd.concat([
+        patient_context(df[context_col][folds == k], r['probs'][:, classes_used(vocab)],
+                        r['emb']).set_index(np.flatnonzero(folds == k))
+        # each held-out patient, from the model that never saw it
+        for k, r in runs.items()
+    ]).sort_index()
     oof.insert(0, 'fold', folds)
     y = df[label_col].astype(str).map({v:i for i,v in enumerate(vocab)}).to_numpy()
     scaler, stage_two = fit_stage_two(oof, y, C, seed)
     arch = spec['arch']
-    settings = dict(fn_col=fn_col, n_folds=n_folds, seed=seed, C=C, fusion=fusion if isinstance(fusion, str) else getattr(fusion, '__name__', str(fusion)),
-                    arch=arch if isinstance(arch, str) else arch.__name__, epochs=epochs, size=spec['size'], features=list(oof.columns.drop('fold')))
+    settings = dict(fn_col=fn_col, n_folds=n_folds, seed=seed, C=C,
+                    fusion=fusion if isinstance(fusion, str) else getattr(fusion, '__name__', str(fusion)),
+                    arch=arch if isinstance(arch, str) else arch.__name__, epochs=epochs, size=spec['size'],
+                    features=list(oof.columns.drop('fold')))
     return ContextLearner([r['learn'] for r in runs.values()], scaler=scaler, stage_two=stage_two, vocab=vocab,
                           context_col=context_col, label_col=label_col, oof=oof, settings=settings, targets=y)
 
 # %% ../nbs/03c_context.ipynb #bec98ae1
 @patch
 def held_out_probs(self:ContextLearner, df=None):
-    "Class probabilities (no temperature) and targets of rows neither stage trained on: the stage two cross-fitted over the image models' own patient folds (the out-of-fold table), or the labelled rows of `df` (patients kept out of training)."
+    """Class probabilities (no temperature) and targets of rows neither stage trained on: the stage two cross-fitted
+    over the image models' own patient folds (the out-of-fold table), or the labelled rows of `df` (patients kept
+    out of training)."""
     if df is not None:
         t, self.temperature = self.temperature, None
         try: p, y = self.get_preds(self.test_dl(df, with_labels=True))
         finally: self.temperature = t
         return p.numpy(), y.numpy()
     if self.oof is None or self.targets is None:
-        raise ValueError("This context model keeps no out-of-fold table (an export does not): pass `df=` with labelled rows of patients it never saw.")
+        raise ValueError(
+            "This context model keeps no out-of-fold table (an export does not): pass `df=` with labelled rows of patients it never saw."
+        )
     p, fold = np.zeros((len(self.oof), len(self.vocab))), self.oof.fold.to_numpy()
     for k in np.unique(fold):
-        scaler, two = fit_stage_two(self.oof[fold != k], self.targets[fold != k], self.settings['C'], self.settings['seed'])
-        p[np.ix_(fold == k, two.classes_)] = two.predict_proba(scaler.transform(self.oof[self.features][fold == k].to_numpy()))
+        scaler, two = fit_stage_two(self.oof[fold != k], self.targets[fold != k], self.settings['C'],
+                                    self.settings['seed'])
+        p[np.ix_(fold == k,
+                 two.classes_)] = two.predict_proba(scaler.transform(self.oof[self.features][fold == k].to_numpy()))
     return p, np.array(self.targets)          # a copy: torch refuses a read-only array
 
 @patch
 def calibrate(self:ContextLearner, df=None, n_bins=15):
-    "Fit temperature scaling of the stage two's probabilities on rows neither stage trained on (`held_out_probs`), kept in the model and its exports; a `Calibration` report."
+    """Fit temperature scaling of the stage two's probabilities on rows neither stage trained on (`held_out_probs`),
+    kept in the model and its exports; a `Calibration` report."""
     p, y = self.held_out_probs(df)
     logits, y = torch.log(torch.as_tensor(p).float().clamp_min(1e-7)), torch.as_tensor(y)
     self.temperature = t = fit_temperature(logits, y)
@@ -253,7 +313,8 @@ def calibrate(self:ContextLearner, df=None, n_bins=15):
 
 @patch
 def set_operating_point(self:ContextLearner, cls, sensitivity=0.95, df=None):
-    "Decide class `cls` wherever its (calibrated) probability reaches the threshold that gives `sensitivity` on rows neither stage trained on (`held_out_probs`); `predict`, the CLI, the app and exports use it."
+    """Decide class `cls` wherever its (calibrated) probability reaches the threshold that gives `sensitivity` on rows
+    neither stage trained on (`held_out_probs`); `predict`, the CLI, the app and exports use it."""
     vocab, idx = list(map(str, self.vocab)), class_index(self.vocab, cls)
     p, y = self.held_out_probs(df)
     if self.temperature is not None: p = tempered(p, self.temperature)
@@ -264,7 +325,8 @@ def set_operating_point(self:ContextLearner, cls, sensitivity=0.95, df=None):
 # %% ../nbs/03c_context.ipynb #896be8c5
 @patch
 def export(self:ContextLearner, fname='context.pkl'):
-    "Pickle the learner as fastai's `Learner.export` does, each image model without its rows or optimiser state; `load_learner` reads it back."
+    """Pickle the learner as fastai's `Learner.export` does, each image model without its rows or optimiser state;
+    `load_learner` reads it back."""
     old = [(l.dls, l.opt) for l in self.learners]
     try:
         for l in self.learners: l._end_cleanup(); l.dls, l.opt = l.dls.new_empty(), None
@@ -278,27 +340,36 @@ def export(self:ContextLearner, fname='context.pkl'):
 # %% ../nbs/03c_context.ipynb #f9394bbc
 def images_per_patient(groups):
     "The number of images of each row's patient, binned: '1', '2-3', '4-7', '8-15', '16-31', '32+'."
-    n = pd.Series(np.asarray(groups, dtype=object)).map(pd.Series(np.asarray(groups, dtype=object)).value_counts()).to_numpy()
+    n = pd.Series(np.asarray(groups,
+                             dtype=object)).map(pd.Series(np.asarray(groups,
+                                                                     dtype=object)).value_counts()).to_numpy()
     b = np.minimum(np.log2(n).astype(int), 5)
     return np.array(['1', '2-3', '4-7', '8-15', '16-31', '32+'], dtype=object)[b]
 
 def class_auc(y, p):
-    "ROC AUC of probabilities `p` (rows × classes) for class indices `y` (one-vs-rest macro for several classes); NaN with one class."
+    """ROC AUC of probabilities `p` (rows × classes) for class indices `y` (one-vs-rest macro for several classes); NaN
+    with one class."""
     y, p = np.asarray(y), np.asarray(p)
     if len(np.unique(y)) < 2: return float('nan')
-    return float(roc_auc_score(y, p[:, 1]) if p.shape[1] == 2 else roc_auc_score(y, p, multi_class='ovr', labels=range(p.shape[1])))
+    return float(
+        roc_auc_score(y, p[:, 1]) if p.shape[1] ==
+        2 else roc_auc_score(y, p, multi_class='ovr', labels=range(p.shape[1])))
 
 @patch
 def meta_report(self:ContextLearner, df, cols=None, bins=4):
-    "ROC AUC of the context model and of its image models alone on the labelled rows of `df` (whole patients), overall, by the number of images per patient ('patient images') and by each metadata column of `cols`."
+    """ROC AUC of the context model and of its image models alone on the labelled rows of `df` (whole patients),
+    overall, by the number of images per patient ('patient images') and by each metadata column of `cols`."""
     dl = self.test_dl(df, with_labels=True)
     p, y, img = (t.numpy() for t in self.get_preds(dl, with_image=True))
     enc, items = meta_encode(self.learners[0].dls).encoding, dl.items
     cols = list(L(ifnone(cols, ['patient images', *enc.columns])))
     check_columns(items.columns, [c for c in cols if c != 'patient images'])
-    extra = {'patient images': (images_per_patient(items[self.context_col]), ['1', '2-3', '4-7', '8-15', '16-31', '32+'])}
-    res = subgroup_report(items, cols=cols,
-                          score=lambda i: {'roc_auc': class_auc(y[i], p[i]), 'roc_auc (image only)': class_auc(y[i], img[i])},
-                          cont_names=enc.cont_names, bins=bins, extra=extra)
+    extra = {
+        'patient images': (images_per_patient(items[self.context_col]), ['1', '2-3', '4-7', '8-15', '16-31', '32+'])
+    }
+    res = subgroup_report(
+        items, cols=cols,
+        score=lambda i: {'roc_auc': class_auc(y[i], p[i]), 'roc_auc (image only)': class_auc(y[i], img[i])},
+        cont_names=enc.cont_names, bins=bins, extra=extra)
     res['lift'] = res['roc_auc'] - res['roc_auc (image only)']
     return res

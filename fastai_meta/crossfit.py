@@ -20,50 +20,80 @@ from .learner import fit_recipe, image_learner, meta_cnn_learner, VISION_ARGS, L
 # %% ../nbs/02b_crossfit.ipynb #f01d1ea5
 IMAGE = 'image only'      # the name of the image-only baseline among the models `meta_compare` trains
 
-NO_METADATA = 'no metadata'   # the constant column of an image-only model built as a `MetaModel` (several images, or a regression)
+# the constant column of an image-only model built as a `MetaModel` (several images, or a regression)
+NO_METADATA = 'no metadata'
 
-def fold_learner(df, valid, model='concat', path='.', fn_col='fname', label_col='label', cat_names=None, cont_names=None, exclude=None,
-                 arch='resnet18', pretrained=True, weights_path=None, size=128, bs=32, folder=None, suff='', item_tfms=None,
-                 batch_tfms=None, cache=None, num_workers=0, image_sep=None, task='classification', metrics=None, **kwargs):
-    "A learner on the rows of `df`, the `valid` rows held out: image only (`model=IMAGE`) or `meta_cnn_learner` with fusion `model`; images in `path/folder` named by `fn_col` (several columns, or `image_sep`: several per row), resized to `size` (or by `item_tfms`, or kept in an `ImageCache`); `task`: 'classification' or 'regression'; `kwargs` to `meta_cnn_learner` (image only takes those `vision_learner` takes: the head's `ps`, `lin_ftrs`, ...)."
+def fold_learner(df, valid, model='concat', path='.', fn_col='fname', label_col='label', cat_names=None,
+                 cont_names=None, exclude=None, arch='resnet18', pretrained=True, weights_path=None, size=128, bs=32,
+                 folder=None, suff='', item_tfms=None, batch_tfms=None, cache=None, num_workers=0, image_sep=None,
+                 task='classification', metrics=None, **kwargs):
+    """A learner on the rows of `df`, the `valid` rows held out: image only (`model=IMAGE`) or `meta_cnn_learner` with
+    fusion `model`; images in `path/folder` named by `fn_col` (several columns, or `image_sep`: several per row),
+    resized to `size` (or by `item_tfms`, or kept in an `ImageCache`); `task`: 'classification' or 'regression';
+    `kwargs` to `meta_cnn_learner` (image only takes those `vision_learner` takes: the head's `ps`, `lin_ftrs`,
+    ...)."""
     regression, several = task == 'regression', several_images(df, fn_col, image_sep)
     metrics = ifnone(metrics, [] if regression else accuracy)
     pref = f'{Path(path) if folder is None else Path(path)/folder}{os.path.sep}'
     common = dict(splitter=IndexSplitter(np.flatnonzero(valid)), batch_tfms=batch_tfms)
-    if model == IMAGE and not (regression or several):   # fastai's own vision_learner; an `ImageCache` holds images resized as `Resize(size)` does
-        dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader(fn_col, pref=pref, suff=suff), get_y=ColReader(label_col),
-                        item_tfms=ifnone(item_tfms, Resize(size)), **common).dataloaders(df, path=path, bs=bs, num_workers=num_workers)
-        return image_learner(dls, arch, pretrained, weights_path, metrics=metrics, **{k: v for k,v in kwargs.items() if k in VISION_ARGS})
-    if model == IMAGE:      # the same network as the fusions, its metadata a constant: same images, same target scaling, nothing from the table
+    # fastai's own vision_learner; an `ImageCache` holds images resized as `Resize(size)` does
+    if model == IMAGE and not (regression or several):
+        dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader(fn_col, pref=pref, suff=suff),
+                        get_y=ColReader(label_col), item_tfms=ifnone(item_tfms, Resize(size)),
+                        **common).dataloaders(df, path=path, bs=bs, num_workers=num_workers)
+        return image_learner(dls, arch, pretrained, weights_path, metrics=metrics,
+                             **{k: v for k, v in kwargs.items() if k in VISION_ARGS})
+    # the same network as the fusions, its metadata a constant: same images, same target scaling, nothing from the table
+    if model == IMAGE:
         df, cat_names, cont_names, model = df.assign(**{NO_METADATA: 0.}), [], [NO_METADATA], 'concat'
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', f".*'{NO_METADATA}'.*")
-        dls = MetaDataLoaders.from_df(df, path, folder=folder, fn_col=fn_col, suff=suff, label_col=label_col, cat_names=cat_names,
-                                      cont_names=cont_names, exclude=exclude, cache=cache, bs=bs, num_workers=num_workers, image_sep=image_sep,
+        dls = MetaDataLoaders.from_df(df, path, folder=folder, fn_col=fn_col, suff=suff, label_col=label_col,
+                                      cat_names=cat_names, cont_names=cont_names, exclude=exclude, cache=cache, bs=bs,
+                                      num_workers=num_workers, image_sep=image_sep,
                                       y_block=RegressionBlock if regression else None,
                                       item_tfms=ifnone(item_tfms, None if cache else Resize(size)), **common)
-    return meta_cnn_learner(dls, arch, fusion=model, pretrained=pretrained, weights_path=weights_path, metrics=metrics, **kwargs)
+    return meta_cnn_learner(dls, arch, fusion=model, pretrained=pretrained, weights_path=weights_path,
+                            metrics=metrics, **kwargs)
 
 def fold_spec(**kwargs):
-    "`fold_learner`'s arguments of the data and the body (all but the rows and the model) over its defaults, and those of `meta_cnn_learner` given (`LEARNER_ARGS`: the head's `ps`, `meta_ps`, `wd`, ...); refuses others, naming them."
-    ps = {k: p.default for k,p in inspect.signature(fold_learner).parameters.items() if p.default is not inspect.Parameter.empty and k not in ('model', 'metrics', 'task')}
+    """`fold_learner`'s arguments of the data and the body (all but the rows and the model) over its defaults, and
+    those of `meta_cnn_learner` given (`LEARNER_ARGS`: the head's `ps`, `meta_ps`, `wd`, ...); refuses others,
+    naming them."""
+    ps = {
+        k: p.default for k, p in inspect.signature(fold_learner).parameters.items()
+        if p.default is not inspect.Parameter.empty and k not in ('model', 'metrics', 'task')
+    }
     bad = set(kwargs) - set(ps) - LEARNER_ARGS
-    if bad: raise TypeError(f"Unexpected argument(s) {sorted(bad)}; the data and the body take {list(ps)}, the learner {sorted(LEARNER_ARGS)}.")
+    if bad:
+        raise TypeError(
+            f"Unexpected argument(s) {sorted(bad)}; the data and the body take {list(ps)}, the learner {sorted(LEARNER_ARGS)}."
+        )
     return ps | kwargs
 
 def learner_args(spec):
-    "The arguments of `meta_cnn_learner` in `spec` (a `fold_spec`), as JSON a saved run can be compared with: names for functions and objects."
-    plain = lambda v: v if isinstance(v, (str, int, float, bool, type(None))) else [plain(x) for x in v] if isinstance(v, (list, tuple)) else getattr(v, '__name__', type(v).__name__)
-    return {k: plain(v) for k,v in sorted(spec.items()) if k in LEARNER_ARGS - set(inspect.signature(fold_learner).parameters)}
+    """The arguments of `meta_cnn_learner` in `spec` (a `fold_spec`), as JSON a saved run can be compared with: names
+    for functions and objects."""
+    plain = lambda v: v if isinstance(v,
+                                      (str, int, float, bool, type(None))) else [plain(x) for x in v] if isinstance(
+                                          v, (list, tuple)) else getattr(v, '__name__',
+                                                                         type(v).__name__)
+    return {
+        k: plain(v) for k, v in sorted(spec.items())
+        if k in LEARNER_ARGS - set(inspect.signature(fold_learner).parameters)
+    }
 
 # %% ../nbs/02b_crossfit.ipynb #5fa201e4
 def row_folds(df, n_folds=5, seed=0, group_col=None, stratify=None):
-    "Each row's fold, 0..`n_folds`-1: grouped by `group_col` (each row its own group if `None`), stratified by the column `stratify` (`group_folds`)."
-    if group_col is None: return group_folds(df.assign(_row=np.arange(len(df))), '_row', n_folds, seed, stratify=stratify)
+    """Each row's fold, 0..`n_folds`-1: grouped by `group_col` (each row its own group if `None`), stratified by the
+    column `stratify` (`group_folds`)."""
+    if group_col is None:
+        return group_folds(df.assign(_row=np.arange(len(df))), '_row', n_folds, seed, stratify=stratify)
     return group_folds(df, group_col, n_folds, seed, stratify=stratify)
 
 def fold_outputs(learn, dl, embeddings=False, tta=False):
-    "The class probabilities (or predicted values) of `dl`'s rows (with `tta`, fastai's test-time augmentation) and, with `embeddings`, the input of the head's last layer (of the plain pass)."
+    """The class probabilities (or predicted values) of `dl`'s rows (with `tta`, fastai's test-time augmentation) and,
+    with `embeddings`, the input of the head's last layer (of the plain pass)."""
     feats, hook = [], None
     if embeddings:
         head = learn.model[3] if isinstance(learn.model, MetaModel) else learn.model[-1]
@@ -78,12 +108,15 @@ def fold_outputs(learn, dl, embeddings=False, tta=False):
     return probs, (torch.cat(feats).numpy() if embeddings else None)
 
 def fit_fold(build, df, valid, epochs=5, lr=None, embeddings=False, keep=False, decimals=None, cbs=None, tta=False):
-    "Build `build(df, valid)`, train it with `fit_recipe` (and `cbs`), and return its run on the `valid` rows: `probs` (with `tta`: test-time augmented), `vocab`, the metadata `columns` it used, `emb` (with `embeddings`), `learn` (with `keep`)."
+    """Build `build(df, valid)`, train it with `fit_recipe` (and `cbs`), and return its run on the `valid` rows:
+    `probs` (with `tta`: test-time augmented), `vocab`, the metadata `columns` it used, `emb` (with `embeddings`),
+    `learn` (with `keep`)."""
     learn = build(df, valid)
     recipe = fit_recipe(learn, epochs, lr)
     with learn.no_bar(), learn.no_logging(): recipe(cbs=L(recipe.keywords.get('cbs')) + L(cbs))
     probs, emb = fold_outputs(learn, learn.dls.valid, embeddings, tta)
-    run = dict(probs=probs if decimals is None else np.round(probs, decimals).tolist(), vocab=[str(v) for v in getattr(learn.dls, 'vocab', [])])
+    run = dict(probs=probs if decimals is None else np.round(probs, decimals).tolist(),
+               vocab=[str(v) for v in getattr(learn.dls, 'vocab', [])])
     if isinstance(learn.model, MetaModel):
         enc = meta_encode(learn.dls).encoding
         run['columns'] = [list(enc.cat_names), list(enc.cont_names)]
@@ -98,13 +131,17 @@ def write_json(path, obj):
     tmp.write_text(json.dumps(obj, separators=(',', ':'))); tmp.replace(path)
 
 class RunStore:
-    "Runs kept in the JSON file `path` with the `settings` that made them, written as each run ends, so that a stopped loop resumes; a file made with other settings is refused, naming them."
+    """Runs kept in the JSON file `path` with the `settings` that made them, written as each run ends, so that a
+    stopped loop resumes; a file made with other settings is refused, naming them."""
     def __init__(self, path, settings):
         self.path, self.settings, self.runs = Path(path), settings, {}
         if not self.path.exists(): return
         old = json.loads(self.path.read_text())
         diff = {k: (old['settings'].get(k), v) for k,v in settings.items() if old['settings'].get(k) != v}
-        if diff: raise ValueError(f"{self.path} was made with other settings (saved, now): {diff}; use another `out` folder or delete it.")
+        if diff:
+            raise ValueError(
+                f"{self.path} was made with other settings (saved, now): {diff}; use another `out` folder or delete it."
+            )
         self.runs = old.get('runs', {})
     def __contains__(self, key): return key in self.runs
     def __getitem__(self, key): return self.runs[key]
@@ -117,20 +154,24 @@ def out_of_fold(runs, folds, field='probs'):
     "The rows × values array of every row's `field` (e.g. `probs`, `emb`) from the run of its own fold."
     first = np.asarray(next(iter(runs.values()))[field], dtype=float)
     res = np.full((len(folds), first.reshape(len(first), -1).shape[1]), np.nan)
-    for k,run in runs.items(): res[folds == k] = np.asarray(run[field], dtype=float).reshape(int((folds == k).sum()), -1)
+    for k, run in runs.items():
+        res[folds == k] = np.asarray(run[field], dtype=float).reshape(int((folds == k).sum()), -1)
     return res
 
 # %% ../nbs/02b_crossfit.ipynb #a7c3e1f0
 class Job:
-    "One training: `fit(df, valid)`, fold `fold` of `folds` (one per row) held out, seeded as `1000*seed + fold`; its run is kept under `key`."
+    """One training: `fit(df, valid)`, fold `fold` of `folds` (one per row) held out, seeded as `1000*seed + fold`; its
+    run is kept under `key`."""
     def __init__(self, key, fit, folds, fold, seed=0): store_attr()
     def __repr__(self): return f'Job({self.key!r})'
     @property
     def valid(self): return np.asarray(self.folds) == self.fold
     def __call__(self, df, quiet=False):
         "Train here: the job's run; with `quiet`, what the data block chose and warned of is not said again."
-        set_seed(1000*self.seed + self.fold, reproducible=True)     # before the DataLoaders: fastai seeds their shuffling when they are made
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        # before the DataLoaders: fastai seeds their shuffling when they are made
+        set_seed(1000*self.seed + self.fold, reproducible=True)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(
+                io.StringIO()) if quiet else contextlib.nullcontext():
             if quiet: warnings.simplefilter('ignore')
             try: return self.fit(df, self.valid)
             except Exception as e: raise self.named(e)
@@ -143,7 +184,8 @@ class Job:
         return e
 
 class FoldFit:
-    "`fit_fold(build, df, valid, **kwargs)` as a job's `fit`, whose learner (`keep=True`) a worker sends back as weights: `rebuild` makes it again here."
+    """`fit_fold(build, df, valid, **kwargs)` as a job's `fit`, whose learner (`keep=True`) a worker sends back as
+    weights: `rebuild` makes it again here."""
     def __init__(self, build, **kwargs): self.build, self.kwargs = build, kwargs
     def __call__(self, df, valid): return fit_fold(self.build, df, valid, **self.kwargs)
     def rebuild(self, df, valid, weights):
@@ -158,7 +200,11 @@ def _shipped(run):
     "A run as a worker sends it back: a kept learner replaced by its model's weights, on the CPU."
     if 'learn' not in run: return run
     learn = run['learn']
-    return {**{k: v for k,v in run.items() if k != 'learn'}, _SHIPPED: {k: v.detach().cpu() for k,v in learn.model.state_dict().items()}}
+    return {
+        **{k: v for k, v in run.items() if k != 'learn'}, _SHIPPED: {
+            k: v.detach().cpu() for k, v in learn.model.state_dict().items()
+        }
+    }
 
 class Serial:
     "Jobs one after another in this process, each yielded with its run as it ends: the default runner."
@@ -166,64 +212,92 @@ class Serial:
         for i,job in enumerate(jobs): yield job, job(df, quiet=quiet or i > 0)
 
 def _ray_job(df, job, cwd, quiet, threads):
-    "A job on a Ray worker with `threads` threads, in the driver's working folder where this machine has it (relative image paths then name the same files)."
+    """A job on a Ray worker with `threads` threads, in the driver's working folder where this machine has it (relative
+    image paths then name the same files)."""
     if os.path.isdir(cwd): os.chdir(cwd)
-    torch.set_num_threads(threads)                                      # the thread count is part of a run: torch sums in another order with more
+    # the thread count is part of a run: torch sums in another order with more
+    torch.set_num_threads(threads)
     return _shipped(job(df, quiet))
 
 class RayRunner:
-    "Jobs as Ray Core tasks, yielded as each ends: on a local Ray of `workers` workers, or the cluster at `address` ('auto': the one `ray start` made); each job takes `cpus_per_job` CPUs and `gpus_per_job` GPUs (0.5: two jobs share a card); a worker lost mid-job is retried up to `max_retries` times; a job that raises stops the run, named."
+    """Jobs as Ray Core tasks, yielded as each ends: on a local Ray of `workers` workers, or the cluster at `address`
+    ('auto': the one `ray start` made); each job takes `cpus_per_job` CPUs and `gpus_per_job` GPUs (0.5: two jobs
+    share a card); a worker lost mid-job is retried up to `max_retries` times; a job that raises stops the run,
+    named."""
     def __init__(self, workers=2, address=None, gpus_per_job=0, cpus_per_job=1, max_retries=3): store_attr()
-    def __repr__(self): return f'RayRunner(workers={self.workers}, address={self.address!r}, gpus_per_job={self.gpus_per_job})'
+
+    def __repr__(self):
+        return f'RayRunner(workers={self.workers}, address={self.address!r}, gpus_per_job={self.gpus_per_job})'
     def start(self):
         "Ray, started (or joined at `address`) unless it already runs."
         import ray                                          # optional: pip install -e '.[ray]'
         if not ray.is_initialized():
-            local = {} if self.address else dict(num_cpus=self.workers * self.cpus_per_job, object_store_memory=256 * 2**20)
-            quiet = dict(env_vars={'PYTHONWARNINGS': 'ignore::FutureWarning'})     # torch's deprecations, printed by every worker as it starts
+            local = {} if self.address else dict(num_cpus=self.workers * self.cpus_per_job, object_store_memory=256 *
+                                                 2**20)
+            # torch's deprecations, printed by every worker as it starts
+            quiet = dict(env_vars={'PYTHONWARNINGS': 'ignore::FutureWarning'})
             ray.init(address=self.address, include_dashboard=False, logging_level='error', runtime_env=quiet, **local)
         return ray
     def __call__(self, df, jobs, quiet=False):
         ray = self.start()
-        task = ray.remote(_ray_job).options(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job, max_retries=self.max_retries, retry_exceptions=False)
-        data, cwd = ray.put(df), os.getcwd()                 # the table once, by reference; images stay where they are, read by path
-        todo = {task.remote(data, job, cwd, quiet or i > 0, max(1, int(self.cpus_per_job))): job for i,job in enumerate(jobs)}
+        task = ray.remote(_ray_job).options(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job,
+                                            max_retries=self.max_retries, retry_exceptions=False)
+        # the table once, by reference; images stay where they are, read by path
+        data, cwd = ray.put(df), os.getcwd()
+        todo = {
+            task.remote(data, job, cwd, quiet or i > 0, max(1, int(self.cpus_per_job))): job
+            for i, job in enumerate(jobs)
+        }
         try:
             while todo:
                 (ref,), _ = ray.wait(list(todo), num_returns=1)
                 job = todo.pop(ref)
                 try: run = ray.get(ref)
-                except ray.exceptions.RayError as e:        # the job raised (its exception is the cause), or its workers died past the retries
+                    # the job raised (its exception is the cause), or its workers died past the retries
+                except ray.exceptions.RayError as e:
                     cause = getattr(e, 'cause', None)
                     raise job.named(cause if isinstance(cause, Exception) else e) from None
                 yield job, run
         finally:
-            for r in todo: ray.cancel(r, force=True)       # stopped or failed: the other jobs stop now, not after their training
+            # stopped or failed: the other jobs stop now, not after their training
+            for r in todo: ray.cancel(r, force=True)
 
 def runner_for(workers=None, ray_address=None, gpus_per_job=0):
-    "The runner the command line's `--workers`, `--ray-address` and `--gpus-per-job` name: `Serial()` for one worker and no address, else a `RayRunner`."
+    """The runner the command line's `--workers`, `--ray-address` and `--gpus-per-job` name: `Serial()` for one worker
+    and no address, else a `RayRunner`."""
     if not ray_address and (workers or 1) <= 1 and not gpus_per_job: return Serial()
     return RayRunner(workers or 1, ray_address, gpus_per_job)
 
 def runner_options(p):
     "Add the command-line options that choose the runner (`runner_for`) to the argparse parser `p`."
-    p.add_argument('--workers', type=int, default=1, help='trainings at once, as Ray tasks on this machine (1: one after another, no Ray)')
-    p.add_argument('--ray-address', help="run the trainings on this Ray cluster ('auto': the one `ray start --head` made)")
-    p.add_argument('--gpus-per-job', type=float, default=0, help='GPUs each training takes on Ray (0.5: two share a card)')
+    p.add_argument('--workers', type=int, default=1,
+                   help='trainings at once, as Ray tasks on this machine (1: one after another, no Ray)')
+    p.add_argument('--ray-address',
+                   help="run the trainings on this Ray cluster ('auto': the one `ray start --head` made)")
+    p.add_argument('--gpus-per-job', type=float, default=0,
+                   help='GPUs each training takes on Ray (0.5: two share a card)')
     return p
 
 def run_jobs(df, jobs, store=None, runner=None, quiet=False):
-    "Each job's run, by key: those in `store` read from there, the rest run by `runner` (default `Serial()`) and written to `store` by this process as each ends, so that a stopped run resumes; a job that raises stops the run. Only the first job run speaks, unless `quiet`."
+    """Each job's run, by key: those in `store` read from there, the rest run by `runner` (default `Serial()`) and
+    written to `store` by this process as each ends, so that a stopped run resumes; a job that raises stops the run.
+    Only the first job run speaks, unless `quiet`."""
     runs = {j.key: store[j.key] for j in jobs if store is not None and j.key in store}
     todo = [j for j in jobs if j.key not in runs]
     for job, run in progress_bar(ifnone(runner, Serial())(df, todo, quiet), total=len(todo), leave=False):
-        if _SHIPPED in run: run = {**{k: v for k,v in run.items() if k != _SHIPPED}, 'learn': job.fit.rebuild(df, job.valid, run[_SHIPPED])}
+        if _SHIPPED in run:
+            run = {
+                **{k: v for k, v in run.items() if k != _SHIPPED}, 'learn': job.fit.rebuild(
+                    df, job.valid, run[_SHIPPED])
+            }
         if store is not None: store[job.key] = run
         runs[job.key] = run
     return {j.key: runs[j.key] for j in jobs}
 
 def cross_fit(df, folds, fit, seed=0, store=None, key='{fold}', quiet=False, runner=None):
-    "For each fold `k` of `folds` (one per row), the `Job` `fit(df, valid)` with `valid = folds == k`, seeded as `1000*seed + k`, run by `runner` (`run_jobs`): each fold's run, by fold; runs already in `store` (under `key.format(fold=k)`) are taken from there."
+    """For each fold `k` of `folds` (one per row), the `Job` `fit(df, valid)` with `valid = folds == k`, seeded as
+    `1000*seed + k`, run by `runner` (`run_jobs`): each fold's run, by fold; runs already in `store` (under
+    `key.format(fold=k)`) are taken from there."""
     jobs = [Job(key.format(fold=k), fit, folds, k, seed) for k in range(int(folds.max()) + 1)]
     runs = run_jobs(df, jobs, store, runner, quiet)
     return {k: runs[j.key] for k,j in enumerate(jobs)}

@@ -19,14 +19,17 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .columns import NA, is_missing, category_keys, is_number
 from .encoding import *
 from .images import *
-from .show import show_batch, show_results, plot_top_losses   # how (image, metadata) batches draw, registered with fastai
+# how (image, metadata) batches draw, registered with fastai
+from .show import show_batch, show_results, plot_top_losses
 
 # %% ../nbs/00_data.ipynb #0e0c0d07
-_datasets = getattr(DataBlock.datasets, '_fastai_datasets', DataBlock.datasets)   # fastai's own, also when this cell runs again
+# fastai's own, also when this cell runs again
+_datasets = getattr(DataBlock.datasets, '_fastai_datasets', DataBlock.datasets)
 
 @patch
 def datasets(self:DataBlock, source, verbose=False):
-    "fastai's `DataBlock.datasets`; a `MetaBlock` among the blocks is told which columns the other blocks and the splitter read (an uncalled `MetaBlock` has no other way to learn them, and must not use them as metadata)."
+    """fastai's `DataBlock.datasets`; a `MetaBlock` among the blocks is told which columns the other blocks and the
+    splitter read (an uncalled `MetaBlock` has no other way to learn them, and must not use them as metadata)."""
     encs = [(i,t) for i,tt in enumerate(self.type_tfms) for t in tt if isinstance(t, MetaEncode)]
     if not encs: return _datasets(self, source, verbose=verbose)          # no MetaBlock: fastai's path, unchanged
     for i,t in encs: t._context = (self, i)
@@ -37,8 +40,10 @@ DataBlock.datasets._fastai_datasets = _datasets
 
 # %% ../nbs/00_data.ipynb #71ea361d
 class EncodedRows:
-    "Rows encoded once with their frame (metadata codes, which images a row has) as `cls` tensors: a block's items once its `DataLoader` is made; `iloc[i]` is an index."
-    def __init__(self, codes, index, cls=TensorMeta): self.codes, self.index, self.cls = torch.as_tensor(codes), index, cls
+    """Rows encoded once with their frame (metadata codes, which images a row has) as `cls` tensors: a block's items
+    once its `DataLoader` is made; `iloc[i]` is an index."""
+    def __init__(self, codes, index, cls=TensorMeta):
+        self.codes, self.index, self.cls = torch.as_tensor(codes), index, cls
     @classmethod
     def from_frame(cls, df, enc): return cls(enc.encode_frame(df), df.index, enc.tensor_cls)
     def __len__(self): return len(self.codes)
@@ -50,7 +55,8 @@ class EncodedRows:
         if isinstance(i, (int, np.integer)): return self.codes[i].as_subclass(self._cls)
         i = i if isinstance(i, slice) else np.asarray(i)
         return type(self)(self.codes[i], self.index[i], self._cls)
-    def itertuples(self): return (self[i] for i in range(len(self)))   # how fastcore's `L` iterates items that have `iloc`
+    # how fastcore's `L` iterates items that have `iloc`
+    def itertuples(self): return (self[i] for i in range(len(self)))
     def __repr__(self): return f'{type(self).__name__}({len(self)} rows x {self.codes.shape[1]} codes)'
 
 def _encodes_frames(f):
@@ -58,7 +64,8 @@ def _encodes_frames(f):
     return callable(getattr(f, 'encode_frame', None))
 
 def _identity_upto(fs, found, x):
-    "Whether every transform in `fs` before the first for which `found` is true returns `x` itself (a `noop` getter), and that transform."
+    """Whether every transform in `fs` before the first for which `found` is true returns `x` itself (a `noop` getter),
+    and that transform."""
     for f in fs:
         if found(f): return f
         if f(x) is not x: return None
@@ -71,7 +78,8 @@ def _prepare_items(dataset):
         if enc is not None and getattr(enc, 'encoding', True) is not None:
             tl.items = EncodedRows.from_frame(tl.items, enc)
             continue
-        read = _identity_upto(tl.tfms.fs, lambda f: isinstance(f, ReadImage), tl.items.iloc[0])   # the cache reads file names from the frame's rows as they are
+        # the cache reads file names from the frame's rows as they are
+        read = _identity_upto(tl.tfms.fs, lambda f: isinstance(f, ReadImage), tl.items.iloc[0])
         if read is not None and read.cache is not None:
             read.fill(tl.items)
             if tl.tfms.fs[-1] is read: tl.cache_locs = read.locate(tl.items)
@@ -79,14 +87,17 @@ def _prepare_items(dataset):
 def _gather_rows(rows, idxs): return rows.codes[idxs].as_subclass(rows._cls)
 
 def _gatherer(tl):
-    "A function from indices to a batch of `tl`'s items where they can be gathered whole (encoded metadata, cached images), else `None`."
+    """A function from indices to a batch of `tl`'s items where they can be gathered whole (encoded metadata, cached
+    images), else `None`."""
     last = tl.tfms.fs[-1] if len(tl.tfms.fs) else None
     if isinstance(tl.items, EncodedRows) and _encodes_frames(last): return partial(_gather_rows, tl.items)
     locs = getattr(tl, 'cache_locs', None)
-    if locs is not None and isinstance(last, ReadImage) and last.cache.holds(locs): return partial(last.cache.gather, locs)
+    if locs is not None and isinstance(last, ReadImage) and last.cache.holds(locs):
+        return partial(last.cache.gather, locs)
 
 def _acts_on(t, x):
-    "Whether item transform `t` could change `x`: it sees the whole tuple (`ItemTransform`), or has an `encodes` for `type(x)`."
+    """Whether item transform `t` could change `x`: it sees the whole tuple (`ItemTransform`), or has an `encodes` for
+    `type(x)`."""
     if isinstance(t, ItemTransform): return True
     f = getattr(t, 'encodes', None)
     if f is None: return False
@@ -96,23 +107,30 @@ def _acts_on(t, x):
     except Exception: return True   # cannot tell: keep the element in the item
 
 class MetaDL(TfmdDL):
-    "A `TfmdDL` that encodes its frame's metadata at once when it is made (and fills the image cache, if any), and gathers both per batch."
+    """A `TfmdDL` that encodes its frame's metadata at once when it is made (and fills the image cache, if any), and
+    gathers both per batch."""
     def __init__(self, dataset=None, *args, **kwargs):
         if dataset is not None: _prepare_items(dataset)
         super().__init__(dataset, *args, **kwargs)
 
     def _gathered(self):
         "Gatherers of the item elements fetched per batch, by position; recomputed when the transforms change."
-        key = (os.getpid(), id(self.dataset), tuple(map(id, self.after_item.fs)), len(self.before_batch.fs), self.indexed, self.bs)
+        key = (os.getpid(), id(self.dataset), tuple(map(id, self.after_item.fs)), len(self.before_batch.fs),
+               self.indexed, self.bs)
         if getattr(self, '_gather_key', None) != key: self._gather_key, self._gather = key, self._find_gathered()
         return self._gather
 
     def _find_gathered(self):
-        "Elements that skip the item pipeline: gatherable, and no item transform acts on them (a `before_batch` transform keeps them all)."
+        """Elements that skip the item pipeline: gatherable, and no item transform acts on them (a `before_batch`
+        transform keeps them all)."""
         tls = getattr(self.dataset, 'tls', None)
-        if tls is None or not self.indexed or self.prebatched or self.before_batch.fs or not len(self.dataset): return {}
+        if tls is None or not self.indexed or self.prebatched or self.before_batch.fs or not len(self.dataset):
+            return {}
         res = {i: _gatherer(tl) for i,tl in enumerate(tls)}
-        return {i:g for i,g in res.items() if g is not None and not any(_acts_on(t, tls[i][0]) for t in self.after_item.fs)}
+        return {
+            i: g for i, g in res.items()
+            if g is not None and not any(_acts_on(t, tls[i][0]) for t in self.after_item.fs)
+        }
 
     def create_batches(self, samps):
         "As fastai's, but the gathered elements skip the item pipeline and join each batch with one index."
@@ -132,18 +150,23 @@ class MetaDL(TfmdDL):
 
 # %% ../nbs/00_data.ipynb #da1e86db
 def MetaBlock(cat_names=None, cont_names=None, exclude=None, max_card=20, verbose=True):
-    "A `TransformBlock` for the metadata columns of a DataFrame row (all usable ones when no names are given, said when `verbose`); use `noop` as its getter."
+    """A `TransformBlock` for the metadata columns of a DataFrame row (all usable ones when no names are given, said
+    when `verbose`); use `noop` as its getter."""
     return TransformBlock(type_tfms=MetaEncode(cat_names, cont_names, exclude, max_card, verbose), dl_type=MetaDL)
 
 # %% ../nbs/00_data.ipynb #a100000d
 def ImageBlocks(fn_cols, n_images=None, sep=';', pref='', suff='', cls=PILImage, cache=None):
-    "Input blocks for several images per row: one `ImageBlock` per image column (or per slot of one column of up to `n_images` names), then the mask of missing ones."
+    """Input blocks for several images per row: one `ImageBlock` per image column (or per slot of one column of up to
+    `n_images` names), then the mask of missing ones."""
     cols = list(L(fn_cols))
     if len(cols) == 1:
-        if n_images is None: raise ValueError(f"One image column ({cols[0]!r}): pass `n_images`, the most images a row has there.")
+        if n_images is None:
+            raise ValueError(f"One image column ({cols[0]!r}): pass `n_images`, the most images a row has there.")
         slots = [(cols[0], j, sep) for j in range(n_images)]
     else:
-        if n_images is not None: raise ValueError("`n_images` is for one column holding several names; with several columns, each holds one image.")
+        if n_images is not None:
+            raise ValueError(
+                "`n_images` is for one column holding several names; with several columns, each holds one image.")
         slots = [(c, 0, None) for c in cols]
     blocks = []
     for c,j,s in slots:
@@ -161,30 +184,40 @@ def image_inputs(dls):
 
 def image_reads(dls):
     "The `ReadImage` of each image input of `dls` (`None` where the block reads its files otherwise)."
-    return [next((f for f in tl.tfms.fs if isinstance(f, ReadImage)), None) for tl in dls.valid_ds.tls[:image_inputs(dls)[0]]]
+    return [
+        next((f for f in tl.tfms.fs if isinstance(f, ReadImage)), None)
+        for tl in dls.valid_ds.tls[:image_inputs(dls)[0]]
+    ]
 
 def image_readers(dls):
-    "The `ColReader` that reads the file names of each image input of `dls` (inside a `ReadImage`, or as the block's getter)."
+    """The `ColReader` that reads the file names of each image input of `dls` (inside a `ReadImage`, or as the block's
+    getter)."""
     res = []
     for tl,read in zip(dls.valid_ds.tls, image_reads(dls)):
         r = read.reader if read is not None else next((f for f in tl.tfms.fs if isinstance(f, ColReader)), None)
-        if r is None: raise ValueError("The image block does not read file names from a column (`ColReader`/`ReadImage`).")
+        if r is None:
+            raise ValueError("The image block does not read file names from a column (`ColReader`/`ReadImage`).")
         res.append(r)
     return res
 
 def images_exchangeable(dls):
-    "Whether the image inputs of `dls` are the slots of one column (every view of a lesion: their order says nothing), rather than named columns (a close-up and an overview)."
+    """Whether the image inputs of `dls` are the slots of one column (every view of a lesion: their order says
+    nothing), rather than named columns (a close-up and an overview)."""
     return len({r.cols[0] for r in image_readers(dls)}) == 1
 
 def several_images(df, fn_col, image_sep=None):
-    "Whether the rows of `df` name several images each: several columns `fn_col`, or one column of lists or of `image_sep`-separated names."
+    """Whether the rows of `df` name several images each: several columns `fn_col`, or one column of lists or of
+    `image_sep`-separated names."""
     return is_listy(fn_col) or image_sep is not None or bool(df[fn_col].map(is_listy).any())
 
 # %% ../nbs/00_data.ipynb #2a239b89
-def TabularImageBlock(fn_col, cat_names=None, cont_names=None, pref='', suff='', cls=PILImage, cache=None, n_images=None, image_sep=';', **kwargs):
-    "The input blocks of one row, image (read from `fn_col`, or from an `ImageCache`) and metadata (`kwargs` to `MetaBlock`); unpack them into `blocks`. Several image columns, or `n_images`: see `ImageBlocks`."
+def TabularImageBlock(fn_col, cat_names=None, cont_names=None, pref='', suff='', cls=PILImage, cache=None,
+                      n_images=None, image_sep=';', **kwargs):
+    """The input blocks of one row, image (read from `fn_col`, or from an `ImageCache`) and metadata (`kwargs` to
+    `MetaBlock`); unpack them into `blocks`. Several image columns, or `n_images`: see `ImageBlocks`."""
     if is_listy(fn_col) or n_images is not None:
-        return (*ImageBlocks(fn_col, n_images=n_images, sep=image_sep, pref=pref, suff=suff, cls=cls, cache=cache), MetaBlock(cat_names, cont_names, **kwargs))
+        return (*ImageBlocks(fn_col, n_images=n_images, sep=image_sep, pref=pref, suff=suff, cls=cls, cache=cache),
+                MetaBlock(cat_names, cont_names, **kwargs))
     img = ImageBlock(cls)
     img.type_tfms = L(ReadImage(fn_col, pref=pref, suff=suff, img_cls=cls, cache=cache))
     return img, MetaBlock(cat_names, cont_names, **kwargs)
@@ -195,7 +228,8 @@ def meta_encode(dls):
     tls = getattr(dls.train_ds, 'tls', None)
     if tls is None: raise TypeError("`dls` must be built by a DataBlock with an image block and a `MetaBlock`.")
     found = [(i, t) for i,tl in enumerate(tls) for t in tl.tfms.fs if isinstance(t, MetaEncode)]
-    if not found: raise ValueError("`dls` has no `MetaBlock`: add `MetaBlock(cat_names=..., cont_names=...)` to the blocks.")
+    if not found:
+        raise ValueError("`dls` has no `MetaBlock`: add `MetaBlock(cat_names=..., cont_names=...)` to the blocks.")
     if len(found) > 1 or found[0][0] != dls.n_inp - 1 or dls.n_inp < 2:
         raise ValueError("Expected the image block(s) first and one `MetaBlock` as the last input, "
                          f"got {dls.n_inp} input(s) with a `MetaBlock` at {[i for i,_ in found]}.")
@@ -203,10 +237,14 @@ def meta_encode(dls):
 
 # %% ../nbs/00_data.ipynb #9a4a6c4c
 def check_classes(df, label_col, who):
-    "Refuse, naming the row or column, a label column with gaps or one that looks like a regression or multi-label target (`who`: what needs classes)."
+    """Refuse, naming the row or column, a label column with gaps or one that looks like a regression or multi-label
+    target (`who`: what needs classes)."""
     check_columns(df.columns, [label_col])
     y = df[label_col]
-    if y.isna().any(): raise ValueError(f"Label column {label_col!r} is missing in {int(y.isna().sum())} row(s), e.g. row {y.index[y.isna()].tolist()[0]!r}.")
+    if y.isna().any():
+        raise ValueError(
+            f"Label column {label_col!r} is missing in {int(y.isna().sum())} row(s), e.g. row {y.index[y.isna()].tolist()[0]!r}."
+        )
     if pd.api.types.is_float_dtype(y) or y.astype(str).str.contains(';').any() or y.nunique() > 50:
         raise ValueError(f"{who}: {label_col!r} looks like a regression or multi-label target.")
 
@@ -217,7 +255,8 @@ def class_index(vocab, cls):
     return names.index(str(cls))
 
 def target_task(y, label_delim=None, task='auto'):
-    "The kind of target the values `y` are: 'multilabel' with `label_delim`, 'regression' for floats or numbers of more than 20 values, else 'classification' (`task` if it is not 'auto')."
+    """The kind of target the values `y` are: 'multilabel' with `label_delim`, 'regression' for floats or numbers of
+    more than 20 values, else 'classification' (`task` if it is not 'auto')."""
     if task != 'auto': return task
     if label_delim is not None: return 'multilabel'
     y = pd.Series(y)
@@ -238,29 +277,40 @@ def _strata(df, stratify, groups):
     return pd.factorize(pd.Series(category_keys(s.to_numpy(dtype=object))).fillna(NA))[0]
 
 def group_folds(df, group_col, n_folds=5, seed=None, stratify=None):
-    "The fold (0..`n_folds`-1) of each row of `df`: scikit-learn's `StratifiedGroupKFold` on `group_col`, keeping `stratify`'s proportions (default: the groups' sizes)."
+    """The fold (0..`n_folds`-1) of each row of `df`: scikit-learn's `StratifiedGroupKFold` on `group_col`, keeping
+    `stratify`'s proportions (default: the groups' sizes)."""
     check_columns(df.columns, [group_col] + ([stratify] if stratify is not None else []))
     groups = df[group_col].to_numpy(dtype=object)
     miss = is_missing(groups)
-    if miss.any(): raise ValueError(f"Group column {group_col!r} is missing in {int(miss.sum())} row(s), e.g. row {df.index[miss].tolist()[0]!r}: "
-                                    "every row needs its group (patient, lesion) to be kept on one side.")
+    if miss.any():
+        raise ValueError(
+            f"Group column {group_col!r} is missing in {int(miss.sum())} row(s), e.g. row {df.index[miss].tolist()[0]!r}: "
+            "every row needs its group (patient, lesion) to be kept on one side.")
     groups = pd.factorize(groups)[0]
-    if groups.max() + 1 < n_folds: raise ValueError(f"{groups.max() + 1} groups in {group_col!r} cannot fill {n_folds} folds.")
+    if groups.max() + 1 < n_folds:
+        raise ValueError(f"{groups.max() + 1} groups in {group_col!r} cannot fill {n_folds} folds.")
     with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', 'The least populated class', UserWarning)   # a rare label: kept as well as it can be
-        folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(df)), _strata(df, stratify, groups), groups)
+        # a rare label: kept as well as it can be
+        warnings.filterwarnings('ignore', 'The least populated class', UserWarning)
+        folds = StratifiedGroupKFold(n_folds,
+                                     shuffle=True, random_state=seed).split(np.zeros(len(df)),
+                                                                            _strata(df, stratify, groups), groups)
         fold_of = np.empty(len(df), dtype=int)
         for k,(_,valid) in enumerate(folds): fold_of[valid] = k
     return fold_of
 
 def GroupSplitter(group_col, valid_pct=0.2, seed=None, stratify=None, n_folds=None, fold=0):
-    "Split DataFrame rows keeping every value of `group_col` (a patient, a lesion) on one side, both sides alike in `stratify` (default: group sizes); `n_folds`: fold `fold` of a k-fold split."
-    if n_folds is not None and not 0 <= fold < n_folds: raise ValueError(f"`fold` must be in 0..{n_folds-1}, got {fold}.")
-    if n_folds is None and not 0 < valid_pct < 1: raise ValueError(f"`valid_pct` must be between 0 and 1, got {valid_pct}.")
+    """Split DataFrame rows keeping every value of `group_col` (a patient, a lesion) on one side, both sides alike in
+    `stratify` (default: group sizes); `n_folds`: fold `fold` of a k-fold split."""
+    if n_folds is not None and not 0 <= fold < n_folds:
+        raise ValueError(f"`fold` must be in 0..{n_folds-1}, got {fold}.")
+    if n_folds is None and not 0 < valid_pct < 1:
+        raise ValueError(f"`valid_pct` must be between 0 and 1, got {valid_pct}.")
     k = n_folds or round(1/valid_pct)
     k, n_valid = (k, 1) if n_folds or abs(1/k - valid_pct) < 0.01 else (20, max(1, round(20*valid_pct)))
     def _inner(o):
-        if not isinstance(o, pd.DataFrame): raise TypeError(f"GroupSplitter splits the rows of a DataFrame, got {type(o).__name__}.")
+        if not isinstance(o, pd.DataFrame):
+            raise TypeError(f"GroupSplitter splits the rows of a DataFrame, got {type(o).__name__}.")
         fold_of = group_folds(o, group_col, k, seed, stratify)
         valid = (fold_of == fold) if n_folds else (fold_of < n_valid)
         return L(np.flatnonzero(~valid).tolist()), L(np.flatnonzero(valid).tolist())
@@ -274,33 +324,46 @@ class MetaDataLoaders(DataLoaders):
     @delegates(DataLoaders.from_dblock)
     def from_df(cls, df, path='.', fn_col=0, label_col=1, cat_names=None, cont_names=None, valid_pct=0.2, seed=None,
                 folder=None, suff='', label_delim=None, y_block=None, valid_col=None, group_col=None, splitter=None,
-                item_tfms=None, batch_tfms=None, img_cls=PILImage, cache=None, exclude=None, n_images=None, image_sep=None, **kwargs):
-        "Create from `df`: images in `path/folder` named by `fn_col` (several columns, or a column of lists or `image_sep`-separated names: see `ImageBlocks`), metadata `cat_names`/`cont_names` (default: inferred, leaving out `exclude`), labels in `label_col`; `group_col`: split by group (stratified by a single label); `cache`: an `ImageCache`."
+                item_tfms=None, batch_tfms=None, img_cls=PILImage, cache=None, exclude=None, n_images=None,
+                image_sep=None, **kwargs):
+        """Create from `df`: images in `path/folder` named by `fn_col` (several columns, or a column of lists or
+        `image_sep`-separated names: see `ImageBlocks`), metadata `cat_names`/`cont_names` (default: inferred,
+        leaving out `exclude`), labels in `label_col`; `group_col`: split by group (stratified by a single label);
+        `cache`: an `ImageCache`."""
         if not len(df): raise ValueError("The table is empty: there are no rows to train on.")
-        fn_col, label_col = (df.columns[c] if isinstance(c, int) else c for c in (fn_col, label_col))   # positions, as in fastai's from_df
+        # positions, as in fastai's from_df
+        fn_col, label_col = (df.columns[c] if isinstance(c, int) else c for c in (fn_col, label_col))
         pref = f'{Path(path) if folder is None else Path(path)/folder}{os.path.sep}'
         if y_block is None:
             is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None
             y_block = MultiCategoryBlock if is_multi else CategoryBlock
         if group_col is not None and (valid_col is not None or splitter is not None):
             raise ValueError("`group_col` makes the split: pass it, or `valid_col`, or `splitter`, not several.")
-        stratify = (df.columns[label_col] if isinstance(label_col, int) else label_col) if y_block is CategoryBlock and not is_listy(label_col) else None
-        if splitter is None: splitter = (ColSplitter(valid_col) if valid_col is not None else GroupSplitter(group_col, valid_pct, seed=seed, stratify=stratify)
-                                         if group_col is not None else RandomSplitter(valid_pct, seed=seed))
+        stratify = (df.columns[label_col] if isinstance(label_col, int) else
+                    label_col) if y_block is CategoryBlock and not is_listy(label_col) else None
+        if splitter is None:
+            splitter = (ColSplitter(valid_col) if valid_col is not None else
+                        GroupSplitter(group_col, valid_pct, seed=seed, stratify=stratify)
+                        if group_col is not None else RandomSplitter(valid_pct, seed=seed))
         check_columns(df.columns, [c for c in L(fn_col) + L(label_col) if not isinstance(c, int)])
         if not is_listy(fn_col) and n_images is None and several_images(df, fn_col, image_sep):
             n_images = int(df[fn_col].map(partial(image_names, sep=image_sep)).map(len).max())
-            print(f"Several images per row in {fn_col!r} ({'lists' if image_sep is None else f'names separated by {image_sep!r}'}): "
-                  f"up to {n_images}, one input each. Pass `n_images` to choose.")
+            print(
+                f"Several images per row in {fn_col!r} ({'lists' if image_sep is None else f'names separated by {image_sep!r}'}): "
+                f"up to {n_images}, one input each. Pass `n_images` to choose.")
         for c in L(label_col):
             col = df.iloc[:, c] if isinstance(c, int) else df[c]
             if col.isna().any():
-                raise ValueError(f"Label column {col.name!r} is missing in {int(col.isna().sum())} row(s), e.g. row "
-                                 f"{col.index[col.isna()].tolist()[0]!r}; drop or fill them (`df.dropna(subset=[{col.name!r}])`).")
+                raise ValueError(
+                    f"Label column {col.name!r} is missing in {int(col.isna().sum())} row(s), e.g. row "
+                    f"{col.index[col.isna()].tolist()[0]!r}; drop or fill them (`df.dropna(subset=[{col.name!r}])`).")
         if cache is not None and y_block in (PointBlock, BBoxBlock):
-            raise ValueError("`cache` keeps resized images, but points and boxes are resized with the image by `item_tfms`: use no cache.")
-        dblock = DataBlock(blocks=(*TabularImageBlock(fn_col, cat_names, cont_names, pref=pref, suff=suff, cls=img_cls, cache=cache, exclude=exclude,
-                                                      n_images=n_images, image_sep=ifnone(image_sep, ';')), y_block),
-                           get_y=ColReader(label_col, label_delim=label_delim), splitter=splitter,
-                           item_tfms=item_tfms, batch_tfms=batch_tfms)
+            raise ValueError(
+                "`cache` keeps resized images, but points and boxes are resized with the image by `item_tfms`: use no cache."
+            )
+        dblock = DataBlock(
+            blocks=(*TabularImageBlock(fn_col, cat_names, cont_names, pref=pref, suff=suff, cls=img_cls, cache=cache,
+                                       exclude=exclude, n_images=n_images, image_sep=ifnone(image_sep, ';')),
+                    y_block), get_y=ColReader(label_col, label_delim=label_delim), splitter=splitter,
+            item_tfms=item_tfms, batch_tfms=batch_tfms)
         return cls.from_dblock(dblock, df, path=path, **kwargs)

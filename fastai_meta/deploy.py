@@ -31,7 +31,8 @@ from .description import *
 # %% ../nbs/06_deploy.ipynb #4cd4b5aa
 @patch
 def export_safe(self:MetaLearner, fname='model.safetensors', check=True):
-    "Write the weights with safetensors and, in the file's header, the description that `load_safe` rebuilds the learner from; with `check`, reload it and compare predictions."
+    """Write the weights with safetensors and, in the file's header, the description that `load_safe` rebuilds the
+    learner from; with `check`, reload it and compare predictions."""
     fname = Path(fname)
     desc = json.dumps(describe(self), sort_keys=True)
     tensors = {k: v.detach().cpu().clone().contiguous() for k,v in self.model.state_dict().items()}
@@ -42,40 +43,52 @@ def export_safe(self:MetaLearner, fname='model.safetensors', check=True):
 
 # %% ../nbs/06_deploy.ipynb #4092aa80
 def _check_export(learn, fname, n=16):
-    "Rebuild the learner from `fname` and compare its predictions with `learn`'s on up to `n` validation rows; removes the file and raises if they differ."
+    """Rebuild the learner from `fname` and compare its predictions with `learn`'s on up to `n` validation rows;
+    removes the file and raises if they differ."""
     items = learn.dls.valid_ds.tls[0].items
-    if not isinstance(items, pd.DataFrame) or not len(items): return warnings.warn("export_safe: no validation rows to check the file against.")
+    if not isinstance(items, pd.DataFrame) or not len(items):
+        return warnings.warn("export_safe: no validation rows to check the file against.")
     rows = items.iloc[:n]
     new = load_safe(fname, cpu=one_param(learn.model).device.type == 'cpu')
     try:
         with learn.no_bar(), new.no_bar():
             a, b = (l.get_preds(dl=l.dls.test_dl(rows, num_workers=0))[0].float().cpu() for l in (learn, new))
-    except FileNotFoundError as e: return warnings.warn(f"export_safe: could not read validation images to check the file ({e}).")
+    except FileNotFoundError as e:
+        return warnings.warn(f"export_safe: could not read validation images to check the file ({e}).")
     err = float((a - b).abs().max())
     if err > 1e-3 * max(1., float(a.abs().max())):
         Path(fname).unlink()
-        raise UnsafeFile(f"The file did not reproduce the learner (largest difference {err:.3g} on {len(rows)} validation rows): "
-                         "a part of its data pipeline is not described; use `learn.export()`.")
+        raise UnsafeFile(
+            f"The file did not reproduce the learner (largest difference {err:.3g} on {len(rows)} validation rows): "
+            "a part of its data pipeline is not described; use `learn.export()`.")
 
 def _read(fname, sha256=None):
-    "The description and tensors of `fname`, after checking the file's own checksum (and `sha256`, the whole file's, if given)."
+    """The description and tensors of `fname`, after checking the file's own checksum (and `sha256`, the whole file's,
+    if given)."""
     fname = Path(fname)
     if not fname.is_file(): raise FileNotFoundError(f"No such file: {fname}")
     if sha256 is not None:
         got = hashlib.sha256(fname.read_bytes()).hexdigest()
-        if got != sha256.lower(): raise UnsafeFile(f"{fname} has SHA-256 {got}, not the expected {sha256}: not the file you meant to load.")
+        if got != sha256.lower():
+            raise UnsafeFile(f"{fname} has SHA-256 {got}, not the expected {sha256}: not the file you meant to load.")
     try:
         with safe_open(str(fname), 'pt', device='cpu') as f:
             meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e: raise UnsafeFile(f"{fname} is not a safetensors file ({e}).") from e
-    if 'fastai_meta' not in meta: raise UnsafeFile(f"{fname} holds weights but no fastai_meta description: it was not written by `export_safe`.")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UnsafeFile(f"{fname} is not a safetensors file ({e}).") from e
+    if 'fastai_meta' not in meta:
+        raise UnsafeFile(
+            f"{fname} holds weights but no fastai_meta description: it was not written by `export_safe`.")
     if meta.get('checksum') != digest(meta['fastai_meta'], tensors):
         raise UnsafeFile(f"{fname} was changed after export: its description or weights do not match its checksum.")
     try: desc = json.loads(meta['fastai_meta'])
     except json.JSONDecodeError as e: raise UnsafeFile(f"{fname}: the description is not valid JSON ({e}).") from e
-    if not isinstance(desc, dict) or desc.get('format') != FORMAT: raise UnsafeFile(f"{fname}: not a {FORMAT} description.")
+    if not isinstance(desc, dict) or desc.get('format') != FORMAT:
+        raise UnsafeFile(f"{fname}: not a {FORMAT} description.")
     if not isinstance(desc.get('version'), int) or desc['version'] > VERSION:
-        raise UnsafeFile(f"{fname} is format version {desc.get('version')!r}; this fastai_meta ({__version__}) reads up to {VERSION}: upgrade it.")
+        raise UnsafeFile(
+            f"{fname} is format version {desc.get('version')!r}; this fastai_meta ({__version__}) reads up to {VERSION}: upgrade it."
+        )
     return desc, tensors
 
 # %% ../nbs/06_deploy.ipynb #ad8bbe8e
@@ -90,7 +103,8 @@ def _make(spec, known, where):
     "The transform that `spec` names, from the classes in `known` only, with only the arguments it is described with."
     classes = {c.__name__: c for c in known}
     name, args = _get(spec, 'name', str, where), _get(spec, 'args', dict, where)
-    if name not in classes or set(args) - set(known[classes[name]]): raise UnsafeFile(f"The {where} names {name!r} with {sorted(args)}: not a transform this format describes.")
+    if name not in classes or set(args) - set(known[classes[name]]):
+        raise UnsafeFile(f"The {where} names {name!r} with {sorted(args)}: not a transform this format describes.")
     cls = classes[name]
     if where == 'loss' and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args.values()):
         raise UnsafeFile(f"The loss's arguments {args} are not numbers.")
@@ -103,25 +117,36 @@ def _builder(arch):
     "The model constructor named by the file: a timm name it knows, or a torchvision model; nothing else."
     src, name = _get(arch, 'source', str, 'arch'), _get(arch, 'name', str, 'arch')
     if src == 'timm' and timm.is_model(name): return name
-    if src == 'torchvision' and name in torchvision.models.list_models(): return torchvision.models.get_model_builder(name)
+    if src == 'torchvision' and name in torchvision.models.list_models():
+        return torchvision.models.get_model_builder(name)
     raise UnsafeFile(f"The file names the arch {name!r} from {src!r}: not a model of timm or torchvision known here.")
 
 def _y_tfms(t):
-    "The target's getter and type transforms (its getter reads `label_col`, or refuses to read labels if the file does not name one)."
+    """The target's getter and type transforms (its getter reads `label_col`, or refuses to read labels if the file
+    does not name one)."""
     kind, col = _get(t, 'kind', str, 'target'), t.get('label_col')
     get = ColReader(col, label_delim=t.get('label_delim')) if col is not None else _NoLabels()
     if kind == 'category': return [get, Categorize(_get(t, 'vocab', list, 'target'), sort=False)]
-    if kind == 'multicategory': vocab = _get(t, 'vocab', list, 'target'); return [get, MultiCategorize(vocab), OneHotEncode(len(vocab))]
+    if kind == 'multicategory':
+        vocab = _get(t, 'vocab', list, 'target')
+        return [get, MultiCategorize(vocab), OneHotEncode(len(vocab))]
     if kind == 'regression': return [get, RegressionSetup(_get(t, 'c', int, 'target'))]
     if kind == 'points': return [get, TensorPoint.create]
     raise UnsafeFile(f"Unknown target kind {kind!r}.")
 
 class _NoLabels:
-    "The label getter of a loaded learner whose labels were read by the user's own function: predictions work, reading labels does not."
-    def __call__(self, row): raise ValueError("This learner was loaded from a file that does not say how labels are read: it predicts, but cannot read labels (`with_labels`).")
+    """The label getter of a loaded learner whose labels were read by the user's own function: predictions work,
+    reading labels does not."""
+    def __call__(self, row):
+        raise ValueError(
+            "This learner was loaded from a file that does not say how labels are read: it predicts, but cannot read labels (`with_labels`)."
+        )
 
 # %% ../nbs/06_deploy.ipynb #6770915a
-_TYPES = {c.__name__: c for c in (TensorImage, TensorImageBW, TensorMeta, TensorPresent, TensorCategory, TensorMultiCategory, TensorPoint, TensorBase, Tensor)}
+_TYPES = {
+    c.__name__: c for c in (TensorImage, TensorImageBW, TensorMeta, TensorPresent, TensorCategory,
+                            TensorMultiCategory, TensorPoint, TensorBase, Tensor)
+}
 
 def _dataloaders(desc, bs=64, device=None):
     "Empty `DataLoaders` that encode rows as the exported learner's did: `test_dl(df)` and `predict(row)` work on them."
@@ -129,40 +154,64 @@ def _dataloaders(desc, bs=64, device=None):
     img_cls = IMAGE_CLASSES.get(_get(img, 'img_cls', str, 'image'))
     if img_cls is None: raise UnsafeFile(f"Unknown image class {img['img_cls']!r}.")
     pref, suff = _get(img, 'pref', str, 'image'), _get(img, 'suff', str, 'image')
-    if img.get('slots') is None: reads, masks = [ReadImage(_get(img, 'fn_col', (str, int), 'image'), pref=pref, suff=suff, img_cls=img_cls)], []
+    if img.get('slots') is None:
+        reads, masks = [ReadImage(_get(img, 'fn_col', (str, int), 'image'), pref=pref, suff=suff,
+                                  img_cls=img_cls)], []
     else:
-        slots = [(_get(s, 'fn_col', (str, int), 'image slot'), _get(s, 'slot', int, 'image slot'), _get(s, 'sep', (str, type(None)), 'image slot'))
+        slots = [(_get(s, 'fn_col', (str, int),
+                       'image slot'), _get(s, 'slot', int,
+                                           'image slot'), _get(s, 'sep', (str, type(None)), 'image slot'))
                  for s in _get(img, 'slots', list, 'image')]
         reads = [ReadSlot(c, j, sep, pref=pref, suff=suff, img_cls=img_cls) for c,j,sep in slots]
         for r in reads: r.siblings = list(dict.fromkeys(c for c,_,_ in slots))
         masks = [[ImagesPresent(slots)]] if _get(img, 'masked', bool, 'image') else []
-    fields = {k: _get(m, k, (list, dict), 'metadata') for k in ('cat_names', 'cont_names', 'vocabs', 'fills', 'means', 'stds')}
+    fields = {
+        k: _get(m, k, (list, dict), 'metadata')
+        for k in ('cat_names', 'cont_names', 'vocabs', 'fills', 'means', 'stds')
+    }
     enc = MetaEncoding(**fields)
-    if not (set(enc.vocabs) == set(enc.cat_names) and len(enc.fills) == len(enc.means) == len(enc.stds) == len(enc.cont_names)):
-        raise UnsafeFile("The metadata description is inconsistent: vocabularies or statistics do not match the column names.")
-    item = [_make(s, ITEM_TFMS, 'item transforms') for s in ([img['cache_resize']] if img.get('cache_resize') else []) + _get(desc, 'item_tfms', list)]
+    if not (set(enc.vocabs) == set(enc.cat_names) and
+            len(enc.fills) == len(enc.means) == len(enc.stds) == len(enc.cont_names)):
+        raise UnsafeFile(
+            "The metadata description is inconsistent: vocabularies or statistics do not match the column names.")
+    item = [
+        _make(s, ITEM_TFMS, 'item transforms')
+        for s in ([img['cache_resize']] if img.get('cache_resize') else []) + _get(desc, 'item_tfms', list)
+    ]
     batch = [_make(s, BATCH_TFMS, 'batch transforms') for s in _get(desc, 'batch_tfms', list)]
     cols = [c for c in [*(r.reader.cols[0] for r in reads), *enc.columns] if isinstance(c, str)]
     n_inp = len(reads) + len(masks) + 1
-    dsets = Datasets(pd.DataFrame(columns=list(dict.fromkeys(cols))), tfms=[*([r] for r in reads), *masks, [MetaEncode.fitted(enc)], _y_tfms(t)],
-                     splits=[[], []], n_inp=n_inp, types=[pd.Series])   # fastai reads the types from a first row; there is none
+    dsets = Datasets(
+        pd.DataFrame(columns=list(dict.fromkeys(cols))),
+        tfms=[*([r] for r in reads), *masks, [MetaEncode.fitted(enc)],
+              _y_tfms(t)],
+        # fastai reads the types from a first row; there is none
+        splits=[[], []],
+        n_inp=n_inp,
+        types=[pd.Series])
     types = [_TYPES.get(n) for n in _get(desc, 'types', list)]
     if None in types: raise UnsafeFile(f"Unknown batch types {desc['types']}.")
     # set up already (from the description): there are no rows to set them up on
-    loaders = [MetaDL(dsets.subset(i), bs=bs, shuffle=i == 0, drop_last=i == 0, after_item=item, after_batch=batch, device=device,
-                      do_setup=False) for i in (0, 1)]
-    for dl in loaders: dl._n_inp, dl._types = n_inp, {tuple: types}       # what fastai's first pass would find; there are no rows for one
+    loaders = [
+        MetaDL(dsets.subset(i), bs=bs, shuffle=i == 0, drop_last=i == 0, after_item=item, after_batch=batch,
+               device=device, do_setup=False) for i in (0, 1)
+    ]
+    # what fastai's first pass would find; there are no rows for one
+    for dl in loaders: dl._n_inp, dl._types = n_inp, {tuple: types}
     dls = DataLoaders(*loaders, device=device)
     kind = t['kind'] if t['kind'] in ('regression', 'points') else 'other'
     sc = desc.get('scale')
     n = _get(sc, 'n', int, 'scale') if sc else int(desc['learner'].get('n_out', 1))
-    dls.described_target = (kind, torch.zeros(n), torch.ones(n)) if kind != 'other' else ('other', None, None)   # the real values are in the weights
+    # the real values are in the weights
+    dls.described_target = (kind, torch.zeros(n), torch.ones(n)) if kind != 'other' else ('other', None, None)
     return dls
 
 def load_safe(fname, cpu=True, sha256=None, images=None, bs=64):
-    "Rebuild the `Learner` that `export_safe` wrote to `fname` (or the `ContextLearner` or `StackLearner`), from its description and weights only: no unpickling, no `torch.load`; `images`: the folder to read file names from."
+    """Rebuild the `Learner` that `export_safe` wrote to `fname` (or the `ContextLearner` or `StackLearner`), from its
+    description and weights only: no unpickling, no `torch.load`; `images`: the folder to read file names from."""
     desc, tensors = _read(fname, sha256)
-    if desc.get('kind') in ('context', 'stack'): return _load_two_stage(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))
+    if desc.get('kind') in ('context', 'stack'):
+        return _load_two_stage(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))
     return _rebuild(desc, tensors, cpu, images, bs)
 
 def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
@@ -174,7 +223,8 @@ def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
     bad = [k for k,v in lrn.items() if k not in types or not isinstance(v, types[k])]
     if bad: raise UnsafeFile(f"The learner arguments {bad} are not ones this format describes.")
     fus = _get(desc, 'fusion', dict)
-    if _get(fus, 'name', str, 'fusion') not in fusions: raise UnsafeFile(f"Unknown fusion {fus['name']!r}; this version knows {list(fusions)}.")
+    if _get(fus, 'name', str, 'fusion') not in fusions:
+        raise UnsafeFile(f"Unknown fusion {fus['name']!r}; this version knows {list(fusions)}.")
     kw = _get(fus, 'kwargs', dict, 'fusion')
     unknown = set(kw) - set(inspect.signature(fusions[fus['name']]).parameters)
     if unknown: raise UnsafeFile(f"The fusion {fus['name']!r} has no argument(s) {sorted(unknown)}.")
@@ -183,68 +233,97 @@ def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            learn = meta_cnn_learner(dls, _builder(_get(desc, 'arch', dict)), fusion=fusion, pretrained=False, normalize=False, loss_func=loss, **lrn)
-    except (TypeError, ValueError, AssertionError) as e: raise UnsafeFile(f"The described learner could not be built: {type(e).__name__}: {e}") from e
-    if desc.get('temperature') is not None: learn.model.add_module('temp', Temperature(_get(desc, 'temperature', float)))
+            learn = meta_cnn_learner(dls, _builder(_get(desc, 'arch', dict)), fusion=fusion, pretrained=False,
+                                     normalize=False, loss_func=loss, **lrn)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise UnsafeFile(f"The described learner could not be built: {type(e).__name__}: {e}") from e
+    if desc.get('temperature') is not None:
+        learn.model.add_module('temp', Temperature(_get(desc, 'temperature', float)))
     try: learn.model.load_state_dict(tensors, strict=True)
     except RuntimeError as e: raise UnsafeFile(f"The weights do not fit the described model: {str(e)[:500]}") from e
     op = desc.get('operating_point')
-    if op: learn.loss_func = OperatingPoint(learn.loss_func, _get(op, 'idx', int, 'operating point'), _get(op, 'threshold', (float, int), 'operating point'),
-                                            multi=_get(op, 'multi', bool, 'operating point'), target=op.get('target'))
+    if op:
+        learn.loss_func = OperatingPoint(learn.loss_func, _get(op, 'idx', int, 'operating point'),
+                                         _get(op, 'threshold', (float, int), 'operating point'),
+                                         multi=_get(op, 'multi', bool, 'operating point'), target=op.get('target'))
     learn.model.to(dls.device).eval()
     learn.description = desc
     return learn
 
 # %% ../nbs/06_deploy.ipynb #4d6d18c8
 def _save_two_stage(learn, kind, two, fname, check):
-    "Write a two-stage learner (`kind`: 'context' or 'stack'): every network's weights and, in the header, their descriptions and stage two's `two`; with `check`, reload it and compare predictions."
-    tensors = {f'stage_one.{k}.{n}': v.detach().cpu().clone().contiguous() for k,l in enumerate(learn.learners) for n,v in l.model.state_dict().items()}
-    two |= dict(label_col=learn.label_col, context_col=learn.context_col, settings=as_plain(learn.settings), temperature=learn.temperature, decision=as_plain(learn.decision))
-    desc = json.dumps(dict(format=FORMAT, version=VERSION, kind=kind, stage_one=[describe(l) for l in learn.learners], stage_two=two), sort_keys=True)
+    """Write a two-stage learner (`kind`: 'context' or 'stack'): every network's weights and, in the header, their
+    descriptions and stage two's `two`; with `check`, reload it and compare predictions."""
+    tensors = {
+        f'stage_one.{k}.{n}': v.detach().cpu().clone().contiguous() for k, l in enumerate(learn.learners)
+        for n, v in l.model.state_dict().items()
+    }
+    two |= dict(label_col=learn.label_col, context_col=learn.context_col, settings=as_plain(learn.settings),
+                temperature=learn.temperature, decision=as_plain(learn.decision))
+    desc = json.dumps(
+        dict(format=FORMAT, version=VERSION, kind=kind, stage_one=[describe(l) for l in learn.learners],
+             stage_two=two), sort_keys=True)
     Path(fname).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(fname), metadata={'fastai_meta': desc, 'checksum': digest(desc, tensors)})
     if check: _check_two_stage_export(learn, fname)
     return Path(fname)
 
 def _check_two_stage_export(learn, fname, n=3):
-    "Reload `fname` and compare its predictions with `learn`'s on the first network's validation rows (with a context column, those of `n` patients); removes the file and raises if they differ."
+    """Reload `fname` and compare its predictions with `learn`'s on the first network's validation rows (with a context
+    column, those of `n` patients); removes the file and raises if they differ."""
     items = learn.learners[0].dls.valid_ds.items
-    if not isinstance(items, pd.DataFrame) or not len(items): return warnings.warn("export_safe: no validation rows to check the file against.")
+    if not isinstance(items, pd.DataFrame) or not len(items):
+        return warnings.warn("export_safe: no validation rows to check the file against.")
     key = learn.context_col
     rows = items[items[key].isin(items[key].drop_duplicates()[:n])] if key else items[:8*n]
     a, b = (l.get_preds(l.test_dl(rows))[0] for l in (learn, load_safe(fname)))
     if float((a - b).abs().max()) > 1e-4:
         Path(fname).unlink()
-        raise UnsafeFile(f"The file did not reproduce the learner (largest difference {float((a - b).abs().max()):.3g}): use `learn.export()`.")
+        raise UnsafeFile(
+            f"The file did not reproduce the learner (largest difference {float((a - b).abs().max()):.3g}): use `learn.export()`."
+        )
 
 def _stage_one(desc, tensors, rebuild):
-    "Each network of a two-stage description, rebuilt (`rebuild`) from its description and weights, and stage two's description."
-    learners = [rebuild(d, {n[len(f'stage_one.{k}.'):]: v for n,v in tensors.items() if n.startswith(f'stage_one.{k}.')}) for k,d in enumerate(_get(desc, 'stage_one', list))]
+    """Each network of a two-stage description, rebuilt (`rebuild`) from its description and weights, and stage two's
+    description."""
+    learners = [
+        rebuild(d, {n[len(f'stage_one.{k}.'):]: v for n, v in tensors.items() if n.startswith(f'stage_one.{k}.')})
+        for k, d in enumerate(_get(desc, 'stage_one', list))
+    ]
     return learners, _get(desc, 'stage_two', dict)
 
 def _decision(two):
     "The temperature and the operating point that stage two's description `two` holds (each `None` if not set)."
     t, dec = two.get('temperature'), two.get('decision')
     if t is not None: t = float(_get(two, 'temperature', (float, int), 'stage two'))
-    if dec is not None: dec = dict(idx=_get(dec, 'idx', int, 'decision'), threshold=float(_get(dec, 'threshold', (float, int), 'decision')),
-                                   cls=_get(dec, 'cls', str, 'decision'), sensitivity=float(_get(dec, 'sensitivity', (float, int), 'decision')))
+    if dec is not None:
+        dec = dict(idx=_get(dec, 'idx', int,
+                            'decision'), threshold=float(_get(dec, 'threshold', (float, int),
+                                                              'decision')), cls=_get(dec, 'cls', str, 'decision'),
+                   sensitivity=float(_get(dec, 'sensitivity', (float, int), 'decision')))
     return t, dec
 
 @patch
 def export_safe(self:ContextLearner, fname='context.safetensors', check=True):
-    "Write every image model and the stage two (`ContextLearner.stage_two_state`) to one safetensors file (no pickle); `load_safe` reads it back as a `ContextLearner`; with `check`, reload it and compare predictions."
+    """Write every image model and the stage two (`ContextLearner.stage_two_state`) to one safetensors file (no
+    pickle); `load_safe` reads it back as a `ContextLearner`; with `check`, reload it and compare predictions."""
     return _save_two_stage(self, 'context', self.stage_two_state(), fname, check)
 
 def _load_two_stage(desc, tensors, rebuild):
-    "The `ContextLearner` or `StackLearner` (by the description's `kind`) of a description and weights read by `load_safe`; `rebuild` makes each network from its description and weights."
+    """The `ContextLearner` or `StackLearner` (by the description's `kind`) of a description and weights read by
+    `load_safe`; `rebuild` makes each network from its description and weights."""
     learners, two = _stage_one(desc, tensors, rebuild)
-    try: return {'context': ContextLearner, 'stack': StackLearner}[desc['kind']].from_state(learners, two, *_decision(two))
-    except (KeyError, TypeError, ValueError, IndexError, lgb.basic.LightGBMError) as e: raise UnsafeFile(f"The stage two's description is inconsistent ({e}).") from e
+    try:
+        return {'context': ContextLearner,
+                'stack': StackLearner}[desc['kind']].from_state(learners, two, *_decision(two))
+    except (KeyError, TypeError, ValueError, IndexError, lgb.basic.LightGBMError) as e:
+        raise UnsafeFile(f"The stage two's description is inconsistent ({e}).") from e
 
 # %% ../nbs/06_deploy.ipynb #6f20455e
 @patch
 def export_safe(self:StackLearner, fname='stack.safetensors', check=True):
-    "Write every network and stage two (`StackLearner.stage_two_state`) to one safetensors file (no pickle); `load_safe` reads it back as a `StackLearner`; with `check`, reload it and compare predictions."
+    """Write every network and stage two (`StackLearner.stage_two_state`) to one safetensors file (no pickle);
+    `load_safe` reads it back as a `StackLearner`; with `check`, reload it and compare predictions."""
     return _save_two_stage(self, 'stack', self.stage_two_state(), fname, check)
 
 # %% ../nbs/06_deploy.ipynb #52f8e4b0
@@ -257,22 +336,27 @@ def _example_inputs(learn, dl=None):
     return tuple(t.as_subclass(Tensor) for t in ifnone(dl, learn.dls.valid).one_batch()[:learn.dls.n_inp])
 
 def _input_names(learn):
-    "The model's input names: `image`, `meta`; with several images `image_1`, `image_2`, ..., `present` (the mask), `meta`."
+    """The model's input names: `image`, `meta`; with several images `image_1`, `image_2`, ..., `present` (the mask),
+    `meta`."""
     k, masked = image_inputs(learn.dls)
-    return ['image', 'meta'] if k == 1 and not masked else [*(f'image_{i+1}' for i in range(k)), *(['present'] if masked else []), 'meta']
+    return ['image', 'meta'] if k == 1 and not masked else [
+        *(f'image_{i+1}' for i in range(k)), *(['present'] if masked else []), 'meta'
+    ]
 
 # %% ../nbs/06_deploy.ipynb #84440a01
 def export_torchscript(learn, fname='model.pt', dl=None):
     "Trace `learn`'s model to TorchScript with a batch of `dl` (default: validation) and save it to `fname`."
     model = learn.model.eval()
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter('ignore')   # torch.jit is deprecated in favour of torch.export, but still the portable format
+        # torch.jit is deprecated in favour of torch.export, but still the portable format
+        warnings.simplefilter('ignore')
         traced = torch.jit.trace(model, _example_inputs(learn, dl))
     traced.save(str(fname))
     return traced
 
 def export_onnx(learn, fname='model.onnx', dl=None, opset=17):
-    "Export `learn`'s model to ONNX (inputs `image`, `meta`; with several images `image_1`, `image_2`, ..., `present`, `meta`; output `output`; dynamic batch size) at `fname`."
+    """Export `learn`'s model to ONNX (inputs `image`, `meta`; with several images `image_1`, `image_2`, ...,
+    `present`, `meta`; output `output`; dynamic batch size) at `fname`."""
     names = _input_names(learn)
     axes = {k: {0: 'batch'} for k in (*names, 'output')}
     with warnings.catch_warnings():

@@ -25,7 +25,8 @@ from .calibrate import OperatingPoint
 # %% ../nbs/05a_description.ipynb #db0b0727
 FORMAT, VERSION = 'fastai_meta.safe', 1
 class UnsafeFile(ValueError):
-    "A learner that cannot be described without pickle, or a file whose description is not one this library wrote; the message names the part."
+    """A learner that cannot be described without pickle, or a file whose description is not one this library wrote;
+    the message names the part."""
 
 def as_plain(x):
     "`x` as JSON values (tuples as lists, numpy and torch scalars as numbers), or a `TypeError`."
@@ -41,7 +42,9 @@ def _arch(arch):
     name = getattr(arch, '__name__', None)
     try: found = torchvision.models.get_model_builder(name) if isinstance(name, str) else None
     except ValueError: found = None
-    if found is not arch: raise UnsafeFile(f"The arch {arch!r} is neither a timm model name nor a torchvision model: use `learn.export()` (pickle).")
+    if found is not arch:
+        raise UnsafeFile(
+            f"The arch {arch!r} is neither a timm model name nor a torchvision model: use `learn.export()` (pickle).")
     return dict(source='torchvision', name=name)
 
 def _fusion(fusion):
@@ -50,47 +53,74 @@ def _fusion(fusion):
     name = f if isinstance(f, str) else next((k for k,v in fusions.items() if v is f), None)
     try: kw = as_plain(kw)
     except TypeError: name = None
-    if name not in fusions: raise UnsafeFile(f"The fusion {fusion!r} is not one of {list(fusions)} (with plain arguments): use `learn.export()`.")
+    if name not in fusions:
+        raise UnsafeFile(
+            f"The fusion {fusion!r} is not one of {list(fusions)} (with plain arguments): use `learn.export()`.")
     return dict(name=name, kwargs=kw)
 
 # %% ../nbs/05a_description.ipynb #8d2e1f1c
-ITEM_TFMS = {Resize: ('size', 'method', 'pad_mode', 'resamples'), RandomResizedCrop: ('size', 'min_scale', 'ratio', 'resamples', 'val_xtra', 'max_scale'),
-         ToTensor: (), PointScaler: ('do_scale', 'y_first')}
-BATCH_TFMS = {IntToFloatTensor: ('div', 'div_mask'), Normalize: ('mean', 'std', 'axes'), AffineCoordTfm: ('size', 'mode', 'pad_mode', 'align_corners')}
+ITEM_TFMS = {
+    Resize: ('size', 'method', 'pad_mode', 'resamples'),
+    RandomResizedCrop: ('size', 'min_scale', 'ratio', 'resamples', 'val_xtra', 'max_scale'), ToTensor: (),
+    PointScaler: ('do_scale', 'y_first')
+}
+BATCH_TFMS = {
+    IntToFloatTensor: ('div', 'div_mask'), Normalize: ('mean', 'std', 'axes'),
+    AffineCoordTfm: ('size', 'mode', 'pad_mode', 'align_corners')
+}
 IMAGE_CLASSES = dict(PILImage=PILImage, PILImageBW=PILImageBW)
 
 def _tfm(t, known):
-    "Name and arguments of transform `t` if it is in `known`; `None` for one that does nothing at inference; else refused."
+    """Name and arguments of transform `t` if it is in `known`; `None` for one that does nothing at inference; else
+    refused."""
     nm = type(t).__name__
-    if isinstance(t, AffineCoordTfm) and AffineCoordTfm in known:      # `aug_transforms`' merged warps: at inference, a resampling only
-        return dict(name='AffineCoordTfm', args=as_plain(dict(size=t.size, mode=t.mode, pad_mode=str(t.pad_mode), align_corners=t.align_corners)))
+    # `aug_transforms`' merged warps: at inference, a resampling only
+    if isinstance(t, AffineCoordTfm) and AffineCoordTfm in known:
+        return dict(
+            name='AffineCoordTfm',
+            args=as_plain(dict(size=t.size, mode=t.mode, pad_mode=str(t.pad_mode), align_corners=t.align_corners)))
     if type(t) in known:
         args = {k: getattr(t, k) for k in known[type(t)]}
-        if nm == 'Normalize': args = dict(mean=t.mean.flatten().tolist(), std=t.std.flatten().tolist(), axes=list(t.axes))
-        return dict(name=nm, args=as_plain({k: (str(v) if k in ('method', 'pad_mode') else [int(r) for r in v] if k == 'resamples' else v) for k,v in args.items()}))
+        if nm == 'Normalize':
+            args = dict(mean=t.mean.flatten().tolist(), std=t.std.flatten().tolist(), axes=list(t.axes))
+        return dict(
+            name=nm, args=as_plain({
+                k: (str(v) if k in ('method', 'pad_mode') else [int(r) for r in v] if k == 'resamples' else v)
+                for k, v in args.items()
+            }))
     if getattr(t, 'split_idx', None) == 0: return None              # training only (augmentations)
-    raise UnsafeFile(f"The transform {t!r} cannot be described without pickle: use `learn.export()`, or build the DataLoaders with "
-                     f"{[c.__name__ for c in known]} and augmentations only.")
+    raise UnsafeFile(
+        f"The transform {t!r} cannot be described without pickle: use `learn.export()`, or build the DataLoaders with "
+        f"{[c.__name__ for c in known]} and augmentations only.")
 
 def _image(dls):
     "How a row's image is read: column, folder, suffix, image class, and the resizing of an `ImageCache`."
     reads = image_reads(dls)
     read = reads[0]
-    if read is None: raise UnsafeFile("The image block does not read file names from a column (`TabularImageBlock`/`MetaDataLoaders`): use `learn.export()`.")
+    if read is None:
+        raise UnsafeFile(
+            "The image block does not read file names from a column (`TabularImageBlock`/`MetaDataLoaders`): use `learn.export()`."
+        )
     r, cache = read.reader, read.cache
     res = dict(fn_col=r.cols[0], pref=str(r.pref), suff=str(r.suff), img_cls=read.img_cls.__name__)
-    if res['img_cls'] not in IMAGE_CLASSES or IMAGE_CLASSES[res['img_cls']] is not read.img_cls: raise UnsafeFile(f"Images of class {read.img_cls} cannot be described: use `learn.export()`.")
+    if res['img_cls'] not in IMAGE_CLASSES or IMAGE_CLASSES[res['img_cls']] is not read.img_cls:
+        raise UnsafeFile(f"Images of class {read.img_cls} cannot be described: use `learn.export()`.")
     if cache is not None: res['cache_resize'] = _tfm(cache.resize, ITEM_TFMS)
     k, masked = image_inputs(dls)
-    if k > 1 or masked:     # several images per row (`ImageBlocks`): each input's column and place in it, and whether a mask follows
+    # several images per row (`ImageBlocks`): each input's column and place in it, and whether a mask follows
+    if k > 1 or masked:
         if not all(isinstance(f, ReadSlot) and f.reader.pref == r.pref and f.reader.suff == r.suff for f in reads):
-            raise UnsafeFile("Several image inputs not made by `ImageBlocks` cannot be described: use `learn.export()`.")
+            raise UnsafeFile(
+                "Several image inputs not made by `ImageBlocks` cannot be described: use `learn.export()`.")
         res |= dict(slots=[dict(fn_col=f.reader.cols[0], slot=f.slot, sep=f.sep) for f in reads], masked=masked)
     return res
 
 # %% ../nbs/05a_description.ipynb #0c7cccda
-LOSSES = {CrossEntropyLossFlat: ('axis',), BCEWithLogitsLossFlat: ('axis', 'thresh'), MSELossFlat: ('axis',), L1LossFlat: ('axis',),
-           LabelSmoothingCrossEntropyFlat: ('axis', 'eps'), FocalLossFlat: ('axis', 'gamma'), ArcFaceLoss: ('s', 'm')}
+LOSSES = {
+    CrossEntropyLossFlat: ('axis', ), BCEWithLogitsLossFlat: ('axis', 'thresh'), MSELossFlat: ('axis', ),
+    L1LossFlat: ('axis', ), LabelSmoothingCrossEntropyFlat: ('axis', 'eps'), FocalLossFlat: ('axis', 'gamma'),
+    ArcFaceLoss: ('s', 'm')
+}
 _FLAT = {nn.MSELoss: MSELossFlat, nn.L1Loss: L1LossFlat}     # fastai's losses that are functions making a `BaseLoss`
 
 def _loss_maker(loss):
@@ -99,17 +129,23 @@ def _loss_maker(loss):
     return type(loss) if type(loss) in LOSSES else None
 
 def _loss(loss):
-    "The learner's loss by name and arguments (its activation and decoding are what inference needs), without the wrappers `meta_cnn_learner` and `set_operating_point` add."
+    """The learner's loss by name and arguments (its activation and decoding are what inference needs), without the
+    wrappers `meta_cnn_learner` and `set_operating_point` add."""
     if isinstance(loss, WrappedLoss): loss = loss.innermost
     make = _loss_maker(loss)
-    if make is None: raise UnsafeFile(f"The loss {loss!r} cannot be described: use `learn.export()`, or pass a loss of {[c.__name__ for c in LOSSES]}.")
+    if make is None:
+        raise UnsafeFile(
+            f"The loss {loss!r} cannot be described: use `learn.export()`, or pass a loss of {[c.__name__ for c in LOSSES]}."
+        )
     val = lambda k: getattr(loss, k, getattr(getattr(loss, 'func', None), k, None))
     return dict(name=make.__name__, args=as_plain({k: val(k) for k in LOSSES[make] if val(k) is not None}))
 
 def target_kind(fs):
-    "The kind of target that type transforms `fs` make: 'category', 'multicategory', 'regression', 'points', or `None` for another."
+    """The kind of target that type transforms `fs` make: 'category', 'multicategory', 'regression', 'points', or
+    `None` for another."""
     kinds = {Categorize: 'category', MultiCategorize: 'multicategory', RegressionSetup: 'regression'}
-    return next((kinds[type(f)] for f in fs if type(f) in kinds), 'points' if any(getattr(f, 'name', '') == 'TensorPoint.create' for f in fs) else None)
+    return next((kinds[type(f)] for f in fs if type(f) in kinds),
+                'points' if any(getattr(f, 'name', '') == 'TensorPoint.create' for f in fs) else None)
 
 def _target(dls):
     "The target: its kind, vocabulary, label column and, for regression, how many values."
@@ -118,7 +154,10 @@ def _target(dls):
     get = fs[0] if fs and isinstance(fs[0], ColReader) else None
     res = dict(label_col=as_plain(get.cols) if get else None, label_delim=get.label_delim if get else None)
     k = target_kind(fs)
-    if k is None: raise UnsafeFile(f"The target block ({fs}) is not a category, multi-category, regression or point block: use `learn.export()`.")
+    if k is None:
+        raise UnsafeFile(
+            f"The target block ({fs}) is not a category, multi-category, regression or point block: use `learn.export()`."
+        )
     res['kind'] = k
     if k in ('category', 'multicategory'): res['vocab'] = as_plain(list(dls.vocab))
     if k == 'regression': res['c'] = next(f.c for f in fs if isinstance(f, RegressionSetup))
@@ -126,26 +165,35 @@ def _target(dls):
 
 # %% ../nbs/05a_description.ipynb #5a32f268
 def describe(learn):
-    "Everything but the weights that `load_safe` needs to rebuild `learn`, as plain JSON values; refuses, naming it, what it cannot describe."
+    """Everything but the weights that `load_safe` needs to rebuild `learn`, as plain JSON values; refuses, naming it,
+    what it cannot describe."""
     args = getattr(learn, 'meta_args', None)
-    if args is None or not isinstance(learn.model, MetaModel): raise UnsafeFile("`export_safe` describes learners made by `meta_cnn_learner`: use `learn.export()`.")
+    if args is None or not isinstance(learn.model, MetaModel):
+        raise UnsafeFile("`export_safe` describes learners made by `meta_cnn_learner`: use `learn.export()`.")
     dls = learn.dls
     enc = meta_encode(dls).encoding
     if not hasattr(dls.valid, '_types'): dls.valid.one_batch()        # fastai records the batch's types on a first pass
     types = dls.valid._types.get(tuple) if isinstance(dls.valid._types, dict) else None
-    if types is None or any(isinstance(t, dict) for t in types): raise UnsafeFile(f"Unexpected batch types {dls.valid._types}.")
+    if types is None or any(isinstance(t, dict) for t in types):
+        raise UnsafeFile(f"Unexpected batch types {dls.valid._types}.")
     try: learner = {k: as_plain(v) for k,v in args.items() if k in described_args()}
-    except TypeError as e: raise UnsafeFile(f"A `meta_cnn_learner` argument is not a plain value ({e}): use `learn.export()`.") from e
+    except TypeError as e:
+        raise UnsafeFile(f"A `meta_cnn_learner` argument is not a plain value ({e}): use `learn.export()`.") from e
     out = learn.model._modules.get('out')
-    d = dict(format=FORMAT, version=VERSION, library=dict(fastai_meta=__version__, fastai=fastai.__version__, torch=torch.__version__),
-             arch=_arch(args['arch']), fusion=_fusion(args['fusion']), learner=learner, image=_image(dls),
-             item_tfms=[o for o in (_tfm(t, ITEM_TFMS) for t in dls.valid.after_item.fs) if o], batch_tfms=[o for o in (_tfm(t, BATCH_TFMS) for t in dls.valid.after_batch.fs) if o],
-             meta=as_plain(dict(cat_names=enc.cat_names, cont_names=enc.cont_names, vocabs=enc.vocabs, fills=enc.fills, means=enc.means, stds=enc.stds)),
-             target=_target(dls), loss=_loss(learn.loss_func), types=[t.__name__ for t in types],
-             scale=dict(n=len(out.mean), ranged=bool(out.ranged)) if out is not None else None,
-             temperature=float(learn.model.temp.t) if 'temp' in learn.model._modules else None)
+    d = dict(
+        format=FORMAT, version=VERSION, library=dict(fastai_meta=__version__, fastai=fastai.__version__,
+                                                     torch=torch.__version__), arch=_arch(args['arch']),
+        fusion=_fusion(args['fusion']), learner=learner, image=_image(dls),
+        item_tfms=[o for o in (_tfm(t, ITEM_TFMS) for t in dls.valid.after_item.fs) if o],
+        batch_tfms=[o for o in (_tfm(t, BATCH_TFMS) for t in dls.valid.after_batch.fs) if o], meta=as_plain(
+            dict(cat_names=enc.cat_names, cont_names=enc.cont_names, vocabs=enc.vocabs, fills=enc.fills,
+                 means=enc.means,
+                 stds=enc.stds)), target=_target(dls), loss=_loss(learn.loss_func), types=[t.__name__ for t in types],
+        scale=dict(n=len(out.mean), ranged=bool(out.ranged)) if out is not None else None,
+        temperature=float(learn.model.temp.t) if 'temp' in learn.model._modules else None)
     op = learn.loss_func if isinstance(learn.loss_func, OperatingPoint) else None
-    d['operating_point'] = as_plain(dict(idx=op.idx, threshold=op.threshold, multi=op.multi, target=op.target)) if op is not None else None
+    d['operating_point'] = as_plain(dict(idx=op.idx, threshold=op.threshold, multi=op.multi,
+                                         target=op.target)) if op is not None else None
     return d
 
 def digest(desc, tensors):

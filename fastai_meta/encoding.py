@@ -24,9 +24,11 @@ def _to_float(values, col, rows=None):
     vals = np.asarray(values, dtype=object)
     try: out = vals.astype('float64')  # fast path: numbers, booleans, None, numeric text
     except (TypeError, ValueError):
-        vals = np.array([{'true': 1., 'false': 0.}.get(v.strip().lower(), v) if isinstance(v, str) else v for v in vals], dtype=object)
+        vals = np.array([{'true': 1., 'false': 0.}.get(v.strip().lower(), v) if isinstance(v, str) else v
+                         for v in vals], dtype=object)
         miss = is_missing(vals)
-        out = pd.to_numeric(pd.Series(np.where(miss, np.nan, vals), dtype=object), errors='coerce').to_numpy(dtype='float64')
+        out = pd.to_numeric(pd.Series(np.where(miss, np.nan, vals), dtype=object),
+                            errors='coerce').to_numpy(dtype='float64')
         _refuse(np.isnan(out) & ~miss, vals, col, rows, 'is not a number')
     _refuse(np.isinf(out), vals, col, rows, 'is infinite')
     return out
@@ -59,18 +61,22 @@ class MetaEncoding:
             x = np.where(np.isnan(x), fill, x)
             std = float(x.std())
             if std < 1e-7:  # constant or all missing: keep its values finite at inference, and say so
-                warnings.warn(f"Continuous column {c!r} is {'all missing' if not len(ok) else 'constant'} in the training rows: "
-                              "it carries no information (only its `_na` flag can).")
+                warnings.warn(
+                    f"Continuous column {c!r} is {'all missing' if not len(ok) else 'constant'} in the training rows: "
+                    "it carries no information (only its `_na` flag can).")
                 std = 1.
             fills.append(fill); means.append(float(x.mean())); stds.append(std)
         for c in cat_names:
-            if len(vocabs[c]) == 1: warnings.warn(f"Categorical column {c!r} is all missing in the training rows: it carries no information.")
+            if len(vocabs[c]) == 1:
+                warnings.warn(
+                    f"Categorical column {c!r} is all missing in the training rows: it carries no information.")
         return cls(list(cat_names), cont_names=list(cont_names), vocabs=vocabs, fills=fills, means=means, stds=stds)
 
     @property
     def luts(self):
         "Code of each vocabulary entry, per categorical column (derived from `vocabs`, built once)."
-        if getattr(self, '_luts', None) is None: self._luts = {c: {k:i for i,k in enumerate(v)} for c,v in self.vocabs.items()}
+        if getattr(self, '_luts', None) is None:
+            self._luts = {c: {k: i for i, k in enumerate(v)} for c, v in self.vocabs.items()}
         return self._luts
     def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k != '_luts'}
 
@@ -83,20 +89,24 @@ class MetaEncoding:
         "Number of codes of each categorical input: the vocabularies, then 3 (`#na#`, False, True) for each flag."
         return [len(self.vocabs[c]) for c in self.cat_names] + [3]*len(self.cont_names)
     @property
-    def columns(self): return [*self.cat_names, *self.cont_names]    # the row layout's owner: categorical, then continuous
+    # the row layout's owner: categorical, then continuous
+    def columns(self): return [*self.cat_names, *self.cont_names]
     @property
     def n_cat(self): return len(self.columns)
     @property
     def n_cont(self): return len(self.cont_names)
 
     def encode(self, cats, conts, rows=None):
-        "Encode raw arrays `cats` (n, n_cat_names) and `conts` (n, n_cont_names) to a float32 array (n, n_cat+n_cont); errors name `rows`."
+        """Encode raw arrays `cats` (n, n_cat_names) and `conts` (n, n_cont_names) to a float32 array (n,
+        n_cat+n_cont); errors name `rows`."""
         n = len(cats)
         cat_codes = np.zeros((n, len(self.cat_names)), dtype='float32')
         for j,c in enumerate(self.cat_names):
             codes, uniq = distinct_codes(cats[:,j])
-            cat_codes[:,j] = np.array([self.luts[c].get(k, 0) for k in category_keys(uniq)] + [0])[codes]   # unseen and missing: 0
-        x = np.stack([_to_float(conts[:,j], c, rows) for j,c in enumerate(self.cont_names)], 1) if self.cont_names else np.zeros((n,0))
+            # unseen and missing: 0
+            cat_codes[:,j] = np.array([self.luts[c].get(k, 0) for k in category_keys(uniq)] + [0])[codes]
+        x = np.stack([_to_float(conts[:, j], c, rows)
+                      for j, c in enumerate(self.cont_names)], 1) if self.cont_names else np.zeros((n, 0))
         miss = np.isnan(x)
         x = np.where(miss, np.array(self.fills), x)
         x = (x - np.array(self.means)) / (np.array(self.stds) + 1e-7)
@@ -106,13 +116,17 @@ class MetaEncoding:
     def encode_df(self, df:pd.DataFrame):
         "Encode every row of `df` at once."
         check_columns(df.columns, self.columns)
-        return self.encode(df[self.cat_names].to_numpy(dtype=object), df[self.cont_names].to_numpy(dtype=object), rows=df.index)
+        return self.encode(df[self.cat_names].to_numpy(dtype=object), df[self.cont_names].to_numpy(dtype=object),
+                           rows=df.index)
 
     def decode(self, x):
         "Human-readable dict of one encoded row `x`: categories by name, continuous values denormalised."
         x = np.asarray(x, dtype='float64')
         k, m = len(self.cat_names), len(self.cont_names)
-        res = {c: self.vocabs[c][int(x[j])] if int(x[j]) < len(self.vocabs[c]) else NA for j,c in enumerate(self.cat_names)}
+        res = {
+            c: self.vocabs[c][int(x[j])] if int(x[j]) < len(self.vocabs[c]) else NA
+            for j, c in enumerate(self.cat_names)
+        }
         for j,c in enumerate(self.cont_names):
             v = x[k+m+j] * (self.stds[j] + 1e-7) + self.means[j]
             res[c] = f'{v:.4g}' + (' (missing)' if int(x[k+j]) == 2 else '')
@@ -150,15 +164,17 @@ class MetaEncode(DisplayedTransform):
         infer = cat_names is None and cont_names is None
         cat_names, cont_names = list(L(cat_names)), list(L(cont_names))
         if not (infer or cat_names or cont_names):
-            raise ValueError("MetaBlock was given no columns (`cat_names` and `cont_names` both empty): name at least one, "
-                             "or pass neither to let it choose.")
+            raise ValueError(
+                "MetaBlock was given no columns (`cat_names` and `cont_names` both empty): name at least one, "
+                "or pass neither to let it choose.")
         for nm,cols in (('cat_names', cat_names), ('cont_names', cont_names)):
             if len(set(cols)) != len(cols): raise ValueError(f"`{nm}` lists a column twice: {cols}")
         both = sorted(set(cat_names) & set(cont_names))
         if both: raise ValueError(f"Column(s) {both} are in both `cat_names` and `cont_names`; pick one.")
         super().__init__()
         self.cat_names, self.cont_names, self.encoding, self._layout = cat_names, cont_names, None, None
-        self.infer, self.exclude, self.max_card, self.verbose, self._context = infer, list(L(exclude)), max_card, verbose, None
+        self.infer, self.exclude, self.max_card, self.verbose, self._context = infer, list(
+            L(exclude)), max_card, verbose, None
 
     @classmethod
     def fitted(cls, encoding):
@@ -175,9 +191,12 @@ class MetaEncode(DisplayedTransform):
         left_out = {}
         if self.infer:
             if read is None: raise ValueError(CANNOT_TELL.format(label))
-            self.cat_names, self.cont_names, left_out, said = infer_meta_columns(df, read, self.exclude, self.max_card, label)
-            if not (self.cat_names or self.cont_names): raise ValueError(f"No metadata column left to use; left out: {left_out}")
-            if getattr(self, 'verbose', True): print(choice_text(self.cat_names, self.cont_names, left_out, len(df), said))
+            self.cat_names, self.cont_names, left_out, said = infer_meta_columns(df, read, self.exclude,
+                                                                                 self.max_card, label)
+            if not (self.cat_names or self.cont_names):
+                raise ValueError(f"No metadata column left to use; left out: {left_out}")
+            if getattr(self, 'verbose', True):
+                print(choice_text(self.cat_names, self.cont_names, left_out, len(df), said))
         self.encoding = MetaEncoding.fit(df, self.cat_names, self.cont_names)
         self.encoding.left_out = left_out
         warn_leaks(df, self.encoding.columns, label)
@@ -193,8 +212,10 @@ class MetaEncode(DisplayedTransform):
         return self._layout[1:]
 
     def encodes(self, row) -> TensorMeta:
-        if isinstance(row, TensorMeta): return row       # encoded with its whole frame when the DataLoader was made (`EncodedRows`)
-        if self.encoding is None: raise RuntimeError("MetaEncode is not fitted: build it through a DataBlock or call `setup`.")
+        # encoded with its whole frame when the DataLoader was made (`EncodedRows`)
+        if isinstance(row, TensorMeta): return row
+        if self.encoding is None:
+            raise RuntimeError("MetaEncode is not fitted: build it through a DataBlock or call `setup`.")
         if isinstance(row, dict): row = pd.Series(row)
         if not isinstance(row, pd.Series):
             raise TypeError(f"MetaBlock expects a DataFrame row (pd.Series) or dict, got {type(row).__name__}")
@@ -208,7 +229,9 @@ class MetaEncode(DisplayedTransform):
 
     def decodes(self, x:TensorMeta) -> MetaRow: return MetaRow(self.encoding.decode(x.cpu().numpy()))
 
-    def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('_layout', '_context')} | {'_layout': None, '_context': None}
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ('_layout', '_context')
+                } | {'_layout': None, '_context': None}
 
 # %% ../nbs/00_encoding.ipynb #b392e269
 def _as_frame(items):

@@ -23,53 +23,72 @@ def _captum():
     return attr
 
 def last_stage(body, x):
-    "The last part of `body` with weights whose output for images `x` is still a map (N, C, H, W): Grad-CAM's default layer (the parts: the children of the first module with several)."
-    top = body                                          # run as the model runs it: fastai's `TimmBody` calls only `forward_features`
+    """The last part of `body` with weights whose output for images `x` is still a map (N, C, H, W): Grad-CAM's default
+    layer (the parts: the children of the first module with several)."""
+    # run as the model runs it: fastai's `TimmBody` calls only `forward_features`
+    top = body
     while len(list(body.children())) == 1: body = next(body.children())       # the parts of the model it wraps
-    outs, hooks, was_training = {}, [m.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n,m in body.named_children()], top.training
+    outs, hooks, was_training = {}, [
+        m.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o)) for n, m in body.named_children()
+    ], top.training
     try:
         with torch.no_grad(): top.eval()(x)
     finally:
         for h in hooks: h.remove()
         top.train(was_training)
-    maps = [n for n,o in outs.items() if isinstance(o, Tensor) and o.ndim == 4 and any(True for _ in body.get_submodule(n).parameters())]
+    maps = [
+        n for n, o in outs.items()
+        if isinstance(o, Tensor) and o.ndim == 4 and any(True for _ in body.get_submodule(n).parameters())
+    ]
     if not maps: raise ValueError("The body has no part whose output is an image-shaped map: pass `layer=`.")
     return body.get_submodule(maps[-1])
 
 def layer_name(body, layer):
-    "The name in `body` of `layer`, a module of it or a name (in it, or in the model it wraps: 'layer1' for fastai's `TimmBody`): the same name finds it in each body of several images, and in each fold's model."
+    """The name in `body` of `layer`, a module of it or a name (in it, or in the model it wraps: 'layer1' for fastai's
+    `TimmBody`): the same name finds it in each body of several images, and in each fold's model."""
     if isinstance(layer, str):
         prefix, b = '', body
         while True:
             try: b.get_submodule(layer); return prefix + layer
             except AttributeError: pass
             kids = list(b.named_children())
-            if len(kids) != 1: raise ValueError(f"The body has no part called {layer!r}; its parts are {[n for n,_ in kids]}.")
+            if len(kids) != 1:
+                raise ValueError(f"The body has no part called {layer!r}; its parts are {[n for n,_ in kids]}.")
             prefix, b = prefix + kids[0][0] + '.', kids[0][1]
     name = next((n for n,m in body.named_modules() if m is layer), None)
-    if name is None: raise ValueError(f"`layer` ({type(layer).__name__}) is not part of the model's body `learn.model[0]`: pass one of its modules, or its name.")
+    if name is None:
+        raise ValueError(
+            f"`layer` ({type(layer).__name__}) is not part of the model's body `learn.model[0]`: pass one of its modules, or its name."
+        )
     return name
 
 def overlay(ax, img, heat, alpha=0.5):
-    "Draw image `img` (H×W×3) on `ax` with `heat` (a heatmap on its pixel grid) over it; 'no image' where `img` is `None`."
+    """Draw image `img` (H×W×3) on `ax` with `heat` (a heatmap on its pixel grid) over it; 'no image' where `img` is
+    `None`."""
     ax.axis('off')
     if img is None: return ax.text(0.5, 0.5, 'no image', ha='center', va='center', color='grey', transform=ax.transAxes)
-    ax.imshow(img); ax.imshow(heat, cmap='jet', alpha=alpha, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5))
+    ax.imshow(img)
+    ax.imshow(heat, cmap='jet', alpha=alpha, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5))
 
 def _bars(ax, s, values, xlabel):
-    "Horizontal bars of the signed contributions `s` (largest at the top: red raised the probability, blue lowered it), labelled with their `values`."
+    """Horizontal bars of the signed contributions `s` (largest at the top: red raised the probability, blue lowered
+    it), labelled with their `values`."""
     s = s.iloc[::-1]
-    ax.barh([f'{c} = {values[c]}' if c in values else c for c in s.index], s.to_numpy(), color=['tab:red' if v > 0 else 'tab:blue' for v in s.to_numpy()])
+    ax.barh([f'{c} = {values[c]}' if c in values else c for c in s.index], s.to_numpy(),
+            color=['tab:red' if v > 0 else 'tab:blue' for v in s.to_numpy()])
     ax.axvline(0, color='k', lw=0.8); ax.set_xlabel(xlabel)
 
 class Faithfulness(NamedTuple):
-    "A heatmap's own check (deletion): the fall in the explained class's probability when its hottest `frac` of the pixels are replaced by the image's mean colour (`hot`), against the mean fall for the same shape of pixels at random places (`random`)."
+    """A heatmap's own check (deletion): the fall in the explained class's probability when its hottest `frac` of the
+    pixels are replaced by the image's mean colour (`hot`), against the mean fall for the same shape of pixels at
+    random places (`random`)."""
     hot: float
     random: float
     frac: float = 0.1
     @property
     def trusted(self):
-        "Whether the hottest pixels matter: their removal lowers the probability by 0.05 or more, and by twice what the same shape elsewhere does."
+        """Whether the hottest pixels matter: their removal lowers the probability by 0.05 or more, and by twice what
+        the same shape elsewhere does."""
         return self.hot >= 0.05 and self.hot >= 2 * max(self.random, 0.)
     def __str__(self):
         fall = lambda v: f'{round(v, 2) + 0.:.2f}'                   # no '-0.00'
@@ -77,8 +96,14 @@ class Faithfulness(NamedTuple):
         return f"removing its hottest {self.frac:.0%} of pixels lowers p by {fall(self.hot)} (elsewhere: {fall(self.random)}): {verdict}"
 
 class Explanation:
-    "Where the model looked and what each metadata value did, for one row: `heatmaps` (an H×W array per image, non-negative, on the image as the model saw it; `None` for a missing image), `meta` (column → signed change in the class's probability, largest first), `pred`, `probs`, `target` (the class explained), `faithful` (the heatmap's own check, a `Faithfulness`); for a `ContextLearner`, `context` (each context term → signed change in the probability in context) and `image_probs`."
-    def __init__(self, images, heatmaps, meta, pred, probs, target, values, faithful=None, context=None, image_probs=None): store_attr()
+    """Where the model looked and what each metadata value did, for one row: `heatmaps` (an H×W array per image,
+    non-negative, on the image as the model saw it; `None` for a missing image), `meta` (column → signed change in
+    the class's probability, largest first), `pred`, `probs`, `target` (the class explained), `faithful` (the
+    heatmap's own check, a `Faithfulness`); for a `ContextLearner`, `context` (each context term → signed change in
+    the probability in context) and `image_probs`."""
+    def __init__(self, images, heatmaps, meta, pred, probs, target, values, faithful=None, context=None,
+                 image_probs=None):
+        store_attr()
     def __repr__(self):
         ctx = '' if self.context is None else f", context={ {k: round(float(v), 3) for k,v in self.context.items()} }"
         check = '' if self.faithful is None else f", heatmap: {self.faithful}"
@@ -86,15 +111,20 @@ class Explanation:
                 f"meta={ {k: round(float(v), 3) for k,v in self.meta.items()} }{ctx}{check})")
 
     def show(self, figsize=None, alpha=0.5, title=None):
-        "The image(s) with the heatmap overlaid, beside a bar chart of the metadata's contributions (and, in context, of the context terms); the prediction in the title, after `title` if given."
-        n, bars = len(self.images), [(self.meta, f'change in p({self.target})' + (', image model' if self.context is not None else ''))]
+        """The image(s) with the heatmap overlaid, beside a bar chart of the metadata's contributions (and, in context,
+        of the context terms); the prediction in the title, after `title` if given."""
+        n, bars = len(self.images), [
+            (self.meta, f'change in p({self.target})' + (', image model' if self.context is not None else ''))
+        ]
         if self.context is not None: bars.append((self.context, f'change in p({self.target}), in context'))
-        fig, axs = plt.subplots(1, n + len(bars), figsize=ifnone(figsize, (3.2*n + 4.6*len(bars), 3.2)), gridspec_kw=dict(width_ratios=[1]*n + [1.4]*len(bars)))
+        fig, axs = plt.subplots(1, n + len(bars), figsize=ifnone(figsize, (3.2 * n + 4.6 * len(bars), 3.2)),
+                                gridspec_kw=dict(width_ratios=[1] * n + [1.4] * len(bars)))
         for ax, img, h in zip(axs, self.images, self.heatmaps): overlay(ax, img, h, alpha)
         for ax,(s,label) in zip(axs[n:], bars): _bars(ax, s, self.values, label)
         alone = '' if self.image_probs is None else f' ({self.image_probs[self.target]:.3f} image model alone)'
         check = '' if self.faithful is None else f"\nheatmap: {self.faithful}"
-        fig.suptitle((f'{title}: ' if title else '') + f"prediction: {self.pred}; p({self.target}) = {self.probs[self.target]:.3f}{alone}{check}",
+        fig.suptitle((f'{title}: ' if title else '') +
+                     f"prediction: {self.pred}; p({self.target}) = {self.probs[self.target]:.3f}{alone}{check}",
                      fontsize=10, color='k' if self.faithful is None or self.faithful.trusted else 'firebrick')
         fig.tight_layout(rect=(0, 0, 1, 0.92 if self.faithful is not None else 1))
         return fig
@@ -103,7 +133,8 @@ class Explanation:
 def _row(item):
     "One row as a one-row DataFrame: a Series, a dict or a one-row DataFrame."
     if isinstance(item, pd.DataFrame):
-        if len(item) != 1: raise ValueError(f"`explain` takes one row; this DataFrame has {len(item)}: pass `dl=` for several.")
+        if len(item) != 1:
+            raise ValueError(f"`explain` takes one row; this DataFrame has {len(item)}: pass `dl=` for several.")
         return item
     return pd.DataFrame([dict(item)], index=[getattr(item, 'name', 0)])
 
@@ -114,15 +145,22 @@ def _largest_first(s):
     return s.reindex(s.abs().sort_values(ascending=False, kind='stable').index)
 
 def _grad_cams(attr, model, xb, k, masked, t, name):
-    "Grad-CAM of class `t` on the layer called `name`, for each of the row's `k` images in `xb` (`None` for a missing one), on its pixel grid."
+    """Grad-CAM of class `t` on the layer called `name`, for each of the row's `k` images in `xb` (`None` for a missing
+    one), on its pixel grid."""
     imgs, rest = xb[:k], xb[k:]
     present = _present(xb, k, masked)
-    bodies = [model[0], *model.images.bodies] if 'images' in model._modules and model.images.bodies is not None else [model[0]]
+    bodies = [model[0], *model.images.bodies
+              ] if 'images' in model._modules and model.images.bodies is not None else [model[0]]
     cams = []
-    for b,p in zip(bodies, [True] if len(bodies) == 1 else present):   # one body for all images (it sees the present ones, stacked), or one per image
+    # one body for all images (it sees the present ones, stacked), or one per image
+    for b,p in zip(bodies, [True] if len(bodies) == 1 else present):
         if not p: continue                                             # a missing image never goes through its body
-        cam = attr.LayerGradCam(lambda *a: model(*a), b.get_submodule(name)).attribute(imgs, target=t, additional_forward_args=rest, relu_attributions=True)
-        cams += list(attr.LayerAttribution.interpolate(cam.detach(), imgs[0].shape[-2:], interpolate_mode='bilinear')[:, 0].clamp_min(0).cpu().numpy())
+        cam = attr.LayerGradCam(lambda *a: model(*a),
+                                b.get_submodule(name)).attribute(imgs, target=t, additional_forward_args=rest,
+                                                                 relu_attributions=True)
+        cams += list(
+            attr.LayerAttribution.interpolate(cam.detach(), imgs[0].shape[-2:],
+                                              interpolate_mode='bilinear')[:, 0].clamp_min(0).cpu().numpy())
     it = iter(cams)
     return [next(it) if p else None for p in present]
 
@@ -140,28 +178,36 @@ def _with_image(xb, j, x):
     return tuple(x if i == j else t.expand(n, *t.shape[1:]) for i,t in enumerate(xb))
 
 def _occlusions(attr, model, act, xb, k, masked, t):
-    "Occlusion maps of class `t` for each of the row's `k` images (`None` for a missing one): how much the class's log-probability falls when a window a quarter of the image wide, moved by a sixteenth, is replaced by the image's mean colour."
+    """Occlusion maps of class `t` for each of the row's `k` images (`None` for a missing one): how much the class's
+    log-probability falls when a window a quarter of the image wide, moved by a sixteenth, is replaced by the
+    image's mean colour."""
     res = []
     for j,p in enumerate(_present(xb, k, masked)):
         if not p: res.append(None); continue
         img = xb[j]
         (c, h, w), step = img.shape[1:], (max(1, img.shape[-2] // 16), max(1, img.shape[-1] // 16))
         logp = lambda x: act(model(*_with_image(xb, j, x)))[:, t].clamp_min(1e-12).log()
-        a = attr.Occlusion(logp).attribute(img, sliding_window_shapes=(c, max(1, h // 4), max(1, w // 4)), strides=(c, *step),
-                                           baselines=_flat(img), perturbations_per_eval=64)
+        a = attr.Occlusion(logp).attribute(img, sliding_window_shapes=(c, max(1, h // 4), max(1, w // 4)),
+                                           strides=(c, *step), baselines=_flat(img), perturbations_per_eval=64)
         res.append(a[0].sum(0).clamp_min(0).detach().cpu().numpy())
     return res
 
 def deletion_check(model, act, xb, k, heatmaps, t, frac=0.1, n_random=8, seed=0):
-    "Deletion check of `heatmaps` (one per image of the row `xb`): the fall in class `t`'s probability when each image's hottest `frac` of pixels are set to its mean colour, against the mean for the same pixels shifted to `n_random` random places (wrapping round); a `Faithfulness`."
+    """Deletion check of `heatmaps` (one per image of the row `xb`): the fall in class `t`'s probability when each
+    image's hottest `frac` of pixels are set to its mean colour, against the mean for the same pixels shifted to
+    `n_random` random places (wrapping round); a `Faithfulness`."""
     gen, hot, rand = torch.Generator().manual_seed(seed), [], []
     for j,h in enumerate(heatmaps[:k]):
         img = xb[j]
         if h is None: hot.append(img); rand.append(img.expand(n_random, *img.shape[1:])); continue
         n = max(1, int(round(frac * h.size)))
-        top = torch.zeros(h.size, dtype=torch.bool); top[torch.as_tensor(np.argsort(-h.ravel(), kind='stable')[:n].copy())] = True
-        shifts = [(int(torch.randint(h.shape[0], (1,), generator=gen)), int(torch.randint(h.shape[1], (1,), generator=gen))) for _ in range(n_random)]
-        some = torch.stack([top.view(h.shape).roll(sh, (0, 1)).flatten() for sh in shifts])   # the same shape, elsewhere
+        top = torch.zeros(h.size, dtype=torch.bool)
+        top[torch.as_tensor(np.argsort(-h.ravel(), kind='stable')[:n].copy())] = True
+        shifts = [(int(torch.randint(h.shape[0], (1, ),
+                                     generator=gen)), int(torch.randint(h.shape[1], (1, ), generator=gen)))
+                  for _ in range(n_random)]
+        # the same shape, elsewhere
+        some = torch.stack([top.view(h.shape).roll(sh, (0, 1)).flatten() for sh in shifts])
         out = lambda m: torch.where(m.view(-1, 1, *h.shape).to(img.device), _flat(img), img)
         hot.append(out(top[None])); rand.append(out(some))
     with torch.no_grad():
@@ -170,22 +216,36 @@ def deletion_check(model, act, xb, k, heatmaps, t, frac=0.1, n_random=8, seed=0)
     return Faithfulness(float(base - p_hot), float(base - p_rand), frac)
 
 def _ablation(attr, model, act, xb, enc, t):
-    "Each metadata column's contribution to the probability of class `t`: the fall when it alone is set to missing (`blank_row`), a continuous column with its `_na` flag."
+    """Each metadata column's contribution to the probability of class `t`: the fall when it alone is set to missing
+    (`blank_row`), a continuous column with its `_na` flag."""
     meta, rest = xb[-1], xb[:-1]
     cols = column_of_position(enc).to(meta.device)[None]
-    ab = attr.FeatureAblation(lambda u, *x: act(model(*x, u))).attribute(meta, baselines=blank_row(enc).to(meta)[None], target=t,
-                                                                        additional_forward_args=rest, feature_mask=cols)[0]
+    ab = attr.FeatureAblation(lambda u, *x: act(model(*x, u))).attribute(meta,
+                                                                         baselines=blank_row(enc).to(meta)[None],
+                                                                         target=t, additional_forward_args=rest,
+                                                                         feature_mask=cols)[0]
     names = enc.columns
     return _largest_first(pd.Series({c: float(ab[int((cols[0] == j).nonzero()[0])]) for j,c in enumerate(names)}))
 
 @patch
 def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=None, method=None):
-    "Explain the prediction of one row `item` (a DataFrame row or dict, as `predict`) for class `target` (default: the predicted one): a heatmap per image (`method`: 'occlusion', the default, or 'gradcam' on `layer`, a module of the body or its name, default its last stage; `layer=` alone means 'gradcam'), with its own deletion check (`deletion_check`), and feature ablation against the row with every value missing (`blank_row`) for the metadata; an `Explanation`. With `dl=`: the first `n` rows of that `DataLoader`, a list."
+    """Explain the prediction of one row `item` (a DataFrame row or dict, as `predict`) for class `target` (default:
+    the predicted one): a heatmap per image (`method`: 'occlusion', the default, or 'gradcam' on `layer`, a module
+    of the body or its name, default its last stage; `layer=` alone means 'gradcam'), with its own deletion check
+    (`deletion_check`), and feature ablation against the row with every value missing (`blank_row`) for the
+    metadata; an `Explanation`. With `dl=`: the first `n` rows of that `DataLoader`, a list."""
     attr, method = _captum(), ifnone(method, 'occlusion' if layer is None else 'gradcam')
-    if method not in ('occlusion', 'gradcam'): raise ValueError(f"Unknown heatmap method {method!r}: use 'occlusion' or 'gradcam'.")
-    if method == 'occlusion' and layer is not None: raise ValueError("`layer=` chooses Grad-CAM's layer: pass method='gradcam' with it, or leave it out.")
-    if dl is not None: return [self.explain(r, target, layer, method=method) for _,r in dl.items.iloc[:ifnone(n, len(dl.items))].iterrows()]
-    if get_c(self.dls) is None or not hasattr(self.dls, 'vocab'): raise NotImplementedError("`explain` explains a classifier's class probability for now.")
+    if method not in ('occlusion', 'gradcam'):
+        raise ValueError(f"Unknown heatmap method {method!r}: use 'occlusion' or 'gradcam'.")
+    if method == 'occlusion' and layer is not None:
+        raise ValueError("`layer=` chooses Grad-CAM's layer: pass method='gradcam' with it, or leave it out.")
+    if dl is not None:
+        return [
+            self.explain(r, target, layer, method=method)
+            for _, r in dl.items.iloc[:ifnone(n, len(dl.items))].iterrows()
+        ]
+    if get_c(self.dls) is None or not hasattr(self.dls, 'vocab'):
+        raise NotImplementedError("`explain` explains a classifier's class probability for now.")
     vocab, (k, masked) = [str(v) for v in self.dls.vocab], image_inputs(self.dls)
     if target is not None: class_index(vocab, target)
     row, enc = _row(item), meta_encode(self.dls).encoding
@@ -195,16 +255,20 @@ def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=Non
     act = lambda out: self.loss_func.activation(out) if hasattr(self.loss_func, 'activation') else out.softmax(-1)
     with torch.no_grad(): probs = act(model(*xb)).float()
     dec = self.loss_func.decodes(probs) if hasattr(self.loss_func, 'decodes') else probs.argmax(-1)
-    if dec[0].ndim: raise NotImplementedError("`explain` explains a single-label classifier's class probability for now.")
+    if dec[0].ndim:
+        raise NotImplementedError("`explain` explains a single-label classifier's class probability for now.")
     t = int(dec[0]) if target is None else vocab.index(str(target))
     if method == 'gradcam': heats = _grad_cams(attr, model=model, xb=xb, k=k, masked=masked, t=t,
                                                name=layer_name(model[0], ifnone(layer, last_stage(model[0], xb[0]))))
     else: heats = _occlusions(attr, model, act=act, xb=xb, k=k, masked=masked, t=t)
-    shown = [None if h is None else tdl.decode((TensorImage(x.cpu()),))[0][0].permute(1, 2, 0).numpy() for x,h in zip(xb[:k], heats)]
+    shown = [
+        None if h is None else tdl.decode((TensorImage(x.cpu()), ))[0][0].permute(1, 2, 0).numpy()
+        for x, h in zip(xb[:k], heats)
+    ]
     values = {c: row[c].iloc[0] if c in row else None for c in enc.columns}
-    return Explanation(shown, heatmaps=heats, meta=_ablation(attr, model, act=act, xb=xb, enc=enc, t=t), pred=vocab[int(dec[0])],
-                       probs=dict(zip(vocab, probs[0].tolist())), target=vocab[t], values=values,
-                       faithful=deletion_check(model, act=act, xb=xb, k=k, heatmaps=heats, t=t))
+    return Explanation(shown, heatmaps=heats, meta=_ablation(attr, model, act=act, xb=xb, enc=enc, t=t),
+                       pred=vocab[int(dec[0])], probs=dict(zip(vocab, probs[0].tolist())), target=vocab[t],
+                       values=values, faithful=deletion_check(model, act=act, xb=xb, k=k, heatmaps=heats, t=t))
 
 # %% ../nbs/03e_explain.ipynb #48b0287c
 def context_term(feature):
@@ -216,7 +280,8 @@ def context_term(feature):
     return 'number of images'
 
 def _in_patient(learn, item, rows):
-    "The rows of `item`'s patient (from `rows`, with `item` added when it is not among them) and the position of `item` there."
+    """The rows of `item`'s patient (from `rows`, with `item` added when it is not among them) and the position of
+    `item` there."""
     row, fn = _row(item), learn.columns[0]
     rows = row if rows is None else rows[rows[learn.context_col].astype(str) == str(row[learn.context_col].iloc[0])]
     same = (rows.index == row.index[0]) & (rows[fn].astype(str) == str(row[fn].iloc[0])).to_numpy()
@@ -224,7 +289,8 @@ def _in_patient(learn, item, rows):
     return learn.test_dl(pd.concat([rows, row], ignore_index=True)).items, len(rows)
 
 def _context_terms(learn, runs, pos, t):
-    "Each context term's contribution to the probability of class `t` in context of the row at `pos`: the fall when its features alone are set to their training mean, averaged over the image models."
+    """Each context term's contribution to the probability of class `t` in context of the row at `pos`: the fall when
+    its features alone are set to their training mean, averaged over the image models."""
     mean, terms = dict(zip(learn.features, learn.scaler.mean_)), [context_term(f) for f in learn.features]
     base, res = [learn.stage_two_probs(X)[pos, t] for _,X in runs], {}
     for term in dict.fromkeys(terms):
@@ -237,7 +303,8 @@ def _context_terms(learn, runs, pos, t):
     return _largest_first(pd.Series(res))
 
 def _explained(learn, df, runs, pos, target, layer):
-    "The `Explanation` of the row at `pos` of the patient rows `df`, from the image models' `runs` on them (`stage_one`)."
+    """The `Explanation` of the row at `pos` of the patient rows `df`, from the image models' `runs` on them
+    (`stage_one`)."""
     vocab = list(map(str, learn.vocab))
     p, img = np.mean([learn.stage_two_probs(X) for _,X in runs], 0)[pos], np.mean([q for q,_ in runs], 0)[pos]
     dec = int(learn.decide(p[None])[0])
@@ -245,7 +312,8 @@ def _explained(learn, df, runs, pos, target, layer):
     es = [l.explain(df.iloc[[pos]], target=vocab[t], layer=layer) for l in learn.learners]
     heats = [None if hs[0] is None else np.mean(hs, 0) for hs in zip(*[e.heatmaps for e in es])]
     meta = _largest_first(pd.concat([e.meta for e in es], axis=1).mean(axis=1))
-    check = Faithfulness(*np.mean([e.faithful[:2] for e in es], 0).tolist(), es[0].faithful.frac)   # the image models' checks, averaged
+    # the image models' checks, averaged
+    check = Faithfulness(*np.mean([e.faithful[:2] for e in es], 0).tolist(), es[0].faithful.frac)
     return Explanation(es[0].images, heatmaps=heats, meta=meta, pred=vocab[dec], probs=dict(zip(vocab, p.tolist())),
                        target=vocab[t], values=es[0].values, faithful=check,
                        context=_context_terms(learn, runs, pos, t), image_probs=dict(zip(vocab, img.tolist())))
@@ -258,14 +326,18 @@ def _checked_target(learn, target, layer):
 
 @patch
 def explain(self:ContextLearner, item, rows=None, target=None, layer=None):
-    "Explain the prediction in context of one image's row `item` for class `target` (default: the predicted one); the context comes from its patient's rows in `rows` (none: the image alone). The heatmap and metadata contributions are the image models' (averaged over the folds; `layer`: a module of the first one's body, or its name); `context`, the stage two's terms (`context_term`), each set to its training mean on its own."
+    """Explain the prediction in context of one image's row `item` for class `target` (default: the predicted one); the
+    context comes from its patient's rows in `rows` (none: the image alone). The heatmap and metadata contributions
+    are the image models' (averaged over the folds; `layer`: a module of the first one's body, or its name);
+    `context`, the stage two's terms (`context_term`), each set to its training mean on its own."""
     name = _checked_target(self, target, layer)
     df, pos = _in_patient(self, item, rows)
     return _explained(self, df=df, runs=self.stage_one(df), pos=pos, target=target, layer=name)
 
 @patch
 def explain_patient(self:ContextLearner, rows, target=None, layer=None):
-    "`explain` of every row of `rows` (whole patients) for class `target`, in their order: each patient's images through the image models once."
+    """`explain` of every row of `rows` (whole patients) for class `target`, in their order: each patient's images
+    through the image models once."""
     name, items = _checked_target(self, target, layer), self.test_dl(rows).items
     groups, res = items[self.context_col].astype(str).to_numpy(), [None]*len(items)
     for g in pd.unique(groups):
@@ -278,7 +350,8 @@ def explain_patient(self:ContextLearner, rows, target=None, layer=None):
 
 # %% ../nbs/03e_explain.ipynb #04fc3be8
 def heatmap_grid(explanations, titles, colors=None, alpha=0.5, nrows=None, ncols=None, figsize=None):
-    "Draw `explanations`' images with their heatmaps: a grid of one image each, or a row of images per explanation; each titled, and marked when its heatmap fails its own check."
+    """Draw `explanations`' images with their heatmaps: a grid of one image each, or a row of images per explanation;
+    each titled, and marked when its heatmap fails its own check."""
     k, n = len(explanations[0].images), len(explanations)
     axs = ([[ax] for ax in get_grid(n, nrows=nrows, ncols=ncols, figsize=figsize)] if k == 1
            else plt.subplots(n, k, figsize=ifnone(figsize, (2.4*k, 2.6*n)), squeeze=False)[1])
@@ -295,20 +368,28 @@ def _labels(learn, items):
 
 @patch
 @delegates(Learner.show_results)
-def show_results(self:MetaLearner, ds_idx=1, dl=None, max_n=9, shuffle=True, heatmap=False, layer=None, method=None, **kwargs):
-    "fastai's `Learner.show_results`; `heatmap=True`: each image with the heatmap of its predicted class (`method`, `layer`: as `explain`'s), titled prediction / actual, green when right."
+def show_results(self: MetaLearner, ds_idx=1, dl=None, max_n=9, shuffle=True, heatmap=False, layer=None, method=None,
+                 **kwargs):
+    """fastai's `Learner.show_results`; `heatmap=True`: each image with the heatmap of its predicted class (`method`,
+    `layer`: as `explain`'s), titled prediction / actual, green when right."""
     if not heatmap: return Learner.show_results(self, ds_idx, dl, max_n, shuffle, **kwargs)
     items = ifnone(dl, self.dls[ds_idx]).items
     items = items.sample(min(max_n, len(items))) if shuffle else items.iloc[:max_n]
     es, actual = [self.explain(r, layer=layer, method=method) for _,r in items.iterrows()], _labels(self, items)
-    return heatmap_grid(es, [f'{e.pred}/{a}' for e,a in zip(es, actual)], ['green' if e.pred == a else 'red' for e,a in zip(es, actual)], **kwargs)
+    return heatmap_grid(es, [f'{e.pred}/{a}' for e, a in zip(es, actual)],
+                        ['green' if e.pred == a else 'red' for e, a in zip(es, actual)], **kwargs)
 
 class MetaInterpretation(ClassificationInterpretation):
     "fastai's `ClassificationInterpretation`, whose `plot_top_losses` can draw each image's heatmap (`heatmap=True`)."
     def plot_top_losses(self, k, largest=True, heatmap=False, layer=None, method=None, **kwargs):
-        "fastai's `plot_top_losses`; `heatmap=True`: each image with the heatmap of its predicted class (`method`, `layer`: as `explain`'s), titled prediction / actual / loss / probability."
+        """fastai's `plot_top_losses`; `heatmap=True`: each image with the heatmap of its predicted class (`method`,
+        `layer`: as `explain`'s), titled prediction / actual / loss / probability."""
         if not heatmap: return super().plot_top_losses(k, largest, **kwargs)
-        losses, idx = (o[k] for o in self.top_losses(None, largest)) if is_listy(k) or isinstance(k, range) else self.top_losses(k, largest)
+        losses, idx = (o[k] for o in self.top_losses(None, largest)) if is_listy(k) or isinstance(
+            k, range) else self.top_losses(k, largest)
         items = self.dl.items.iloc[idx.tolist()]
-        es, actual = [self.learn.explain(r, layer=layer, method=method) for _,r in items.iterrows()], _labels(self.learn, items)
-        return heatmap_grid(es, [f'{e.pred}/{a} / {float(l):.2f} / {e.probs[e.pred]:.2f}' for e,a,l in zip(es, actual, losses)], **kwargs)
+        es, actual = [self.learn.explain(r, layer=layer, method=method) for _, r in items.iterrows()
+                      ], _labels(self.learn, items)
+        return heatmap_grid(
+            es, [f'{e.pred}/{a} / {float(l):.2f} / {e.probs[e.pred]:.2f}' for e, a, l in zip(es, actual, losses)],
+            **kwargs)

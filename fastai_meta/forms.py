@@ -31,15 +31,20 @@ def image_models(learn):
     return list(learn.learners) if isinstance(learn, (ContextLearner, StackLearner)) else [learn]
 
 def form_fields(learn):
-    "One field per metadata column the learner (or context model) reads: (column, kind, choices, hint); kind 'choice', 'yes/no' or 'number'."
+    """One field per metadata column the learner (or context model) reads: (column, kind, choices, hint); kind
+    'choice', 'yes/no' or 'number'."""
     enc, res = meta_encode(image_models(learn)[0].dls).encoding, []
     for c in enc.cat_names:
         vocab = [v for v in enc.vocabs[c] if v != NA]
-        if vocab and set(vocab) <= {'True', 'False'}: res.append((c, 'yes/no', ['yes', 'no', UNKNOWN], 'unknown: not recorded'))
-        else: res.append((c, 'choice', [UNKNOWN] + vocab, f'{len(vocab)} values seen in training; unknown: not recorded'))
+        if vocab and set(vocab) <= {'True', 'False'}:
+            res.append((c, 'yes/no', ['yes', 'no', UNKNOWN], 'unknown: not recorded'))
+        else:
+            res.append(
+                (c, 'choice', [UNKNOWN] + vocab, f'{len(vocab)} values seen in training; unknown: not recorded'))
     for j,c in enumerate(enc.cont_names):
-        res.append((c, 'number', None, f'empty: not recorded (the model then uses the training median, {enc.fills[j]:.4g}); '
-                                       f'training mean {enc.means[j]:.4g}, std {enc.stds[j]:.3g}'))
+        res.append(
+            (c, 'number', None, f'empty: not recorded (the model then uses the training median, {enc.fills[j]:.4g}); '
+             f'training mean {enc.means[j]:.4g}, std {enc.stds[j]:.3g}'))
     return res
 
 def form_value(kind, v):
@@ -50,31 +55,41 @@ def form_value(kind, v):
     return v
 
 def form_rows(learn, image, values):
-    "A DataFrame of two rows for image file `image`: the form's `values` (in `form_fields` order), and the same with every value missing."
+    """A DataFrame of two rows for image file `image`: the form's `values` (in `form_fields` order), and the same with
+    every value missing."""
     fields = form_fields(learn)
-    if len(values) != len(fields): raise ValueError(f"{len(values)} values for {len(fields)} fields ({[f[0] for f in fields]}).")
+    if len(values) != len(fields):
+        raise ValueError(f"{len(values)} values for {len(fields)} fields ({[f[0] for f in fields]}).")
     fn_col = image_reader(image_models(learn)[0]).cols[0]
     row = {fn_col: str(image), **{c: form_value(k, v) for (c,k,_,_),v in zip(fields, values)}}
     return pd.DataFrame([row, {fn_col: str(image), **{c: None for c,*_ in fields}}], dtype=object)
 
 def image_reader(learn):
     "The `ColReader` of the image file names in `learn`'s data (one image per row: the app has one upload)."
-    if image_inputs(learn.dls) != (1, False): raise ValueError("The app takes one image per row; this learner takes several (`ImageBlocks`): use `predict` or the CLI.")
+    if image_inputs(learn.dls) != (1, False):
+        raise ValueError(
+            "The app takes one image per row; this learner takes several (`ImageBlocks`): use `predict` or the CLI.")
     return image_readers(learn.dls)[0]
 
 MAX_PIXELS = 40_000_000
 
 def check_upload(fname):
-    "Refuse, naming the file, an upload that is not an image PIL can read or is over `MAX_PIXELS` (read from its header, before it is decoded)."
+    """Refuse, naming the file, an upload that is not an image PIL can read or is over `MAX_PIXELS` (read from its
+    header, before it is decoded)."""
     name = Path(fname).name
     try:
         with Image.open(fname) as im: w, h = im.size
-    except Exception as e: raise ValueError(f"{name!r} is not an image this app can read ({type(e).__name__}): upload a JPEG or PNG.") from None
-    if w * h > MAX_PIXELS: raise ValueError(f"{name!r} is {w}×{h} pixels, over the app's limit of {MAX_PIXELS/1e6:.0f} megapixels: resize it first.")
+    except Exception as e:
+        raise ValueError(
+            f"{name!r} is not an image this app can read ({type(e).__name__}): upload a JPEG or PNG.") from None
+    if w * h > MAX_PIXELS:
+        raise ValueError(
+            f"{name!r} is {w}×{h} pixels, over the app's limit of {MAX_PIXELS/1e6:.0f} megapixels: resize it first.")
 
 @contextmanager
 def files_as_given(learn):
-    "Let `learn` (each image model of a context model) read image paths as they are (no folder prefix, no suffix), for this block."
+    """Let `learn` (each image model of a context model) read image paths as they are (no folder prefix, no suffix),
+    for this block."""
     rs = [image_reader(l) for l in image_models(learn)]
     old = [(r.pref, r.suff) for r in rs]
     for r in rs: r.pref, r.suff = '', ''
@@ -89,7 +104,8 @@ def prediction_kind(learn):
     return (target_kind(tls[learn.dls.n_inp].tfms.fs) if len(tls) > learn.dls.n_inp else None) or 'regression'
 
 def predict_form(learn, image, values):
-    "Predict one case, with its metadata and with none: the kind of output, the probabilities (or values) of each, and the decision."
+    """Predict one case, with its metadata and with none: the kind of output, the probabilities (or values) of each,
+    and the decision."""
     df = form_rows(learn, image, values)
     with files_as_given(learn), learn.no_bar(), learn.no_logging():
         probs, _, dec = learn.get_preds(dl=learn.dls.test_dl(df, num_workers=0), with_decoded=True)
@@ -99,13 +115,16 @@ def predict_form(learn, image, values):
         vocab = [str(v) for v in learn.dls.vocab]
         res['classes'] = vocab
         res['decision'] = vocab[int(dec[0])] if kind == 'category' else [v for v,d in zip(vocab, dec[0]) if d]
-    elif kind == 'points':                  # in the pixels of the image as the model saw it (resized): draw them on that
+    # in the pixels of the image as the model saw it (resized): draw them on that
+    elif kind == 'points':
         with files_as_given(learn), learn.no_bar(): (img, _), pts, *_ = learn.predict(df.iloc[0], with_input=True)
-        res['points'], res['image'] = pts.view(-1, 2).tolist(), Image.fromarray(img.permute(1, 2, 0).clamp(0, 255).byte().numpy())
+        res['points'], res['image'] = pts.view(-1, 2).tolist(), Image.fromarray(
+            img.permute(1, 2, 0).clamp(0, 255).byte().numpy())
     return res
 
 def explain_form(learn, image, values):
-    "Explain one case as `predict_form` predicts it, with its metadata: `learn.explain` of the form's row, an `Explanation`."
+    """Explain one case as `predict_form` predicts it, with its metadata: `learn.explain` of the form's row, an
+    `Explanation`."""
     with files_as_given(learn): return learn.explain(form_rows(learn, image, values).iloc[:1])
 
 def figure_image(e:Explanation, title=None):
@@ -133,11 +152,14 @@ def decision_text(learn, res):
     "What the model decides, and by which rule, in one line of Markdown."
     op = learn.loss_func if isinstance(learn.loss_func, OperatingPoint) else None
     if res['kind'] == 'category':
-        rule = (f"operating point: **{res['classes'][op.idx]}** whenever its probability reaches {op.threshold:.3f}"
-                + (f" (chosen for a sensitivity of {op.target['sensitivity']})" if op.target else '') if op else 'the most probable class')
+        rule = (f"operating point: **{res['classes'][op.idx]}** whenever its probability reaches {op.threshold:.3f}" +
+                (f" (chosen for a sensitivity of {op.target['sensitivity']})" if op.target else '')
+                if op else 'the most probable class')
         return f"Decision: **{res['decision']}** ({rule})."
-    if res['kind'] == 'multicategory': return f"Decision: **{', '.join(res['decision']) or 'none'}** (each label above its threshold)."
-    if res['kind'] == 'points': return 'Points (x, y, in pixels of the image): ' + '; '.join(f'({x:.1f}, {y:.1f})' for x,y in res['points'])
+    if res['kind'] == 'multicategory':
+        return f"Decision: **{', '.join(res['decision']) or 'none'}** (each label above its threshold)."
+    if res['kind'] == 'points':
+        return 'Points (x, y, in pixels of the image): ' + '; '.join(f'({x:.1f}, {y:.1f})' for x, y in res['points'])
     return 'Prediction: ' + ', '.join(f'{v:.4g}' for v in res['with_meta'])
 
 def effect_text(res, top=None):
@@ -145,9 +167,18 @@ def effect_text(res, top=None):
     if res['kind'] in ('category', 'multicategory'):
         rows = sorted(zip(res['classes'], res['with_meta'], res['without_meta']), key=lambda r: -r[1])[:top]
         body = [f'| {c} | {a:.3f} | {b:.3f} | {a - b:+.3f} |' for c,a,b in rows]
-        return '\n'.join(['What the metadata did to this case:', '', '| class | with the metadata | with none | change |', '|---|---|---|---|', *body])
-    body = [f'| {j} | {a:.4g} | {b:.4g} | {a - b:+.4g} |' for j,(a,b) in enumerate(zip(res['with_meta'], res['without_meta']))]
-    return '\n'.join(['What the metadata did to this case:', '', '| output | with the metadata | with none | change |', '|---|---|---|---|', *body])
+        return '\n'.join([
+            'What the metadata did to this case:', '', '| class | with the metadata | with none | change |',
+            '|---|---|---|---|', *body
+        ])
+    body = [
+        f'| {j} | {a:.4g} | {b:.4g} | {a - b:+.4g} |'
+        for j, (a, b) in enumerate(zip(res['with_meta'], res['without_meta']))
+    ]
+    return '\n'.join([
+        'What the metadata did to this case:', '', '| output | with the metadata | with none | change |',
+        '|---|---|---|---|', *body
+    ])
 
 # %% ../nbs/06b_forms.ipynb #5ab15767
 def probability_note(learn):
@@ -157,8 +188,10 @@ def probability_note(learn):
     return f"A research tool, not a medical device. Probabilities: {cal}."
 
 def upload_checked(gr, component):
-    "`component` (Gradio's image upload) refusing an upload with `check_upload`'s message, as the app's error, before Gradio decodes it."
-    decode = component.preprocess          # wrapped on the instance: a subclass would make Gradio write a .pyi stub into this package
+    """`component` (Gradio's image upload) refusing an upload with `check_upload`'s message, as the app's error, before
+    Gradio decodes it."""
+    # wrapped on the instance: a subclass would make Gradio write a .pyi stub into this package
+    decode = component.preprocess
     def preprocess(payload):
         if payload is not None:
             try: check_upload(payload.path)
@@ -169,12 +202,17 @@ def upload_checked(gr, component):
 
 def form_inputs(gr, fields):
     "The form's Gradio inputs, one per field of `form_fields`."
-    return [gr.Radio(ch, value=UNKNOWN, label=c, info=h, elem_id=f'field-{c}') if k == 'yes/no' else
-            gr.Dropdown(ch, value=UNKNOWN, label=c, info=h, elem_id=f'field-{c}') if k == 'choice' else
-            gr.Number(value=None, label=c, info=h, placeholder='not recorded', elem_id=f'field-{c}') for c,k,ch,h in fields]   # without a placeholder, an empty box shows 0
+    return [
+        gr.Radio(ch, value=UNKNOWN, label=c, info=h, elem_id=f'field-{c}') if k == 'yes/no' else
+        gr.Dropdown(ch, value=UNKNOWN, label=c, info=h, elem_id=f'field-{c}') if k == 'choice' else
+        # without a placeholder, an empty box shows 0
+        gr.Number(value=None, label=c, info=h, placeholder='not recorded', elem_id=f'field-{c}')
+        for c, k, ch, h in fields
+    ]
 
 def upload_app(gr, title, note, fields, outputs, run):
-    "The one-image app's page: `note`, an image and the form of `fields` on the left; on the right the components `outputs()` makes, which `run` fills."
+    """The one-image app's page: `note`, an image and the form of `fields` on the left; on the right the components
+    `outputs()` makes, which `run` fills."""
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f'## {title}\n{note}')
         with gr.Row():

@@ -22,10 +22,12 @@ def _bc(v, x=None):
 
 # %% ../nbs/01a_fusion.ipynb #8a3ee8aa
 class FiLMFusion(Fusion):
-    "FiLM: metadata-predicted per-channel scale and shift of the feature maps after `stages` (default: all but the stem)."
+    """FiLM: metadata-predicted per-channel scale and shift of the feature maps after `stages` (default: all but the
+    stem)."""
     staged = True
     def __init__(self, channels, n_meta, pool=True, concat_pool=True, concat_meta=True, stages=None):
-        self.films = nn.ModuleDict({str(i): nn.Linear(n_meta, 2*channels[i]) for i in _per_stage(stages, len(channels))})
+        self.films = nn.ModuleDict(
+            {str(i): nn.Linear(n_meta, 2 * channels[i]) for i in _per_stage(stages, len(channels))})
         for l in self.films.values(): nn.init.zeros_(l.weight); nn.init.zeros_(l.bias)
         self.setup_pool(channels[-1], n_meta, pool, concat_pool, concat_meta)
 
@@ -38,9 +40,11 @@ class FiLMFusion(Fusion):
 
 # %% ../nbs/01a_fusion.ipynb #d0bf0776
 class MetaNetFusion(Fusion):
-    "MetaNet: metadata -> 1x1 convolutions (as linears) -> sigmoid channel weights multiplied into the last feature maps."
+    """MetaNet: metadata -> 1x1 convolutions (as linears) -> sigmoid channel weights multiplied into the last feature
+    maps."""
     def __init__(self, channels, n_meta, pool=True, concat_pool=True, concat_meta=True, hidden=128):
-        self.weights = nn.Sequential(nn.Linear(n_meta, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels[-1]), nn.Sigmoid())
+        self.weights = nn.Sequential(nn.Linear(n_meta, hidden), nn.ReLU(inplace=True),
+                                     nn.Linear(hidden, channels[-1]), nn.Sigmoid())
         self.setup_pool(channels[-1], n_meta, pool, concat_pool, concat_meta)
     def forward(self, x, u): return self.pooled(x * _bc(self.weights(u), x), u)
 
@@ -51,7 +55,8 @@ class MetaBlockFusion(Fusion):
         c = channels[-1]
         self.f = nn.Sequential(nn.Linear(n_meta, c), nn.BatchNorm1d(c))
         self.g = nn.Sequential(nn.Linear(n_meta, c), nn.BatchNorm1d(c))
-        # Start as sigmoid(tanh(V)): f(U) = 1, g(U) = 0, so a pretrained body's features pass through unscrambled and the
+        # Start as sigmoid(tanh(V)): f(U) = 1, g(U) = 0, so a pretrained body's features pass through unscrambled and
+        # the
         # metadata's modulation is learned from there.
         for bn, bias in ((self.f[1], 1.), (self.g[1], 0.)): nn.init.zeros_(bn.weight); nn.init.constant_(bn.bias, bias)
         self.setup_pool(c, n_meta, pool, concat_pool, concat_meta)
@@ -71,7 +76,9 @@ class CSFBlock(Module):
     def forward(self, x, u):
         xc = x * _bc(torch.sigmoid(self.channel(u)))
         a = self.img_att(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1))
-        m = F.interpolate(self.meta_map(u).view(-1, 1, self.grid, self.grid), size=x.shape[-2:], mode='bilinear', align_corners=False)
+        m = F.interpolate(
+            self.meta_map(u).view(-1, 1, self.grid, self.grid), size=x.shape[-2:], mode='bilinear',
+            align_corners=False)
         xs = x * torch.sigmoid(self.alpha*a + self.beta*m)
         w = self.rectify(torch.cat([xc.mean((2, 3)), xs.mean((2, 3))], 1)).softmax(1)
         out = _bc(w[:, :1]) * xc + _bc(w[:, 1:]) * xs
@@ -80,8 +87,11 @@ class CSFBlock(Module):
 class CSFFusion(Fusion):
     "SGMC-Net's channel-spatial fusion after each of the body's `stages` (default: all but the stem)."
     staged = True
-    def __init__(self, channels, n_meta, pool=True, concat_pool=True, concat_meta=True, stages=None, grid=7, residual=True):
-        self.blocks = nn.ModuleDict({str(i): CSFBlock(channels[i], n_meta, grid, residual) for i in _per_stage(stages, len(channels))})
+
+    def __init__(self, channels, n_meta, pool=True, concat_pool=True, concat_meta=True, stages=None, grid=7,
+                 residual=True):
+        self.blocks = nn.ModuleDict(
+            {str(i): CSFBlock(channels[i], n_meta, grid, residual) for i in _per_stage(stages, len(channels))})
         self.setup_pool(channels[-1], n_meta, pool, concat_pool, concat_meta)
     def after_stage(self, i, x, u): return self.blocks[str(i)](x, u) if str(i) in self.blocks else x
     def forward(self, x, u): return self.pooled(x, u)
@@ -97,9 +107,13 @@ def is_staged(fusion):
 def make_fusion(fusion, channels, n_meta, pool=True, concat_pool=True):
     "The `Fusion` named (or made) by `fusion`, for stage `channels` and metadata width `n_meta`."
     if isinstance(fusion, str):
-        if fusion not in fusions: raise ValueError(f"Unknown fusion {fusion!r}; choose from {list(fusions)} or pass a Fusion class.")
+        if fusion not in fusions:
+            raise ValueError(f"Unknown fusion {fusion!r}; choose from {list(fusions)} or pass a Fusion class.")
         fusion = fusions[fusion]
-    if isinstance(fusion, nn.Module): raise TypeError("Pass a Fusion class (or a callable making one), not an instance: it is built from the body's channels.")
+    if isinstance(fusion, nn.Module):
+        raise TypeError(
+            "Pass a Fusion class (or a callable making one), not an instance: it is built from the body's channels.")
     res = fusion(channels, n_meta, pool=pool, concat_pool=concat_pool)
-    if not isinstance(res, Fusion) or res.n_out is None: raise TypeError(f"{fusion} must make a `Fusion` with `n_out` set.")
+    if not isinstance(res, Fusion) or res.n_out is None:
+        raise TypeError(f"{fusion} must make a `Fusion` with `n_out` set.")
     return res

@@ -22,9 +22,10 @@ from .deploy import load_safe
 WEIGHTS, CONFIG, CARD = 'model.safetensors', 'config.json', 'README.md'     # the files of a `save_pretrained` folder
 INTENDED_USE = ("Research on images with metadata. It is not a medical device and was not validated for clinical use: "
                 "it has been measured only on the data named above.")
-LIMITS = ("The scores above come from the validation rows of the training data; on another population, camera or clinic, check the "
-          "calibration and the operating point on your own labelled rows before relying on them. A metadata value it never saw "
-          "(a new category) is read as missing. It gives a probability, not a diagnosis.")
+LIMITS = (
+    "The scores above come from the validation rows of the training data; on another population, camera or clinic, check the "
+    "calibration and the operating point on your own labelled rows before relying on them. A metadata value it never saw "
+    "(a new category) is read as missing. It gives a probability, not a diagnosis.")
 
 # %% ../nbs/06a_hub.ipynb #ef14277c
 def _task(desc):
@@ -33,7 +34,8 @@ def _task(desc):
     if t['kind'] in ('category', 'multicategory'):
         what = 'classification' if t['kind'] == 'category' else 'multi-label classification'
         return what, f"Classes ({len(t['vocab'])}): {', '.join(f'`{v}`' for v in t['vocab'])}."
-    if t['kind'] == 'regression': return 'regression', f"Predicts `{t['label_col']}` ({t['c']} value(s)), in its own units."
+    if t['kind'] == 'regression':
+        return 'regression', f"Predicts `{t['label_col']}` ({t['c']} value(s)), in its own units."
     return 'keypoints', "Predicts points (x, y) in the image's pixels."
 
 def _columns(meta):
@@ -41,95 +43,128 @@ def _columns(meta):
     rows = ['| column | kind | fitted on the training rows | a gap (or an unseen category) |', '|---|---|---|---|']
     for c in meta['cat_names']:
         v = [str(x) for x in meta['vocabs'][c][1:]]
-        rows.append(f"| `{c}` | category | {len(v)} values: {', '.join(v[:8])}{', ...' if len(v) > 8 else ''} | read as `#na#` |")
+        rows.append(
+            f"| `{c}` | category | {len(v)} values: {', '.join(v[:8])}{', ...' if len(v) > 8 else ''} | read as `#na#` |"
+        )
     for c,f,m,s in zip(meta['cont_names'], meta['fills'], meta['means'], meta['stds']):
-        rows.append(f"| `{c}` | number | mean {m:.4g}, std {s:.4g} (standardised) | filled with the median, {f:.4g}, and flagged in `{c}_na` |")
+        rows.append(
+            f"| `{c}` | number | mean {m:.4g}, std {s:.4g} (standardised) | filled with the median, {f:.4g}, and flagged in `{c}_na` |"
+        )
     return '\n'.join(rows) if len(rows) > 2 else 'None: the model reads images only.'
 
 def _decision(desc, vocab):
     "The calibration and the operating point, in words."
     t = desc.get('temperature')
-    lines = [f"Calibrated: the logits are divided by a temperature of {t:.3g}, fitted by `calibrate()` on held-out rows." if t is not None
-             else "Not calibrated (`calibrate()` was not run): the probabilities may be over- or under-confident."]
+    lines = [
+        f"Calibrated: the logits are divided by a temperature of {t:.3g}, fitted by `calibrate()` on held-out rows."
+        if t is not None else
+        "Not calibrated (`calibrate()` was not run): the probabilities may be over- or under-confident."
+    ]
     op = desc.get('operating_point')
-    if op: lines.append(f"Operating point: `{vocab[op['idx']]}` is decided where its probability reaches {op['threshold']:.4g}"
-                        + (f" (chosen for {', '.join(f'{k} {v}' for k,v in op['target'].items() if k != 'cls')})" if op.get('target') else '') + '.')
+    if op:
+        lines.append(
+            f"Operating point: `{vocab[op['idx']]}` is decided where its probability reaches {op['threshold']:.4g}" +
+            (f" (chosen for {', '.join(f'{k} {v}' for k,v in op['target'].items() if k != 'cls')})" if op.
+             get('target') else '') + '.')
     else: lines.append("No operating point: the decision is the most probable class.")
     return ' '.join(lines)
 
 def _metrics(metrics):
     "The validation metrics as a Markdown table, or a line that says there are none."
-    if not metrics: return "Not measured at export (no validation rows, or none given): pass `metrics=` to `save_pretrained`."
-    return '\n'.join(['| metric | value |', '|---|---|'] + [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k,v in metrics.items()])
+    if not metrics:
+        return "Not measured at export (no validation rows, or none given): pass `metrics=` to `save_pretrained`."
+    return '\n'.join(['| metric | value |', '|---|---|'] +
+                     [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()])
 
 # %% ../nbs/06a_hub.ipynb #6aa2c370
 def model_card(desc, metrics=None, license=None, data=None, intended_use=INTENDED_USE, limits=LIMITS, name=None):
-    "The Hub's `ModelCard` (YAML header and Markdown) of the model that description `desc` (`describe`, or a context model's) describes."
+    """The Hub's `ModelCard` (YAML header and Markdown) of the model that description `desc` (`describe`, or a context
+    model's) describes."""
     ctx, stack = desc.get('kind') == 'context', desc.get('kind') == 'stack'
     one = desc['stage_one'][0] if ctx or stack else desc
-    per_patient = ctx or (stack and desc['stage_two'].get('context_col') is not None)     # predicted a patient's rows at once
+    # predicted a patient's rows at once
+    per_patient = ctx or (stack and desc['stage_two'].get('context_col') is not None)
     what, classes = _task(one)
     arch, fusion = one['arch'].get('name', one['arch']), one['fusion']['name']
-    how = (f"patient context: {len(desc['stage_one'])} image + metadata models ({fusion} fusion, {arch} body) cross-fitted over folds of "
-           f"`{desc['stage_two']['context_col']}`, then a logistic regression on each image's probability and its place among its patient's "
-           f"images ({', '.join(desc['stage_two']['features'])})" if ctx else
-           f"a stack: {len(desc['stage_one'])} image + metadata networks ({fusion} fusion, {arch} body) cross-fitted over folds, then stage two, "
-           f"weighted by greedy ensemble selection ({', '.join(f'''{c['name']} {c['weight']:.2f}''' for c in desc['stage_two']['candidates'])})" if stack
-           else f"the {fusion} fusion with a {arch} image body")
+    how = (
+        f"patient context: {len(desc['stage_one'])} image + metadata models ({fusion} fusion, {arch} body) cross-fitted over folds of "
+        f"`{desc['stage_two']['context_col']}`, then a logistic regression on each image's probability and its place among its patient's "
+        f"images ({', '.join(desc['stage_two']['features'])})" if ctx else
+        f"a stack: {len(desc['stage_one'])} image + metadata networks ({fusion} fusion, {arch} body) cross-fitted over folds, then stage two, "
+        f"weighted by greedy ensemble selection ({', '.join(f'''{c['name']} {c['weight']:.2f}''' for c in desc['stage_two']['candidates'])})"
+        if stack else f"the {fusion} fusion with a {arch} image body")
     vocab = one['target'].get('vocab') or []
     tags = ['fastai', 'fastai_meta', 'safetensors', 'image-classification' if what.endswith('classification') else what]
     head = ModelCardData(license=license, library_name='fastai_meta', tags=tags)
     load = name or 'FOLDER_OR_REPO_ID'
-    body = [f"# {name or 'A fastai_meta model'}", '', f"{what.capitalize()} from an image and its metadata: {how}.", '',
-            '## Task', '', classes, f"Images: column `{one['image']['fn_col']}`.", '', '## Metadata', '', _columns(one['meta']), '',
-            '## Validation', '', _metrics(metrics), '', '## Calibration and operating point', '',
-            _decision(one, vocab) if not (ctx or stack) else _decision(dict(temperature=desc['stage_two'].get('temperature'), operating_point=desc['stage_two'].get('decision')), vocab)
-            if stack else "Patient context: the stage two's probabilities, not calibrated further.", '',
-            '## Training data', '', data or "Not stated by the person who saved this model: ask them what it was trained on, and under which licence.", '',
-            '## Intended use and limits', '', intended_use, '', limits, '', '## How to load', '',
-            '```python', 'from fastai_meta.hub import from_pretrained', f"learn = from_pretrained({load!r})",
-            "learn.predict(row)     # a row (dict or DataFrame row) with the image's file name and the columns above" if not per_patient
-            else "learn.predict(rows)    # one patient's rows, each image against the others", '```', '',
-            "The weights are a safetensors file and the learner is rebuilt from the file's own checksummed description: nothing is unpickled.",
-            f"Saved with fastai_meta {one['library']['fastai_meta']}, fastai {one['library']['fastai']}, torch {one['library']['torch']}."]
+    body = [
+        f"# {name or 'A fastai_meta model'}", '', f"{what.capitalize()} from an image and its metadata: {how}.", '',
+        '## Task', '', classes, f"Images: column `{one['image']['fn_col']}`.", '', '## Metadata', '',
+        _columns(one['meta']), '', '## Validation', '',
+        _metrics(metrics), '', '## Calibration and operating point', '',
+        _decision(one, vocab) if not (ctx or stack) else _decision(
+            dict(temperature=desc['stage_two'].get('temperature'), operating_point=desc['stage_two'].get('decision')),
+            vocab) if stack else "Patient context: the stage two's probabilities, not calibrated further.", '',
+        '## Training data', '', data or
+        "Not stated by the person who saved this model: ask them what it was trained on, and under which licence.",
+        '', '## Intended use and limits', '', intended_use, '', limits, '', '## How to load', '', '```python',
+        'from fastai_meta.hub import from_pretrained', f"learn = from_pretrained({load!r})",
+        "learn.predict(row)     # a row (dict or DataFrame row) with the image's file name and the columns above" if
+        not per_patient else "learn.predict(rows)    # one patient's rows, each image against the others", '```', '',
+        "The weights are a safetensors file and the learner is rebuilt from the file's own checksummed description: nothing is unpickled.",
+        f"Saved with fastai_meta {one['library']['fastai_meta']}, fastai {one['library']['fastai']}, torch {one['library']['torch']}."
+    ]
     return ModelCard(f"---\n{head.to_yaml()}\n---\n\n" + '\n'.join(body) + '\n')
 
 # %% ../nbs/06a_hub.ipynb #26853c48
 def validation_metrics(learn):
-    "`learn`'s loss and metrics on its validation rows, by name, with their count; `{}` without validation rows. Its recorder's history is kept."
+    """`learn`'s loss and metrics on its validation rows, by name, with their count; `{}` without validation rows. Its
+    recorder's history is kept."""
     if not len(learn.dls.valid_ds): return {}
     values = list(learn.recorder.values)
     with learn.no_bar(): res = learn.validate()
     learn.recorder.values = values
-    return dict(zip(['valid_loss', *[m.name for m in learn.metrics]], map(float, res))) | dict(n_valid=len(learn.dls.valid_ds))
+    return dict(zip(['valid_loss', *[m.name for m in learn.metrics]], map(
+        float, res))) | dict(n_valid=len(learn.dls.valid_ds))
 
 def _description(fname):
     "The description in the header of the safetensors file `fname`."
     with safe_open(str(fname), 'pt') as f: return json.loads(f.metadata()['fastai_meta'])
 
 @patch
-def save_pretrained(self:MetaLearner|ContextLearner|StackLearner, folder, metrics=None, license=None, data=None, intended_use=INTENDED_USE, limits=LIMITS, name=None):
-    "Write `folder`/model.safetensors (`export_safe`), config.json (its description) and README.md (`model_card`; `metrics`: default `validation_metrics`, a context model's none)."
+def save_pretrained(self: MetaLearner | ContextLearner | StackLearner, folder, metrics=None, license=None, data=None,
+                    intended_use=INTENDED_USE, limits=LIMITS, name=None):
+    """Write `folder`/model.safetensors (`export_safe`), config.json (its description) and README.md (`model_card`;
+    `metrics`: default `validation_metrics`, a context model's none)."""
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     desc = _description(self.export_safe(folder/WEIGHTS))
     (folder/CONFIG).write_text(json.dumps(desc, indent=1, sort_keys=True))
     if metrics is None and isinstance(self, MetaLearner): metrics = validation_metrics(self)
-    model_card(desc, metrics=metrics, license=license, data=data, intended_use=intended_use, limits=limits, name=name).save(folder/CARD)
+    model_card(desc, metrics=metrics, license=license, data=data, intended_use=intended_use, limits=limits,
+               name=name).save(folder / CARD)
     return folder
 
 @patch
-def push_to_hub(self:MetaLearner|ContextLearner|StackLearner, repo_id, private=None, token=None, revision=None, commit_message='Upload a fastai_meta model', **kwargs):
-    "Write the `save_pretrained` folder (`kwargs`: its card's) and upload it to the Hub repo `repo_id`, created if needed, with `upload_folder`; the commit's info."
+def push_to_hub(self: MetaLearner | ContextLearner | StackLearner, repo_id, private=None, token=None, revision=None,
+                commit_message='Upload a fastai_meta model', **kwargs):
+    """Write the `save_pretrained` folder (`kwargs`: its card's) and upload it to the Hub repo `repo_id`, created if
+    needed, with `upload_folder`; the commit's info."""
     with tempfile.TemporaryDirectory() as d:
         self.save_pretrained(d, name=kwargs.pop('name', repo_id), **kwargs)
         create_repo(repo_id, private=private, token=token, exist_ok=True)
-        return upload_folder(repo_id=repo_id, folder_path=d, token=token, revision=revision, commit_message=commit_message)
+        return upload_folder(repo_id=repo_id, folder_path=d, token=token, revision=revision,
+                             commit_message=commit_message)
 
 def from_pretrained(name, revision=None, token=None, cpu=True, images=None, bs=64):
-    "The learner in the folder `name`, or in the Hub repo `name` at `revision` (`snapshot_download`: the hub's cache and `HF_HUB_OFFLINE` respected), rebuilt by `load_safe`: nothing unpickled."
+    """The learner in the folder `name`, or in the Hub repo `name` at `revision` (`snapshot_download`: the hub's cache
+    and `HF_HUB_OFFLINE` respected), rebuilt by `load_safe`: nothing unpickled."""
     folder = Path(name)
     if not folder.is_dir():
-        try: folder = Path(snapshot_download(str(name), revision=revision, token=token, allow_patterns=[WEIGHTS, CONFIG, CARD]))
-        except HFValidationError as e: raise FileNotFoundError(f"{name!r} is neither a folder nor a Hub repo id ({e}).") from e
-    if not (folder/WEIGHTS).is_file(): raise FileNotFoundError(f"{name}: no {WEIGHTS} in {folder} (a folder written by `save_pretrained`?).")
+        try:
+            folder = Path(
+                snapshot_download(str(name), revision=revision, token=token, allow_patterns=[WEIGHTS, CONFIG, CARD]))
+        except HFValidationError as e:
+            raise FileNotFoundError(f"{name!r} is neither a folder nor a Hub repo id ({e}).") from e
+    if not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{name}: no {WEIGHTS} in {folder} (a folder written by `save_pretrained`?).")
     return load_safe(folder/WEIGHTS, cpu=cpu, images=images, bs=bs)

@@ -18,23 +18,28 @@ from fastai.vision.all import *
 NO_IMAGE = '<no image>'   # the name of a row's missing image (several images per row): a blank one, masked by the model
 
 class ImageCache:
-    "Images decoded once, resized to `size` as fastai's `Resize` does for validation, kept as uint8: in memory, or memory-mapped under `path` (kept across runs)."
+    """Images decoded once, resized to `size` as fastai's `Resize` does for validation, kept as uint8: in memory, or
+    memory-mapped under `path` (kept across runs)."""
     def __init__(self, size, path=None, method=ResizeMethod.Crop, n_workers=None):
         store_attr('size,path,method'); self.n_workers = ifnone(n_workers, defaults.cpus)
         self.resize, self.index, self.chunks, self.files = Resize(size, method=method), {}, [], []
         if path is not None: self._open()
 
     @property
-    def made_by(self): return dict(size=list(self.resize.size), method=str(self.resize.method), pad_mode=str(self.resize.pad_mode))
+    def made_by(self):
+        return dict(size=list(self.resize.size), method=str(self.resize.method), pad_mode=str(self.resize.pad_mode))
 
     def _open(self, strict=True):
-        "Reopen, read-only, the images a previous run kept under `path` (listed in its `index.json`), if they were resized the same way."
+        """Reopen, read-only, the images a previous run kept under `path` (listed in its `index.json`), if they were
+        resized the same way."""
         f = Path(self.path)/'index.json'
         if not f.exists(): return
         saved = json.loads(f.read_text())
         if saved['made_by'] != self.made_by:
             if not strict: return
-            raise ValueError(f"{self.path} holds images cached with {saved['made_by']}, not {self.made_by}: pass another `path`, or delete that folder.")
+            raise ValueError(
+                f"{self.path} holds images cached with {saved['made_by']}, not {self.made_by}: pass another `path`, or delete that folder."
+            )
         try: self.chunks = [np.load(Path(self.path)/n, mmap_mode='r') for n in saved['files']]
         except (OSError, ValueError) as e:
             self.chunks = []
@@ -51,12 +56,15 @@ class ImageCache:
 
     def load(self, fn, img_cls=PILImage):
         "Image `fn` decoded and resized, as a uint8 `TensorImage` (C, H, W)."
-        return TensorImage(torch.from_numpy(np.ascontiguousarray(np.asarray(self.resize(img_cls.create(fn), split_idx=1)).transpose(2, 0, 1))))
+        return TensorImage(
+            torch.from_numpy(
+                np.ascontiguousarray(np.asarray(self.resize(img_cls.create(fn), split_idx=1)).transpose(2, 0, 1))))
 
     def fill(self, fns, img_cls=PILImage, rows=None):
         "Decode and keep every image of `fns` not cached yet, in parallel threads; errors name the row and the file."
         todo = [fn for fn in dict.fromkeys(map(str, fns)) if fn not in self.index]
-        todo = [fn for fn in todo if fn != NO_IMAGE] + [fn for fn in todo if fn == NO_IMAGE]   # a missing image (blank) last
+        # a missing image (blank) last
+        todo = [fn for fn in todo if fn != NO_IMAGE] + [fn for fn in todo if fn == NO_IMAGE]
         if not todo: return
         pos = {fn:i for i,fn in enumerate(map(str, fns))}
         def load(fn):
@@ -82,7 +90,8 @@ class ImageCache:
         "Image `fn` from the cache, or decoded now (and not kept) if it is not there."
         at = self.index.get(str(fn))
         if at is None: return self.load(fn, img_cls)
-        return TensorImage(torch.from_numpy(np.array(self.chunks[at[0]][at[1]])))   # a copy: the cache is never written through
+        # a copy: the cache is never written through
+        return TensorImage(torch.from_numpy(np.array(self.chunks[at[0]][at[1]])))
 
     def locate(self, fns):
         "(chunk, position) of each image of `fns` in the cache, as an int array, or `None` if one is not there."
@@ -108,15 +117,22 @@ class ImageCache:
     @property
     def nbytes(self): return sum(a.nbytes for a in self.chunks)
     def __len__(self): return len(self.index)
-    def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('index', 'chunks', 'files')} | dict(index={}, chunks=[], files=[])
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ('index', 'chunks', 'files')} | dict(
+            index={}, chunks=[], files=[])
     def __setstate__(self, d):
-        "Unpickled (an export, a spawned worker): no images, except those kept under `path`, reopened if they are there."
+        """Unpickled (an export, a spawned worker): no images, except those kept under `path`, reopened if they are
+        there."""
         self.__dict__.update(d)
         if self.path is not None: self._open(strict=False)
-    def __repr__(self): return f'{type(self).__name__}(size={self.size}, {len(self)} images, {self.nbytes/2**20:.0f} MiB{"" if self.path is None else ", memory-mapped"})'
+
+    def __repr__(self):
+        return f'{type(self).__name__}(size={self.size}, {len(self)} images, {self.nbytes/2**20:.0f} MiB{"" if self.path is None else ", memory-mapped"})'
 
 class ReadImage(DisplayedTransform):
-    "Open the image named in column `fn_col` of a row (with `pref`, `suff`) as `img_cls`, or from `cache`; errors name the row and the file."
+    """Open the image named in column `fn_col` of a row (with `pref`, `suff`) as `img_cls`, or from `cache`; errors
+    name the row and the file."""
     def __init__(self, fn_col, pref='', suff='', img_cls=PILImage, cache=None):
         super().__init__()
         self.reader, self.img_cls, self.cache = ColReader(fn_col, pref=pref, suff=suff), img_cls, cache
@@ -134,14 +150,16 @@ class ReadImage(DisplayedTransform):
         fn = self.reader(row)
         try: return self.img_cls.create(fn) if self.cache is None else self.cache.get(fn, self.img_cls)
         except Exception as e:
-            raise FileNotFoundError(f"Image of row {row.name!r} could not be read: {fn} ({type(e).__name__}: {e})") from e
+            raise FileNotFoundError(
+                f"Image of row {row.name!r} could not be read: {fn} ({type(e).__name__}: {e})") from e
 
 # %% ../nbs/00b_images.ipynb #a1000006
 class TensorPresent(TensorBase):
     "Which of a row's image slots hold an image (bool, one per slot): the mask of missing images."
     pass
 
-def _name(i): return i.item() if isinstance(i, np.generic) else i   # a row's name as the user wrote it, not `np.int64(0)`
+# a row's name as the user wrote it, not `np.int64(0)`
+def _name(i): return i.item() if isinstance(i, np.generic) else i
 
 def _cells(x, col):
     "Column `col` of a row or a frame `x`; a `KeyError` naming it, and the columns there are, if it is absent."
@@ -150,14 +168,18 @@ def _cells(x, col):
     return x[col]
 
 def image_names(value, sep=';'):
-    "The image names in one cell: a list or tuple as is, text split at `sep` (kept whole if `sep` is `None`), none for a gap."
+    """The image names in one cell: a list or tuple as is, text split at `sep` (kept whole if `sep` is `None`), none
+    for a gap."""
     if isinstance(value, (list, tuple, np.ndarray, pd.Series)): vals = list(value)
     elif isinstance(value, str): vals = value.split(sep) if sep else [value]
     else: vals = [value]
-    return [str(v).strip() for v in vals if not (v is None or (not isinstance(v, str) and pd.isna(v))) and str(v).strip()]
+    return [
+        str(v).strip() for v in vals if not (v is None or (not isinstance(v, str) and pd.isna(v))) and str(v).strip()
+    ]
 
 class ReadSlot(ReadImage):
-    "Open image `slot` of column `fn_col` of a row (the `slot`-th name of a list or `sep`-separated cell); a blank image if the row has none there."
+    """Open image `slot` of column `fn_col` of a row (the `slot`-th name of a list or `sep`-separated cell); a blank
+    image if the row has none there."""
     def __init__(self, fn_col, slot=0, sep=None, pref='', suff='', img_cls=PILImage, cache=None):
         super().__init__(fn_col, pref=pref, suff=suff, img_cls=img_cls, cache=cache)
         self.slot, self.sep = slot, sep
@@ -177,7 +199,8 @@ class ReadSlot(ReadImage):
         if self.cache is not None and NO_IMAGE in self.cache.index: return self.cache.get(NO_IMAGE)
         cols = [self.reader.cols[0]] + [c for c in getattr(self, 'siblings', []) if c != self.reader.cols[0]]
         first = next((f for f in (self._first(_cells(row, c)) for c in cols) if f is not None), None)
-        if first is None: raise ValueError(f"Row {_name(row.name)!r} has no image in {cols}: every row needs one image at least.")
+        if first is None:
+            raise ValueError(f"Row {_name(row.name)!r} has no image in {cols}: every row needs one image at least.")
         if self.cache is not None: return TensorImage(torch.zeros_like(self.cache.get(first, self.img_cls)))
         with Image.open(first) as im: size = im.size
         return self.img_cls.create(Image.new(self.img_cls._open_args.get('mode', 'RGB'), size))
@@ -186,7 +209,9 @@ class ReadSlot(ReadImage):
         if fn == NO_IMAGE: return self._blank(row)
         try: return self.img_cls.create(fn) if self.cache is None else self.cache.get(fn, self.img_cls)
         except Exception as e:
-            raise FileNotFoundError(f"Image {self.slot + 1} of row {_name(row.name)!r} could not be read: {fn} ({type(e).__name__}: {e})") from e
+            raise FileNotFoundError(
+                f"Image {self.slot + 1} of row {_name(row.name)!r} could not be read: {fn} ({type(e).__name__}: {e})"
+            ) from e
 
 # %% ../nbs/00b_images.ipynb #a100000b
 class ImagesPresent(DisplayedTransform):
@@ -196,24 +221,32 @@ class ImagesPresent(DisplayedTransform):
         "`slots`: (column, position, separator) of each image slot."
         super().__init__()
         self.slots = [tuple(s) for s in slots]
-        self.reader = ColReader(list(dict.fromkeys(c for c,_,_ in self.slots)))   # the columns it reads, for `MetaBlock`'s choice
+        # the columns it reads, for `MetaBlock`'s choice
+        self.reader = ColReader(list(dict.fromkeys(c for c,_,_ in self.slots)))
     def encode_frame(self, df):
         "The mask of every row of `df` at once; raises naming the first row with no image, warns about images left out."
         cols = {c: [image_names(v, sep) for v in _cells(df, c)] for c,_,sep in self.slots}
-        res = torch.tensor([[len(cols[c][i]) > j for c,j,_ in self.slots] for i in range(len(df))], dtype=torch.bool).reshape(len(df), len(self.slots))
+        res = torch.tensor([[len(cols[c][i]) > j for c, j, _ in self.slots] for i in range(len(df))],
+                           dtype=torch.bool).reshape(len(df), len(self.slots))
         none = ~res.any(1)
         if none.any():
             n = int(none.sum())
-            raise ValueError(f"Row {_name(df.index[int(none.nonzero()[0])])!r} has no image in {list(cols)}{f' (nor do {n - 1} other rows)' if n > 1 else ''}: "
-                             "every row needs one image at least (drop those rows, or give them one).")
+            raise ValueError(
+                f"Row {_name(df.index[int(none.nonzero()[0])])!r} has no image in {list(cols)}{f' (nor do {n - 1} other rows)' if n > 1 else ''}: "
+                "every row needs one image at least (drop those rows, or give them one).")
         for c,names in cols.items():
             n_slots = sum(s[0] == c for s in self.slots)
             over = np.array([len(o) for o in names]) > n_slots
-            if over.any(): warnings.warn(f"{int(over.sum())} row(s) have more than {n_slots} image(s) in {c!r} (e.g. row {_name(df.index[over][0])!r}): "
-                                         f"only the first {n_slots} are used; pass a larger `n_images` to use them all.")
+            if over.any():
+                warnings.warn(
+                    f"{int(over.sum())} row(s) have more than {n_slots} image(s) in {c!r} (e.g. row {_name(df.index[over][0])!r}): "
+                    f"only the first {n_slots} are used; pass a larger `n_images` to use them all.")
         return res
     def encodes(self, row:pd.Series) -> TensorPresent:
         "One row's mask (rows of a `MetaDL` are encoded with their frame, by `encode_frame`)."
         res = torch.tensor([len(image_names(_cells(row, c), sep)) > j for c,j,sep in self.slots])
-        if not res.any(): raise ValueError(f"Row {_name(row.name)!r} has no image in {list(self.reader.cols)}: every row needs one image at least.")
+        if not res.any():
+            raise ValueError(
+                f"Row {_name(row.name)!r} has no image in {list(self.reader.cols)}: every row needs one image at least."
+            )
         return TensorPresent(res)

@@ -19,7 +19,8 @@ from .learner import MetaLearner
 class _BlankImage(Callback):
     "Replace the image input(s) by zeros (the mean after normalisation)."
     order = 100
-    def before_batch(self): self.learn.xb = tuple(torch.zeros_like(x) if x.ndim == 4 else x for x in self.xb)   # images: the 4-d inputs
+    # images: the 4-d inputs
+    def before_batch(self): self.learn.xb = tuple(torch.zeros_like(x) if x.ndim == 4 else x for x in self.xb)
 
 @patch
 def meta_importance(self:MetaLearner, dl=None, n_repeats=3, seed=0, show=True):
@@ -34,7 +35,9 @@ def meta_importance(self:MetaLearner, dl=None, n_repeats=3, seed=0, show=True):
     for c in cols:
         drops = [base - score(items.assign(**{c: rng.permutation(items[c].to_numpy())})) for _ in range(n_repeats)]
         rows.append(dict(feature=c, kind='permuted column', score_drop=float(np.mean(drops))))
-    rows.append(dict(feature='all metadata missing', kind='ablation', score_drop=base - score(items.assign(**{c: None for c in cols}))))
+    rows.append(
+        dict(feature='all metadata missing', kind='ablation',
+             score_drop=base - score(items.assign(**{c: None for c in cols}))))
     rows.append(dict(feature='no image', kind='ablation', score_drop=base - score(items, cbs=_BlankImage())))
     res = pd.DataFrame(rows).assign(base_score=base)
     if show:
@@ -52,34 +55,43 @@ def _metric_value(m, pred, targ):
     except Exception: return float('nan')   # e.g. ROC AUC of a group holding one class only
 
 def subgroups(values, continuous=False, bins=4):
-    "A group label per row of `values` (the value, or its quantile bin when `continuous`; missing values form the group 'missing'), and the groups in order."
+    """A group label per row of `values` (the value, or its quantile bin when `continuous`; missing values form the
+    group 'missing'), and the groups in order."""
     vals = pd.Series(values)
     miss = pd.Series(is_missing(vals.to_numpy(dtype=object)), index=vals.index)
     if continuous:
         num = pd.to_numeric(vals.where(~miss), errors='coerce')
         cut = pd.qcut(num, bins, duplicates='drop') if num.nunique() > 1 else num
         lab = cut.astype(str)
-        order = [str(b) for b in cut.cat.categories] if hasattr(cut, 'cat') else list(pd.unique(lab[~miss]))   # bins low to high
+        # bins low to high
+        order = [str(b) for b in cut.cat.categories] if hasattr(cut, 'cat') else list(pd.unique(lab[~miss]))
     else:
         lab = pd.Series(category_keys(vals.to_numpy()), index=vals.index).astype(str)
-        order = list(lab[~miss].value_counts().index)                                                           # largest group first
+        # largest group first
+        order = list(lab[~miss].value_counts().index)
     return lab.where(~miss, 'missing').to_numpy(), order + ['missing']
 
 def subgroup_report(items, cols, score, cont_names=(), bins=4, extra=None, overall=True):
-    "One row per group of each column of `cols` in the rows `items` (a column of `cont_names` in `bins` quantile bins; `extra`: column -> (labels, order) made elsewhere), with its `count` and the scores `score(mask)` returns (a dict); first '(all)' if `overall`."
+    """One row per group of each column of `cols` in the rows `items` (a column of `cont_names` in `bins` quantile
+    bins; `extra`: column -> (labels, order) made elsewhere), with its `count` and the scores `score(mask)` returns
+    (a dict); first '(all)' if `overall`."""
     extra, rows = ifnone(extra, {}), []
     if overall: rows.append(dict(column='(all)', group='(all)', count=len(items), **score(np.ones(len(items), bool))))
     for c in cols:
         g, order = extra[c] if c in extra else subgroups(items[c].to_numpy(dtype=object), c in cont_names, bins)
         g = np.asarray(g, dtype=object)
-        for v in (o for o in order if (g == o).any()): rows.append(dict(column=c, group=v, count=int((g == v).sum()), **score(g == v)))
+        for v in (o for o in order if (g == o).any()):
+            rows.append(dict(column=c, group=v, count=int((g == v).sum()), **score(g == v)))
     return pd.DataFrame(rows)
 
 @patch
 def meta_report(self:MetaLearner, cols=None, dl=None, bins=4, metrics=None, show=False):
-    "The learner's metrics on `dl` (default: the validation set) for each value of the metadata columns `cols` (continuous ones in `bins` quantile bins; missing their own group), with each group's count; with several images per row, also by their number ('images')."
+    """The learner's metrics on `dl` (default: the validation set) for each value of the metadata columns `cols`
+    (continuous ones in `bins` quantile bins; missing their own group), with each group's count; with several images
+    per row, also by their number ('images')."""
     items = ifnone(dl, self.dls.valid).items
-    if not isinstance(items, pd.DataFrame): raise TypeError("meta_report needs a DataLoader over DataFrame rows (with their labels).")
+    if not isinstance(items, pd.DataFrame):
+        raise TypeError("meta_report needs a DataLoader over DataFrame rows (with their labels).")
     enc, extra = meta_encode(self.dls).encoding, _images_per_row(self.dls, items)
     cols = list(L(ifnone(cols, enc.columns + list(extra))))
     check_columns(items.columns, [c for c in cols if c not in extra])
@@ -96,7 +108,8 @@ def meta_report(self:MetaLearner, cols=None, dl=None, bins=4, metrics=None, show
     return res
 
 def _images_per_row(dls, items):
-    "`{'images': (the number of images of each row of `items`, in order)}` when `dls` takes several images per row (`ImageBlocks`), else `{}`."
+    """`{'images': (the number of images of each row of `items`, in order)}` when `dls` takes several images per row
+    (`ImageBlocks`), else `{}`."""
     k, masked = image_inputs(dls)
     if not masked: return {}
     mask = next(t for t in dls.train_ds.tls[k].tfms.fs if getattr(t, 'masks_images', False))

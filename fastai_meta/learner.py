@@ -23,8 +23,10 @@ from .losses import StageProjections, SelfContrastive, ArcMarginProduct, ArcFace
 
 # %% ../nbs/02_learner.ipynb #c3a1f0d2
 def target_stats(dls):
-    "The kind of target of `dls` ('regression', 'points' or 'other') and, for the first two, the training targets' mean and std."
-    if getattr(dls, 'described_target', None) is not None: return dls.described_target   # DataLoaders rebuilt by `load_safe`: no rows
+    """The kind of target of `dls` ('regression', 'points' or 'other') and, for the first two, the training targets'
+    mean and std."""
+    # DataLoaders rebuilt by `load_safe`: no rows
+    if getattr(dls, 'described_target', None) is not None: return dls.described_target
     tls = getattr(dls.train_ds, 'tls', None)
     if tls is None or len(tls) <= dls.n_inp or not len(tls[dls.n_inp]): return 'other', None, None
     tl = tls[dls.n_inp]                       # the targets as stored, read without loading any image
@@ -45,8 +47,10 @@ def target_stats(dls):
     return 'regression', y.mean(0), torch.where(std > 0, std, torch.ones_like(std))
 
 def start_at(head, value, y_range=None):
-    "Zero the weights of `head`'s last linear layer and set its bias so that the head starts at `value` (through `y_range`'s sigmoid)."
-    parent, name, lin = [(p, n, m) for p in head.modules() for n,m in p.named_children() if isinstance(m, nn.Linear)][-1]
+    """Zero the weights of `head`'s last linear layer and set its bias so that the head starts at `value` (through
+    `y_range`'s sigmoid)."""
+    parent, name, lin = [(p, n, m) for p in head.modules() for n, m in p.named_children() if isinstance(m, nn.Linear)
+                         ][-1]
     if lin.bias is None:       # fastai's last layer follows a batchnorm and has no bias: give it one to start from
         lin = nn.Linear(lin.in_features, lin.out_features).to(lin.weight.device)
         setattr(parent, name, lin)
@@ -66,10 +70,12 @@ def _zero(lin):
 
 def _check_n_out(scale, n_out):
     if len(scale.mean) != n_out:
-        raise ValueError(f"The data have {len(scale.mean)} regression target(s) but `n_out` is {n_out}; leave `n_out` unset.")
+        raise ValueError(
+            f"The data have {len(scale.mean)} regression target(s) but `n_out` is {n_out}; leave `n_out` unset.")
 
 class ScaledLoss(WrappedLoss):
-    "`loss_func` on predictions and targets standardised by `scale` (a `TargetScale`): regression trains on standardised values."
+    """`loss_func` on predictions and targets standardised by `scale` (a `TargetScale`): regression trains on
+    standardised values."""
     def __init__(self, loss_func, scale): super().__init__(loss_func); self.scale = scale
     def __call__(self, pred, targ, *args, **kwargs):
         return self.loss_func(self.scale.standardise(pred), self.scale.standardise(targ), *args, **kwargs)
@@ -77,16 +83,21 @@ class ScaledLoss(WrappedLoss):
 
 # %% ../nbs/02_learner.ipynb #1be66948
 def default_image_pool(dls):
-    "How a row's images are pooled unless told: 'mean' for the slots of one column (exchangeable views), 'slots' for named columns (which image is which matters)."
+    """How a row's images are pooled unless told: 'mean' for the slots of one column (exchangeable views), 'slots' for
+    named columns (which image is which matters)."""
     return 'mean' if images_exchangeable(dls) else 'slots'
 
-def create_meta_model(dls, arch, fusion='concat', n_out:int|None=None, pretrained=True, weights=None, weights_path=None, cut:int|None=None,
-                      n_in:int=3, init=nn.init.kaiming_normal_, concat_pool:bool=True, lin_ftrs:list|tuple|None=None,
-                      ps:float|int|list|tuple=0.5, first_bn:bool=True, bn_final:bool=False, lin_first:bool=False,
-                      y_range:list|tuple|None=None, meta_layers:list|tuple=(512, 128), meta_ps:float|int|list|tuple=0.3,
-                      embed_p:float|int=0., contrastive:float|int=0., arcface:bool=False, arc_s:float|int=30., emb_dim:int=512,
-                      scale_y:bool=True, wide:bool|None=None, image_p:float|int=0., image_pool:str|None=None, shared_body:bool=True):
-    "The network of `meta_cnn_learner`, a `MetaModel`, for the metadata, image inputs and target of `dls` and the body of `arch` (as `create_vision_model` is `vision_learner`'s)."
+def create_meta_model(dls, arch, fusion='concat', n_out: int | None = None, pretrained=True, weights=None,
+                      weights_path=None, cut: int | None = None, n_in: int = 3, init=nn.init.kaiming_normal_,
+                      concat_pool: bool = True, lin_ftrs: list | tuple | None = None,
+                      ps: float | int | list | tuple = 0.5, first_bn: bool = True, bn_final: bool = False,
+                      lin_first: bool = False, y_range: list | tuple | None = None,
+                      meta_layers: list | tuple = (512, 128), meta_ps: float | int | list | tuple = 0.3,
+                      embed_p: float | int = 0., contrastive: float | int = 0., arcface: bool = False,
+                      arc_s: float | int = 30., emb_dim: int = 512, scale_y: bool = True, wide: bool | None = None,
+                      image_p: float | int = 0., image_pool: str | None = None, shared_body: bool = True):
+    """The network of `meta_cnn_learner`, a `MetaModel`, for the metadata, image inputs and target of `dls` and the
+    body of `arch` (as `create_vision_model` is `vision_learner`'s)."""
     n_out = ifnone(n_out, get_c(dls))
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"
     enc = meta_encode(dls).encoding
@@ -98,35 +109,45 @@ def create_meta_model(dls, arch, fusion='concat', n_out:int|None=None, pretraine
     fuse = make_fusion(fusion, channels, branch.n_out, pool, concat_pool)
     k, masked = image_inputs(dls)
     image_pool = ifnone(image_pool, default_image_pool(dls))
-    if (k > 1 or masked) and contrastive: raise ValueError("Self-contrastive guidance (`contrastive`) compares one image's stages: not available with several images per row.")
+    if (k > 1 or masked) and contrastive:
+        raise ValueError(
+            "Self-contrastive guidance (`contrastive`) compares one image's stages: not available with several images per row."
+        )
     bodies = None if shared_body else [copy.deepcopy(body) for _ in range(k - 1)]
     images = ImagePool(fuse.n_out, k, image_pool, masked, bodies, n_meta=branch.n_out) if k > 1 or masked else None
     n_head = fuse.n_out if images is None else images.n_out
     kind, mean, std = target_stats(dls)
     scale = TargetScale(mean, std, y_range) if kind == 'regression' and scale_y else None
     if scale is not None: _check_n_out(scale, n_out)
-    if wide is None: wide = not arcface            # a linear path from the table to the output, unless the head has no logits
+    # a linear path from the table to the output, unless the head has no logits
+    if wide is None: wide = not arcface
     if arcface:
         if wide: raise ValueError("`wide` adds to the logits; an ArcFace head has none: use one or the other.")
-        head = nn.Sequential(create_head(n_head, emb_dim, lin_ftrs=lin_ftrs, ps=ps, pool=False, first_bn=first_bn, lin_first=lin_first),
-                             ArcMarginProduct(emb_dim, n_out, s=arc_s))
+        head = nn.Sequential(
+            create_head(n_head, emb_dim, lin_ftrs=lin_ftrs, ps=ps, pool=False, first_bn=first_bn,
+                        lin_first=lin_first), ArcMarginProduct(emb_dim, n_out, s=arc_s))
     else: head = create_head(n_head, n_out, lin_ftrs=lin_ftrs, ps=ps, pool=False, first_bn=first_bn, bn_final=bn_final,
                              lin_first=lin_first, y_range=None if scale is not None else y_range)
     if init is not None: apply_init(head, init)
     if scale is not None: start_at(head, torch.zeros_like(scale.mean), (scale.lo, scale.hi) if scale.ranged else None)
     elif kind in ('regression', 'points') and not arcface: start_at(head, mean, y_range)
-    return MetaModel(body, branch, fuse, head, stages=stages, wide=_zero(nn.Linear(branch.n_enc, n_out)) if wide else None, out=scale,
+    return MetaModel(body, branch, fuse, head, stages=stages,
+                     wide=_zero(nn.Linear(branch.n_enc, n_out)) if wide else None, out=scale,
                      proj=StageProjections(channels) if contrastive else None, images=images,
                      image_drop=StochasticDepth(image_p, 'row') if image_p else None)
 
 # %% ../nbs/02_learner.ipynb #1be66949
 @delegates(Learner.__init__)
 @delegates(create_meta_model, keep=True)
-def meta_cnn_learner(dls, arch, normalize=True, loss_func=None, splitter=None, cbs=None, contrastive_tau:float|int=0.1, arc_m:float|int=0.5,
-                     meta_dropout=0., fast:bool|str='channels_last', **kwargs):
-    "Build a `MetaLearner` for `(image, metadata)` inputs (or several images, see `ImageBlocks`) from `dls` and `arch`, like `vision_learner`; the network is `create_meta_model`'s."
-    if fast not in (True, False, 'channels_last'): raise ValueError(f"`fast` is True, False or 'channels_last', not {fast!r}.")
-    build = inspect.signature(create_meta_model).bind(dls, arch, **{k: kwargs.pop(k) for k in list(kwargs) if k in _MODEL_ARGS})
+def meta_cnn_learner(dls, arch, normalize=True, loss_func=None, splitter=None, cbs=None,
+                     contrastive_tau: float | int = 0.1, arc_m: float | int = 0.5, meta_dropout=0.,
+                     fast: bool | str = 'channels_last', **kwargs):
+    """Build a `MetaLearner` for `(image, metadata)` inputs (or several images, see `ImageBlocks`) from `dls` and
+    `arch`, like `vision_learner`; the network is `create_meta_model`'s."""
+    if fast not in (True, False, 'channels_last'):
+        raise ValueError(f"`fast` is True, False or 'channels_last', not {fast!r}.")
+    build = inspect.signature(create_meta_model).bind(dls, arch,
+                                                      **{k: kwargs.pop(k) for k in list(kwargs) if k in _MODEL_ARGS})
     build.apply_defaults()
     args = build.arguments
     args['pretrained'] = pretrained = args['pretrained'] or args['weights_path'] is not None
@@ -135,16 +156,23 @@ def meta_cnn_learner(dls, arch, normalize=True, loss_func=None, splitter=None, c
     model = create_meta_model(**args)
     if normalize: add_image_norm(dls, arch, model[0], pretrained, args['n_in'])
     if args['arcface']: loss_func = ifnone(loss_func, ArcFaceLoss(args['arc_s'], arc_m))
-    if 'out' in model._modules: loss_func = ScaledLoss(ifnone(loss_func, getattr(dls.train_ds, 'loss_func', None)), model.out)
+    if 'out' in model._modules:
+        loss_func = ScaledLoss(ifnone(loss_func, getattr(dls.train_ds, 'loss_func', None)), model.out)
     split = ifnone(splitter, body_splitter(arch, model[0]))
     if 'images' in model._modules and model.images.bodies is not None: split = partial(split_bodies, split)
-    cbs = L(cbs) + ([SelfContrastive(args['contrastive'], contrastive_tau)] if args['contrastive'] else []) + ([MetaDropout(meta_dropout)] if meta_dropout else [])
+    cbs = L(cbs) + ([SelfContrastive(args['contrastive'], contrastive_tau)]
+                    if args['contrastive'] else []) + ([MetaDropout(meta_dropout)] if meta_dropout else [])
     learn = MetaLearner(dls, model, loss_func=loss_func, splitter=split, cbs=cbs, **kwargs)
     if pretrained: learn.freeze()
-    if fast: learn.to_fast(amp='auto' if fast is True else False)      # 'channels_last': float32, in the faster memory format
-    learn.arch, learn.normalize, learn.pretrained, learn.fusion, learn.n_out = arch, normalize, pretrained, args['fusion'], args['n_out']
-    learn.meta_args = {k: v for k,v in args.items() if k != 'dls'} | dict(contrastive_tau=contrastive_tau, arc_m=arc_m, fast=fast)   # what `export_safe` describes
-    if isinstance(arch, str): learn.fine_tune_lr_mult = 1       # a timm body: `fine_tune` trains it at the head's rate (see above)
+    # 'channels_last': float32, in the faster memory format
+    if fast: learn.to_fast(amp='auto' if fast is True else False)
+    learn.arch, learn.normalize, learn.pretrained, learn.fusion, learn.n_out = arch, normalize, pretrained, args[
+        'fusion'], args['n_out']
+    # what `export_safe` describes
+    learn.meta_args = {k: v for k, v in args.items() if k != 'dls'} | dict(contrastive_tau=contrastive_tau,
+                                                                           arc_m=arc_m, fast=fast)
+    # a timm body: `fine_tune` trains it at the head's rate (see above)
+    if isinstance(arch, str): learn.fine_tune_lr_mult = 1
     return learn
 
 _MODEL_ARGS = list(inspect.signature(create_meta_model).parameters)
@@ -155,18 +183,22 @@ def _own_annotations(f):
     return {k: v for k,v in f.__annotations__.items() if k in own}
 
 def described_args():
-    "The build arguments an export describes, each with its type: the annotated arguments of `create_meta_model` and `meta_cnn_learner`."
+    """The build arguments an export describes, each with its type: the annotated arguments of `create_meta_model` and
+    `meta_cnn_learner`."""
     return {**_own_annotations(create_meta_model), **_own_annotations(meta_cnn_learner)}
 
 # %% ../nbs/02_learner.ipynb #e3621b0a
 class MetaLearner(Learner):
-    "fastai's `Learner` for a `MetaModel`: `fine_tune` with the `lr_mult` chosen for the body, `predict` on a `dict` row too."
+    """fastai's `Learner` for a `MetaModel`: `fine_tune` with the `lr_mult` chosen for the body, `predict` on a `dict`
+    row too."""
     fine_tune_lr_mult = 100        # fastai's default; `meta_cnn_learner` sets 1 for a timm body
 
     @delegates(Learner.fine_tune)
     def fine_tune(self, epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=None, **kwargs):
-        "fastai's `Learner.fine_tune`, with `lr_mult` defaulting to `self.fine_tune_lr_mult` (1 for a timm body, fastai's 100 otherwise)."
-        return super().fine_tune(epochs, base_lr, freeze_epochs, lr_mult=ifnone(lr_mult, self.fine_tune_lr_mult), **kwargs)
+        """fastai's `Learner.fine_tune`, with `lr_mult` defaulting to `self.fine_tune_lr_mult` (1 for a timm body,
+        fastai's 100 otherwise)."""
+        return super().fine_tune(epochs, base_lr, freeze_epochs, lr_mult=ifnone(lr_mult, self.fine_tune_lr_mult),
+                                 **kwargs)
 
     def predict(self, item, rm_type_tfms=None, with_input=False):
         "fastai's `Learner.predict`; `item` may also be a `dict` of one row's values."
@@ -175,11 +207,15 @@ class MetaLearner(Learner):
 
 # %% ../nbs/02_learner.ipynb #b1c2d3e1
 class PreciseBN(Callback):
-    "After each epoch's training, recompute batchnorm statistics with the current weights over up to `n_samples` training images, so validation sees the network as it is."
+    """After each epoch's training, recompute batchnorm statistics with the current weights over up to `n_samples`
+    training images, so validation sees the network as it is."""
     order = 60
     def __init__(self, n_samples=4096): store_attr()
     def after_train(self):
-        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        bns = [
+            m for m in self.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
         if not bns: return
         momenta = [b.momentum for b in bns]
         for b in bns: b.reset_running_stats(); b.momentum = None      # a plain average over the batches below
@@ -193,7 +229,8 @@ class PreciseBN(Callback):
 
 # %% ../nbs/02_learner.ipynb #f2a3b4c1
 def blank_row(enc):
-    "The encoding of a row with every metadata value missing: `#na#` codes, `_na` flags set, continuous values at their fill."
+    """The encoding of a row with every metadata value missing: `#na#` codes, `_na` flags set, continuous values at
+    their fill."""
     return torch.as_tensor(enc.encode(np.full((1, len(enc.cat_names)), None, dtype=object),
                                       np.full((1, len(enc.cont_names)), None, dtype=object))[0])
 
@@ -203,7 +240,8 @@ def column_of_position(enc):
     return torch.tensor(list(range(k)) + [k + j for j in range(m)] * 2, dtype=torch.long)
 
 class MetaDropout(Callback):
-    "In training only, replace each row's metadata with probability `p` by what a row with every value missing encodes to (each column on its own if `per_column`)."
+    """In training only, replace each row's metadata with probability `p` by what a row with every value missing
+    encodes to (each column on its own if `per_column`)."""
     order = 5    # after the batch is on its device, before `to_fast` casts
     def __init__(self, p=0.2, per_column=False): store_attr()
     def before_fit(self):
@@ -232,24 +270,33 @@ def get_embeddings(self:MetaLearner, dl=None, ds_idx=1):
 
 # %% ../nbs/02_learner.ipynb #cmp006
 def fit_recipe(learn, epochs, lr=None):
-    "How to train `learn`, as a `partial` of its method to call: `fine_tune` for a pretrained body (with the `lr_mult` `meta_cnn_learner` chose for it), else `fit_one_cycle` with `PreciseBN`."
-    if not learn.pretrained: return partial(learn.fit_one_cycle, epochs, lr or 1e-2, cbs=PreciseBN())    # from scratch: validation losses of the weights as they are
-    return partial(learn.fine_tune, epochs, lr or (3e-3 if isinstance(learn.arch, str) else 2e-3), lr_mult=getattr(learn, 'fine_tune_lr_mult', 100))
+    """How to train `learn`, as a `partial` of its method to call: `fine_tune` for a pretrained body (with the
+    `lr_mult` `meta_cnn_learner` chose for it), else `fit_one_cycle` with `PreciseBN`."""
+    # from scratch: validation losses of the weights as they are
+    if not learn.pretrained: return partial(learn.fit_one_cycle, epochs, lr or 1e-2, cbs=PreciseBN())
+    return partial(learn.fine_tune, epochs, lr or (3e-3 if isinstance(learn.arch, str) else 2e-3),
+                   lr_mult=getattr(learn, 'fine_tune_lr_mult', 100))
 
 def image_learner(dls, arch, pretrained=True, weights_path=None, **kwargs):
-    "The image-only baseline: fastai's `vision_learner` with the body, weights, layer groups and `lr_mult` that `meta_cnn_learner` would use (pass `learn.fine_tune_lr_mult` to `fine_tune`, or train it with `fit_recipe`)."
+    """The image-only baseline: fastai's `vision_learner` with the body, weights, layer groups and `lr_mult` that
+    `meta_cnn_learner` would use (pass `learn.fine_tune_lr_mult` to `fine_tune`, or train it with `fit_recipe`)."""
     timm = isinstance(arch, str)
     if timm and weights_path is not None: kwargs['pretrained_cfg_overlay'] = dict(file=str(weights_path))
-    learn = vision_learner(dls, arch, pretrained=pretrained or (timm and weights_path is not None), splitter=timm_split if timm else None, **kwargs)
+    learn = vision_learner(dls, arch, pretrained=pretrained or (timm and weights_path is not None),
+                           splitter=timm_split if timm else None, **kwargs)
     if weights_path is not None and not timm: load_body_weights(learn.model[0], weights_path)
     learn.to_fast(amp=False)                      # channels-last float32, as meta_cnn_learner's default
     learn.arch, learn.pretrained = arch, pretrained or weights_path is not None
     learn.fine_tune_lr_mult = 1 if timm else 100
     return learn
 
-VISION_ARGS = set(inspect.signature(vision_learner).parameters) - {'dls', 'arch', 'pretrained', 'weights', 'metrics', 'splitter', 'cbs', 'path'}
-LEARNER_ARGS = (set(inspect.signature(meta_cnn_learner).parameters) | set(_MODEL_ARGS) | set(inspect.signature(Learner).parameters)
-                ) - {'dls', 'arch', 'model', 'fusion', 'metrics', 'splitter', 'cbs', 'path', 'kwargs'}
+VISION_ARGS = set(inspect.signature(vision_learner).parameters) - {
+    'dls', 'arch', 'pretrained', 'weights', 'metrics', 'splitter', 'cbs', 'path'
+}
+LEARNER_ARGS = (set(inspect.signature(meta_cnn_learner).parameters) | set(_MODEL_ARGS)
+                | set(inspect.signature(Learner).parameters)) - {
+                    'dls', 'arch', 'model', 'fusion', 'metrics', 'splitter', 'cbs', 'path', 'kwargs'
+                }
 
 # %% ../nbs/02_learner.ipynb #832d95e7
 def run_demo(n=400, size=32, epochs=8, arch='resnet18', seed=0, path=None, verbose=True):
@@ -263,7 +310,8 @@ def run_demo(n=400, size=32, epochs=8, arch='resnet18', seed=0, path=None, verbo
         set_seed(seed, reproducible=True)
         if name == 'image only':
             dls = ImageDataLoaders.from_df(df, **common)
-            learn = vision_learner(dls, arch, pretrained=False, ps=0.1, metrics=accuracy).to_fast(amp=False)   # channels-last, as meta_cnn_learner's default
+            # channels-last, as meta_cnn_learner's default
+            learn = vision_learner(dls, arch, pretrained=False, ps=0.1, metrics=accuracy).to_fast(amp=False)
         else:
             dls = MetaDataLoaders.from_df(df, cat_names=['flag'], cont_names=['noise'], **common)
             learn = meta_cnn_learner(dls, arch, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy)
@@ -271,5 +319,6 @@ def run_demo(n=400, size=32, epochs=8, arch='resnet18', seed=0, path=None, verbo
         with learn.no_bar(), learn.no_logging():
             learn.fit_one_cycle(epochs, 1e-2)
             res[name] = float(learn.validate()[1])
-        if verbose: print(f'{name:>18}: accuracy {res[name]:.3f}  ({time.time()-start:.0f}s, {epochs} epochs, {n} images)')
+        if verbose:
+            print(f'{name:>18}: accuracy {res[name]:.3f}  ({time.time()-start:.0f}s, {epochs} epochs, {n} images)')
     return res

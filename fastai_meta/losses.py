@@ -12,7 +12,8 @@ from fastai.vision.all import *
 
 # %% ../nbs/01b_losses.ipynb #df853d44
 def sup_con_loss(anchors, others, labels, tau=0.1):
-    "Supervised contrastive loss of L2-normalised `anchors` against `others` (row i of both is sample i); positives share a label."
+    """Supervised contrastive loss of L2-normalised `anchors` against `others` (row i of both is sample i); positives
+    share a label."""
     log_prob = (anchors @ others.T / tau).log_softmax(dim=1)
     pos = (labels[:, None] == labels[None, :]).float()
     return -((pos * log_prob).sum(1) / pos.sum(1)).mean()
@@ -21,8 +22,10 @@ def sup_con_loss(anchors, others, labels, tau=0.1):
 class StageProjections(Module):
     "Projection heads (avg-pool, Linear, ReLU, Linear, L2-norm) for the output of each body stage."
     def __init__(self, channels, dim=128):
-        self.heads = nn.ModuleList([nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(c, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
-                                    for c in channels])
+        self.heads = nn.ModuleList([
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(c, dim), nn.ReLU(inplace=True),
+                          nn.Linear(dim, dim)) for c in channels
+        ])
     def forward(self, feats): return [F.normalize(h(f), dim=1) for h,f in zip(self.heads, feats)]
 
 # %% ../nbs/01b_losses.ipynb #9fc19d19
@@ -38,7 +41,8 @@ class SelfContrastive(Callback):
     def after_loss(self):
         if not self.training or self.embs is None: return
         y = self.y.view(-1)
-        if y.is_floating_point(): raise TypeError("Self-contrastive guidance needs single-label class targets (CategoryBlock).")
+        if y.is_floating_point():
+            raise TypeError("Self-contrastive guidance needs single-label class targets (CategoryBlock).")
         shallow = self.embs[:-1] if self.stages is None else [self.embs[i] for i in self.stages]
         guidance = torch.stack([sup_con_loss(e, self.embs[-1], y, self.tau) for e in shallow]).mean()
         self.learn.loss_grad = self.loss_grad + self.delta * guidance
@@ -69,7 +73,8 @@ class ArcFaceLoss(Module):
 
 # %% ../nbs/01b_losses.ipynb #92574c08
 class WrappedLoss:
-    "A loss that passes its call, `activation`, `decodes` and `reduction` through to `loss_func`; subclasses change one of them."
+    """A loss that passes its call, `activation`, `decodes` and `reduction` through to `loss_func`; subclasses change
+    one of them."""
     def __init__(self, loss_func):
         if loss_func is None: raise ValueError("No loss function: pass `loss_func`.")
         self.loss_func = loss_func

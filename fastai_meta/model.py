@@ -40,7 +40,8 @@ class MetaBranch(Module):
 def pooling(nf, pool=True, concat_pool=True):
     "fastai's pooling of feature maps (concat of avg and max, or avg) and the width it gives."
     if not pool: return Flatten(), nf
-    return nn.Sequential(AdaptiveConcatPool2d() if concat_pool else nn.AdaptiveAvgPool2d(1), Flatten()), (2*nf if concat_pool else nf)
+    return nn.Sequential(AdaptiveConcatPool2d() if concat_pool else nn.AdaptiveAvgPool2d(1),
+                         Flatten()), (2 * nf if concat_pool else nf)
 
 # %% ../nbs/01_model.ipynb #5ff8919e
 class Fusion(Module):
@@ -61,7 +62,8 @@ class Fusion(Module):
 # %% ../nbs/01_model.ipynb #2c5c25e3
 class ConcatFusion(Fusion):
     "Late fusion: pooled image features concatenated with the metadata features (SIIM-ISIC 2020 winners)."
-    def __init__(self, channels, n_meta, pool=True, concat_pool=True): self.setup_pool(channels[-1], n_meta, pool, concat_pool)
+    def __init__(self, channels, n_meta, pool=True, concat_pool=True):
+        self.setup_pool(channels[-1], n_meta, pool, concat_pool)
     def forward(self, x, u): return self.pooled(x, u)
 
 # %% ../nbs/01_model.ipynb #8806f311
@@ -70,17 +72,24 @@ def body_stages(body):
     if isinstance(body, TimmBody): return [[f'model.{n}' for n in st] for st in _timm_stages(body.model)]
     if isinstance(body, nn.Sequential):
         kids = [n for n,_ in body.named_children()]
-        first = next((i for i,(_,c) in enumerate(body.named_children()) if isinstance(c, nn.Sequential) and i > 0), None)
+        first = next((i for i, (_, c) in enumerate(body.named_children()) if isinstance(c, nn.Sequential) and i > 0),
+                     None)
         if first is not None: return [kids[:first]] + [[k] for k in kids[first:]]
-    raise ValueError(f"Cannot split a {type(body).__name__} body into stages; use fusion='concat', 'metanet' or 'metablock'.")
+    raise ValueError(
+        f"Cannot split a {type(body).__name__} body into stages; use fusion='concat', 'metanet' or 'metablock'.")
 
 def _timm_stages(model):
     "Stages of a timm model, cut at the modules its `feature_info` names."
-    try: feats = list(model.feature_info.module_name()) if hasattr(model.feature_info, 'module_name') else [f['module'] for f in model.feature_info]
-    except Exception as e: raise ValueError(f"timm model {type(model).__name__} has no usable `feature_info` to split it into stages") from e
+    try:
+        feats = list(model.feature_info.module_name()) if hasattr(
+            model.feature_info, 'module_name') else [f['module'] for f in model.feature_info]
+    except Exception as e:
+        raise ValueError(
+            f"timm model {type(model).__name__} has no usable `feature_info` to split it into stages") from e
     stages, cur = [], []
     for name, child in model.named_children():
-        subs = [f'{name}.{n}' for n,_ in child.named_children()] if any(f.startswith(name + '.') for f in feats) else [name]
+        subs = [f'{name}.{n}' for n, _ in child.named_children()] if any(f.startswith(name + '.')
+                                                                         for f in feats) else [name]
         for n in subs:
             if len(stages) == len(feats): break
             cur.append(n)
@@ -97,23 +106,32 @@ def stage_channels(body, stages, n_in=3, size=128):
             for names in stages:
                 try:
                     for n in names: x = body.get_submodule(n)(x)
-                except Exception as e: raise ValueError(f"Could not run the body stage by stage at {names} ({e}): this arch cannot be staged.") from e
-                if x.ndim != 4: raise ValueError(f"Stage {names} gives a {x.ndim}-d output, not feature maps: this arch cannot be staged.")
+                except Exception as e:
+                    raise ValueError(
+                        f"Could not run the body stage by stage at {names} ({e}): this arch cannot be staged.") from e
+                if x.ndim != 4:
+                    raise ValueError(
+                        f"Stage {names} gives a {x.ndim}-d output, not feature maps: this arch cannot be staged.")
                 res.append(x.shape[1])
     finally: body.train(was_training)
     return res
 
 # %% ../nbs/01_model.ipynb #3da992cc
 class MetaModel(nn.Sequential):
-    "Body `m[0]`, metadata branch `m[1]`, fusion `m[2]`, head `m[3]`, then optional `wide`, `out`, `proj`, `images` and `image_drop`; called as `model(image, meta)`, or `model(*images, mask, meta)`."
+    """Body `m[0]`, metadata branch `m[1]`, fusion `m[2]`, head `m[3]`, then optional `wide`, `out`, `proj`, `images`
+    and `image_drop`; called as `model(image, meta)`, or `model(*images, mask, meta)`."""
     wide_gain = 30.
     # With `stages` set, the body is walked stage by stage and the fusion acts after each; else it runs whole.
-    # `wide`: a linear path from the encoded metadata (the branch's `encoded`) to the output, times `wide_gain`, added to the head's (under Adam
-    # the gain makes its weights move `wide_gain` times as fast as the rest: a linear model needs larger weights than a few epochs at the
+    # `wide`: a linear path from the encoded metadata (the branch's `encoded`) to the output, times `wide_gain`, added
+    # to the head's (under Adam
+    # the gain makes its weights move `wide_gain` times as fast as the rest: a linear model needs larger weights than a
+    # few epochs at the
     # network's rate give them; bench/table_network.py measured it); `out`: maps the sum to the
-    # user's units (`TargetScale`); `proj`: stage projections for self-contrastive guidance (training only); `images`: an
+    # user's units (`TargetScale`); `proj`: stage projections for self-contrastive guidance (training only); `images`:
+    # an
     # `ImagePool` that combines the fused features of a row's several images (each through the body, with the metadata).
-    def __init__(self, *parts, stages=None, wide=None, out=None, proj=None, images=None, image_drop=None):  # `*parts`: slicing (fastai's splitters) calls it too
+    # `*parts`: slicing (fastai's splitters) calls it too
+    def __init__(self, *parts, stages=None, wide=None, out=None, proj=None, images=None, image_drop=None):
         super().__init__(*parts)
         self.stages = stages
         for k,m in dict(wide=wide, out=out, proj=proj, images=images, image_drop=image_drop).items():
@@ -138,13 +156,15 @@ class MetaModel(nn.Sequential):
         return (out, proj(feats)) if proj is not None and self.training else out
 
     def _fused(self, x, u, body=None):
-        "The fusion's output for images `x` with metadata features `u`, and the stage outputs (walked only when `stages` is set)."
+        """The fusion's output for images `x` with metadata features `u`, and the stage outputs (walked only when
+        `stages` is set)."""
         x, feats = self._walk(x, u, body) if self.stages is not None else (ifnone(body, self[0])(x), None)
         if 'image_drop' in self._modules: x = self.image_drop(x)
         return self[2](x, u), feats
 
     def _features(self, *xs):
-        "The head's input, the metadata features and the stage outputs, from inputs `(image, meta)` or, with `images`, `(*images, [mask,] meta)`."
+        """The head's input, the metadata features and the stage outputs, from inputs `(image, meta)` or, with
+        `images`, `(*images, [mask,] meta)`."""
         u = self[1](xs[-1])
         if 'images' not in self._modules:
             h, feats = self._fused(xs[0], u)
@@ -154,9 +174,11 @@ class MetaModel(nn.Sequential):
         return pool(self._per_image(imgs, u, present), present, u), u, None
 
     def _per_image(self, imgs, u, present):
-        "Fused features (B, k, n) of each of a row's `k` images; a missing image (`present` False) never goes through the body."
+        """Fused features (B, k, n) of each of a row's `k` images; a missing image (`present` False) never goes through
+        the body."""
         pool, k = self.images, len(imgs)
-        keep = None if present is None or torch.jit.is_tracing() else present.T.reshape(-1)   # image-major, as `cat` stacks them
+        # image-major, as `cat` stacks them
+        keep = None if present is None or torch.jit.is_tracing() else present.T.reshape(-1)
         if pool.bodies is None:
             x, uu = torch.cat(imgs), u.repeat(k, 1)
             if keep is not None and not keep.all(): x, uu = x[keep], uu[keep]
@@ -165,7 +187,8 @@ class MetaModel(nn.Sequential):
             ms = [None if keep is None else present[:, j] for j in range(k)]
             h = torch.cat([self._fused(x if m is None else x[m], u if m is None else u[m], body)[0]
                            for x,body,m in zip(imgs, [self[0], *pool.bodies], ms) if m is None or m.any()])
-        if keep is not None and not keep.all(): h = h.new_zeros(len(keep), h.shape[1]).index_put_((keep.nonzero()[:, 0],), h)
+        if keep is not None and not keep.all():
+            h = h.new_zeros(len(keep), h.shape[1]).index_put_((keep.nonzero()[:, 0], ), h)
         return h.reshape(k, -1, h.shape[-1]).transpose(0, 1)      # (B, k, n), with B free for tracing (ONNX)
 
     def embed(self, *xs):
@@ -173,7 +196,8 @@ class MetaModel(nn.Sequential):
         return F.normalize(self[3][:-1](self._features(*xs)[0]), dim=1)
 
 class TargetScale(Module):
-    "Map standardised outputs `z` to the user's units, `z*std + mean`, through `y_range` (in the user's units) first if given."
+    """Map standardised outputs `z` to the user's units, `z*std + mean`, through `y_range` (in the user's units) first
+    if given."""
     def __init__(self, mean, std, y_range=None):
         mean, std = tensor(mean).float().flatten(), tensor(std).float().flatten()
         self.register_buffer('mean', mean); self.register_buffer('std', std)
@@ -186,23 +210,30 @@ class TargetScale(Module):
     def standardise(self, y):
         "`y`, in the user's units, standardised as the model's `z`."
         return (y - self.mean) / self.std
-    def __repr__(self): return f'{type(self).__name__}(mean={self.mean.tolist()}, std={self.std.tolist()}, ranged={self.ranged})'
+
+    def __repr__(self):
+        return f'{type(self).__name__}(mean={self.mean.tolist()}, std={self.std.tolist()}, ranged={self.ranged})'
 
 # %% ../nbs/01_model.ipynb #c0ffee02
 POOLS = ('mean', 'slots', 'max', 'attention', 'concat')
 
 class ImagePool(Module):
-    "Combine the fused features (B, k, n) of a row's `k` images into one, skipping missing ones: `how` is 'mean', 'slots', 'max', 'attention' or 'concat'."
+    """Combine the fused features (B, k, n) of a row's `k` images into one, skipping missing ones: `how` is 'mean',
+    'slots', 'max', 'attention' or 'concat'."""
     def __init__(self, n_in, k, how='mean', masked=True, bodies=None, hidden=128, n_meta=0):
         if how not in POOLS: raise ValueError(f"Unknown image pooling {how!r}: use one of {POOLS}.")
         self.k, self.how, self.masked = k, how, masked
-        self.bodies = nn.ModuleList(bodies) if bodies else None     # separate bodies for images 2..k (the first is the model's `m[0]`)
+        # separate bodies for images 2..k (the first is the model's `m[0]`)
+        self.bodies = nn.ModuleList(bodies) if bodies else None
         if how == 'slots':
             self.slot_scale = nn.Parameter(torch.zeros(k, n_in))    # each input's own channel weights, from 1...
             self.slot_film = nn.Linear(n_meta, k*n_in) if n_meta else None   # ...moved by the row's metadata features
             if self.slot_film is not None: nn.init.zeros_(self.slot_film.weight); nn.init.zeros_(self.slot_film.bias)
-        if how == 'attention': self.att_v, self.att_u, self.att_w = nn.Linear(n_in, hidden), nn.Linear(n_in, hidden), nn.Linear(hidden, 1)
-        self.n_out = k*n_in + k if how == 'concat' else n_in     # concat: each image's features (zeros if missing), then the mask
+        if how == 'attention':
+            self.att_v, self.att_u, self.att_w = nn.Linear(n_in, hidden), nn.Linear(n_in,
+                                                                                    hidden), nn.Linear(hidden, 1)
+        # concat: each image's features (zeros if missing), then the mask
+        self.n_out = k*n_in + k if how == 'concat' else n_in
 
     def forward(self, h, present=None, u=None):
         m = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if present is None else present.bool()
@@ -219,7 +250,8 @@ class ImagePool(Module):
         return scale + self.slot_film(u).view(-1, *self.slot_scale.shape)
 
     def weights(self, h, present=None):
-        "The weight of each image of each row (B, k) in the pooled features: uniform over the present ones unless `how` is 'attention'."
+        """The weight of each image of each row (B, k) in the pooled features: uniform over the present ones unless
+        `how` is 'attention'."""
         m = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if present is None else present.bool()
         if self.how != 'attention': return m.to(h.dtype) / m.sum(1, keepdim=True).clamp(min=1)
         score = self.att_w(torch.tanh(self.att_v(h)) * torch.sigmoid(self.att_u(h))).squeeze(-1)

@@ -26,19 +26,26 @@ def stack_fusion(fusions):
 
 # %% ../nbs/03a1_report.ipynb #cmp022
 class Comparison:
-    "What every `meta_compare` result shares: per-fold `scores` of its `models`, paired `lift`s over image only (positive: better), the summary, the plot and the files."
+    """What every `meta_compare` result shares: per-fold `scores` of its `models`, paired `lift`s over image only
+    (positive: better), the summary, the plot and the files."""
     def _diffs(self, m, value, metric=''):
-        "Model `m`'s paired improvements over image only, fold by fold, of `value` (a function of a score row) on `metric`."
+        """Model `m`'s paired improvements over image only, fold by fold, of `value` (a function of a score row) on
+        `metric`."""
         d = self.scores.set_index(['seed', 'fold', 'model'])
-        return [better(metric, value(d.loc[(s, k, m)]), value(d.loc[(s, k, IMAGE)])) for s in self.seeds for k in range(self.k)]
+        return [
+            better(metric, value(d.loc[(s, k, m)]), value(d.loc[(s, k, IMAGE)])) for s in self.seeds
+            for k in range(self.k)
+        ]
 
     def versus(self, a, b, metric=None):
         "Paired stats of model `a`'s improvement over model `b` on `metric` (default: the headline), fold by fold."
         t = ifnone(metric, self.headline)
-        return paired_stats(np.subtract(self._diffs(a, lambda r: r[t], t), self._diffs(b, lambda r: r[t], t)), self.test_frac)
+        return paired_stats(np.subtract(self._diffs(a, lambda r: r[t], t), self._diffs(b, lambda r: r[t], t)),
+                            self.test_frac)
 
     def _table_wins(self, table):
-        "'; `table` beats the best fusion...' when model `table` (the table alone, or a combination that needs no training) beats the best fusion on the headline metric with its whole interval above 0, else ''."
+        """'; `table` beats the best fusion...' when model `table` (the table alone, or a combination that needs no
+        training) beats the best fusion on the headline metric with its whole interval above 0, else ''."""
         nets = [f for f in self.fusions if f not in (CONTEXT, STACK)]
         if not nets: return ''
         f = max(nets, key=lambda f: self.lift[f][self.headline]['mean'])
@@ -49,54 +56,80 @@ class Comparison:
                 "the network does not use what the table holds")
 
     def _effects(self, table, both, phrase):
-        "The verdict's first clauses: whether the table carries signal on its own (`table`, or `both` with the image, over image only), and whether the best network uses it; `phrase` words a lift."
+        """The verdict's first clauses: whether the table carries signal on its own (`table`, or `both` with the image,
+        over image only), and whether the best network uses it; `phrase` words a lift."""
         h, m = self.headline, self._best_net()
         s = max((table, both), key=lambda t: self.lift[t][h]['mean'])
         ls, l = self.lift[s][h], self.lift[m][h]
         signal = 'the table carries signal on its own' if ls['low'] > 0 else 'no clear signal in the table on its own'
-        if m == CONTEXT: use = 'patient context helps' if l['low'] > 0 else 'patient context hurts' if l['high'] < 0 else 'no clear effect of patient context'
-        elif m == STACK: use = 'the stack beats image only' if l['low'] > 0 else 'the stack is worse than image only' if l['high'] < 0 else 'no clear lift of the stack over image only'
-        else: use = 'the network uses the metadata' if l['low'] > 0 else 'the metadata hurts the network' if l['high'] < 0 else 'no clear use of the metadata by the network'
+        if m == CONTEXT:
+            use = 'patient context helps' if l[
+                'low'] > 0 else 'patient context hurts' if l['high'] < 0 else 'no clear effect of patient context'
+        elif m == STACK:
+            use = 'the stack beats image only' if l['low'] > 0 else 'the stack is worse than image only' if l[
+                'high'] < 0 else 'no clear lift of the stack over image only'
+        else:
+            use = 'the network uses the metadata' if l['low'] > 0 else 'the metadata hurts the network' if l[
+                'high'] < 0 else 'no clear use of the metadata by the network'
         return (f"{signal}: {s} {phrase(ls)}; {use}: {m} {phrase(l)} "
                 f"(95 % intervals; better in {l['wins']} of {l['n']} folds)")
 
     def against(self, m):
-        "Model `m`'s paired improvement over each other model on the headline metric, fold by fold (points ×100 for classes; positive: `m` better): mean, 95 % interval, folds better."
+        """Model `m`'s paired improvement over each other model on the headline metric, fold by fold (points ×100 for
+        classes; positive: `m` better): mean, 95 % interval, folds better."""
         x = 1 if self.task == 'regression' else 100
         rows = {o: self.versus(m, o) for o in self.models if o != m}
-        return pd.DataFrame.from_dict({o: dict(mean=x*v['mean'], low=x*v['low'], high=x*v['high'], better=f"{v['wins']} of {v['n']}") for o,v in rows.items()},
-                                      orient='index')
+        return pd.DataFrame.from_dict(
+            {
+                o: dict(mean=x * v['mean'], low=x * v['low'], high=x * v['high'], better=f"{v['wins']} of {v['n']}")
+                for o, v in rows.items()
+            }, orient='index')
 
     def _against_section(self):
         "Markdown lines of the stack against each other model, when the stack was compared."
         if STACK not in self.models: return []
-        return [f"**The stack against each other model** ({self.headline.replace('_', ' ')}, paired by fold)", '', self.against(STACK).round(2).to_markdown(), '']
+        return [
+            f"**The stack against each other model** ({self.headline.replace('_', ' ')}, paired by fold)", '',
+            self.against(STACK).round(2).to_markdown(), ''
+        ]
 
     def how_to_train(self, m):
-        "The call that trains model `m` for use: the table alone and the combinations come through `stack_learner`, whose stage two weighs a table model against the network."
+        """The call that trains model `m` for use: the table alone and the combinations come through `stack_learner`,
+        whose stage two weighs a table model against the network."""
         if m == IMAGE: return "`image_learner(dls, arch)`"
-        if m == CONTEXT: return f"`context_learner(df, context_col={self.settings.get('context_col')!r})` or `fastai-meta train --context-col {self.settings.get('context_col')}`"
+        if m == CONTEXT:
+            return f"`context_learner(df, context_col={self.settings.get('context_col')!r})` or `fastai-meta train --context-col {self.settings.get('context_col')}`"
         s, fusion = self.settings, stack_fusion(self.fusions)
-        named = dict(group_col=s.get('group_col'), context_col=s.get('stack_context'), fusion=None if fusion == 'concat' else fusion)
-        call, cli = ''.join(f", {k}={v!r}" for k, v in named.items() if v), ''.join(f" --{k.replace('_', '-')} {v}" for k, v in named.items() if v)
-        if m in (STACK, GBM, POE, TABLE, AVERAGE): return f"`stack_learner(df{call})` or `fastai-meta train --stack{cli}`"
+        named = dict(group_col=s.get('group_col'), context_col=s.get('stack_context'),
+                     fusion=None if fusion == 'concat' else fusion)
+        call, cli = ''.join(f", {k}={v!r}" for k, v in named.items() if v), ''.join(f" --{k.replace('_', '-')} {v}"
+                                                                                    for k, v in named.items() if v)
+        if m in (STACK, GBM, POE, TABLE, AVERAGE):
+            return f"`stack_learner(df{call})` or `fastai-meta train --stack{cli}`"
         return f"`meta_cnn_learner(dls, arch, fusion={m!r})` or `fastai-meta train --fusion {m}`"
 
     def _best_net(self):
-        "The network (a fusion, or the patient context) with the largest mean lift on the headline metric; the verdict leads with it."
-        nets = [f for f in self.fusions if f != STACK] or list(self.fusions)             # the stack is judged by `against`, not as the network
-        return max(nets, key=lambda m: self.lift[m][self.headline]['mean'])     # `meta_compare` refuses an empty `fusions`
+        """The network (a fusion, or the patient context) with the largest mean lift on the headline metric; the
+        verdict leads with it."""
+        # the stack is judged by `against`, not as the network
+        nets = [f for f in self.fusions if f != STACK] or list(self.fusions)
+        # `meta_compare` refuses an empty `fusions`
+        return max(nets, key=lambda m: self.lift[m][self.headline]['mean'])
 
     def _lifts(self):
         "`lift[model][metric]`: paired stats of the model's improvement over image only, per fold."
-        return {m: {t: paired_stats(self._diffs(m, lambda r: r[t], t), self.test_frac) for t in self.metrics} for m in self.models if m != IMAGE}
+        return {
+            m: {t: paired_stats(self._diffs(m, lambda r: r[t], t), self.test_frac) for t in self.metrics}
+            for m in self.models if m != IMAGE
+        }
 
     def _metrics(self):
         "The metrics this comparison has values for, the headline first."
         return sorted([t for t in self.metrics if self.scores[t].notna().any()], key=lambda t: t != self.headline)
 
     def summary(self):
-        "Mean and std over folds of each model's scores, and its paired lift over image only (points ×100 for classes; positive: better), the headline first."
+        """Mean and std over folds of each model's scores, and its paired lift over image only (points ×100 for
+        classes; positive: better), the headline first."""
         metrics, rows, x = self._metrics(), [], (1 if self.task == 'regression' else 100)
         for m in self.models:
             d = self.scores[self.scores.model == m]
@@ -108,17 +141,21 @@ class Comparison:
         return pd.DataFrame(rows).set_index('model')
 
     def plot(self, metrics=None):
-        "Each model's lift over image only with its 95 % interval (positive: better), one panel per metric (default: those with values, the headline first)."
+        """Each model's lift over image only with its 95 % interval (positive: better), one panel per metric (default:
+        those with values, the headline first)."""
         metrics, x = ifnone(metrics, self._metrics()), (1 if self.task == 'regression' else 100)
         models = [m for m in self.models if m != IMAGE]
-        fig, axs = plt.subplots(1, len(metrics), figsize=(4*len(metrics), 1 + 0.6*len(models)), sharey=True, squeeze=False)
+        fig, axs = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 1 + 0.6 * len(models)), sharey=True,
+                                squeeze=False)
         for ax,t in zip(axs[0], metrics):
             l = [self.lift[m][t] for m in models]
             mean = np.array([x*v['mean'] for v in l])
             err = np.array([[x*(v['mean'] - v['low']) for v in l], [x*(v['high'] - v['mean']) for v in l]])
             ax.errorbar(mean, range(len(models)), xerr=err, fmt='o', capsize=3)
             ax.axvline(0, color='k', lw=1, ls='--')
-            ax.set_title(f"{t.replace('_', ' ')}: lift{' (points)' if x == 100 else ''}{' (headline)' if t == self.headline else ''}")
+            ax.set_title(
+                f"{t.replace('_', ' ')}: lift{' (points)' if x == 100 else ''}{' (headline)' if t == self.headline else ''}"
+            )
             ax.set_yticks(range(len(models)), models); ax.invert_yaxis()
         fig.tight_layout()
         return fig
@@ -127,41 +164,53 @@ class Comparison:
         "Write `out/compare.json` (settings, runs, lifts, subgroups, verdict), `compare.md` and `compare.png`."
         out = Path(out); out.mkdir(parents=True, exist_ok=True)
         lift = {m: {t: [v['mean'], v['low'], v['high']] for t,v in d.items()} for m,d in self.lift.items()}
-        write_json(out/'compare.json', dict(settings=self.settings, verdict=self.verdict, headline=self.headline, lift=lift, lift_stats=self.lift,
-                                            per_class=getattr(self, 'per_class', None), scores=json.loads(self.scores.to_json(orient='records')),
-                                            subgroups=json.loads(self.subgroups.to_json(orient='records')), runs=self.runs))
+        write_json(
+            out / 'compare.json',
+            dict(settings=self.settings, verdict=self.verdict, headline=self.headline, lift=lift,
+                 lift_stats=self.lift, per_class=getattr(self, 'per_class', None),
+                 scores=json.loads(self.scores.to_json(orient='records')),
+                 subgroups=json.loads(self.subgroups.to_json(orient='records')), runs=self.runs))
         (out/'compare.md').write_text(self.to_markdown())
         fig = self.plot(); fig.savefig(out/'compare.png', dpi=100, bbox_inches='tight'); plt.close(fig)
 
     def _how(self):
         "The comparison's setting, in one line."
         s, n = self.settings, len(self.y)
-        return ((f"{n} rows, {s['n_folds']} folds grouped by `{s['group_col']}`" if s['group_col'] else f"{n} rows, {s['n_folds']} folds of rows (no group column)") +
-                f" × {len(s['seeds'])} seed(s); {s['arch']}{' pretrained' if s['pretrained'] else ' from scratch'} at {s['size']} px, {s['epochs']} epochs, batch {s['bs']}" +
-                ''.join(f", {k}={v}" for k,v in s.get('learner', {}).items()) + ('; predictions with test-time augmentation' if s.get('tta') else '') + '.')
+        return (
+            (f"{n} rows, {s['n_folds']} folds grouped by `{s['group_col']}`"
+             if s['group_col'] else f"{n} rows, {s['n_folds']} folds of rows (no group column)") +
+            f" × {len(s['seeds'])} seed(s); {s['arch']}{' pretrained' if s['pretrained'] else ' from scratch'} at {s['size']} px, {s['epochs']} epochs, batch {s['bs']}"
+            + ''.join(f", {k}={v}" for k, v in s.get('learner', {}).items()) +
+            ('; predictions with test-time augmentation' if s.get('tta') else '') + '.')
 
     def _note(self):
         "How to read the lifts and their intervals."
         unit = 'in points (×100)' if self.task != 'regression' else "in the target's units (errors: image only's minus the model's)"
-        return (f"Lift: how much better the model scores than image only on the same fold, {unit}: mean [95 % interval], folds better / folds. "
-                f"Interval: Student's t over the paired differences, with Nadeau and Bengio's correction for overlapping training sets "
-                f"(variance × (1/n + {self.test_frac:.2f}/{1 - self.test_frac:.2f})).")
+        return (
+            f"Lift: how much better the model scores than image only on the same fold, {unit}: mean [95 % interval], folds better / folds. "
+            f"Interval: Student's t over the paired differences, with Nadeau and Bengio's correction for overlapping training sets "
+            f"(variance × (1/n + {self.test_frac:.2f}/{1 - self.test_frac:.2f})).")
 
     def __repr__(self): return f"{type(self).__name__}: {self.verdict}"
 
 class CompareResult(Comparison):
-    "The runs of `meta_compare` and what they say: `scores` per fold, paired `lift`s with intervals, `per_class` recall changes, `subgroups`, a `verdict` on the `headline` metric."
+    """The runs of `meta_compare` and what they say: `scores` per fold, paired `lift`s with intervals, `per_class`
+    recall changes, `subgroups`, a `verdict` on the `headline` metric."""
     def __init__(self, df, settings, runs, folds, bins=4, metric=None):
         store_attr('settings,runs,folds')
-        self.y, self.seeds, self.k = df[settings['label_col']].astype(str).to_numpy(), settings['seeds'], settings['n_folds']
+        self.y, self.seeds, self.k = df[settings['label_col']].astype(
+            str).to_numpy(), settings['seeds'], settings['n_folds']
         self.fusions = settings['fusions']
         cols = next(r['columns'] for r in runs.values() if 'columns' in r)
         self.vocab = next(iter(runs.values()))['vocab']
         self.headline, self.why = headline_metric(self.y, self.vocab, metric)
-        self.positive = min(self.vocab, key=lambda v: (self.y == v).mean()) if len(self.vocab) == 2 else None   # the rarer class
-        self.probs = {}                                            # (seed, model) -> out-of-fold probabilities of every row
+        # the rarer class
+        self.positive = min(self.vocab, key=lambda v: (self.y == v).mean()) if len(self.vocab) == 2 else None
+        # (seed, model) -> out-of-fold probabilities of every row
+        self.probs = {}
         for s in self.seeds:
-            for m in (IMAGE, *self.fusions): self.probs[s, m] = out_of_fold({k: runs[f'{s}/{k}/{m}'] for k in range(self.k)}, folds[s])
+            for m in (IMAGE, *self.fusions):
+                self.probs[s, m] = out_of_fold({k: runs[f'{s}/{k}/{m}'] for k in range(self.k)}, folds[s])
             p = self.probs[s, IMAGE]
             p_meta, poe = np.full_like(p, np.nan), np.full_like(p, np.nan)
             for k in range(self.k):                                 # fitted on the training folds, like the networks
@@ -173,17 +222,21 @@ class CompareResult(Comparison):
         self.models, self.metrics, self.task = [IMAGE, *self.fusions, GBM, POE], METRICS, 'classification'
         self.thresholds = self._thresholds()
         self.test_frac = float(np.mean([(folds[s] == k).mean() for s in self.seeds for k in range(self.k)]))
-        self.scores = pd.DataFrame([dict(seed=s, fold=k, model=m, threshold=self.thresholds.get((s, m, k)),
-                                         **class_scores(self.y[folds[s] == k], self.probs[s, m][folds[s] == k], self.vocab,
-                                                        self.thresholds.get((s, m, k)), self.positive))
-                                    for s in self.seeds for k in range(self.k) for m in self.models])
+        self.scores = pd.DataFrame([
+            dict(
+                seed=s, fold=k, model=m, threshold=self.thresholds.get((s, m, k)),
+                **class_scores(self.y[folds[s] == k], self.probs[s, m][folds[s] == k], self.vocab,
+                               self.thresholds.get((s, m, k)), self.positive)) for s in self.seeds
+            for k in range(self.k) for m in self.models
+        ])
         self.cat_names, self.cont_names = cols
         self.lift, self.per_class = self._lifts(), self._recall_changes()
         self.subgroups = self._subgroups(df, bins)
         self.verdict = self._verdict()
 
     def _thresholds(self):
-        "For two classes, each model's threshold for each fold: the one that maximises balanced accuracy on the out-of-fold predictions of the *other* folds (never the fold it is scored on)."
+        """For two classes, each model's threshold for each fold: the one that maximises balanced accuracy on the
+        out-of-fold predictions of the *other* folds (never the fold it is scored on)."""
         if self.positive is None: return {}
         pos, res = self.vocab.index(self.positive), {}
         for s in self.seeds:
@@ -194,7 +247,8 @@ class CompareResult(Comparison):
         return res
 
     def decided(self, s, m):
-        "Every row's class under model `m` (seed `s`), at its fold's threshold (two classes) or the most probable class; computed once."
+        """Every row's class under model `m` (seed `s`), at its fold's threshold (two classes) or the most probable
+        class; computed once."""
         cache = self.__dict__.setdefault('_decided', {})
         if (s, m) not in cache: cache[s, m] = self._decide(s, m)
         return cache[s, m]
@@ -207,10 +261,16 @@ class CompareResult(Comparison):
 
     def _recall_changes(self):
         "`per_class[model][class]`: paired stats of the change in each class's recall."
-        return {m: {v: paired_stats(self._diffs(m, lambda r: r['recall'][v], 'recall'), self.test_frac) for v in self.vocab} for m in self.models if m != IMAGE}
+        return {
+            m: {
+                v: paired_stats(self._diffs(m, lambda r: r['recall'][v], 'recall'), self.test_frac)
+                for v in self.vocab
+            } for m in self.models if m != IMAGE
+        }
 
     def _group_score(self, i, s, m):
-        "The headline metric of model `m` (seed `s`) on the rows `i`: thresholded scores at each row's own fold threshold."
+        """The headline metric of model `m` (seed `s`) on the rows `i`: thresholded scores at each row's own fold
+        threshold."""
         y = self.y[i]
         if self.headline in THRESHOLDED:
             f = balanced_accuracy_score if self.headline == 'balanced_accuracy' else accuracy_score
@@ -218,7 +278,8 @@ class CompareResult(Comparison):
         return class_scores(y, self.probs[s, m][i], self.vocab, positive=self.positive)[self.headline]
 
     def _subgroups(self, df, bins):
-        "The headline metric of image only and of each other model per group of each metadata column (out-of-fold predictions, mean over seeds)."
+        """The headline metric of image only and of each other model per group of each metadata column (out-of-fold
+        predictions, mean over seeds)."""
         score = lambda i: {m: float(np.nanmean([self._group_score(i, s, m) for s in self.seeds])) for m in self.models}
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')                        # a group of one class has no AUC: NaN
@@ -229,24 +290,32 @@ class CompareResult(Comparison):
         return int((self.scores[self.scores.model == m].classes_predicted < 2).sum())
 
     def _verdict(self):
-        "One line: whether the metadata carries signal and whether the best network (fusion or context) uses it, on the headline metric; the best model of all, whether the table alone or the product of experts beats the network, who predicts one class, the class whose recall drops most."
+        """One line: whether the metadata carries signal and whether the best network (fusion or context) uses it, on
+        the headline metric; the best model of all, whether the table alone or the product of experts beats the
+        network, who predicts one class, the class whose recall drops most."""
         h, name = self.headline, self.headline.replace('_', ' ')
         mean = self.scores.groupby('model')[h].mean()
         m = self._best_net()
-        line = self._effects(GBM, POE, lambda l: f"{100*l['mean']:+.1f} [{100*l['low']:+.1f}, {100*l['high']:+.1f}] {name} points over image only")
+        line = self._effects(
+            GBM, POE, lambda l:
+            f"{100*l['mean']:+.1f} [{100*l['low']:+.1f}, {100*l['high']:+.1f}] {name} points over image only")
         best = mean[self.models].idxmax()
         line += f"; best {name}: {best} ({mean[best]:.3f}; train it with {self.how_to_train(best)})"
         line += self._table_wins(GBM) or self._table_wins(POE)
-        single = [f'{x} ({self.one_class(x)} of {len(self.seeds)*self.k} folds)' for x in self.models if self.one_class(x)]
+        single = [
+            f'{x} ({self.one_class(x)} of {len(self.seeds)*self.k} folds)' for x in self.models if self.one_class(x)
+        ]
         if single: line += f"; one class predicted for every row by {', '.join(single)}"
         drops = {v: r['mean'] for v,r in self.per_class[m].items() if np.isfinite(r['mean'])}
         worst = min(drops, key=drops.get) if drops else None
-        if worst is not None and drops[worst] < -0.01: line += f"; recall of `{worst}` drops by {-100*drops[worst]:.1f} points"
+        if worst is not None and drops[worst] < -0.01:
+            line += f"; recall of `{worst}` drops by {-100*drops[worst]:.1f} points"
         elif drops: line += "; no class loses more than 1 point of recall"
         return line + f". (Headline: {name}, {self.why}.)"
 
     def recall_table(self):
-        "Each class's recall under image only, and its change (points) under every other model (at each model's threshold, for two classes)."
+        """Each class's recall under image only, and its change (points) under every other model (at each model's
+        threshold, for two classes)."""
         base = self.scores[self.scores.model == IMAGE].recall.apply(pd.Series).mean()
         t = pd.DataFrame({'recall, image only': base.round(3)})
         for m in self.models[1:]: t[f'change, {m}'] = [f"{100*self.per_class[m][v]['mean']:+.1f}" for v in t.index]
@@ -254,28 +323,42 @@ class CompareResult(Comparison):
 
     def to_markdown(self):
         "The verdict and the tables, in Markdown."
-        rule = (f" Two classes: accuracy, balanced accuracy and recall are taken at each model's own threshold for `{self.positive}`, the one that maximises "
-                "balanced accuracy on the out-of-fold predictions of the other folds." if self.positive is not None else '')
+        rule = (
+            f" Two classes: accuracy, balanced accuracy and recall are taken at each model's own threshold for `{self.positive}`, the one that maximises "
+            "balanced accuracy on the out-of-fold predictions of the other folds."
+            if self.positive is not None else '')
         how, note = self._how(), self._note() + rule
         sub = self.subgroups.copy()
         for m in self.models[1:]: sub[m] = sub[m] - sub[IMAGE]
         h = self.headline.replace('_', ' ')
-        sub = sub.rename(columns={m: f'change, {m}' for m in self.models[1:]}).rename(columns={IMAGE: f'{h}, image only'})
-        return '\n'.join([f"**{self.verdict}**", '', how, '', self.summary().to_markdown(), '', note, '', *self._against_section(), '**Recall per class**', '',
-                          self.recall_table().to_markdown(), '', f'**Per subgroup** ({h} of the out-of-fold predictions; change in points ×100 below)', '',
-                          sub.assign(**{c: (100*sub[c]).round(1) for c in sub.columns if c.startswith('change')}).round(3).to_markdown(index=False), ''])
+        sub = sub.rename(columns={m: f'change, {m}'
+                                  for m in self.models[1:]}).rename(columns={IMAGE: f'{h}, image only'})
+        return '\n'.join([
+            f"**{self.verdict}**", '', how, '',
+            self.summary().to_markdown(), '', note, '', *self._against_section(), '**Recall per class**', '',
+            self.recall_table().to_markdown(), '',
+            f'**Per subgroup** ({h} of the out-of-fold predictions; change in points ×100 below)', '',
+            sub.assign(**{c: (100 * sub[c]).round(1) for c in sub.columns
+                          if c.startswith('change')}).round(3).to_markdown(index=False), ''
+        ])
 
 class RegressionResult(Comparison):
-    "The runs of `meta_compare` on a regression and what they say: `scores` (MAE, RMSE, MAPE, R²) per fold, paired `lift`s over image only (positive: better), `subgroups`, a `verdict` on the `headline` metric (MAE unless named)."
+    """The runs of `meta_compare` on a regression and what they say: `scores` (MAE, RMSE, MAPE, R²) per fold, paired
+    `lift`s over image only (positive: better), `subgroups`, a `verdict` on the `headline` metric (MAE unless
+    named)."""
     def __init__(self, df, settings, runs, folds, bins=4, metric=None):
         store_attr('settings,runs,folds')
         label = settings['label_col']
-        self.y, self.seeds, self.k, self.fusions = df[label].astype(float).to_numpy(), settings['seeds'], settings['n_folds'], settings['fusions']
-        self.headline, self.why = ifnone(metric, 'mae'), 'named for this comparison' if metric else 'the typical error, in the target\'s own units'
+        self.y, self.seeds, self.k, self.fusions = df[label].astype(
+            float).to_numpy(), settings['seeds'], settings['n_folds'], settings['fusions']
+        self.headline, self.why = ifnone(
+            metric, 'mae'), 'named for this comparison' if metric else 'the typical error, in the target\'s own units'
         self.cat_names, self.cont_names = next(r['columns'] for r in runs.values() if 'columns' in r)
-        self.pred = {}                                             # (seed, model) -> out-of-fold predictions of every row
+        # (seed, model) -> out-of-fold predictions of every row
+        self.pred = {}
         for s in self.seeds:
-            for m in (IMAGE, *self.fusions): self.pred[s, m] = out_of_fold({k: runs[f'{s}/{k}/{m}'] for k in range(self.k)}, folds[s])
+            for m in (IMAGE, *self.fusions):
+                self.pred[s, m] = out_of_fold({k: runs[f'{s}/{k}/{m}'] for k in range(self.k)}, folds[s])
             p = self.pred[s, IMAGE]
             table = np.full_like(p, np.nan)
             for k in range(self.k):                                 # fitted on the training folds, like the networks
@@ -284,20 +367,29 @@ class RegressionResult(Comparison):
             self.pred[s, TABLE], self.pred[s, AVERAGE] = table, (self.pred[s, IMAGE] + table) / 2
         self.models, self.metrics, self.task = [IMAGE, *self.fusions, TABLE, AVERAGE], REGRESSION_METRICS, 'regression'
         self.test_frac = float(np.mean([(folds[s] == k).mean() for s in self.seeds for k in range(self.k)]))
-        self.scores = pd.DataFrame([dict(seed=s, fold=k, model=m, **regression_scores(self.y[folds[s] == k], self.pred[s, m][folds[s] == k]))
-                                    for s in self.seeds for k in range(self.k) for m in self.models])
+        self.scores = pd.DataFrame([
+            dict(seed=s, fold=k, model=m, **regression_scores(self.y[folds[s] == k], self.pred[s, m][folds[s] == k]))
+            for s in self.seeds for k in range(self.k) for m in self.models
+        ])
         self.lift = self._lifts()
-        score = lambda i: {m: float(np.mean([regression_scores(self.y[i], self.pred[s, m][i])[self.headline] for s in self.seeds])) for m in self.models}
+        score = lambda i: {
+            m: float(np.mean([regression_scores(self.y[i], self.pred[s, m][i])[self.headline] for s in self.seeds]))
+            for m in self.models
+        }
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')                        # R² of a group of one row: NaN
-            self.subgroups = subgroup_report(df, self.cat_names + self.cont_names, score, self.cont_names, bins, overall=False)
+            self.subgroups = subgroup_report(df, self.cat_names + self.cont_names, score, self.cont_names, bins,
+                                             overall=False)
         self.verdict = self._verdict()
 
     def _verdict(self):
-        "One line: whether the metadata carries signal and whether the best network uses it, on the headline metric; the best model of all; whether the table beats the network."
+        """One line: whether the metadata carries signal and whether the best network uses it, on the headline metric;
+        the best model of all; whether the table beats the network."""
         h = self.headline
         mean = self.scores.groupby('model')[h].mean()
-        line = self._effects(TABLE, AVERAGE, lambda l: f"{l['mean']:+.3g} [{l['low']:+.3g}, {l['high']:+.3g}] better {h} than image only")
+        line = self._effects(
+            TABLE, AVERAGE,
+            lambda l: f"{l['mean']:+.3g} [{l['low']:+.3g}, {l['high']:+.3g}] better {h} than image only")
         best = (mean[self.models].idxmin() if h in LOWER_IS_BETTER else mean[self.models].idxmax())
         line += f"; best {h}: {best} ({mean[best]:.3g}; train it with {self.how_to_train(best)})"
         line += self._table_wins(TABLE) or self._table_wins(AVERAGE)
@@ -307,7 +399,13 @@ class RegressionResult(Comparison):
         "The verdict and the tables, in Markdown."
         sub = self.subgroups.copy()
         for m in self.models[1:]: sub[m] = [better(self.headline, a, b) for a,b in zip(sub[m], sub[IMAGE])]
-        sub = sub.rename(columns={m: f'better by, {m}' for m in self.models[1:]}).rename(columns={IMAGE: f'{self.headline}, image only'})
-        return '\n'.join([f"**{self.verdict}**", '', self._how(), '', self.summary().to_markdown(), '', self._note(), '', *self._against_section(),
-                          f'**Per subgroup** ({self.headline} of the out-of-fold predictions; how much better than image only)', '',
-                          sub.round(3).to_markdown(index=False), ''])
+        sub = sub.rename(columns={m: f'better by, {m}'
+                                  for m in self.models[1:]}).rename(columns={IMAGE: f'{self.headline}, image only'})
+        return '\n'.join([
+            f"**{self.verdict}**", '',
+            self._how(), '',
+            self.summary().to_markdown(), '',
+            self._note(), '', *self._against_section(),
+            f'**Per subgroup** ({self.headline} of the out-of-fold predictions; how much better than image only)', '',
+            sub.round(3).to_markdown(index=False), ''
+        ])

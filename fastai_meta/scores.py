@@ -13,8 +13,9 @@ __all__ = ['METRICS', 'THRESHOLDED', 'REGRESSION_METRICS', 'LOWER_IS_BETTER', 'b
 from fastai.vision.all import *
 from scipy import stats
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, roc_auc_score, roc_curve, recall_score,
-                             mean_absolute_error, mean_absolute_percentage_error, mean_squared_error, r2_score)
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, roc_auc_score,
+                             roc_curve, recall_score, mean_absolute_error, mean_absolute_percentage_error,
+                             mean_squared_error, r2_score)
 from .columns import is_missing
 
 # %% ../nbs/02c_scores.ipynb #27c668db
@@ -24,12 +25,14 @@ REGRESSION_METRICS = ('mae', 'rmse', 'mape', 'r2')
 LOWER_IS_BETTER = ('mae', 'rmse', 'mape')
 
 def better(metric, model, base):
-    "How much better `model`'s score is than `base`'s on `metric` (positive: better; for an error, the base's minus the model's)."
+    """How much better `model`'s score is than `base`'s on `metric` (positive: better; for an error, the base's minus
+    the model's)."""
     return base - model if metric in LOWER_IS_BETTER else model - base
 
 # %% ../nbs/02c_scores.ipynb #cmp010
 def paired_stats(diffs, test_frac=None, level=0.95):
-    "Mean, `level` interval and wins of paired differences (one per fold and seed): Student's t, widened by Nadeau and Bengio's correction `1/n + test_frac/(1 - test_frac)` when `test_frac` (the held-out share) is given."
+    """Mean, `level` interval and wins of paired differences (one per fold and seed): Student's t, widened by Nadeau
+    and Bengio's correction `1/n + test_frac/(1 - test_frac)` when `test_frac` (the held-out share) is given."""
     d = np.asarray([x for x in diffs if np.isfinite(x)], dtype=float)
     n = len(d)
     if n == 0: return dict(mean=float('nan'), low=float('nan'), high=float('nan'), wins=0, n=0)
@@ -41,11 +44,15 @@ def paired_stats(diffs, test_frac=None, level=0.95):
 
 # %% ../nbs/02c_scores.ipynb #cmp015
 def class_scores(y, probs, vocab, threshold=None, positive=None):
-    "Accuracy, balanced accuracy, ROC AUC (macro one-vs-rest for several classes), average precision (two classes) and each class's recall of class probabilities `probs` for labels `y`; two classes are decided at `threshold` on `positive`'s probability (default: argmax)."
+    """Accuracy, balanced accuracy, ROC AUC (macro one-vs-rest for several classes), average precision (two classes)
+    and each class's recall of class probabilities `probs` for labels `y`; two classes are decided at `threshold` on
+    `positive`'s probability (default: argmax)."""
     y, probs, vocab = np.asarray(y, dtype=object), np.asarray(probs, dtype=float), list(vocab)
-    probs = probs / probs.sum(1, keepdims=True)            # saved probabilities are rounded: scikit-learn's AUC wants rows summing to 1
+    # saved probabilities are rounded: scikit-learn's AUC wants rows summing to 1
+    probs = probs / probs.sum(1, keepdims=True)
     pos = vocab.index(ifnone(positive, vocab[-1]))
-    if threshold is not None and len(vocab) == 2: pred = np.where(probs[:, pos] >= threshold, vocab[pos], vocab[1 - pos]).astype(object)
+    if threshold is not None and len(vocab) == 2:
+        pred = np.where(probs[:, pos] >= threshold, vocab[pos], vocab[1 - pos]).astype(object)
     else: pred = np.array(vocab, dtype=object)[probs.argmax(1)]
     res = dict(accuracy=float(accuracy_score(y, pred)), balanced_accuracy=float(balanced_accuracy_score(y, pred)))
     two = len(vocab) == 2 and len(set(y)) == 2
@@ -62,55 +69,69 @@ def class_scores(y, probs, vocab, threshold=None, positive=None):
     return res
 
 def balanced_threshold(y, p):
-    "The threshold on probabilities `p` that maximises balanced accuracy for the 0/1 labels `y` (the ROC curve's point of largest Youden's J); 0.5 if `y` holds one class."
+    """The threshold on probabilities `p` that maximises balanced accuracy for the 0/1 labels `y` (the ROC curve's
+    point of largest Youden's J); 0.5 if `y` holds one class."""
     if len(set(np.asarray(y).tolist())) < 2: return 0.5
     fpr, tpr, thr = roc_curve(y, p)
     return float(min(thr[int(np.argmax(tpr - fpr))], 1.))
 
 def headline_metric(y, vocab, metric=None):
-    "The score a comparison leads with, and why: `metric` if named; ROC AUC for two classes of which one is under 20 % of the rows; else balanced accuracy."
+    """The score a comparison leads with, and why: `metric` if named; ROC AUC for two classes of which one is under 20
+    % of the rows; else balanced accuracy."""
     if metric is not None:
         if metric not in METRICS: raise ValueError(f"`metric` is one of {list(METRICS)}, not {metric!r}.")
         return metric, 'named for this comparison'
     if len(vocab) == 2:
         share = min(float((np.asarray(y) == v).mean()) for v in vocab)
-        if share < 0.2: return 'roc_auc', (f'two classes, the rarer on {100*share:.1f} % of the rows: a threshold-free score, since balanced '
-                                            'accuracy at a threshold measures the threshold as much as the model')
-    return 'balanced_accuracy', 'classes of similar size' if len(vocab) == 2 else f'{len(vocab)} classes, each counted alike'
+        if share < 0.2:
+            return 'roc_auc', (
+                f'two classes, the rarer on {100*share:.1f} % of the rows: a threshold-free score, since balanced '
+                'accuracy at a threshold measures the threshold as much as the model')
+    return 'balanced_accuracy', 'classes of similar size' if len(
+        vocab) == 2 else f'{len(vocab)} classes, each counted alike'
 
 def meta_table(df, cat_names, cont_names, train):
-    "The metadata as numbers for gradient boosting: continuous as floats, categories as codes of the training rows' values (others missing)."
+    """The metadata as numbers for gradient boosting: continuous as floats, categories as codes of the training rows'
+    values (others missing)."""
     X = pd.DataFrame(index=df.index)
     for c in cont_names: X[c] = pd.to_numeric(df[c], errors='coerce').astype(float)
     for c in cat_names:
-        vals = df[c].astype(object).where(~pd.Series(is_missing(df[c].to_numpy(dtype=object)), index=df.index)).astype(str)
-        keep = list(vals[train & df[c].notna()].value_counts().index[:250])      # at most 250 categories (the most frequent)
+        vals = df[c].astype(object).where(~pd.Series(is_missing(df[c].to_numpy(
+            dtype=object)), index=df.index)).astype(str)
+        # at most 250 categories (the most frequent)
+        keep = list(vals[train & df[c].notna()].value_counts().index[:250])
         X[c] = vals.map({v:i for i,v in enumerate(keep)}).astype(float)
     return X
 
 def metadata_only_probs(df, label_col, cat_names, cont_names, train, vocab, seed=0):
-    "Class probabilities (columns in `vocab` order) of scikit-learn's gradient boosting on the metadata alone, fitted on the `train` rows, for every row."
+    """Class probabilities (columns in `vocab` order) of scikit-learn's gradient boosting on the metadata alone, fitted
+    on the `train` rows, for every row."""
     X = meta_table(df, cat_names, cont_names, train)
-    m = HistGradientBoostingClassifier(categorical_features=[X.columns.get_loc(c) for c in cat_names] or None, max_iter=100,
-                                       learning_rate=0.05, random_state=seed).fit(X[train], df[label_col][train].astype(str))
+    m = HistGradientBoostingClassifier(categorical_features=[X.columns.get_loc(c) for c in cat_names] or None,
+                                       max_iter=100, learning_rate=0.05,
+                                       random_state=seed).fit(X[train], df[label_col][train].astype(str))
     p, out = m.predict_proba(X), np.zeros((len(df), len(vocab)))
     for j,c in enumerate(m.classes_): out[:, list(map(str, vocab)).index(c)] = p[:, j]
     return out
 
 def product_of_experts(p_image, p_meta, prior):
-    "p(y | image, metadata) ∝ p(y | image) p(y | metadata) / p(y): the two models combined with no training (exact if independent given y and calibrated)."
+    """p(y | image, metadata) ∝ p(y | image) p(y | metadata) / p(y): the two models combined with no training (exact if
+    independent given y and calibrated)."""
     p = np.asarray(p_image) * np.asarray(p_meta) / np.asarray(prior)[None]
     return p / p.sum(1, keepdims=True)
 
 def metadata_only_values(df, label_col, cat_names, cont_names, train, seed=0):
-    "Predicted values of scikit-learn's gradient boosting regressor on the metadata alone, fitted on the `train` rows, for every row."
+    """Predicted values of scikit-learn's gradient boosting regressor on the metadata alone, fitted on the `train`
+    rows, for every row."""
     X = meta_table(df, cat_names, cont_names, train)
-    m = HistGradientBoostingRegressor(categorical_features=[X.columns.get_loc(c) for c in cat_names] or None, max_iter=100,
-                                      learning_rate=0.05, random_state=seed).fit(X[train], df[label_col][train].astype(float))
+    m = HistGradientBoostingRegressor(categorical_features=[X.columns.get_loc(c) for c in cat_names] or None,
+                                      max_iter=100, learning_rate=0.05,
+                                      random_state=seed).fit(X[train], df[label_col][train].astype(float))
     return m.predict(X)[:, None]
 
 def regression_scores(y, pred):
-    "Mean absolute error, root mean squared error, mean absolute percentage error (a share: 0.1 is 10 %; over the rows whose value is not 0, where a percentage has no meaning) and R² of predictions `pred` for values `y`."
+    """Mean absolute error, root mean squared error, mean absolute percentage error (a share: 0.1 is 10 %; over the
+    rows whose value is not 0, where a percentage has no meaning) and R² of predictions `pred` for values `y`."""
     y, pred = np.asarray(y, dtype=float).ravel(), np.asarray(pred, dtype=float).ravel()
     nz = y != 0
     return dict(mae=float(mean_absolute_error(y, pred)), rmse=float(np.sqrt(mean_squared_error(y, pred))),

@@ -15,7 +15,8 @@ from .images import TensorPresent
 
 # %% ../nbs/00c_show.ipynb #af09c77a
 @dispatch
-def show_batch(x:tuple[TensorImage, TensorMeta], y, samples, ctxs=None, max_n=10, nrows=None, ncols=None, figsize=None, **kwargs):
+def show_batch(x: tuple[TensorImage, TensorMeta], y, samples, ctxs=None, max_n=10, nrows=None, ncols=None,
+               figsize=None, **kwargs):
     "Show `samples` of `(image, metadata)` inputs: each image with its decoded metadata written on it, and its target."
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
     ctxs = show_batch.invoke(object, object, object)(x, y, samples, ctxs=ctxs, max_n=max_n, **kwargs)
@@ -24,9 +25,13 @@ def show_batch(x:tuple[TensorImage, TensorMeta], y, samples, ctxs=None, max_n=10
 
 # %% ../nbs/00c_show.ipynb #77a59cb0
 def show_point(p, ctx, pred=False):
-    "Draw keypoint target `p` (a red dot ringed in white) or prediction (`pred`: a lime cross edged in black) on `ctx`, large enough to see on any image; anything else is left alone."
+    """Draw keypoint target `p` (a red dot ringed in white) or prediction (`pred`: a lime cross edged in black) on
+    `ctx`, large enough to see on any image; anything else is left alone."""
     if not isinstance(p, TensorPoint): return ctx
-    return p.show(ctx=ctx, **(dict(marker='X', c='lime', s=140, edgecolors='black', linewidths=1, zorder=6) if pred else dict(marker='o', c='red', s=90, edgecolors='white', linewidths=1.5, zorder=5)))
+    return p.show(
+        ctx=ctx,
+        **(dict(marker='X', c='lime', s=140, edgecolors='black', linewidths=1, zorder=6) if pred else dict(
+            marker='o', c='red', s=90, edgecolors='white', linewidths=1.5, zorder=5)))
 
 def show_prediction(out, targ, ctx, **kwargs):
     "Draw a decoded prediction `out` on `ctx`, marked against the target `targ`."
@@ -36,8 +41,10 @@ def show_prediction(out, targ, ctx, **kwargs):
     return out.show(ctx=ctx, **({} if right is None else dict(color='green' if right else 'red')), **kwargs)
 
 @dispatch
-def show_results(x:tuple[TensorImage, TensorMeta], y, samples, outs, ctxs=None, max_n=10, nrows=None, ncols=None, figsize=None, **kwargs):
-    "Show `samples` with their metadata, each target with the model's prediction (green when right, red when wrong; points as a lime x)."
+def show_results(x: tuple[TensorImage, TensorMeta], y, samples, outs, ctxs=None, max_n=10, nrows=None, ncols=None,
+                 figsize=None, **kwargs):
+    """Show `samples` with their metadata, each target with the model's prediction (green when right, red when wrong;
+    points as a lime x)."""
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
     for i in range(len(samples[0])):
         ctxs = [b.show(ctx=c, **kwargs) for b,c,_ in zip(samples.itemgot(i), ctxs, range(max_n))]
@@ -45,12 +52,15 @@ def show_results(x:tuple[TensorImage, TensorMeta], y, samples, outs, ctxs=None, 
 
 # %% ../nbs/00c_show.ipynb #a9efc874
 def no_heatmap(kwargs):
-    "Refuse `heatmap=` where the drawing cannot reach the model: fastai's `ClassificationInterpretation` (use `MetaInterpretation`)."
-    if kwargs.pop('heatmap', False): raise TypeError("heatmap=True needs the model, which fastai's ClassificationInterpretation does not pass on: "
-                                                     "use MetaInterpretation.from_learner(learn).plot_top_losses(k, heatmap=True).")
+    """Refuse `heatmap=` where the drawing cannot reach the model: fastai's `ClassificationInterpretation` (use
+    `MetaInterpretation`)."""
+    if kwargs.pop('heatmap', False):
+        raise TypeError("heatmap=True needs the model, which fastai's ClassificationInterpretation does not pass on: "
+                        "use MetaInterpretation.from_learner(learn).plot_top_losses(k, heatmap=True).")
 
 @dispatch
-def plot_top_losses(x:tuple[TensorImage, TensorMeta], y, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
+def plot_top_losses(x: tuple[TensorImage, TensorMeta], y, samples, outs, raws, losses, nrows=None, ncols=None,
+                    figsize=None, **kwargs):
     "Plot the top-loss `samples` with their metadata, titled prediction / actual / loss / probability."
     no_heatmap(kwargs)
     axs = get_grid(len(samples), nrows=nrows, ncols=ncols, figsize=figsize, title='Prediction/Actual/Loss/Probability')
@@ -61,8 +71,10 @@ def plot_top_losses(x:tuple[TensorImage, TensorMeta], y, samples, outs, raws, lo
 
 # %% ../nbs/00c_show.ipynb #a1000010
 def _several(k_max=8):
-    "Input types of several images (or one with its mask), then the metadata: what the functions below are dispatched on."
-    return Union[tuple(tuple[(*[TensorImage]*k, *[TensorPresent]*m, TensorMeta)] for k in range(1, k_max + 1) for m in (1, 0) if k > 1 or m)]
+    """Input types of several images (or one with its mask), then the metadata: what the functions below are dispatched
+    on."""
+    return Union[tuple(tuple[(*[TensorImage] * k, *[TensorPresent] * m, TensorMeta)] for k in range(1, k_max + 1)
+                       for m in (1, 0) if k > 1 or m)]
 SEVERAL_IMAGES = _several()   # the type of `x` that the functions below are dispatched on
 
 def _layout(x):
@@ -85,7 +97,8 @@ def _show_images(sample, k, masked, axs, **kwargs):
 
 @dispatch
 def show_batch(x:SEVERAL_IMAGES, y, samples, ctxs=None, max_n=6, nrows=None, ncols=None, figsize=None, **kwargs):
-    "Show `samples` of several images per row: one row of the grid per sample, its images side by side, its metadata and target on the first."
+    """Show `samples` of several images per row: one row of the grid per sample, its images side by side, its metadata
+    and target on the first."""
     (k, masked), n = _layout(x), min(len(samples), max_n)
     axs = _image_grid(n, k, figsize)
     for s,row in zip(samples[:n], axs):
@@ -94,8 +107,10 @@ def show_batch(x:SEVERAL_IMAGES, y, samples, ctxs=None, max_n=6, nrows=None, nco
     return axs
 
 @dispatch
-def show_results(x:SEVERAL_IMAGES, y, samples, outs, ctxs=None, max_n=6, nrows=None, ncols=None, figsize=None, **kwargs):
-    "Show `samples` of several images per row with their metadata, each target with the model's prediction (green when right, red when wrong)."
+def show_results(x: SEVERAL_IMAGES, y, samples, outs, ctxs=None, max_n=6, nrows=None, ncols=None, figsize=None,
+                 **kwargs):
+    """Show `samples` of several images per row with their metadata, each target with the model's prediction (green
+    when right, red when wrong)."""
     (k, masked), n = _layout(x), min(len(samples), max_n)
     axs = _image_grid(n, k, figsize)
     for s,o,row in zip(samples[:n], outs, axs):

@@ -14,26 +14,34 @@ from pathlib import Path
 # %% ../nbs/00_sources.ipynb #8324fc00
 SOURCES = {
     'ham10000': dict(
-        files='metadata.csv', cite='Tschandl, Rosendahl and Kittler, "The HAM10000 dataset", Scientific Data 5, 180161 (2018)',
-        where='Harvard Dataverse, https://doi.org/10.7910/DVN/DBW86T (CC BY-NC 4.0)',
-        layout="metadata.csv (lesion_id, image_id, dx, dx_type, age, sex, localization) and images/<image_id>.jpg: put the two "
-               "HAM10000_images_part_*.zip archives' JPEGs in images/, and HAM10000_metadata.csv as metadata.csv"),
+        files='metadata.csv',
+        cite='Tschandl, Rosendahl and Kittler, "The HAM10000 dataset", Scientific Data 5, 180161 (2018)',
+        where='Harvard Dataverse, https://doi.org/10.7910/DVN/DBW86T (CC BY-NC 4.0)', layout=
+        "metadata.csv (lesion_id, image_id, dx, dx_type, age, sex, localization) and images/<image_id>.jpg: put the two "
+        "HAM10000_images_part_*.zip archives' JPEGs in images/, and HAM10000_metadata.csv as metadata.csv"),
     'siim-isic-2020-half': dict(
-        files='train.csv', cite='Rotemberg et al., "A patient-centric dataset of images and metadata for identifying melanomas using clinical context", Scientific Data 8, 34 (2021)',
-        where='the ISIC archive, https://challenge2020.isic-archive.com, or the Kaggle competition siim-isic-melanoma-classification (CC BY-NC 4.0)',
-        layout="train.csv (image_name, patient_id, sex, age_approx, anatom_site_general_challenge, diagnosis, benign_malignant, target) and "
-               "images/<image_name>.jpg; the tutorial used half of the training patients at 128 px, but all of them, at any size, work"),
+        files='train.csv', cite=
+        'Rotemberg et al., "A patient-centric dataset of images and metadata for identifying melanomas using clinical context", Scientific Data 8, 34 (2021)',
+        where=
+        'the ISIC archive, https://challenge2020.isic-archive.com, or the Kaggle competition siim-isic-melanoma-classification (CC BY-NC 4.0)',
+        layout=
+        "train.csv (image_name, patient_id, sex, age_approx, anatom_site_general_challenge, diagnosis, benign_malignant, target) and "
+        "images/<image_name>.jpg; the tutorial used half of the training patients at 128 px, but all of them, at any size, work"
+    ),
 }
 
 def data_root(root=None):
-    "The folder that holds the public data sets: `root`, else the environment variable `FASTAI_META_DATA`, else fastai's `~/.fastai/data`."
+    """The folder that holds the public data sets: `root`, else the environment variable `FASTAI_META_DATA`, else
+    fastai's `~/.fastai/data`."""
     return Path(root or os.environ.get('FASTAI_META_DATA') or Path.home()/'.fastai'/'data').expanduser()
 
 def data_path(name, root=None):
-    "The folder of public data set `name` (a key of `SOURCES`) under `data_root(root)`; if it is not there, an error that says where to download it and how to lay it out."
+    """The folder of public data set `name` (a key of `SOURCES`) under `data_root(root)`; if it is not there, an error
+    that says where to download it and how to lay it out."""
     if name not in SOURCES: raise ValueError(f"Unknown data set {name!r}: one of {list(SOURCES)}.")
     s, path = SOURCES[name], data_root(root)/name
     if not (path/s['files']).exists():
-        raise FileNotFoundError(f"{name} not found: no {path/s['files']}. Download it from {s['where']}, unpack it as {path}/ holding {s['layout']}; "
-                                f"or set FASTAI_META_DATA to the folder that holds {name}/. Cite: {s['cite']}.")
+        raise FileNotFoundError(
+            f"{name} not found: no {path/s['files']}. Download it from {s['where']}, unpack it as {path}/ holding {s['layout']}; "
+            f"or set FASTAI_META_DATA to the folder that holds {name}/. Cite: {s['cite']}.")
     return path

@@ -25,11 +25,13 @@ def _to_format(xb, fmt):
     return tuple(x.contiguous(memory_format=fmt) if isinstance(x, Tensor) and x.ndim == 4 else x for x in xb)
 
 def has_depthwise(model):
-    "Whether `model` has grouped (depthwise) convolutions, which oneDNN trains slower in bfloat16 than in float32 channels-last."
+    """Whether `model` has grouped (depthwise) convolutions, which oneDNN trains slower in bfloat16 than in float32
+    channels-last."""
     return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 
 def amp_rule(model, device, bf16=None):
-    "The autocast dtype `to_fast` trains `model` with on `device` (`None`: float32); `bf16`: whether the CPU has it (default: this one's)."
+    """The autocast dtype `to_fast` trains `model` with on `device` (`None`: float32); `bf16`: whether the CPU has it
+    (default: this one's)."""
     device = torch.device(device)
     if device.type == 'cuda': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type != 'cpu' or not ifnone(bf16, cpu_bf16_supported()): return None
@@ -37,7 +39,8 @@ def amp_rule(model, device, bf16=None):
 
 # %% ../nbs/02a_speed.ipynb #03dafa9a
 class FastTraining(MixedPrecision):
-    "Channels-last memory format, and mixed precision on the model's device (CPU or CUDA) where `amp_rule` says it is faster."
+    """Channels-last memory format, and mixed precision on the model's device (CPU or CUDA) where `amp_rule` says it is
+    faster."""
     order = 10
     def __init__(self, channels_last=True, amp='auto', eval_amp=False, **kwargs):
         super().__init__(**kwargs)   # `kwargs` go to the gradient scaler, as for `MixedPrecision`
@@ -47,7 +50,8 @@ class FastTraining(MixedPrecision):
         "The autocast dtype for this fit (`None`: float32)."
         if self.amp is False or self.other_amp: return None
         if self.amp == 'auto': return amp_rule(self.model, self.device)
-        if self.device.type == 'cuda': return torch.float16 if self.amp == 'fp16' or not torch.cuda.is_bf16_supported() else torch.bfloat16
+        if self.device.type == 'cuda':
+            return torch.float16 if self.amp == 'fp16' or not torch.cuda.is_bf16_supported() else torch.bfloat16
         return torch.bfloat16 if self.device.type == 'cpu' else None
 
     def before_fit(self):
@@ -56,7 +60,8 @@ class FastTraining(MixedPrecision):
         self.other_amp = any(isinstance(cb, MixedPrecision) and cb is not self for cb in self.learn.cbs)
         if self.channels_last: self.model.to(memory_format=torch.channels_last)
         self.chosen, self.entered = self._dtype(), False
-        self.learn.scaler, self.scales = GradScaler(self.device.type, enabled=self.chosen == torch.float16, **self.kwargs), L()
+        self.learn.scaler, self.scales = GradScaler(self.device.type, enabled=self.chosen == torch.float16,
+                                                    **self.kwargs), L()
 
     def before_batch(self):
         if self.channels_last: self.learn.xb = _to_format(self.xb, torch.channels_last)

@@ -24,21 +24,25 @@ from .interpret import subgroup_report
 
 # %% ../nbs/03f_stack.ipynb #6b8a5a54
 class StackRows:
-    "The rows of `df` for a `StackLearner`'s `get_preds` (with a context column: whole patients, whose context comes from their rows here)."
+    """The rows of `df` for a `StackLearner`'s `get_preds` (with a context column: whole patients, whose context comes
+    from their rows here)."""
     def __init__(self, learn, df, with_labels=False):
         if isinstance(df, pd.Series): df = df.to_frame().T
         self.learn, self.with_labels, self.items = learn, with_labels, df
         check_columns(df.columns, learn.columns + ([learn.label_col] if with_labels else []))
         if learn.context_col is not None:
             miss = is_missing(df[learn.context_col].to_numpy(dtype=object))
-            if miss.any(): raise ValueError(f"Context column {learn.context_col!r} is missing in {int(miss.sum())} row(s), e.g. row {df.index[miss].tolist()[0]!r}: "
-                                            "each image needs its patient, whose other images give its context.")
+            if miss.any():
+                raise ValueError(
+                    f"Context column {learn.context_col!r} is missing in {int(miss.sum())} row(s), e.g. row {df.index[miss].tolist()[0]!r}: "
+                    "each image needs its patient, whose other images give its context.")
     def __len__(self): return len(self.items)
 
 class StackLearner:
-    "A stack: stage one's networks cross-fitted over grouped folds (`learners`), and stage two (`two`, a `StageTwo`) on their outputs, the table (`coder`) and, with `context_col`, each image's place among its patient's images."
-    def __init__(self, learners, two, coder, task, vocab, label_col, context_col=None, settings=None, held_out=None, targets=None,
-                 candidate_outputs=None, temperature=None, decision=None):
+    """A stack: stage one's networks cross-fitted over grouped folds (`learners`), and stage two (`two`, a `StageTwo`)
+    on their outputs, the table (`coder`) and, with `context_col`, each image's place among its patient's images."""
+    def __init__(self, learners, two, coder, task, vocab, label_col, context_col=None, settings=None, held_out=None,
+                 targets=None, candidate_outputs=None, temperature=None, decision=None):
         store_attr()
 
     @property
@@ -47,38 +51,52 @@ class StackLearner:
     @property
     def columns(self):
         "The columns a row needs: the image file name(s), the table's columns and the context column."
-        return list(dict.fromkeys([*L(self.settings['fn_col']), *self.coder.cat_names, *self.coder.cont_names, *L(self.context_col)]))
+        return list(
+            dict.fromkeys(
+                [*L(self.settings['fn_col']), *self.coder.cat_names, *self.coder.cont_names, *L(self.context_col)]))
 
     def test_dl(self, df, with_labels=False):
         "The rows of `df` (with a context column: whole patients) for `get_preds`."
         return StackRows(self, df, with_labels)
 
     def inputs(self, df, out, emb=None):
-        "Stage two's inputs for the rows of `df`: the table, stage one's outputs `out` (`network_frame`) and, with a context column, `patient_context` from `emb`."
-        parts = [df[self.coder.cat_names + self.coder.cont_names].reset_index(drop=True), network_frame(out, self.task, self.vocab)]
-        if self.context_col is not None: parts.append(patient_context(df[self.context_col], np.asarray(out)[:, classes_used(self.vocab)], emb))
+        """Stage two's inputs for the rows of `df`: the table, stage one's outputs `out` (`network_frame`) and, with a
+        context column, `patient_context` from `emb`."""
+        parts = [
+            df[self.coder.cat_names + self.coder.cont_names].reset_index(drop=True),
+            network_frame(out, self.task, self.vocab)
+        ]
+        if self.context_col is not None:
+            parts.append(patient_context(df[self.context_col], np.asarray(out)[:, classes_used(self.vocab)], emb))
         return pd.concat(parts, axis=1)
 
     def stage_one(self, df):
-        "Each network's outputs for the rows of `df` and stage two's inputs from them: a list of (outputs, inputs) pairs."
+        """Each network's outputs for the rows of `df` and stage two's inputs from them: a list of (outputs, inputs)
+        pairs."""
         res, ctx = [], self.context_col is not None
         for learn in self.learners:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
-                out, emb = fold_outputs(learn, learn.dls.test_dl(df.assign(**{NO_METADATA: 0.}), num_workers=0), embeddings=ctx)
+                out, emb = fold_outputs(learn, learn.dls.test_dl(df.assign(**{NO_METADATA: 0.}), num_workers=0),
+                                        embeddings=ctx)
             res.append((out, self.inputs(df, out, emb)))
         return res
 
     def _run(self, rows):
-        "Stage two's outputs of `rows` averaged over the networks (with the temperature, if calibrated), and the networks' averaged outputs."
+        """Stage two's outputs of `rows` averaged over the networks (with the temperature, if calibrated), and the
+        networks' averaged outputs."""
         runs = self.stage_one(rows.items)
         p = np.mean([self.two.predict(X) for _,X in runs], 0)
         if self.temperature is not None: p = tempered(p, self.temperature)
         return p, np.mean([np.asarray(o, dtype=float).reshape(len(o), -1) for o,_ in runs], 0)
 
     def get_preds(self, dl=None, with_network=False):
-        "Class probabilities (or values) of `dl`'s rows (a `test_dl` or a DataFrame) and their targets (with labels), as tensors; `with_network`: also stage one's own."
-        if dl is None: raise ValueError("Pass `dl=learn.test_dl(df)`: a stack's training rows were all used by stage two (`held_out_probs` gives their honest predictions).")
+        """Class probabilities (or values) of `dl`'s rows (a `test_dl` or a DataFrame) and their targets (with labels),
+        as tensors; `with_network`: also stage one's own."""
+        if dl is None:
+            raise ValueError(
+                "Pass `dl=learn.test_dl(df)`: a stack's training rows were all used by stage two (`held_out_probs` gives their honest predictions)."
+            )
         if isinstance(dl, pd.DataFrame): dl = self.test_dl(dl)
         p, net = self._run(dl)
         targ = None
@@ -86,56 +104,79 @@ class StackLearner:
         return (torch.as_tensor(p).float(), targ) + ((torch.as_tensor(net).float(),) if with_network else ())
 
     def targets_of(self, df):
-        "The targets of the rows of `df`: class indices in `vocab` order, or values; an error names a row whose label is not a class."
+        """The targets of the rows of `df`: class indices in `vocab` order, or values; an error names a row whose label
+        is not a class."""
         if self.task == 'regression': return df[self.label_col].astype(float).to_numpy()
         y = df[self.label_col].astype(str).map({str(v):i for i,v in enumerate(self.vocab)})
-        if y.isna().any(): raise ValueError(f"Label column {self.label_col!r} has {df[self.label_col][y.isna()].iloc[0]!r} in row {y.index[y.isna()].tolist()[0]!r}, not one of the classes {self.vocab}.")
+        if y.isna().any():
+            raise ValueError(
+                f"Label column {self.label_col!r} has {df[self.label_col][y.isna()].iloc[0]!r} in row {y.index[y.isna()].tolist()[0]!r}, not one of the classes {self.vocab}."
+            )
         return np.array(y, dtype=int)
 
     def held_out_probs(self, df=None):
-        "Class probabilities (no temperature) and targets of rows neither stage trained on: the stack's out-of-fold outputs (each fold under ensemble weights chosen without it), or the labelled rows of `df` (patients kept out of training)."
-        if self.task == 'regression': raise ValueError("Calibration and operating points apply to classifiers; this stack predicts values.")
+        """Class probabilities (no temperature) and targets of rows neither stage trained on: the stack's out-of-fold
+        outputs (each fold under ensemble weights chosen without it), or the labelled rows of `df` (patients kept
+        out of training)."""
+        if self.task == 'regression':
+            raise ValueError("Calibration and operating points apply to classifiers; this stack predicts values.")
         if df is not None:
             t, self.temperature = self.temperature, None
             try: p, y = self.get_preds(self.test_dl(df, with_labels=True))
             finally: self.temperature = t
             return p.numpy(), y.numpy()
-        if self.held_out is None: raise ValueError("This stack keeps no out-of-fold outputs (an export does not): pass `df=` with labelled rows of patients it never saw.")
+        if self.held_out is None:
+            raise ValueError(
+                "This stack keeps no out-of-fold outputs (an export does not): pass `df=` with labelled rows of patients it never saw."
+            )
         return np.array(self.held_out), np.array(self.targets)
 
     calibrate, set_operating_point, decide = ContextLearner.calibrate, ContextLearner.set_operating_point, ContextLearner.decide
     focus = ContextLearner.focus
 
     def output_columns(self):
-        "The columns of `predict` (after the context column, if any): the decision, the patient's number of images (with context), each class's probability from the stack and from the networks alone (values, for a regression), and the percentile within the patient of the `focus` classes (with context)."
+        """The columns of `predict` (after the context column, if any): the decision, the patient's number of images
+        (with context), each class's probability from the stack and from the networks alone (values, for a
+        regression), and the percentile within the patient of the `focus` classes (with context)."""
         if self.task == 'regression': return ['prediction', 'prediction (network)']
         ctx = self.context_col is not None
-        return (['prediction'] + (['n_images'] if ctx else []) + [f'p_{v}' for v in self.vocab] + [f'p_{v} (network)' for v in self.vocab]
-                + ([f'percentile in patient ({self.vocab[j]})' for j in self.focus] if ctx else []))
+        return (['prediction'] + (['n_images'] if ctx else []) + [f'p_{v}' for v in self.vocab] +
+                [f'p_{v} (network)' for v in self.vocab] +
+                ([f'percentile in patient ({self.vocab[j]})' for j in self.focus] if ctx else []))
 
     def predict(self, df):
         "Predict the rows of `df` (a Series: one row; with a context column, whole patients): the `output_columns`."
         dl = self.test_dl(df)
         p, net = self._run(dl)
-        if self.task == 'regression': return pd.DataFrame({'prediction': p[:, 0], 'prediction (network)': net[:, 0]}, index=dl.items.index)
-        cols = dict(prediction=np.array(self.vocab, dtype=object)[self.decide(p)], **{f'p_{v}': p[:, j] for j,v in enumerate(self.vocab)},
-                    **{f'p_{v} (network)': net[:, j] for j,v in enumerate(self.vocab)})
+        if self.task == 'regression':
+            return pd.DataFrame({'prediction': p[:, 0], 'prediction (network)': net[:, 0]}, index=dl.items.index)
+        cols = dict(prediction=np.array(self.vocab, dtype=object)[self.decide(p)],
+                    **{f'p_{v}': p[:, j] for j, v in enumerate(self.vocab)},
+                    **{f'p_{v} (network)': net[:, j] for j, v in enumerate(self.vocab)})
         if self.context_col is None: return pd.DataFrame(cols, index=dl.items.index)
         g = dl.items[self.context_col].to_numpy(dtype=object)
-        cols |= {'n_images': pd.Series(g).map(pd.Series(g).value_counts()).to_numpy(), **{f'percentile in patient ({self.vocab[j]})': percentile_in_group(p[:, j], g) for j in self.focus}}
+        cols |= {
+            'n_images': pd.Series(g).map(pd.Series(g).value_counts()).to_numpy(),
+            **{f'percentile in patient ({self.vocab[j]})': percentile_in_group(p[:, j], g) for j in self.focus}
+        }
         return pd.DataFrame({self.context_col: g, **{c: cols[c] for c in self.output_columns()}}, index=dl.items.index)
 
     def __repr__(self):
         return f"{type(self).__name__}({len(self.learners)} {self.settings['fusion']} networks; stage two {self.two!r})"
 
     def stage_two_state(self):
-        "Stage two and the table's coding as plain JSON (LightGBM's trees as its own text; no pickle): what `export_safe` writes beside the networks."
-        return dict(task=self.task, vocab=[str(v) for v in self.vocab], coder=self.coder.state(),
-                    candidates=[dict(name=c.name, weight=float(w), state=c.state()) for c,w in zip(self.two.candidates, self.two.weights)])
+        """Stage two and the table's coding as plain JSON (LightGBM's trees as its own text; no pickle): what
+        `export_safe` writes beside the networks."""
+        return dict(
+            task=self.task, vocab=[str(v) for v in self.vocab], coder=self.coder.state(), candidates=[
+                dict(name=c.name, weight=float(w), state=c.state())
+                for c, w in zip(self.two.candidates, self.two.weights)
+            ])
 
     @classmethod
     def from_state(cls, learners, two, temperature=None, decision=None):
-        "The stack of the networks `learners` and stage two's description `two` (`stage_two_state`, with the columns and `settings` the export adds)."
+        """The stack of the networks `learners` and stage two's description `two` (`stage_two_state`, with the columns
+        and `settings` the export adds)."""
         task, vocab, settings = str(two['task']), list(two['vocab']), dict(two['settings'])
         coder = TableCoder(*(two['coder'][k] for k in ('cat_names', 'cont_names', 'categories', 'medians')))
         cands = [Candidate.from_state(c['name'], state=c['state'], task=task, vocab=vocab, coder=coder,
@@ -146,47 +187,73 @@ class StackLearner:
 
 # %% ../nbs/03f_stack.ipynb #73db2f51
 def _table_columns(runs, df, spec, left_out):
-    "The table's categorical and continuous columns: those stage one's networks read, else (image only) the `MetaBlock`'s guess over the other columns."
+    """The table's categorical and continuous columns: those stage one's networks read, else (image only) the
+    `MetaBlock`'s guess over the other columns."""
     cols = next((r['columns'] for r in runs.values() if 'columns' in r), None)
     if cols is not None: return cols
-    if spec['cat_names'] is not None or spec['cont_names'] is not None: return list(L(spec['cat_names'])), list(L(spec['cont_names']))
+    if spec['cat_names'] is not None or spec['cont_names'] is not None:
+        return list(L(spec['cat_names'])), list(L(spec['cont_names']))
     cats, conts, *_ = infer_meta_columns(df.drop(columns=[c for c in left_out if c in df.columns]))
     return cats, conts
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'task'])
-def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat', candidates=CANDIDATES, epochs=5, lr=None, n_folds=5, seed=0,
-                  task='auto', cbs=None, runner=None, **kwargs):
-    "The best of an image model and its table, in one call: `n_folds` networks (`fusion`, or `IMAGE`) cross-fitted over folds grouped by `group_col` (else `context_col`), then stage two on their out-of-fold outputs and the table (and, with `context_col`, each image's patient context): the `candidates` cross-fitted over the same folds and weighted by greedy ensemble selection; a `StackLearner`. `runner`: how the networks train (`Serial()`, or a `RayRunner`)."
+def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat', candidates=CANDIDATES, epochs=5,
+                  lr=None, n_folds=5, seed=0, task='auto', cbs=None, runner=None, **kwargs):
+    """The best of an image model and its table, in one call: `n_folds` networks (`fusion`, or `IMAGE`) cross-fitted
+    over folds grouped by `group_col` (else `context_col`), then stage two on their out-of-fold outputs and the
+    table (and, with `context_col`, each image's patient context): the `candidates` cross-fitted over the same folds
+    and weighted by greedy ensemble selection; a `StackLearner`. `runner`: how the networks train (`Serial()`, or a
+    `RayRunner`)."""
     spec = fold_spec(path=path, **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     groups = [c for c in (group_col, context_col) if c is not None]
     check_columns(df.columns, [*L(fn_col), label_col, *groups])
     spec['exclude'] = list(L(spec['exclude'])) + groups        # a patient's id is never a feature
     task = target_task(df[label_col], task=task)
-    if task not in ('classification', 'regression'): raise ValueError(f"stack_learner predicts a class or a value, not a {task!r} target.")
+    if task not in ('classification', 'regression'):
+        raise ValueError(f"stack_learner predicts a class or a value, not a {task!r} target.")
     if task == 'classification': check_classes(df, label_col, 'stack_learner')
-    elif df[label_col].isna().any(): raise ValueError(f"Label column {label_col!r} is missing in {int(df[label_col].isna().sum())} row(s), e.g. row {df.index[df[label_col].isna()].tolist()[0]!r}.")
+    elif df[label_col].isna().any():
+        raise ValueError(
+            f"Label column {label_col!r} is missing in {int(df[label_col].isna().sum())} row(s), e.g. row {df.index[df[label_col].isna()].tolist()[0]!r}."
+        )
     if context_col is not None and (task == 'regression' or several_images(df, fn_col, spec['image_sep'])):
-        raise ValueError("`context_col` judges each image among its patient's: it takes a classification with one image per row.")
+        raise ValueError(
+            "`context_col` judges each image among its patient's: it takes a classification with one image per row.")
     bad = [c for c in L(candidates) if c not in CANDIDATES]
-    if bad or not candidates: raise ValueError(f"Stage two's candidates are one or more of {CANDIDATES}, not {list(L(candidates))}.")
-    if group_col is None and context_col is None: warnings.warn("No `group_col`: folds split rows, so one patient's images can sit on both sides and flatter stage one's out-of-fold outputs.")
+    if bad or not candidates:
+        raise ValueError(f"Stage two's candidates are one or more of {CANDIDATES}, not {list(L(candidates))}.")
+    if group_col is None and context_col is None:
+        warnings.warn(
+            "No `group_col`: folds split rows, so one patient's images can sit on both sides and flatter stage one's out-of-fold outputs."
+        )
     df = df.reset_index(drop=True)
-    folds = row_folds(df, n_folds, seed, group_col or context_col, stratify=label_col if task == 'classification' else None)
+    folds = row_folds(df, n_folds, seed, group_col or context_col,
+                      stratify=label_col if task == 'classification' else None)
     ctx = context_col is not None
-    runs = cross_fit(df, folds, FoldFit(partial(fold_learner, model=fusion, task=task, **spec), epochs=epochs, lr=lr, embeddings=ctx, keep=True, cbs=cbs),
-                     seed=seed, runner=runner)
+    runs = cross_fit(
+        df, folds,
+        FoldFit(partial(fold_learner, model=fusion, task=task, **spec), epochs=epochs, lr=lr, embeddings=ctx,
+                keep=True, cbs=cbs), seed=seed, runner=runner)
     vocab = runs[0]['vocab'] if task == 'classification' else []
     for k,r in runs.items():
-        if r['vocab'] != runs[0]['vocab']: raise ValueError(f"Fold {k} has the classes {r['vocab']}, fold 0 {vocab}: too few rows of a class for {n_folds} folds.")
+        if r['vocab'] != runs[0]['vocab']:
+            raise ValueError(
+                f"Fold {k} has the classes {r['vocab']}, fold 0 {vocab}: too few rows of a class for {n_folds} folds."
+            )
     cat_names, cont_names = _table_columns(runs, df, spec, [*L(fn_col), label_col, *L(spec['exclude'])])
     coder = TableCoder.fit(df, cat_names, cont_names)
     learn = StackLearner([r['learn'] for r in runs.values()], two=None, coder=coder, task=task, vocab=vocab,
                          label_col=label_col, context_col=context_col)
-    X = pd.concat([learn.inputs(df[folds == k], r['probs'], r.get('emb')).set_index(np.flatnonzero(folds == k)) for k,r in runs.items()]).sort_index()
+    X = pd.concat([
+        learn.inputs(df[folds == k], r['probs'], r.get('emb')).set_index(np.flatnonzero(folds == k))
+        for k, r in runs.items()
+    ]).sort_index()
     y = learn.targets_of(df)
     context = [c for c in X.columns if c not in coder.cat_names + coder.cont_names + network_columns(task, vocab)]
-    idle = [] if coder.cat_names + coder.cont_names else [c for c in candidates if c == 'table' or (c == 'boosted' and not context)]
+    idle = [] if coder.cat_names + coder.cont_names else [
+        c for c in candidates if c == 'table' or (c == 'boosted' and not context)
+    ]
     if idle: warnings.warn(f"No table columns: stage two leaves out {idle}, which read only the table.")
     candidates = [c for c in L(candidates) if c not in idle]
     learn.two, learn.candidate_outputs, learn.held_out = fit_stack(X, y=y, folds=folds, task=task, vocab=vocab,
@@ -194,14 +261,17 @@ def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat
                                                                    candidates=tuple(candidates), seed=seed)
     arch = spec['arch']
     learn.targets, learn.oof = y, X.assign(fold=folds)
-    learn.settings = dict(fn_col=fn_col, n_folds=n_folds, seed=seed, group_col=group_col, fusion=fusion if isinstance(fusion, str) else getattr(fusion, '__name__', str(fusion)),
-                          arch=arch if isinstance(arch, str) else arch.__name__, epochs=epochs, size=spec['size'], candidates=list(candidates), context=context)
+    learn.settings = dict(fn_col=fn_col, n_folds=n_folds, seed=seed, group_col=group_col,
+                          fusion=fusion if isinstance(fusion, str) else getattr(fusion, '__name__', str(fusion)),
+                          arch=arch if isinstance(arch, str) else arch.__name__, epochs=epochs, size=spec['size'],
+                          candidates=list(candidates), context=context)
     return learn
 
 # %% ../nbs/03f_stack.ipynb #6b512b4e
 @patch
 def meta_report(self:StackLearner, df, cols=None, bins=4):
-    "The stack and its networks alone on the labelled rows of `df` (with context: whole patients), overall and by each table column of `cols`: ROC AUC for classes, MAE for values, and the stack's gain."
+    """The stack and its networks alone on the labelled rows of `df` (with context: whole patients), overall and by
+    each table column of `cols`: ROC AUC for classes, MAE for values, and the stack's gain."""
     dl = self.test_dl(df, with_labels=True)
     p, y, net = (t.numpy() for t in self.get_preds(dl, with_network=True))
     reg, items = self.task == 'regression', dl.items.reset_index(drop=True)

@@ -19,15 +19,20 @@ from .columns import is_missing
 
 # %% ../nbs/03f0_stage_two.ipynb #937485d0
 class TableCoder:
-    "The table's columns as stage two reads them, fitted on the training rows: `frame` (categories of the training values, others missing; numbers as floats, gaps NaN) for gradient boosting, `dense` (one-hot categories, numbers with the median for a gap and a missing flag) for a linear model."
+    """The table's columns as stage two reads them, fitted on the training rows: `frame` (categories of the training
+    values, others missing; numbers as floats, gaps NaN) for gradient boosting, `dense` (one-hot categories, numbers
+    with the median for a gap and a missing flag) for a linear model."""
     def __init__(self, cat_names, cont_names, categories, medians):
         store_attr()
 
-    def state(self): return dict(cat_names=self.cat_names, cont_names=self.cont_names, categories=self.categories, medians=self.medians)
+    def state(self):
+        return dict(cat_names=self.cat_names, cont_names=self.cont_names, categories=self.categories,
+                    medians=self.medians)
 
     @classmethod
     def fit(cls, df, cat_names, cont_names, max_card=250):
-        "Learn each categorical column's values (the `max_card` most frequent) and each continuous column's median from the rows of `df`."
+        """Learn each categorical column's values (the `max_card` most frequent) and each continuous column's median
+        from the rows of `df`."""
         cats = {c: list(_text(df[c]).dropna().value_counts().index[:max_card]) for c in cat_names}
         meds = {c: float(np.nan_to_num(_number(df[c]).median())) for c in cont_names}
         return cls(list(cat_names), list(cont_names), cats, meds)
@@ -38,8 +43,10 @@ class TableCoder:
         return pd.DataFrame({**res, **{c: _number(df[c]).to_numpy() for c in self.cont_names}}, index=df.index)
 
     def dense(self, df):
-        "The columns as one matrix: a 0/1 column per fitted value of each category, then each number (the median where missing) and its missing flag."
-        parts = [(_text(df[c]).to_numpy()[:, None] == np.array(self.categories[c], dtype=object)[None]).astype(float) for c in self.cat_names]
+        """The columns as one matrix: a 0/1 column per fitted value of each category, then each number (the median
+        where missing) and its missing flag."""
+        parts = [(_text(df[c]).to_numpy()[:, None] == np.array(self.categories[c], dtype=object)[None]).astype(float)
+                 for c in self.cat_names]
         for c in self.cont_names:
             v = _number(df[c]).to_numpy()
             parts += [np.where(np.isnan(v), self.medians[c], v)[:, None], np.isnan(v).astype(float)[:, None]]
@@ -47,13 +54,15 @@ class TableCoder:
 
 def _text(s):
     "A column's values as text, missing ones (in any spelling `is_missing` knows) as None."
-    return pd.Series(np.where(is_missing(s.to_numpy(dtype=object)), None, s.astype(str).to_numpy(dtype=object)), index=s.index, dtype=object)
+    return pd.Series(np.where(is_missing(s.to_numpy(dtype=object)), None,
+                              s.astype(str).to_numpy(dtype=object)), index=s.index, dtype=object)
 
 def _number(s): return pd.to_numeric(s, errors='coerce').astype(float)
 
 # %% ../nbs/03f0_stage_two.ipynb #893edd12
 def network_columns(task, vocab):
-    "The names of stage one's outputs among stage two's inputs: each class's log-probability (two classes: the second's logit), or the predicted value."
+    """The names of stage one's outputs among stage two's inputs: each class's log-probability (two classes: the
+    second's logit), or the predicted value."""
     if task == 'regression': return ['network']
     return ['network_logit'] if len(vocab) == 2 else [f'network_logp_{j}' for j in range(len(vocab))]
 
@@ -67,12 +76,14 @@ def network_frame(out, task, vocab):
     return pd.DataFrame(v, columns=network_columns(task, vocab))
 
 def offset(X, task, vocab):
-    "Where the stage-two models that start at the network start: the network's logit(s) or value, as LightGBM's raw score."
+    """Where the stage-two models that start at the network start: the network's logit(s) or value, as LightGBM's raw
+    score."""
     v = X[network_columns(task, vocab)].to_numpy()
     return v[:, 0] if v.shape[1] == 1 else v
 
 def as_output(raw, task):
-    "Raw scores as stage two's outputs: probabilities (a logit column: two classes; else softmax) or values, as rows × columns."
+    """Raw scores as stage two's outputs: probabilities (a logit column: two classes; else softmax) or values, as rows
+    × columns."""
     raw = np.asarray(raw, dtype=float)
     if task == 'regression': return raw.reshape(len(raw), 1)
     if raw.ndim == 1: p = 1/(1 + np.exp(-raw)); return np.stack([1 - p, p], 1)
@@ -83,34 +94,48 @@ def as_output(raw, task):
 CANDIDATES = ('network', 'table', 'linear', 'boosted')
 
 def _lgb_params(task, n_class, seed, **kw):
-    "LightGBM settings for a few hundred to a few thousand rows: small trees, L2, one thread and deterministic (a seeded run repeats exactly)."
-    obj = dict(objective='regression_l1') if task == 'regression' else dict(objective='binary') if n_class == 2 else dict(objective='multiclass', num_class=n_class)
-    return dict(obj, learning_rate=0.05, num_leaves=15, min_data_in_leaf=20, lambda_l2=1., feature_fraction=0.9, max_cat_to_onehot=8,
-                min_data_per_group=20, cat_smooth=10., verbose=-1, seed=seed, num_threads=1, deterministic=True, force_col_wise=True) | kw
+    """LightGBM settings for a few hundred to a few thousand rows: small trees, L2, one thread and deterministic (a
+    seeded run repeats exactly)."""
+    obj = dict(objective='regression_l1') if task == 'regression' else dict(
+        objective='binary') if n_class == 2 else dict(objective='multiclass', num_class=n_class)
+    return dict(obj, learning_rate=0.05, num_leaves=15, min_data_in_leaf=20, lambda_l2=1., feature_fraction=0.9,
+                max_cat_to_onehot=8, min_data_per_group=20, cat_smooth=10., verbose=-1, seed=seed, num_threads=1,
+                deterministic=True, force_col_wise=True) | kw
 
 class Candidate:
-    "One stage-two model of a stack, by `name`: 'network' (stage one as it is), 'table' (LightGBM on the table), 'linear' (a regularised linear model on everything) or 'boosted' (LightGBM on the table and context, starting at the network's logit or value)."
+    """One stage-two model of a stack, by `name`: 'network' (stage one as it is), 'table' (LightGBM on the table),
+    'linear' (a regularised linear model on everything) or 'boosted' (LightGBM on the table and context, starting at
+    the network's logit or value)."""
     def __init__(self, name, task, vocab, coder, context=(), seed=0):
         if name not in CANDIDATES: raise ValueError(f"Unknown stage-two candidate {name!r}: use any of {CANDIDATES}.")
         store_attr(); self.model = None
 
     def _gbm_input(self, X): return pd.concat([self.coder.frame(X), X[list(self.context)]], axis=1)
-    def _linear_input(self, X): return np.hstack([X[network_columns(self.task, self.vocab)].to_numpy(), self.coder.dense(X), X[list(self.context)].to_numpy()])
+
+    def _linear_input(self, X):
+        return np.hstack([
+            X[network_columns(self.task, self.vocab)].to_numpy(),
+            self.coder.dense(X), X[list(self.context)].to_numpy()
+        ])
 
     def fit(self, X, y):
-        "Fit on the stage-two inputs `X` (the table, the network's outputs and the context terms) and targets `y` (class indices or values)."
+        """Fit on the stage-two inputs `X` (the table, the network's outputs and the context terms) and targets `y`
+        (class indices or values)."""
         n = 1 if self.task == 'regression' else len(self.vocab)
         if self.name == 'linear':
             Z = self._linear_input(X)
             self.scaler = StandardScaler().fit(Z)
-            m = Ridge(alpha=1.) if self.task == 'regression' else LogisticRegression(C=1., max_iter=5000, random_state=self.seed)
+            m = Ridge(alpha=1.) if self.task == 'regression' else LogisticRegression(
+                C=1., max_iter=5000, random_state=self.seed)
             self.model = m.fit(self.scaler.transform(Z), y)
         elif self.name in ('table', 'boosted'):
             boosted = self.name == 'boosted'
             F = self.coder.frame(X) if not boosted else self._gbm_input(X)
-            params = _lgb_params(self.task, n, self.seed, **(dict(learning_rate=0.03, num_leaves=7, lambda_l2=10.) if boosted else {}))
+            params = _lgb_params(self.task, n, self.seed,
+                                 **(dict(learning_rate=0.03, num_leaves=7, lambda_l2=10.) if boosted else {}))
             init = offset(X, self.task, self.vocab) if boosted else None
-            data = lgb.Dataset(F, np.asarray(y, dtype=float), init_score=init, categorical_feature=self.coder.cat_names or 'auto', free_raw_data=False)
+            data = lgb.Dataset(F, np.asarray(y, dtype=float), init_score=init,
+                               categorical_feature=self.coder.cat_names or 'auto', free_raw_data=False)
             self.model = lgb.train(params, data, num_boost_round=100 if boosted else 200)
         return self
 
@@ -131,8 +156,9 @@ class Candidate:
         "What the fitted candidate is, as plain JSON (LightGBM's own text format for its trees): no pickle."
         if self.name == 'linear':
             m = self.model
-            return dict(mean=self.scaler.mean_.tolist(), scale=self.scaler.scale_.tolist(), coef=np.atleast_2d(m.coef_).tolist(),
-                        intercept=np.atleast_1d(m.intercept_).tolist(), classes=getattr(m, 'classes_', np.array([])).tolist())
+            return dict(mean=self.scaler.mean_.tolist(), scale=self.scaler.scale_.tolist(),
+                        coef=np.atleast_2d(m.coef_).tolist(), intercept=np.atleast_1d(m.intercept_).tolist(),
+                        classes=getattr(m, 'classes_', np.array([])).tolist())
         return dict(model=self.model.model_to_string()) if self.name in ('table', 'boosted') else {}
 
     @classmethod
@@ -141,7 +167,8 @@ class Candidate:
         c = cls(name, task, vocab, coder, context)
         if name == 'linear':
             c.scaler = StandardScaler()
-            c.scaler.mean_, c.scaler.scale_ = np.array(state['mean'], dtype=float), np.array(state['scale'], dtype=float)
+            c.scaler.mean_, c.scaler.scale_ = np.array(state['mean'],
+                                                       dtype=float), np.array(state['scale'], dtype=float)
             c.scaler.n_features_in_ = len(c.scaler.mean_)
             m = Ridge() if task == 'regression' else LogisticRegression()
             m.coef_, m.intercept_ = np.array(state['coef'], dtype=float), np.array(state['intercept'], dtype=float)
@@ -162,7 +189,10 @@ def stack_loss(task):
     return loss
 
 def ensemble_selection(outputs, y, loss, rounds=25):
-    "Weights of the candidates' `outputs` (a list of rows × columns arrays) by greedy ensemble selection with replacement (Caruana et al. 2004, as AutoGluon's `WeightedEnsemble`): each round adds the candidate whose addition most lowers `loss(y, mean)`; the weights of the best round, so never worse on these rows than the best single candidate."
+    """Weights of the candidates' `outputs` (a list of rows × columns arrays) by greedy ensemble selection with
+    replacement (Caruana et al. 2004, as AutoGluon's `WeightedEnsemble`): each round adds the candidate whose
+    addition most lowers `loss(y, mean)`; the weights of the best round, so never worse on these rows than the best
+    single candidate."""
     counts, total, best = np.zeros(len(outputs)), 0, (np.inf, None)
     for r in range(1, rounds + 1):
         scores = [loss(y, (total + o)/r) for o in outputs]
@@ -173,16 +203,23 @@ def ensemble_selection(outputs, y, loss, rounds=25):
 
 # %% ../nbs/03f0_stage_two.ipynb #8c9a548c
 class StageTwo:
-    "Stage two of a stack: the `candidates` fitted on every out-of-fold row, and their ensemble `weights` (`ensemble_selection`); `names` say which is which."
+    """Stage two of a stack: the `candidates` fitted on every out-of-fold row, and their ensemble `weights`
+    (`ensemble_selection`); `names` say which is which."""
     def __init__(self, candidates, weights): store_attr(); self.names = [c.name for c in candidates]
     def predict(self, X):
         "The weighted mean of the candidates' outputs for the stage-two inputs `X`."
         return sum(w * c.predict(X) for c,w in zip(self.candidates, self.weights) if w > 0)
-    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{n}: {w:.2f}' for n,w in zip(self.names, self.weights))})"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{n}: {w:.2f}' for n,w in zip(self.names, self.weights))})"
 
 def fit_stack(X, y, folds, task, vocab, coder, context=(), candidates=CANDIDATES, seed=0):
-    "Stage two on the out-of-fold table `X` and targets `y`: each candidate cross-fitted over `folds`, the ensemble weights chosen on their out-of-fold outputs, each candidate with weight refitted on every row; the `StageTwo`, the candidates' out-of-fold outputs (by name) and the stack's held-out outputs (each fold's rows under weights chosen on the other folds)."
-    make, width = lambda n: Candidate(n, task=task, vocab=vocab, coder=coder, context=context, seed=seed), 1 if task == 'regression' else len(vocab)
+    """Stage two on the out-of-fold table `X` and targets `y`: each candidate cross-fitted over `folds`, the ensemble
+    weights chosen on their out-of-fold outputs, each candidate with weight refitted on every row; the `StageTwo`,
+    the candidates' out-of-fold outputs (by name) and the stack's held-out outputs (each fold's rows under weights
+    chosen on the other folds)."""
+    make, width = lambda n: Candidate(n, task=task, vocab=vocab, coder=coder, context=context, seed=seed
+                                      ), 1 if task == 'regression' else len(vocab)
     outs = {n: np.zeros((len(X), width)) for n in candidates}
     for k in np.unique(folds):
         tr, va = folds != k, folds == k

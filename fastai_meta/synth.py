@@ -16,10 +16,12 @@ from PIL import Image
 _SITES = ['head', 'arm', 'back', 'leg']
 _QUADRANTS = {'tl': (0, 0), 'tr': (1, 0), 'bl': (0, 1), 'br': (1, 1)}
 _TASKS = ('meta', 'xor', 'points', 'where', 'views', 'ordered', 'selects', 'duckling', 'spot', 'patch')
-_HUES = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [200, 40, 200], [40, 200, 200]], dtype='float32')
+_HUES = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40], [200, 40, 200], [40, 200, 200]],
+                 dtype='float32')
 
 def _ducklings(rng, n):
-    "Patients of 3 to 6 images in one colour, half with one image in another (the odd one), and a few patients of one image: patient, colour, odd."
+    """Patients of 3 to 6 images in one colour, half with one image in another (the odd one), and a few patients of one
+    image: patient, colour, odd."""
     patient, hue, odd, i = [], [], [], 0
     while len(patient) < n:
         k = 1 if rng.random() < 0.1 else int(rng.integers(3, 7))
@@ -56,28 +58,34 @@ def make_synthetic(path, n=400, task='xor', size=32, seed=0):
     elif task in ('views', 'ordered', 'selects'):     # two images per row: `fname` and `fname2`
         red, red2, flag = rng.random(n) < 0.5, rng.random(n) < 0.5, rng.random(n) < 0.5
         tint = lambda r: np.where(r[:, None], [[90, -60, -60]], [[-60, -60, 90]]).astype('float32')[:, None, None, :]
-        imgs, imgs2 = imgs*0.6 + 50 + tint(red), rng.integers(0, 256, (n, size, size, 3)).astype('float32')*0.6 + 50 + tint(red2)
+        imgs, imgs2 = imgs * 0.6 + 50 + tint(red), rng.integers(
+            0, 256, (n, size, size, 3)).astype('float32') * 0.6 + 50 + tint(red2)
         df['fname2'] = [f'{task}_{i:05d}_2.png' for i in range(n)]
         for f,im in zip(df.fname2, imgs2.clip(0, 255).astype('uint8')): Image.fromarray(im).save(img_dir/f)
-        decides = {'views': red != red2, 'ordered': red, 'selects': np.where(flag, ~red, red2)}[task]   # 'selects': yes when the image `flag` picks is red
+        # 'selects': yes when the image `flag` picks is red
+        decides = {'views': red != red2, 'ordered': red, 'selects': np.where(flag, ~red, red2)}[task]
         df['flag'], df['label'] = _gaps(rng, flag, 0.), np.where(decides != flag, 'yes', 'no')
     elif task == 'duckling':  # several images per `patient`: `label` is `yes` for the one unlike its patient's others
         patient, hue, odd = _ducklings(rng, n)
         imgs = imgs*0.3 + _HUES[hue][:, None, None, :]*0.7
-        df['patient'], df['age'], df['label'] = patient, _gaps(rng, rng.uniform(20, 80, n).round()), np.where(odd, 'yes', 'no')
+        df['patient'], df['age'], df['label'] = patient, _gaps(rng,
+                                                               rng.uniform(20, 80,
+                                                                           n).round()), np.where(odd, 'yes', 'no')
     elif task == 'spot':      # one red or blue square, somewhere: `label` 'yes' when it is red and `flag` is true
         red, flag, side = rng.random(n) < 0.5, rng.random(n) < 0.5, size // 4
         x0, y0 = rng.integers(0, size - side + 1, n), rng.integers(0, size - side + 1, n)
         imgs = imgs*0.5 + 64
         for i in range(n): imgs[i, y0[i]:y0[i] + side, x0[i]:x0[i] + side] = [220, 30, 30] if red[i] else [30, 30, 220]
-        df['flag'], df['site'], df['label'] = flag, _gaps(rng, rng.choice(_SITES, n)), np.where((red & flag) != (rng.random(n) < 0.05), 'yes', 'no')
+        df['flag'], df['site'], df['label'] = flag, _gaps(rng, rng.choice(_SITES, n)), np.where(
+            (red & flag) != (rng.random(n) < 0.05), 'yes', 'no')
         df['spot_x'], df['spot_y'], df['spot_colour'] = x0, y0, np.where(red, 'red', 'blue')
     elif task == 'patch':     # a red square in half of the images: `label` 'yes' when there is one and `flag` is true
         shown, flag, side = rng.random(n) < 0.5, rng.random(n) < 0.5, size // 4
         x0, y0 = rng.integers(0, size - side + 1, n), rng.integers(0, size - side + 1, n)
         imgs = imgs*0.5 + 64
         for i in np.flatnonzero(shown): imgs[i, y0[i]:y0[i] + side, x0[i]:x0[i] + side] = [220, 30, 30]
-        df['flag'], df['site'], df['label'] = flag, _gaps(rng, rng.choice(_SITES, n)), np.where((shown & flag) != (rng.random(n) < 0.05), 'yes', 'no')
+        df['flag'], df['site'], df['label'] = flag, _gaps(rng, rng.choice(_SITES, n)), np.where(
+            (shown & flag) != (rng.random(n) < 0.05), 'yes', 'no')
         df['spot_x'], df['spot_y'] = np.where(shown, x0, -1), np.where(shown, y0, -1)
     elif task == 'where':
         quad, red = rng.choice(list(_QUADRANTS), n), rng.random((n, 4)) < 0.5

@@ -19,33 +19,43 @@ except ImportError: wandb = WandbCallback = None
 # %% ../nbs/03d_trackers.ipynb #564ea685
 @dispatch
 def tensorboard_log(x:tuple[TensorImage, TensorMeta]|SEVERAL_IMAGES, y, samples, outs, writer, step):
-    "Log a figure of `samples` to TensorBoard: each image with its metadata, its target and the prediction (what `show_results` draws)."
+    """Log a figure of `samples` to TensorBoard: each image with its metadata, its target and the prediction (what
+    `show_results` draws)."""
     show_results(x, y, samples, outs, max_n=len(samples))
     writer.add_figure('Sample results', plt.gcf(), step)
 
 @dispatch
 def wandb_process(x:tuple[TensorImage, TensorMeta]|SEVERAL_IMAGES, y, samples, outs, preds):
     "A `wandb.Table` of `samples`: the image(s), one column per metadata column, the label and the prediction."
-    meta = next(i for i,o in enumerate(samples[0]) if isinstance(o, dict))      # the decoded metadata (`MetaRow`) follows the images
+    # the decoded metadata (`MetaRow`) follows the images
+    meta = next(i for i,o in enumerate(samples[0]) if isinstance(o, dict))
     images = [i for i in range(meta) if isinstance(samples[0][i], TensorImage)]
     cols = list(samples[0][meta])
-    table = wandb.Table(columns=[*(['image'] if len(images) == 1 else [f'image {i+1}' for i in images]), *cols, 'label', 'prediction'])
+    table = wandb.Table(columns=[
+        *(['image'] if len(images) == 1 else [f'image {i+1}' for i in images]), *cols, 'label', 'prediction'
+    ])
     for s,o in zip(samples, outs):
-        table.add_data(*[wandb.Image(s[i].permute(1, 2, 0).numpy()) for i in images], *[str(s[meta][c]) for c in cols], str(s[-1]), str(o[0]))
+        table.add_data(*[wandb.Image(s[i].permute(1, 2, 0).numpy()) for i in images],
+                       *[str(s[meta][c]) for c in cols], str(s[-1]), str(o[0]))
     return {'Prediction_Samples': table}
 
 # %% ../nbs/03d_trackers.ipynb #trkcb01
 def _config_value(v, depth=0):
-    "`v` as W&B's config takes it: dicts and lists walked, an object as its `__init__` arguments (three levels deep), the rest as is or text."
+    """`v` as W&B's config takes it: dicts and lists walked, an object as its `__init__` arguments (three levels deep),
+    the rest as is or text."""
     if isinstance(v, dict): return {str(k): _config_value(x, depth) for k,x in v.items()}
     if isinstance(v, (list, tuple, L)): return [_config_value(x, depth) for x in v]
     if v is None or isinstance(v, (bool, int, float, str)): return v
     ps = inspect.signature(type(v).__init__).parameters if hasattr(v, '__dict__') and depth < 3 else {}
-    args = {p: getattr(v, p) for p in ps if p not in ('self', 'args', 'kwargs') and hasattr(v, p) and not inspect.ismethod(getattr(v, p))}
+    args = {
+        p: getattr(v, p) for p in ps
+        if p not in ('self', 'args', 'kwargs') and hasattr(v, p) and not inspect.ismethod(getattr(v, p))
+    }
     return {**{p: _config_value(x, depth + 1) for p,x in args.items()}, '_name': str(v)[:200]} if args else str(v)[:200]
 
 class MetaWandbCallback(WandbCallback or Callback):
-    "fastai's `WandbCallback`, with the config step mended: fastai 2.8.12's fails on every learner with fastcore ≥ 2.2.22 (fastai#4173)."
+    """fastai's `WandbCallback`, with the config step mended: fastai 2.8.12's fails on every learner with fastcore ≥
+    2.2.22 (fastai#4173)."""
     def __init__(self, *args, **kwargs):
         if WandbCallback is None: raise ImportError("MetaWandbCallback needs wandb: pip install wandb")
         super().__init__(*args, **kwargs)
@@ -54,4 +64,5 @@ class MetaWandbCallback(WandbCallback or Callback):
         self.learn.gather_args = dict                     # fastai's step formats and logs an empty config...
         try: super().before_fit()
         finally: del self.learn.gather_args
-        if self.run: wandb.config.update(_config_value(type(self.learn).gather_args(self.learn)), allow_val_change=True)   # ...this one the real one
+        # ...this one the real one
+        if self.run: wandb.config.update(_config_value(type(self.learn).gather_args(self.learn)), allow_val_change=True)

@@ -45,6 +45,12 @@ def test_modules_stay_small():
     long = {f.name: n for f in PKG.glob('*.py') if f.stem != '_modidx' and (n := len(f.read_text().splitlines())) > 420}
     assert not long, f'modules over ~400 lines: {long}'
 
+def test_lines_stay_readable():
+    "At most 5 % of the package's non-blank lines are over 120 characters (fastai's reference files: 2.6 %)."
+    lines = [l for f in PKG.glob('*.py') if f.stem != '_modidx' for l in f.read_text().splitlines() if l.strip()]
+    long = sum(len(l) > 120 for l in lines)
+    assert long <= 0.05 * len(lines), f'{long} of {len(lines)} lines are over 120 characters'
+
 def test_no_call_passes_more_than_five_arguments_by_position():
     "A long argument list is passed by keyword: reorder a parameter and a positional value would land in the wrong slot, silently."
     long = [f'{name}.py:{n.lineno} {ast.unparse(n.func)}' for name, tree in _modules().items() for n in ast.walk(tree)
