@@ -2,7 +2,7 @@
 
 `make_synthetic`'s 'ordered' task (the first image's tint, flipped by `flag`, is the label; the second a distraction),
 'views' (exactly one image red, flipped by `flag`: order does not matter) and 'selects' (`flag` picks the image whose
-tint is the label: the metadata chooses the image). Each `image_pool` trains the tests' two-layer CNN
+tint is the label: the metadata chooses the image). Each `image_pool` trains `small_cnn`, a two-layer CNN
 (`fit_one_cycle(10, 3e-2)`, 400 rows, 16 px), `--seeds` seeds; validation accuracy. Named columns default to the pooling
 best on all three; a list column of views keeps 'mean' (its slots are exchangeable), so bench/views.py is unchanged by it.
 
@@ -15,10 +15,15 @@ import numpy as np, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.model import pooling
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tests'))
-from test_images import small_cnn, views_dls          # the tests' own small CNN and DataLoaders
+from fastai_meta.synth import small_cnn
 
 OUT, TASKS = Path(__file__).parent/'results', ('ordered', 'views', 'selects')
+
+def views_dls(path, df, seed=0):
+    "DataLoaders of two named image columns (cached at 16 px), then `flag`."
+    return DataBlock(blocks=(*ImageBlocks(['fname', 'fname2'], pref=path/'images', cache=ImageCache(16)),
+                             MetaBlock(cat_names=['flag']), CategoryBlock),
+                     get_y=ColReader('label'), splitter=RandomSplitter(seed=seed)).dataloaders(df, bs=32, num_workers=0)
 
 def main(a):
     rows = []

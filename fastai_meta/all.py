@@ -5,7 +5,6 @@ from .encoding import TensorMeta, MetaEncoding
 from .images import ImageCache
 from .show import show_batch, show_results, plot_top_losses
 from .data import MetaBlock, TabularImageBlock, ImageBlocks, several_images, MetaDataLoaders, GroupSplitter, group_folds
-from .data import meta_encode
 from .model import Fusion, ConcatFusion, MetaModel, ImagePool
 from .fusion import fusions, FiLMFusion, MetaNetFusion, MetaBlockFusion, CSFFusion
 from .body import image_body, offline_weights, timm_split
@@ -24,7 +23,7 @@ from .stack import stack_learner, StackLearner
 from .explain import MetaInterpretation, Faithfulness, Explanation, heatmap_grid
 from .report import Comparison, CompareResult, RegressionResult
 from .compare import meta_compare
-from .synth import make_synthetic, point_getter
+from .synth import make_synthetic, point_getter, small_cnn
 from .description import UnsafeFile
 from .deploy import load_safe, encode_meta, export_torchscript, export_onnx
 from .hub import from_pretrained, model_card, validation_metrics

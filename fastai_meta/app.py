@@ -14,11 +14,10 @@ from contextlib import contextmanager
 from PIL import Image, ImageDraw
 from fastai.vision.all import *
 from .columns import NA
-from .data import meta_encode, image_inputs, image_readers, class_index
+from .data import class_index
 from .calibrate import OperatingPoint
 from .context import ContextLearner, percentile_in_group
 from .stack import StackLearner
-from .description import target_kind
 from .explain import Explanation
 from .forms import *
 
@@ -30,7 +29,7 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
     if isinstance(learn, ContextLearner): return context_app(learn, title, rank_by)
     if isinstance(learn, StackLearner): return stack_app(learn, title)
     import gradio as gr
-    fields, kind, lock = form_fields(learn), prediction_kind(learn), threading.Lock()
+    fields, kind, lock = form_fields(learn), (learn.dls.meta.target or 'regression'), threading.Lock()
     def run(image, *values):
         if image is None: raise gr.Error('Upload an image first.')
         try:

@@ -62,11 +62,8 @@ def _data_options(t):
 def _defaults_from(f, p):
     """The parser `p` with its options' defaults read from the signature of `f`, the function its command calls: one
     place for each."""
-    p.set_defaults(
-        **{
-            k: v.default for k, v in inspect.signature(f).parameters.items()
-            if v.default is not inspect.Parameter.empty and k != 'runner'
-        })
+    params = inspect.signature(f).parameters.items()
+    p.set_defaults(**{k: v.default for k,v in params if v.default is not inspect.Parameter.empty and k != 'runner'})
     return p
 
 def _parser():
@@ -193,7 +190,8 @@ def _app_command(a):
 
 def _by_name(f, a, **given):
     "Call `f` with the parsed options `a` that name its parameters, by keyword (and `given`)."
-    return f(**{k: v for k,v in vars(a).items() if k in inspect.signature(f).parameters and k not in given}, **given)
+    params = inspect.signature(f).parameters
+    return f(**{k: v for k,v in vars(a).items() if k in params and k not in given}, **given)
 
 def main(argv=None):
     "Entry point of the `fastai-meta` command; returns its exit code (2: bad input, said in one line)."

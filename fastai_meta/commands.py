@@ -11,7 +11,7 @@ __all__ = ['CLIError', 'train_csv', 'load_model', 'predict_csv', 'compare_csv']
 import inspect, json, os, sys, warnings
 from fastai.vision.all import *
 from .columns import is_missing
-from .data import MetaDataLoaders, meta_encode, image_readers, target_task
+from .data import MetaDataLoaders, target_task
 from .learner import meta_cnn_learner, fit_recipe
 from .context import context_learner, ContextLearner
 from .stack import stack_learner, StackLearner
@@ -101,7 +101,7 @@ def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='
                                       seed=seed, item_tfms=Resize(size), bs=bs, image_sep=image_sep)
     except _INPUT_ERRORS as e:
         raise CLIError(f"could not make the data from {csv} and {images}: {type(e).__name__}: {e}") from e
-    enc = meta_encode(dls).encoding
+    enc = dls.meta.encoding
     if cat or cont:
         print(
             f"Metadata (named): categorical: {', '.join(enc.cat_names) or '(none)'}; continuous: {', '.join(enc.cont_names) or '(none)'}"
@@ -197,7 +197,7 @@ def _decide(learn, calibrate=False, operating_point=None):
 def _image_readers(learn):
     """The `ColReader`s that read image file names in the exported `learn`, one per image input; a `CLIError` if one
     reads them otherwise."""
-    try: return image_readers(learn.dls)
+    try: return learn.dls.meta.readers
     except ValueError as e: raise CLIError(f"the exported learner cannot be pointed at the images: {e}") from e
 
 def _point_images_at(learn, images, suff=None):
@@ -208,7 +208,7 @@ def _point_images_at(learn, images, suff=None):
 
 def _needed_columns(learn):
     "The columns the exported `learn` reads from a row: the image file name(s) and the metadata."
-    enc = meta_encode(learn.dls).encoding
+    enc = learn.dls.meta.encoding
     return list(dict.fromkeys(c for r in _image_readers(learn) for c in r.cols if not isinstance(c, int))) + enc.columns
 
 def _pred_rows(learn, rows, tta=False):

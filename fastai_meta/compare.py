@@ -11,7 +11,7 @@ __all__ = ['meta_compare']
 import json, warnings
 from fastai.vision.all import *
 from .encoding import check_columns
-from .data import meta_encode, check_classes, target_task
+from .data import check_classes, target_task
 from .scores import *
 from .crossfit import IMAGE, fold_learner, fold_spec, learner_args, row_folds, Job, run_jobs, fit_fold, RunStore
 from .context import context_learner
@@ -25,7 +25,7 @@ def _context_run(df, valid, spec, context_col, context_folds, epochs, lr, cbs):
     learn = context_learner(df[~valid], context_col=context_col, epochs=epochs, lr=lr, n_folds=context_folds, cbs=cbs,
                             **spec)
     with learn.learners[0].no_bar(): probs = learn.get_preds(learn.test_dl(df[valid]))[0].numpy()
-    enc = meta_encode(learn.learners[0].dls).encoding
+    enc = learn.learners[0].dls.meta.encoding
     return dict(probs=np.round(probs, 5).tolist(), vocab=learn.vocab,
                 columns=[list(enc.cat_names), list(enc.cont_names)])
 

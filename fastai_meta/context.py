@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from .columns import is_missing
 from .encoding import check_columns
-from .data import group_folds, meta_encode, image_readers, check_classes, several_images, class_index
+from .data import group_folds, check_classes, several_images, class_index
 from .interpret import subgroup_report
 from .crossfit import fold_learner, fold_spec, cross_fit, FoldFit, fold_outputs
 from .calibrate import fit_temperature, operating_point, decide_at, Calibration
@@ -111,8 +111,8 @@ class ContextLearner:
     def columns(self):
         "The columns a row needs: the image file name, the metadata and the context column."
         dls = self.learners[0].dls
-        enc = meta_encode(dls).encoding
-        return list(dict.fromkeys([image_readers(dls)[0].cols[0], *enc.columns, self.context_col]))
+        enc = dls.meta.encoding
+        return list(dict.fromkeys([dls.meta.readers[0].cols[0], *enc.columns, self.context_col]))
 
     def test_dl(self, df, with_labels=False):
         "The rows of `df` (whole patients: a patient's context comes from its rows here) for `get_preds`."
@@ -361,7 +361,7 @@ def meta_report(self:ContextLearner, df, cols=None, bins=4):
     overall, by the number of images per patient ('patient images') and by each metadata column of `cols`."""
     dl = self.test_dl(df, with_labels=True)
     p, y, img = (t.numpy() for t in self.get_preds(dl, with_image=True))
-    enc, items = meta_encode(self.learners[0].dls).encoding, dl.items
+    enc, items = self.learners[0].dls.meta.encoding, dl.items
     cols = list(L(ifnone(cols, ['patient images', *enc.columns])))
     check_columns(items.columns, [c for c in cols if c != 'patient images'])
     extra = {

@@ -13,7 +13,7 @@ __all__ = ['IMAGE', 'NO_METADATA', 'fold_learner', 'fold_spec', 'learner_args', 
 import contextlib, inspect, io, json, os, warnings
 from fastai.vision.all import *
 from fastprogress.fastprogress import progress_bar
-from .data import group_folds, meta_encode, several_images, MetaDataLoaders
+from .data import group_folds, several_images, MetaDataLoaders
 from .model import MetaModel
 from .learner import fit_recipe, image_learner, meta_cnn_learner, VISION_ARGS, LEARNER_ARGS
 
@@ -118,7 +118,7 @@ def fit_fold(build, df, valid, epochs=5, lr=None, embeddings=False, keep=False, 
     run = dict(probs=probs if decimals is None else np.round(probs, decimals).tolist(),
                vocab=[str(v) for v in getattr(learn.dls, 'vocab', [])])
     if isinstance(learn.model, MetaModel):
-        enc = meta_encode(learn.dls).encoding
+        enc = learn.dls.meta.encoding
         run['columns'] = [list(enc.cat_names), list(enc.cont_names)]
     if embeddings: run['emb'] = emb
     if keep: run['learn'] = learn

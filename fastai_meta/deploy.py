@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from . import __version__
 from .encoding import MetaEncoding, MetaEncode, TensorMeta
 from .images import ReadImage, ReadSlot, ImagesPresent, TensorPresent
-from .data import meta_encode, MetaDL, image_inputs, image_reads, image_readers
+from .data import MetaDL
 from .model import MetaModel
 from .fusion import fusions
 from .losses import ArcFaceLoss, WrappedLoss
@@ -218,7 +218,7 @@ def _rebuild(desc, tensors, cpu=True, images=None, bs=64):
     "The `Learner` that description `desc` and weights `tensors` describe."
     dls = _dataloaders(desc, bs=bs, device='cpu' if cpu else default_device())
     if images is not None:
-        for r in image_readers(dls): r.pref = f'{Path(images)}{os.path.sep}'
+        for r in dls.meta.readers: r.pref = f'{Path(images)}{os.path.sep}'
     lrn, types = _get(desc, 'learner', dict), described_args()
     bad = [k for k,v in lrn.items() if k not in types or not isinstance(v, types[k])]
     if bad: raise UnsafeFile(f"The learner arguments {bad} are not ones this format describes.")
@@ -329,7 +329,7 @@ def export_safe(self:StackLearner, fname='stack.safetensors', check=True):
 # %% ../nbs/06_deploy.ipynb #52f8e4b0
 def encode_meta(learn, df):
     "The `meta` model input for the rows of `df`, as a float32 array, encoded with `learn`'s fitted metadata state."
-    return meta_encode(learn.dls).encoding.encode_df(df)
+    return learn.dls.meta.encoding.encode_df(df)
 
 def _example_inputs(learn, dl=None):
     "One batch of `(image, meta)` (or `(*images, mask, meta)`) as plain tensors, to trace the model with."
@@ -338,7 +338,7 @@ def _example_inputs(learn, dl=None):
 def _input_names(learn):
     """The model's input names: `image`, `meta`; with several images `image_1`, `image_2`, ..., `present` (the mask),
     `meta`."""
-    k, masked = image_inputs(learn.dls)
+    k, masked = learn.dls.meta.image_layout
     return ['image', 'meta'] if k == 1 and not masked else [
         *(f'image_{i+1}' for i in range(k)), *(['present'] if masked else []), 'meta'
     ]

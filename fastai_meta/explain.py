@@ -11,7 +11,7 @@ __all__ = ['last_stage', 'layer_name', 'overlay', 'Faithfulness', 'Explanation',
 # %% ../nbs/03e_explain.ipynb #8a75451c
 from typing import NamedTuple
 from fastai.vision.all import *
-from .data import meta_encode, image_inputs, class_index
+from .data import class_index
 from .learner import MetaLearner, blank_row, column_of_position
 from .context import ContextLearner
 
@@ -246,9 +246,9 @@ def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=Non
         ]
     if get_c(self.dls) is None or not hasattr(self.dls, 'vocab'):
         raise NotImplementedError("`explain` explains a classifier's class probability for now.")
-    vocab, (k, masked) = [str(v) for v in self.dls.vocab], image_inputs(self.dls)
+    vocab, (k, masked) = [str(v) for v in self.dls.vocab], self.dls.meta.image_layout
     if target is not None: class_index(vocab, target)
-    row, enc = _row(item), meta_encode(self.dls).encoding
+    row, enc = _row(item), self.dls.meta.encoding
     tdl = self.dls.test_dl(row, num_workers=0)
     xb = tuple(_plain(t) for t in tdl.one_batch()[:self.dls.n_inp])
     model = self.model.eval()

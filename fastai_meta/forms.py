@@ -6,9 +6,8 @@ Docs: https://fastai-meta.github.io/fastai_meta/forms.html.md"""
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'MAX_PIXELS', 'image_models', 'form_fields', 'form_value', 'form_rows', 'image_reader', 'check_upload',
-           'files_as_given', 'prediction_kind', 'predict_form', 'explain_form', 'figure_image', 'stacked',
-           'drawn_points', 'decision_text', 'effect_text', 'probability_note', 'upload_checked', 'form_inputs',
-           'upload_app']
+           'files_as_given', 'predict_form', 'explain_form', 'figure_image', 'stacked', 'drawn_points', 'decision_text',
+           'effect_text', 'probability_note', 'upload_checked', 'form_inputs', 'upload_app']
 
 # %% ../nbs/06b_forms.ipynb #b6d88e60
 import io, threading
@@ -16,11 +15,10 @@ from contextlib import contextmanager
 from PIL import Image, ImageDraw
 from fastai.vision.all import *
 from .columns import NA
-from .data import meta_encode, image_inputs, image_readers, class_index
+from .data import class_index
 from .calibrate import OperatingPoint
 from .context import ContextLearner, percentile_in_group
 from .stack import StackLearner
-from .description import target_kind
 from .explain import Explanation
 
 # %% ../nbs/06b_forms.ipynb #660b59f5
@@ -33,7 +31,7 @@ def image_models(learn):
 def form_fields(learn):
     """One field per metadata column the learner (or context model) reads: (column, kind, choices, hint); kind
     'choice', 'yes/no' or 'number'."""
-    enc, res = meta_encode(image_models(learn)[0].dls).encoding, []
+    enc, res = image_models(learn)[0].dls.meta.encoding, []
     for c in enc.cat_names:
         vocab = [v for v in enc.vocabs[c] if v != NA]
         if vocab and set(vocab) <= {'True', 'False'}:
@@ -66,10 +64,10 @@ def form_rows(learn, image, values):
 
 def image_reader(learn):
     "The `ColReader` of the image file names in `learn`'s data (one image per row: the app has one upload)."
-    if image_inputs(learn.dls) != (1, False):
+    if learn.dls.meta.image_layout != (1, False):
         raise ValueError(
             "The app takes one image per row; this learner takes several (`ImageBlocks`): use `predict` or the CLI.")
-    return image_readers(learn.dls)[0]
+    return learn.dls.meta.readers[0]
 
 MAX_PIXELS = 40_000_000
 
@@ -98,18 +96,13 @@ def files_as_given(learn):
         for r,(p,s) in zip(rs, old): r.pref, r.suff = p, s
 
 # %% ../nbs/06b_forms.ipynb #d279db0a
-def prediction_kind(learn):
-    "What `learn` predicts: 'category', 'multicategory', 'points' or values ('regression')."
-    tls = learn.dls.valid_ds.tls
-    return (target_kind(tls[learn.dls.n_inp].tfms.fs) if len(tls) > learn.dls.n_inp else None) or 'regression'
-
 def predict_form(learn, image, values):
     """Predict one case, with its metadata and with none: the kind of output, the probabilities (or values) of each,
     and the decision."""
     df = form_rows(learn, image, values)
     with files_as_given(learn), learn.no_bar(), learn.no_logging():
         probs, _, dec = learn.get_preds(dl=learn.dls.test_dl(df, num_workers=0), with_decoded=True)
-    kind, probs = prediction_kind(learn), probs.float()
+    kind, probs = (learn.dls.meta.target or 'regression'), probs.float()
     res = dict(kind=kind, with_meta=probs[0].tolist(), without_meta=probs[1].tolist())
     if kind in ('category', 'multicategory'):
         vocab = [str(v) for v in learn.dls.vocab]

@@ -12,7 +12,7 @@ from fastai.vision.all import *
 from types import SimpleNamespace
 from .columns import is_missing, category_keys
 from .encoding import check_columns
-from .data import meta_encode, image_inputs
+
 from .learner import MetaLearner
 
 # %% ../nbs/03_interpret.ipynb #4ba0dccb
@@ -30,7 +30,7 @@ def meta_importance(self:MetaLearner, dl=None, n_repeats=3, seed=0, show=True):
     def score(df, cbs=None):
         with self.no_bar(), self.no_logging(): res = self.validate(dl=self.dls.test_dl(df, with_labels=True), cbs=cbs)
         return res[1] if len(res) > 1 else -res[0]
-    base, cols, rng = score(items), meta_encode(self.dls).encoding.columns, np.random.default_rng(seed)
+    base, cols, rng = score(items), self.dls.meta.encoding.columns, np.random.default_rng(seed)
     rows = []
     for c in cols:
         drops = [base - score(items.assign(**{c: rng.permutation(items[c].to_numpy())})) for _ in range(n_repeats)]
@@ -92,7 +92,7 @@ def meta_report(self:MetaLearner, cols=None, dl=None, bins=4, metrics=None, show
     items = ifnone(dl, self.dls.valid).items
     if not isinstance(items, pd.DataFrame):
         raise TypeError("meta_report needs a DataLoader over DataFrame rows (with their labels).")
-    enc, extra = meta_encode(self.dls).encoding, _images_per_row(self.dls, items)
+    enc, extra = self.dls.meta.encoding, _images_per_row(self.dls, items)
     cols = list(L(ifnone(cols, enc.columns + list(extra))))
     check_columns(items.columns, [c for c in cols if c not in extra])
     metrics = L(ifnone(metrics, self.metrics))
@@ -110,7 +110,7 @@ def meta_report(self:MetaLearner, cols=None, dl=None, bins=4, metrics=None, show
 def _images_per_row(dls, items):
     """`{'images': (the number of images of each row of `items`, in order)}` when `dls` takes several images per row
     (`ImageBlocks`), else `{}`."""
-    k, masked = image_inputs(dls)
+    k, masked = dls.meta.image_layout
     if not masked: return {}
     mask = next(t for t in dls.train_ds.tls[k].tfms.fs if getattr(t, 'masks_images', False))
     n = mask.encode_frame(items).sum(1).numpy()

@@ -14,7 +14,7 @@ from fastai.vision.all import *
 import copy, inspect, os, tempfile, time, warnings      # after fastai's names: `copy` is the module
 from torchvision.ops import StochasticDepth
 from .synth import make_synthetic
-from .data import meta_encode, image_inputs, images_exchangeable, several_images, MetaDataLoaders
+from .data import several_images, MetaDataLoaders
 from .model import *
 from .fusion import make_fusion, is_staged
 from .body import image_body, body_splitter, add_image_norm, split_bodies, timm_split, load_body_weights
@@ -85,7 +85,7 @@ class ScaledLoss(WrappedLoss):
 def default_image_pool(dls):
     """How a row's images are pooled unless told: 'mean' for the slots of one column (exchangeable views), 'slots' for
     named columns (which image is which matters)."""
-    return 'mean' if images_exchangeable(dls) else 'slots'
+    return 'mean' if dls.meta.exchangeable else 'slots'
 
 def create_meta_model(dls, arch, fusion='concat', n_out: int | None = None, pretrained=True, weights=None,
                       weights_path=None, cut: int | None = None, n_in: int = 3, init=nn.init.kaiming_normal_,
@@ -100,14 +100,14 @@ def create_meta_model(dls, arch, fusion='concat', n_out: int | None = None, pret
     body of `arch` (as `create_vision_model` is `vision_learner`'s)."""
     n_out = ifnone(n_out, get_c(dls))
     assert n_out, "`n_out` is not defined, and could not be inferred from data, set `dls.c` or pass `n_out`"
-    enc = meta_encode(dls).encoding
+    enc = dls.meta.encoding
     body, nf, pool = image_body(arch, pretrained=pretrained, weights=weights, weights_path=weights_path, n_in=n_in,
                                 cut=cut)
     branch = MetaBranch(enc.cardinalities, enc.n_cont, meta_layers, meta_ps, embed_p)
     stages = body_stages(body) if is_staged(fusion) or contrastive else None   # walk the body stage by stage?
     channels = stage_channels(body, stages, n_in) if stages else [nf]
     fuse = make_fusion(fusion, channels, branch.n_out, pool, concat_pool)
-    k, masked = image_inputs(dls)
+    k, masked = dls.meta.image_layout
     image_pool = ifnone(image_pool, default_image_pool(dls))
     if (k > 1 or masked) and contrastive:
         raise ValueError(
@@ -245,7 +245,7 @@ class MetaDropout(Callback):
     order = 5    # after the batch is on its device, before `to_fast` casts
     def __init__(self, p=0.2, per_column=False): store_attr()
     def before_fit(self):
-        enc = meta_encode(self.dls).encoding
+        enc = self.dls.meta.encoding
         self.blank, self.col_of, self.n_cols = blank_row(enc), column_of_position(enc), len(enc.columns)
     def before_batch(self):
         if not self.training or not self.p: return

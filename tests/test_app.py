@@ -93,7 +93,7 @@ def test_the_form_follows_the_metadata(synth):
     assert [(c, k, ch) for c,k,ch,_ in fields] == [('flag', 'yes/no', ['yes', 'no', 'unknown']), ('noise', 'number', None)]
     rows = form_rows(learn, path/'images'/df.fname[0], ['yes', None])
     assert rows.flag.tolist() == ['True', None] and rows.noise.isna().all()
-    enc = meta_encode(learn.dls).encoding
+    enc = learn.dls.meta.encoding
     assert enc.encode_df(rows)[0, 0] == enc.vocabs['flag'].index('True')
 
 @pytest.mark.parametrize('kind', ['regression', 'points'])

@@ -25,7 +25,7 @@ def test_train_says_columns_split_and_recipe(exported, capsys):
     assert "patient_id  the splitter reads it" in out and 'noise       excluded' in out
     assert "outcome     gives the label away" in out                                        # the recoded label is left out
     assert "by 'patient_id', groups kept on one side, stratified by the label" in out and 'fit_one_cycle(1, 0.01, cbs=PreciseBN)' in out
-    enc = meta_encode(load_learner(tmp/'m.pkl').dls).encoding
+    enc = load_learner(tmp/'m.pkl').dls.meta.encoding
     test_eq(enc.cat_names + enc.cont_names, ['site', 'age'])
 
 def test_timm_body_is_fine_tuned_with_lr_mult_1(synth):

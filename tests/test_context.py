@@ -7,7 +7,7 @@ from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.crossfit import fold_outputs
 from fastai_meta.cli import main
-from test_images import small_cnn
+from fastai_meta.synth import small_cnn
 
 @pytest.fixture(scope='module')
 def duck(synth):

@@ -139,7 +139,7 @@ def test_uncalled_metablock_infers_columns_safely(synth, capsys):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         dls = uncalled_dblock(path).dataloaders(infer_frame(df), bs=16, num_workers=0)
-    enc = meta_encode(dls).encoding
+    enc = dls.meta.encoding
     test_eq(enc.cat_names, ['site', 'visits'])                 # text, and an integer of few values
     test_eq(enc.cont_names, ['age', 'noise', 'age_days'])        # floats
     test_eq(set(enc.left_out), {'fname', 'label', 'is_valid', 'patient_id', 'file', 'clinic', 'empty', 'diagnosis'})
@@ -151,7 +151,7 @@ def test_uncalled_metablock_infers_columns_safely(synth, capsys):
     said = capsys.readouterr().out
     assert 'categorical: site, visits' in said and 'continuous:  age, noise, age_days' in said and 'diagnosis' in said and 'exclude=' in said
     test_eq(dls.one_batch()[1].shape[1], 2 + 3 + 3)                      # 2 categories, 3 _na flags, 3 continuous
-    ex = meta_encode(uncalled_dblock(path, meta=MetaBlock(exclude=['noise', 'age_days'], verbose=False)).dataloaders(infer_frame(df), bs=16, num_workers=0)).encoding
+    ex = uncalled_dblock(path, meta=MetaBlock(exclude=['noise', 'age_days'], verbose=False)).dataloaders(infer_frame(df), bs=16, num_workers=0).meta.encoding
     test_eq(ex.cat_names + ex.cont_names, ['site', 'visits', 'age'])
     assert ex.left_out['noise'] == 'excluded' and capsys.readouterr().out == ''
 
@@ -166,7 +166,7 @@ def test_uncalled_metablock_refuses_to_guess(synth):
     with pytest.raises(ValueError, match='cannot tell which columns block 2.*cat_names'):
         uncalled_dblock(path, get_y=lambda r: r['label']).dataloaders(infer_frame(df), bs=16, num_workers=0)
     named = uncalled_dblock(path, get_y=lambda r: r['label'], meta=MetaBlock(['site'], ['age']))   # names given: fine
-    test_eq(meta_encode(named.dataloaders(df.assign(is_valid=False), bs=16, num_workers=0)).encoding.cat_names, ['site'])
+    test_eq(named.dataloaders(df.assign(is_valid=False), bs=16, num_workers=0).meta.encoding.cat_names, ['site'])
 
 def test_named_columns_that_copy_the_label_are_named(synth):
     "With names given too: a column equal to the label under another coding, or a monotone copy of a number, is warned about."
@@ -248,7 +248,7 @@ def test_group_col_on_from_df(synth):
     tr, va = dls.splits
     assert not set(df.patient.iloc[tr]) & set(df.patient.iloc[va]) and abs(len(va) / len(df) - 0.2) < 0.05
     test_eq(GroupSplitter('patient', seed=0, stratify='label')(df), (tr, va))     # stratified by the label
-    enc = meta_encode(dls).encoding
+    enc = dls.meta.encoding
     assert 'patient' not in enc.cat_names + enc.cont_names and 'splitter' in enc.left_out['patient']
     bad = df.copy(); bad.loc[7, 'patient'] = None
     with pytest.raises(ValueError, match=r"'patient'.*row 7"):
@@ -269,7 +269,7 @@ def test_uncalled_metablock_on_real_tables(table, fn_col, label, cats, conts, le
                            get_y=ColReader(label), splitter=RandomSplitter(seed=0), item_tfms=Resize(32))
         with warnings.catch_warnings():
             warnings.simplefilter('error', UserWarning)       # what is left out is said, not warned about
-            enc = meta_encode(dblock.dataloaders(rows.sample(n, random_state=0), bs=8, num_workers=0)).encoding
+            enc = dblock.dataloaders(rows.sample(n, random_state=0), bs=8, num_workers=0).meta.encoding
         test_eq(enc.cat_names, cats); test_eq(enc.cont_names, conts)
         assert all(enc.left_out[c].startswith(why) for c,why in left.items()), enc.left_out
         said = capsys.readouterr().out

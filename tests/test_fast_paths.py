@@ -14,7 +14,7 @@ def test_metadata_is_encoded_once_per_frame(synth):
     for ds in (dls.train_ds, dls.valid_ds):
         assert isinstance(ds.tls[1].items, EncodedRows)       # the metadata block fetches by index...
         assert isinstance(ds.items, pd.DataFrame)              # ...and the dataset still shows its DataFrame
-    enc = meta_encode(dls).encoding
+    enc = dls.meta.encoding
     valid = df.iloc[dls.splits[1]]
     _, meta, _ = _valid_batch(dls)
     test_eq(meta, torch.as_tensor(enc.encode_df(valid.iloc[:len(meta)])))
@@ -60,7 +60,7 @@ def test_shuffled_batches_keep_rows_together(synth, workers):
     dblock = DataBlock(blocks=(*TabularImageBlock('fname', cont_names=['rowid'], pref=path/'images'), RegressionBlock),
                        get_y=ColReader('rowid'), splitter=RandomSplitter(seed=0), item_tfms=Resize(32))
     dls = dblock.dataloaders(df, bs=16, num_workers=workers)
-    enc = meta_encode(dls).encoding
+    enc = dls.meta.encoding
     for xb, mb, yb in list(dls.train)[:2]:
         test_close(mb[:, 1].cpu() * enc.stds[0] + enc.means[0], yb.cpu(), eps=1e-3)
 

@@ -3,13 +3,10 @@ import pickle, warnings
 import pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.synth import small_cnn
 from fastai_meta.forms import form_rows
 from fastai_meta.model import pooling
 from fastai_meta.images import TensorPresent, ImagesPresent
-
-def small_cnn(pretrained=False):
-    "A two-layer CNN: enough for tinted images, fast on a CPU."
-    return nn.Sequential(ConvLayer(3, 16, stride=2), ConvLayer(16, 32, stride=2), nn.AdaptiveAvgPool2d(1), Flatten(), nn.Linear(32, 2))
 
 def views_dls(path, df, cols=('fname', 'fname2'), seed=0, bs=32, cache=True, **kwargs):
     "DataLoaders of the 'views' task: its image columns, then `flag`."

@@ -306,7 +306,7 @@ def test_meta_dropout_shows_all_missing_rows_in_training_only(synth):
     dls = meta_dls(path, df, 'xor')
     learn = meta_cnn_learner(dls, resnet18, pretrained=False, meta_dropout=0.5, cbs=SeenMeta())
     fit_quietly(learn, 1)
-    enc = meta_encode(dls).encoding
+    enc = dls.meta.encoding
     blank = tensor(enc.encode_df(pd.DataFrame({c: [None] for c in enc.cat_names + enc.cont_names}))[0])
     train, valid = torch.cat(learn.seen_meta.seen[True]), torch.cat(learn.seen_meta.seen[False])
     share = (train == blank).all(1).float().mean().item()
