@@ -7,7 +7,7 @@ and the average of image only's and the table's predictions, on the same grouped
 with corrected intervals, its verdict); then each fusion against the table alone, paired.
 
 Run: .venv/bin/python bench/age.py [--data ham10000|siim] [--n 1500] [--folds 3] [--size 96] [--epochs 4] [--fusions concat film]
-Writes bench/results/age-<data>-<cpu|gpu>.{json,md,png} (and resumes from its run folder).
+Writes fastai_meta/results/age-<data>-<cpu|gpu>.{json,md,png} (and resumes from its run folder).
 """
 import shutil, warnings
 warnings.filterwarnings('ignore')

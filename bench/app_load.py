@@ -11,7 +11,7 @@ A tenth of the requests are malformed uploads (not an image, an image of 42 mega
 refused with their message. The server's resident memory is sampled every 0.1 s. Latency is per request, at the client.
 
 Run: .venv/bin/python bench/app_load.py [--clients 20] [--requests 40]
-Writes bench/results/app-load-cpu.{json,md}.
+Writes fastai_meta/results/app-load-cpu.{json,md}.
 """
 import argparse, json, os, random, socket, subprocess, sys, tempfile, threading, time, urllib.request, warnings
 from pathlib import Path
@@ -21,10 +21,11 @@ from PIL import Image
 from gradio_client import Client, handle_file
 from fastai.vision.all import accuracy, resnet18, set_seed
 from fastai_meta.all import *
+from fastai_meta.sources import results_path
 from fastai_meta.app import rank_patient
 from fastai_meta.synth import make_synthetic
 
-OUT = Path(__file__).parent/'results'
+OUT = results_path()
 
 def one_image_model(d):
     "A calibrated one-image model of the 'meta' task (site and age decide; the images are noise), exported: (file, images, cases)."

@@ -9,7 +9,7 @@ operating point and at the usual argmax decision. The fold-0 model also goes thr
 and its test predictions are compared with the original's.
 
 Run: .venv/bin/python bench/calibration.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5] [--replot]
-Writes bench/results/calibration-ham10000-<cpu|gpu>.{json,md,png}; the diagram is fold 0's test predictions (kept in the JSON),
+Writes fastai_meta/results/calibration-ham10000-<cpu|gpu>.{json,md,png}; the diagram is fold 0's test predictions (kept in the JSON),
 in bins of equal counts.
 """
 import json, tempfile, time, warnings

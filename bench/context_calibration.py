@@ -12,7 +12,7 @@ exact binomial interval. The calibrated model also goes through `export_safe`/`l
 are compared with the original's.
 
 Run: .venv/bin/python bench/context_calibration.py [--inner 3] [--size 64] [--epochs 4] [--lr 2e-3] [--render]
-Writes bench/results/context-calibration-siim-<cpu|gpu>.{json,md}.
+Writes fastai_meta/results/context-calibration-siim-<cpu|gpu>.{json,md}.
 """
 import json, tempfile, time, warnings
 from pathlib import Path

@@ -13,7 +13,7 @@ rows whose map passes its own deletion check; for the default, the rows of a mod
 with re-initialised weights whose map passes the check (it should be none).
 
 Run: .venv/bin/python bench/explain_sanity.py [--seeds 5] [--size 32] [--n 600] [--epochs 8] [--settings patch:resnet18 where:resnet18:1000:10 patch:lite0 spot:resnet18]
-Writes bench/results/explain-sanity-cpu.{json,md}.
+Writes fastai_meta/results/explain-sanity-cpu.{json,md}.
 """
 import argparse, copy, json, tempfile, time, warnings
 from pathlib import Path
@@ -21,8 +21,9 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import accuracy, set_seed
 from fastai_meta.all import *
+from fastai_meta.sources import results_path
 
-OUT = Path(__file__).parent/'results'
+OUT = results_path()
 SIZE, SIDE = 32, 8                   # the image's side and the region's (set by --size)
 FIRST = dict(resnet18='layer1', lite0='blocks.1')
 METHODS = dict(occlusion=dict(), gradcam=dict(method='gradcam'), gradcam_first=None)
@@ -90,7 +91,7 @@ def main(a):
     render(out)
 
 def render(out):
-    "Write the results `out` as bench/results/explain-sanity-<device>.md."
+    "Write the results `out` as fastai_meta/results/explain-sanity-<device>.md."
     tab, a = pd.DataFrame(out['runs']), argparse.Namespace(**out['settings'])
     rows = []
     for (task, body), g in tab.groupby(['task', 'body'], sort=False):

@@ -7,7 +7,7 @@ columns) and predicted, and explained with `method='gradcam'` (Grad-CAM on the b
 after two rows of warm-up; the median and the quartiles of the seconds per row, and their ratio.
 
 Run: .venv/bin/python bench/explain_time.py [--rows 20] [--size 128]
-Writes bench/results/explain-time-cpu.{json,md}.
+Writes fastai_meta/results/explain-time-cpu.{json,md}.
 """
 import argparse, json, time, warnings
 warnings.filterwarnings('ignore')

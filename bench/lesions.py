@@ -6,7 +6,7 @@ read from ../shared/data/ham10000 (CC BY-NC: never copied). `--per-class N` caps
 10,015); the CPU default fits about an hour on a 2-core CPU; on a GPU use `--per-class 0 --size 224`.
 
 Run: .venv/bin/python bench/lesions.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3] [--fusions concat metablock]
-Writes bench/results/compare-ham10000-<cpu|gpu>.{json,md,png} (and resumes from the json when stopped).
+Writes fastai_meta/results/compare-ham10000-<cpu|gpu>.{json,md,png} (and resumes from the json when stopped).
 """
 import argparse, shutil, warnings
 from pathlib import Path
@@ -14,8 +14,9 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import aug_transforms
 from fastai_meta.all import *
+from fastai_meta.sources import results_path
 
-OUT = Path(__file__).parent/'results'
+OUT = results_path()
 HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
 
 def load_ham(per_class=0, seed=0):
@@ -38,7 +39,7 @@ def pretrained_compare(df, path, a, out, **kwargs):
                         cache=ImageCache(a.size), batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), out=out, **kwargs)
 
 def compare_ham(a, name='ham10000'):
-    "Run `meta_compare` on HAM10000 with the options `a`; copy its json, md and png to bench/results/compare-<name>-<device>.*"
+    "Run `meta_compare` on HAM10000 with the options `a`; copy its json, md and png to fastai_meta/results/compare-<name>-<device>.*"
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     run_dir = OUT/f'compare-{name}-{device}.run'
     res = pretrained_compare(load_ham(a.per_class, a.seed), HAM, a, run_dir, fn_col='image_id', label_col='dx', group_col='lesion_id',

@@ -7,7 +7,7 @@ removed (rows at random, seeded), and with one column removed from every row. Ba
 std over folds. Targets: with dropout, at 100 % missing within 1 point of image only; at 0 % within 1 point of no dropout.
 
 Run: .venv/bin/python bench/missing.py [--per-class 200] [--size 96] [--epochs 5] [--p 0.25]
-Writes bench/results/missing-<cpu|gpu>.json, .md and .png.
+Writes fastai_meta/results/missing-<cpu|gpu>.json, .md and .png.
 """
 import json, time, warnings
 warnings.filterwarnings('ignore')

@@ -6,7 +6,7 @@ tint is the label: the metadata chooses the image). Each `image_pool` trains `sm
 (`fit_one_cycle(10, 3e-2)`, 400 rows, 16 px), `--seeds` seeds; validation accuracy. Named columns default to the pooling
 best on all three; a list column of views keeps 'mean' (its slots are exchangeable), so bench/views.py is unchanged by it.
 
-Run: .venv/bin/python bench/named_images.py [--seeds 3]   Writes bench/results/named-images-cpu.{json,md}.
+Run: .venv/bin/python bench/named_images.py [--seeds 3]   Writes fastai_meta/results/named-images-cpu.{json,md}.
 """
 import argparse, json, sys, tempfile, warnings
 from pathlib import Path
@@ -14,10 +14,11 @@ warnings.filterwarnings('ignore')
 import numpy as np, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.sources import results_path
 from fastai_meta.model import pooling
 from fastai_meta.synth import small_cnn
 
-OUT, TASKS = Path(__file__).parent/'results', ('ordered', 'views', 'selects')
+OUT, TASKS = results_path(), ('ordered', 'views', 'selects')
 
 def views_dls(path, df, seed=0):
     "DataLoaders of two named image columns (cached at 16 px), then `flag`."

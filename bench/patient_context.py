@@ -4,10 +4,10 @@ Stage one (`--stage-one image|concat`, kept in /tmp): pretrained EfficientNet-Li
 over K patient-grouped folds (the library's `cross_fit`), so every image's melanoma probability and embedding come from a
 model that never saw its patient. Stage two, on that out-of-fold table, fitted and scored on K other patient-grouped folds:
 each design of `DESIGNS`. ROC AUC per fold, paired lifts over image only with t and Nadeau-Bengio intervals; seeds 1 to 3
-repeat the stage two over other folds. Rows of the results file made by removed code: bench/results/PROVENANCE.md.
+repeat the stage two over other folds. Rows of the results file made by removed code: fastai_meta/results/PROVENANCE.md.
 
 Run: .venv/bin/python bench/patient_context.py --stage-one image; ... --stage-one concat; then with no --stage-one
-Writes bench/results/patient-context-cpu.{json,md}.
+Writes fastai_meta/results/patient-context-cpu.{json,md}.
 """
 import json, time, warnings
 from functools import partial
@@ -37,7 +37,7 @@ DESIGNS = {   # name: (stage one's table, stage two); 'raw': the stage-one model
     'metadata fusion alone (meta_cnn_learner concat)': ('concat', 'raw'),
     'two-stage: concat + context, logistic regression (context_learner)': ('concat', 'lr'),
     'two-stage: image only + context, logistic regression': ('image', 'lr'),
-}   # the gradient-boosting stage two, which lost to this logistic regression, is in the results file only (bench/results/PROVENANCE.md)
+}   # the gradient-boosting stage two, which lost to this logistic regression, is in the results file only (fastai_meta/results/PROVENANCE.md)
 BASE = 'image only (vision_learner)'
 SHIPPED = 'two-stage: concat + context, logistic regression (context_learner)'
 FUSION = 'metadata fusion alone (meta_cnn_learner concat)'

@@ -6,7 +6,7 @@ process with all of the machine's threads (torch's default), then with one threa
 of one thread each (W = the CPU count), on workers started beforehand. Wall times, the speed-up over the default serial
 run, and the largest difference between the Ray table's scores and each serial table's. Then the task overhead: 24 jobs that train nothing, on warm workers, per job.
 
-Run: .venv/bin/python bench/ray_runner.py [--n 240] [--sizes 32 64]   Writes bench/results/ray-runner-cpu.{json,md}.
+Run: .venv/bin/python bench/ray_runner.py [--n 240] [--sizes 32 64]   Writes fastai_meta/results/ray-runner-cpu.{json,md}.
 """
 import argparse, json, os, tempfile, time, warnings
 from pathlib import Path
@@ -14,9 +14,10 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, ray, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.sources import results_path
 from fastai_meta.crossfit import Job, run_jobs, RayRunner
 
-OUT = Path(__file__).parent/'results'
+OUT = results_path()
 COLS = ['accuracy', 'balanced_accuracy', 'roc_auc']
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])        # `_nothing` travels by value
 

@@ -13,7 +13,7 @@ scored on the same grouped outer folds; then the stack against each, paired by f
 - `--data age`: HAM10000's age from the image, sex and site (a regression, `--per-class` × 7 rows with an age); headline MAE.
 
 Run: .venv/bin/python bench/stack.py --data ham10000|siim|age [--context] [--per-class 90] [--folds 3] [--inner 3] [--size 64] [--epochs 3]
-Writes bench/results/stack-<data>[-context]-<cpu|gpu>.{json,md,png} (and resumes from its run folder).
+Writes fastai_meta/results/stack-<data>[-context]-<cpu|gpu>.{json,md,png} (and resumes from its run folder).
 """
 import shutil, warnings
 warnings.filterwarnings('ignore')

@@ -10,7 +10,7 @@ Settings: `old` (before this benchmark: no wide path), `wide` (the default now: 
 `MetaModel.wide_gain`), `wide + image_p` (and half the rows' image features dropped in training). Paired differences
 from `old` by fold, with the mean and its 95 % t interval.
 
-Run: .venv/bin/python bench/table_network.py [--seeds 2] [--ham 90]   Writes bench/results/table-network-cpu.{json,md}.
+Run: .venv/bin/python bench/table_network.py [--seeds 2] [--ham 90]   Writes fastai_meta/results/table-network-cpu.{json,md}.
 """
 import argparse, json, tempfile, warnings
 from pathlib import Path

@@ -6,11 +6,11 @@ the best of `--epochs` timed ones, learners taken in turn so that a machine's dr
 `to_fast()`: `vision_learner`, `meta_cnn_learner` with each fusion, and `'concat'` with the cache; and building DataLoaders
 for 1,000,000 rows of synthetic metadata. Every number is also a ratio to the same run's `vision_learner` (or DataLoader
 without metadata), so runs on different machines compare by ratio. The comparison with a bare PyTorch step that chose the
-channels-last default and `amp_rule` (bench/results/speed-cpu.md) came from an earlier form of this script (PROVENANCE.md).
+channels-last default and `amp_rule` (fastai_meta/results/speed-cpu.md) came from an earlier form of this script (PROVENANCE.md).
 
 Run: .venv/bin/python bench/throughput.py              (CPU: a small size, minutes)
      python bench/throughput.py --n 0 --size 128 --bs 512 --workers 16      (a GPU, all images)
-Writes bench/results/throughput-<cpu|gpu>.json and .md.
+Writes fastai_meta/results/throughput-<cpu|gpu>.json and .md.
 """
 import argparse, json, platform, time, warnings
 from pathlib import Path
@@ -18,9 +18,10 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.sources import results_path
 from fastai_meta.fusion import fusions
 
-OUT = Path(__file__).parent/'results'
+OUT = results_path()
 HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
 
 def images(n, size, seed=0):

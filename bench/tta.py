@@ -6,7 +6,7 @@ For each of K lesion-grouped folds (stratified by diagnosis), concat `meta_cnn_l
 differences (TTA minus plain) of macro ROC AUC and balanced accuracy get a 95 % t interval widened by Nadeau and Bengio's correction.
 
 Run: .venv/bin/python bench/tta.py [--folds 3] [--per-class 300] [--size 128] [--epochs 5]
-Writes bench/results/tta-ham10000-<cpu|gpu>.{json,md}.
+Writes fastai_meta/results/tta-ham10000-<cpu|gpu>.{json,md}.
 """
 import json, time, warnings
 warnings.filterwarnings('ignore')

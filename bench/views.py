@@ -7,7 +7,7 @@ views, pooled by a mean). Each trains image only and concat (pretrained Efficien
 paired difference of the two runs' scores, fold by fold, is the lift of every image over one.
 
 Run: .venv/bin/python bench/views.py [--folds 5] [--per-class 200] [--size 96] [--epochs 4]
-Writes bench/results/views-ham10000-<cpu|gpu>.md and the two runs' compare files in views-ham10000-<device>.run/.
+Writes fastai_meta/results/views-ham10000-<cpu|gpu>.md and the two runs' compare files in views-ham10000-<device>.run/.
 """
 import warnings
 warnings.filterwarnings('ignore')

@@ -4,16 +4,17 @@
 the quadrant the metadata names. The metadata alone is at chance (0.50), the image alone guesses the majority colour (0.6875
 expected). Each fusion trains resnet18 from scratch on the same data, seed and budget.
 
-Run: .venv/bin/python bench/where_task.py [--n 1000] [--size 32] [--epochs 10]   Writes bench/results/where_task.json and .md.
+Run: .venv/bin/python bench/where_task.py [--n 1000] [--size 32] [--epochs 10]   Writes fastai_meta/results/where_task.json and .md.
 """
 import argparse, json, tempfile, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 from fastai.vision.all import *
 from fastai_meta.all import *
+from fastai_meta.sources import results_path
 from fastai_meta.crossfit import IMAGE, fit_fold
 
-OUT = Path(__file__).parent/'results'
+OUT = results_path()
 
 def main():
     p = argparse.ArgumentParser()

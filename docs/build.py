@@ -19,6 +19,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SITE_URL = 'https://fastai-meta.github.io/fastai_meta/'
 NAV = {'Tutorials': 'tutorials/', 'Reference': ''}   # sidebar sections, by folder of the page
+# The reference in the order a user meets it: the data, the learner, what it tells, comparing, the stack, deploying, serving
+READING_ORDER = ['data', 'columns', 'encoding', 'images', 'show', 'learner', 'model', 'fusion', 'body', 'losses', 'speed',
+                 'interpret', 'calibrate', 'explain', 'compare', 'report', 'crossfit', 'scores', 'context', 'stack',
+                 'stage_two', 'deploy', 'description', 'hub', 'app', 'forms', 'cli', 'commands', 'trackers', 'synth', 'sources']
 _re_opt = re.compile(r'^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
 
 def cell_options(src):
@@ -60,7 +64,8 @@ def own_source(name, link):
     return re.sub(r'\(https?://[^)]*\)', f'(https://github.com/fastai-meta/fastai_meta/blob/main/fastai_meta/{Path(file).name}#L{line})', link, count=1)
 
 def show_doc_name(md):
-    "The documented name of `show_doc`'s markdown (its heading)."
+    "The documented name of `show_doc`'s markdown (its heading); `None` for other markdown (a benchmark's table, a heading of prose)."
+    if not md.lstrip().startswith('---'): return None      # show_doc's markdown opens with a rule
     m = re.search(r'^#+\s+(\S+)', md, re.MULTILINE)
     return m and m.group(1)
 
@@ -150,11 +155,16 @@ def convert(nb, depth):
         if opts.get('include') == 'false': continue
         outs = clean_outputs(cell.get('outputs', []))
         mds = [_text(o.get('data', {}).get('text/markdown')) for o in outs if 'text/markdown' in o.get('data', {})]
+        if opts.get('output') == 'asis':        # what the cell printed is markdown too (quarto's `output: asis`), blank lines kept
+            mds += [_text(o.get('text')) for o in cell.get('outputs', []) if o.get('output_type') == 'stream' and o.get('name') == 'stdout']
+        if opts.get('output') == 'asis' and mds and opts.get('echo') != 'false':    # the code shown, its output as markdown
+            cells.append(dict(cell_type='code', metadata={'tags': ['remove-output']}, source=src, outputs=[], execution_count=None))
+            opts['echo'] = 'false'
         if opts.get('echo') == 'false' and opts.get('output') == 'asis' and mds:   # show_doc and tables: real markdown
             names = {show_doc_name(m) for m in mds} - {None}
             if names and names <= documented: continue     # nbdev documents a patched method twice (`Learner.to_fast` vs `to_fast`)
             documented |= names
-            md = '\n\n'.join(show_doc_markdown(m) for m in mds)
+            md = '\n\n'.join(show_doc_markdown(m) if show_doc_name(m) else m for m in mds)
             md = re.sub(r'^# (?=\S)', '### ', md, flags=re.MULTILINE)   # a benchmark's own title, inside the page: never a page of its own
             cells.append(dict(cell_type='markdown', metadata={}, source=relink(md, depth)))
             continue
@@ -189,6 +199,8 @@ def build_sources(proc, src):
         if str(out) != 'index':
             section = 'Tutorials' if out.parts[0] == 'tutorials' else 'Reference'
             pages[section].append(str(out))
+    rank = {p: i for i,p in enumerate(READING_ORDER)}
+    pages['Reference'].sort(key=lambda p: rank.get(p, len(rank)))
     for md in (ROOT/'nbs').glob('*.md'): shutil.copy(md, src/md.name)
     if (ROOT/'nbs'/'images').exists(): shutil.copytree(ROOT/'nbs'/'images', src/'images')     # figures the pages link to (the app's screenshot)
     index = src/'index.ipynb'

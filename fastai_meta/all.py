@@ -1,5 +1,5 @@
 """What a user calls, in one import: `from fastai_meta.all import *`. Constants and helpers stay in their modules."""
-from .sources import data_path
+from .sources import data_path, results_path
 from .columns import infer_meta_columns, label_proxies, warn_leaks
 from .encoding import TensorMeta, MetaEncoding
 from .images import ImageCache

@@ -13,7 +13,7 @@ from fastai.vision.all import *
 from .encoding import check_columns
 from .data import check_classes, target_task
 from .scores import *
-from .crossfit import IMAGE, fold_learner, fold_spec, learner_args, row_folds, Job, run_jobs, fit_fold, RunStore
+from .crossfit import run_key, IMAGE, fold_learner, fold_spec, learner_args, row_folds, Job, run_jobs, fit_fold, RunStore
 from .context import context_learner
 from .stack import stack_learner
 from .report import *
@@ -128,7 +128,7 @@ def meta_compare(df, path='.', group_col=None, fusions=('concat', ), epochs=5, l
         for s in seeds
     }
     jobs = [
-        Job(f'{s}/{k}/{m}', partial(_train, m, a=a), folds[s], k, s) for s in seeds for m in (IMAGE, *fusions)
+        Job(run_key(s, k, m), partial(_train, m, a=a), folds[s], k, s) for s in seeds for m in (IMAGE, *fusions)
         for k in range(n_folds)
     ]
     runs = run_jobs(df, jobs, store, runner, quiet=store is not None and

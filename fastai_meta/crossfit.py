@@ -6,7 +6,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/crossfit.html.md"""
 
 # %% auto #0
 __all__ = ['IMAGE', 'NO_METADATA', 'fold_learner', 'fold_spec', 'learner_args', 'row_folds', 'fold_outputs', 'fit_fold',
-           'write_json', 'RunStore', 'out_of_fold', 'Job', 'FoldFit', 'Serial', 'RayRunner', 'runner_for',
+           'write_json', 'RunStore', 'run_key', 'out_of_fold', 'Job', 'FoldFit', 'Serial', 'RayRunner', 'runner_for',
            'runner_options', 'run_jobs', 'cross_fit']
 
 # %% ../nbs/02b_crossfit.ipynb #1bea61de
@@ -149,6 +149,10 @@ class RunStore:
         self.runs[key] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k,v in run.items() if k != 'learn'}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.path, dict(settings=self.settings, runs=self.runs))
+
+def run_key(seed, fold, model):
+    "The name of one training run in a `RunStore`: its seed, fold and model."
+    return f'{seed}/{fold}/{model}'
 
 def out_of_fold(runs, folds, field='probs'):
     "The rows × values array of every row's `field` (e.g. `probs`, `emb`) from the run of its own fold."

@@ -19,7 +19,7 @@ from .context import ContextLearner
 def _captum():
     "captum's attribution methods; without captum, an `ImportError` that says what to install."
     try: import captum.attr as attr
-    except ImportError as e: raise ImportError("`explain` needs captum: pip install 'fastai_meta[explain]'") from e
+    except ImportError as e: raise ImportError("`explain` needs captum: pip install captum (in a clone of fastai_meta: pip install -e '.[explain]')") from e
     return attr
 
 def last_stage(body, x):

@@ -87,15 +87,37 @@ def default_image_pool(dls):
     named columns (which image is which matters)."""
     return 'mean' if dls.meta.exchangeable else 'slots'
 
-def create_meta_model(dls, arch, fusion='concat', n_out: int | None = None, pretrained=True, weights=None,
-                      weights_path=None, cut: int | None = None, n_in: int = 3, init=nn.init.kaiming_normal_,
-                      concat_pool: bool = True, lin_ftrs: list | tuple | None = None,
-                      ps: float | int | list | tuple = 0.5, first_bn: bool = True, bn_final: bool = False,
-                      lin_first: bool = False, y_range: list | tuple | None = None,
-                      meta_layers: list | tuple = (512, 128), meta_ps: float | int | list | tuple = 0.3,
-                      embed_p: float | int = 0., contrastive: float | int = 0., arcface: bool = False,
-                      arc_s: float | int = 30., emb_dim: int = 512, scale_y: bool = True, wide: bool | None = None,
-                      image_p: float | int = 0., image_pool: str | None = None, shared_body: bool = True):
+def create_meta_model(
+    dls,                                  # `(image(s), metadata)` DataLoaders: read through `dls.meta`
+    arch,                                 # the image body: a torchvision model function or a timm model name
+    fusion='concat',                      # where image and metadata meet: a name in `fusions`, or a `Fusion`
+    n_out:int|None=None,                  # the outputs (default: `dls.c`)
+    pretrained=True,                      # ImageNet weights for the body
+    weights=None,                         # torchvision weights (default: the arch's own)
+    weights_path=None,                    # a local file of weights for the body (then `pretrained`)
+    cut:int|None=None,                    # where the body is cut, as in `create_body`
+    n_in:int=3,                           # channels of each image
+    init=nn.init.kaiming_normal_,         # initialisation of the head
+    concat_pool:bool=True,                # average and max pooling of the image features, as fastai's head
+    lin_ftrs:list|tuple|None=None,        # hidden sizes of the head
+    ps:float|int|list|tuple=0.5,          # dropout of the head
+    first_bn:bool=True,                   # batchnorm first in the head
+    bn_final:bool=False,                  # batchnorm last in the head
+    lin_first:bool=False,                 # linear layer before dropout in the head
+    y_range:list|tuple|None=None,         # the range of a regression's outputs
+    meta_layers:list|tuple=(512, 128),    # hidden sizes of the metadata branch
+    meta_ps:float|int|list|tuple=0.3,     # dropout of the metadata branch
+    embed_p:float|int=0.,                 # dropout of the categories' embeddings
+    contrastive:float|int=0.,             # weight of the self-contrastive loss on the body's stages (0: none)
+    arcface:bool=False,                   # an ArcFace head (an angular margin) instead of plain logits
+    arc_s:float|int=30.,                  # ArcFace's scale
+    emb_dim:int=512,                      # the size of ArcFace's embedding
+    scale_y:bool=True,                    # standardise regression targets on the training rows
+    wide:bool|None=None,                  # a linear path from the encoded table to the output (default: on, not with ArcFace)
+    image_p:float|int=0.,                 # share of rows whose image features are dropped in training (modality dropout)
+    image_pool:str|None=None,             # how a row's images pool: 'mean', 'slots', 'concat', 'attention' (default: by layout)
+    shared_body:bool=True,                # one body for every image of a row
+):
     """The network of `meta_cnn_learner`, a `MetaModel`, for the metadata, image inputs and target of `dls` and the
     body of `arch` (as `create_vision_model` is `vision_learner`'s)."""
     n_out = ifnone(n_out, get_c(dls))
@@ -139,9 +161,19 @@ def create_meta_model(dls, arch, fusion='concat', n_out: int | None = None, pret
 # %% ../nbs/02_learner.ipynb #1be66949
 @delegates(Learner.__init__)
 @delegates(create_meta_model, keep=True)
-def meta_cnn_learner(dls, arch, normalize=True, loss_func=None, splitter=None, cbs=None,
-                     contrastive_tau: float | int = 0.1, arc_m: float | int = 0.5, meta_dropout=0.,
-                     fast: bool | str = 'channels_last', **kwargs):
+def meta_cnn_learner(
+    dls,                                  # `(image(s), metadata)` DataLoaders (`MetaBlock`, `MetaDataLoaders`)
+    arch,                                 # the image body: a torchvision model function or a timm model name
+    normalize=True,                       # add the body's image normalisation to the batch transforms, as `vision_learner`
+    loss_func=None,                       # the loss (default: the target's, as fastai chooses)
+    splitter=None,                        # layer groups (default: the body's, as fastai's or timm's, then the rest)
+    cbs=None,                             # callbacks
+    contrastive_tau:float|int=0.1,        # temperature of the self-contrastive loss
+    arc_m:float|int=0.5,                  # ArcFace's angular margin
+    meta_dropout=0.,                      # probability that a training row's metadata is replaced by all-missing (`MetaDropout`)
+    fast:bool|str='channels_last',        # `to_fast`: True, False, or 'channels_last' (memory format only)
+    **kwargs                              # `create_meta_model`'s arguments, then `Learner`'s
+):
     """Build a `MetaLearner` for `(image, metadata)` inputs (or several images, see `ImageBlocks`) from `dls` and
     `arch`, like `vision_learner`; the network is `create_meta_model`'s."""
     if fast not in (True, False, 'channels_last'):

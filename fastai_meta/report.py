@@ -14,7 +14,7 @@ from fastai.vision.all import *
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from .interpret import subgroup_report
 from .scores import *
-from .crossfit import IMAGE, out_of_fold, write_json
+from .crossfit import IMAGE, out_of_fold, write_json, run_key
 
 # %% ../nbs/03a1_report.ipynb #cmp019
 GBM, POE, CONTEXT, STACK = 'metadata only (gradient boosting)', 'image × metadata (product)', 'context', 'stack'
@@ -210,7 +210,7 @@ class CompareResult(Comparison):
         self.probs = {}
         for s in self.seeds:
             for m in (IMAGE, *self.fusions):
-                self.probs[s, m] = out_of_fold({k: runs[f'{s}/{k}/{m}'] for k in range(self.k)}, folds[s])
+                self.probs[s, m] = out_of_fold({k: runs[run_key(s, k, m)] for k in range(self.k)}, folds[s])
             p = self.probs[s, IMAGE]
             p_meta, poe = np.full_like(p, np.nan), np.full_like(p, np.nan)
             for k in range(self.k):                                 # fitted on the training folds, like the networks
@@ -358,7 +358,7 @@ class RegressionResult(Comparison):
         self.pred = {}
         for s in self.seeds:
             for m in (IMAGE, *self.fusions):
-                self.pred[s, m] = out_of_fold({k: runs[f'{s}/{k}/{m}'] for k in range(self.k)}, folds[s])
+                self.pred[s, m] = out_of_fold({k: runs[run_key(s, k, m)] for k in range(self.k)}, folds[s])
             p = self.pred[s, IMAGE]
             table = np.full_like(p, np.nan)
             for k in range(self.k):                                 # fitted on the training folds, like the networks

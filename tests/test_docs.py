@@ -1,11 +1,13 @@
 "The docs site: built from the notebooks by `make docs`'s script, then opened in headless Chromium."
-import functools, http.server, importlib, json, os, re, shutil, subprocess, sys, threading
+import functools, html as html_lib, http.server, importlib, json, os, re, shutil, subprocess, sys, threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ['sources', 'columns', 'encoding', 'images', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner', 'interpret', 'trackers', 'calibrate', 'crossfit', 'scores', 'context', 'stack', 'explain', 'compare', 'cli', 'synth', 'deploy', 'hub', 'app']
+MODULES = ['sources', 'columns', 'encoding', 'images', 'show', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner',
+           'interpret', 'trackers', 'calibrate', 'crossfit', 'scores', 'context', 'stage_two', 'stack', 'explain', 'report',
+           'compare', 'commands', 'cli', 'synth', 'description', 'deploy', 'hub', 'forms', 'app']
 TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several_images', 'ugly_duckling']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']
@@ -192,3 +194,38 @@ def test_shown_code_uses_the_public_api():
             if c['cell_type'] != 'code' or re.search(r'^#\|\s*(hide|export|echo:\s*false)', src, re.M): continue
             bad += [f'{f.name}: {n}' for n in private if re.search(r'(?<![\w.])' + re.escape(n) + r'\b', src)]
     assert not bad, bad
+
+def _page(nb_path):
+    "The site page of notebook `nb_path`: its name without the number nbdev orders notebooks by."
+    name = re.sub(r'^\d+[a-z0-9]*_', '', nb_path.stem)
+    return f'tutorials/{name}.html' if nb_path.parent.name == 'tutorials' else f'{name}.html'
+
+def _saved_tables(nb_path):
+    "How many tables a notebook's shown cells saved: markdown tables printed or displayed, and HTML tables."
+    n = 0
+    for c in json.loads(nb_path.read_text())['cells']:
+        src = ''.join(c['source'])
+        if c['cell_type'] != 'code' or re.search(r'^#\|\s*(hide|include:\s*false|output:\s*false)', src, re.M): continue
+        for o in c.get('outputs', []):
+            md = ''.join(o.get('text', '')) if 'output: asis' in src else ''
+            md += ''.join(o.get('data', {}).get('text/markdown', ''))
+            n += len(re.findall(r'^\|?\s*:?-{3,}:?\s*\|', md, re.M)) + ''.join(o.get('data', {}).get('text/html', '')).count('<table')
+    return n
+
+def test_markdown_renders_and_no_table_is_lost(site):
+    "Markdown a cell prints for the page (`output: asis`) renders as markdown, not raw `|` text; every table a page saved is on it."
+    out, base, browser = site
+    raw, lost = [], []
+    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
+        page = out/_page(f)
+        if not page.exists(): continue
+        html = page.read_text()
+        pre = html_lib.unescape(re.sub(r'<[^>]+>', '', ' '.join(re.findall(r'<pre.*?</pre>', html, re.S))))
+        for c in json.loads(f.read_text())['cells']:
+            if c['cell_type'] != 'code' or 'output: asis' not in ''.join(c['source']): continue
+            printed = ''.join(''.join(o.get('text', '')) for o in c.get('outputs', []) if o.get('output_type') == 'stream')
+            rows = [l.strip() for l in printed.splitlines() if l.strip().startswith('|')]
+            if rows and rows[0] in pre: raw.append(f'{page.name}: {rows[0][:60]}')
+        if html.count('<table') < _saved_tables(f): lost.append(f'{page.name}: {html.count("<table")} of {_saved_tables(f)} tables')
+    assert not raw, f'markdown printed for the page shown raw: {raw}'
+    assert not lost, f'tables saved but not shown: {lost}'

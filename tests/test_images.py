@@ -40,7 +40,7 @@ def test_views_task_needs_both_images_and_the_metadata(views, trained):
 
 @pytest.mark.parametrize('task,least', [('ordered', 0.95), ('views', 0.85), ('selects', 0.95)])
 def test_named_columns_are_told_apart_by_default(synth, task, least):
-    "Two named image columns, default arguments: the first image decides ('ordered'), the two are exchangeable ('views'), or the metadata picks the image ('selects'); no other pooling learns all three (bench/results/named-images-cpu.md)."
+    "Two named image columns, default arguments: the first image decides ('ordered'), the two are exchangeable ('views'), or the metadata picks the image ('selects'); no other pooling learns all three (fastai_meta/results/named-images-cpu.md)."
     path, df = synth(task, n=400, size=16, seed=0)
     set_seed(0, reproducible=True)
     learn = meta_cnn_learner(views_dls(path, df), small_cnn, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy)

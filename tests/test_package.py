@@ -17,6 +17,7 @@ def test_the_wheel_carries_its_licence(tmp_path):
     assert 'License-Expression: Apache-2.0' in meta and 'Classifier: Intended Audience :: Science/Research' in meta
     assert {f'fastai_meta/{m}.py' for m in ('learner', 'compare', 'crossfit', 'sources', 'cli')} <= names
     assert not any(n.startswith(('tests/', 'nbs/', 'bench/')) for n in names)
+    assert {'fastai_meta/results/PROVENANCE.md', 'fastai_meta/results/compare-ham10000-cpu.md'} <= names   # what the docs show
 
 def test_version(capsys):
     try: main(['--version'])
