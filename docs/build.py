@@ -40,6 +40,8 @@ _re_source = re.compile(r'^\[source\]\([^)]*\)(\{[^}]*\})?[ \t]*\n', re.MULTILIN
 def show_doc_markdown(md):
     "`show_doc`'s markdown with an index entry, an HTML anchor named as nbdev's index names it (`metaencoding.fit`), and its source link under its heading."
     md = md.replace('\n---\n', '\n', 1).lstrip('-\n')
+    md = re.sub(r':\s*NoneType\s*=\s*None', '=None', md)    # nbdev names a default's type; `None`'s says nothing
+    md = re.sub(r'\bNoneType\b', 'None', md)                   # and in a Union: `Union[Callable, None]`
     src = _re_source.search(md)
     if src: md = md[:src.start()] + md[src.end():]
     m = re.search(r'^#+\s+(\S+).*$', md, re.MULTILINE)
@@ -92,6 +94,7 @@ def terminal_lines(text):
     for line in text.split('\n'):
         segs = [x for x in line.split('\r') if x.strip() and not _re_bar.search(x)]
         if segs: lines.append(segs[-1].rstrip())
+        elif not line.strip(): lines.append('')         # a blank line: it ends a printed table or paragraph
     return lines
 
 def _html_table(rows):
@@ -202,10 +205,11 @@ def build_sources(proc, src):
     rank = {p: i for i,p in enumerate(READING_ORDER)}
     pages['Reference'].sort(key=lambda p: rank.get(p, len(rank)))
     for md in (ROOT/'nbs').glob('*.md'): shutil.copy(md, src/md.name)
+    shutil.copy(ROOT/'CHANGELOG.md', src/'changelog.md')        # the changelog, one file in the repository's root
     if (ROOT/'nbs'/'images').exists(): shutil.copytree(ROOT/'nbs'/'images', src/'images')     # figures the pages link to (the app's screenshot)
     index = src/'index.ipynb'
     nb = json.loads(index.read_text())
-    nav = [toctree(k, v) for k,v in pages.items() if v] + [toctree('Project', [p.stem for p in sorted((ROOT/'nbs').glob('*.md'))])]
+    nav = [toctree(k, v) for k,v in pages.items() if v] + [toctree('Project', [p.stem for p in sorted((ROOT/'nbs').glob('*.md'))] + ['changelog', 'genindex'])]
     nb['cells'].append(dict(cell_type='markdown', metadata={}, source='\n'.join(nav)))
     index.write_text(json.dumps(nb))
     return pages

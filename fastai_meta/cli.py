@@ -184,7 +184,10 @@ def _app_command(a):
     print(f"Serving {a.model} on http://{a.host}:{a.port}" +
           (' and a public Gradio link' if a.share else ' (this machine only)' if a.host == '127.0.0.1' else ''))
     try: app = meta_app(learn, title=f'fastai_meta: {Path(a.model).name}', rank_by=a.rank_by)
-    except ImportError as e: raise CLIError(f"the app needs gradio: pip install gradio captum (in a clone of fastai_meta: pip install -e '.[app]') ({e})") from e
+    except ImportError as e:
+        raise CLIError(
+            f"the app needs gradio: pip install gradio captum (in a clone of fastai_meta: pip install -e '.[app]') ({e})"
+        ) from e
     except ValueError as e: raise CLIError(str(e)) from e
     app.launch(server_name=a.host, server_port=a.port, share=a.share)
 

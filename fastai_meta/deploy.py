@@ -199,11 +199,11 @@ def _dataloaders(desc, bs=64, device=None):
     # what fastai's first pass would find; there are no rows for one
     for dl in loaders: dl._n_inp, dl._types = n_inp, {tuple: types}
     dls = DataLoaders(*loaders, device=device)
-    kind = t['kind'] if t['kind'] in ('regression', 'points') else 'other'
+    kind = t['kind'] if t['kind'] in ('regression', 'points') else None
     sc = desc.get('scale')
     n = _get(sc, 'n', int, 'scale') if sc else int(desc['learner'].get('n_out', 1))
     # the real values are in the weights
-    dls.described_target = (kind, torch.zeros(n), torch.ones(n)) if kind != 'other' else ('other', None, None)
+    dls.described_target = (kind, torch.zeros(n), torch.ones(n)) if kind else (None, None, None)
     return dls
 
 def load_safe(fname, cpu=True, sha256=None, images=None, bs=64):

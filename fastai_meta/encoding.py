@@ -95,6 +95,14 @@ class MetaEncoding:
     def n_cat(self): return len(self.columns)
     @property
     def n_cont(self): return len(self.cont_names)
+    def blank_row(self):
+        "The encoding of a row with every value missing: `#na#` codes, `_na` flags set, numbers at their fill."
+        return torch.as_tensor(self.encode(np.full((1, len(self.cat_names)), None, dtype=object),
+                                           np.full((1, len(self.cont_names)), None, dtype=object))[0])
+    def column_of_position(self):
+        "Which column each encoded position belongs to (a continuous column owns its flag and its value)."
+        k, m = len(self.cat_names), len(self.cont_names)
+        return torch.tensor(list(range(k)) + [k + j for j in range(m)] * 2, dtype=torch.long)
 
     def encode(self, cats, conts, rows=None):
         """Encode raw arrays `cats` (n, n_cat_names) and `conts` (n, n_cont_names) to a float32 array (n,

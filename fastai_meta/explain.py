@@ -12,14 +12,17 @@ __all__ = ['last_stage', 'layer_name', 'overlay', 'Faithfulness', 'Explanation',
 from typing import NamedTuple
 from fastai.vision.all import *
 from .data import class_index
-from .learner import MetaLearner, blank_row, column_of_position
+from .learner import MetaLearner
 from .context import ContextLearner
 
 # %% ../nbs/03e_explain.ipynb #5afa6d56
 def _captum():
     "captum's attribution methods; without captum, an `ImportError` that says what to install."
     try: import captum.attr as attr
-    except ImportError as e: raise ImportError("`explain` needs captum: pip install captum (in a clone of fastai_meta: pip install -e '.[explain]')") from e
+    except ImportError as e:
+        raise ImportError(
+            "`explain` needs captum: pip install captum (in a clone of fastai_meta: pip install -e '.[explain]')"
+        ) from e
     return attr
 
 def last_stage(body, x):
@@ -217,11 +220,11 @@ def deletion_check(model, act, xb, k, heatmaps, t, frac=0.1, n_random=8, seed=0)
 
 def _ablation(attr, model, act, xb, enc, t):
     """Each metadata column's contribution to the probability of class `t`: the fall when it alone is set to missing
-    (`blank_row`), a continuous column with its `_na` flag."""
+    (`MetaEncoding.blank_row`), a continuous column with its `_na` flag."""
     meta, rest = xb[-1], xb[:-1]
-    cols = column_of_position(enc).to(meta.device)[None]
+    cols = enc.column_of_position().to(meta.device)[None]
     ab = attr.FeatureAblation(lambda u, *x: act(model(*x, u))).attribute(meta,
-                                                                         baselines=blank_row(enc).to(meta)[None],
+                                                                         baselines=enc.blank_row().to(meta)[None],
                                                                          target=t, additional_forward_args=rest,
                                                                          feature_mask=cols)[0]
     names = enc.columns
@@ -232,7 +235,7 @@ def explain(self:MetaLearner, item=None, target=None, layer=None, dl=None, n=Non
     """Explain the prediction of one row `item` (a DataFrame row or dict, as `predict`) for class `target` (default:
     the predicted one): a heatmap per image (`method`: 'occlusion', the default, or 'gradcam' on `layer`, a module
     of the body or its name, default its last stage; `layer=` alone means 'gradcam'), with its own deletion check
-    (`deletion_check`), and feature ablation against the row with every value missing (`blank_row`) for the
+    (`deletion_check`), and feature ablation against the row with every value missing (`MetaEncoding.blank_row`) for the
     metadata; an `Explanation`. With `dl=`: the first `n` rows of that `DataLoader`, a list."""
     attr, method = _captum(), ifnone(method, 'occlusion' if layer is None else 'gradcam')
     if method not in ('occlusion', 'gradcam'):

@@ -6,8 +6,8 @@ Docs: https://fastai-meta.github.io/fastai_meta/learner.html.md"""
 
 # %% auto #0
 __all__ = ['VISION_ARGS', 'LEARNER_ARGS', 'target_stats', 'start_at', 'ScaledLoss', 'default_image_pool', 'create_meta_model',
-           'meta_cnn_learner', 'described_args', 'MetaLearner', 'PreciseBN', 'blank_row', 'column_of_position',
-           'MetaDropout', 'fit_recipe', 'image_learner', 'run_demo']
+           'meta_cnn_learner', 'described_args', 'MetaLearner', 'PreciseBN', 'MetaDropout', 'fit_recipe',
+           'image_learner', 'run_demo']
 
 # %% ../nbs/02_learner.ipynb #3b55a185
 from fastai.vision.all import *
@@ -23,19 +23,19 @@ from .losses import StageProjections, SelfContrastive, ArcMarginProduct, ArcFace
 
 # %% ../nbs/02_learner.ipynb #c3a1f0d2
 def target_stats(dls):
-    """The kind of target of `dls` ('regression', 'points' or 'other') and, for the first two, the training targets'
-    mean and std."""
+    """The kind of target of `dls` ('regression', 'points', or `None` for classes: `target_kind`'s names) and, for the
+    first two, the training targets' mean and std."""
     # DataLoaders rebuilt by `load_safe`: no rows
     if getattr(dls, 'described_target', None) is not None: return dls.described_target
     tls = getattr(dls.train_ds, 'tls', None)
-    if tls is None or len(tls) <= dls.n_inp or not len(tls[dls.n_inp]): return 'other', None, None
+    if tls is None or len(tls) <= dls.n_inp or not len(tls[dls.n_inp]): return None, None, None
     tl = tls[dls.n_inp]                       # the targets as stored, read without loading any image
     y0 = tl[0]
     if isinstance(y0, TensorPoint):          # scaled to [-1, 1] by an item transform: take one batch's
         y = dls.train.one_batch()[dls.n_inp].float().flatten(1)
         return 'points', y.mean(0).cpu(), y.std(0).cpu()
     if isinstance(y0, (TensorCategory, TensorMultiCategory)) or not (isinstance(y0, Tensor) and y0.is_floating_point()):
-        return 'other', None, None
+        return None, None, None
     index = tl.items.index if isinstance(tl.items, pd.DataFrame) else range(len(tl))
     ys = [tl[i] for i in range(len(tl))]
     y = torch.stack(ys).float().reshape(len(ys), -1)
@@ -113,9 +113,12 @@ def create_meta_model(
     arc_s:float|int=30.,                  # ArcFace's scale
     emb_dim:int=512,                      # the size of ArcFace's embedding
     scale_y:bool=True,                    # standardise regression targets on the training rows
-    wide:bool|None=None,                  # a linear path from the encoded table to the output (default: on, not with ArcFace)
-    image_p:float|int=0.,                 # share of rows whose image features are dropped in training (modality dropout)
-    image_pool:str|None=None,             # how a row's images pool: 'mean', 'slots', 'concat', 'attention' (default: by layout)
+    # a linear path from the encoded table to the output (default: on, not with ArcFace)
+    wide:bool|None=None,
+    # share of rows whose image features are dropped in training (modality dropout)
+    image_p:float|int=0.,
+    # how a row's images pool: 'mean', 'slots', 'concat', 'attention' (default: by layout)
+    image_pool:str|None=None,
     shared_body:bool=True,                # one body for every image of a row
 ):
     """The network of `meta_cnn_learner`, a `MetaModel`, for the metadata, image inputs and target of `dls` and the
@@ -164,13 +167,15 @@ def create_meta_model(
 def meta_cnn_learner(
     dls,                                  # `(image(s), metadata)` DataLoaders (`MetaBlock`, `MetaDataLoaders`)
     arch,                                 # the image body: a torchvision model function or a timm model name
-    normalize=True,                       # add the body's image normalisation to the batch transforms, as `vision_learner`
+    # add the body's image normalisation to the batch transforms, as `vision_learner`
+    normalize=True,
     loss_func=None,                       # the loss (default: the target's, as fastai chooses)
     splitter=None,                        # layer groups (default: the body's, as fastai's or timm's, then the rest)
     cbs=None,                             # callbacks
     contrastive_tau:float|int=0.1,        # temperature of the self-contrastive loss
     arc_m:float|int=0.5,                  # ArcFace's angular margin
-    meta_dropout=0.,                      # probability that a training row's metadata is replaced by all-missing (`MetaDropout`)
+    # probability that a training row's metadata is replaced by all-missing (`MetaDropout`)
+    meta_dropout=0.,
     fast:bool|str='channels_last',        # `to_fast`: True, False, or 'channels_last' (memory format only)
     **kwargs                              # `create_meta_model`'s arguments, then `Learner`'s
 ):
@@ -260,17 +265,6 @@ class PreciseBN(Callback):
         for b,m in zip(bns, momenta): b.momentum = m
 
 # %% ../nbs/02_learner.ipynb #f2a3b4c1
-def blank_row(enc):
-    """The encoding of a row with every metadata value missing: `#na#` codes, `_na` flags set, continuous values at
-    their fill."""
-    return torch.as_tensor(enc.encode(np.full((1, len(enc.cat_names)), None, dtype=object),
-                                      np.full((1, len(enc.cont_names)), None, dtype=object))[0])
-
-def column_of_position(enc):
-    "Which metadata column each encoded position belongs to (a continuous column owns its flag and its value)."
-    k, m = len(enc.cat_names), len(enc.cont_names)
-    return torch.tensor(list(range(k)) + [k + j for j in range(m)] * 2, dtype=torch.long)
-
 class MetaDropout(Callback):
     """In training only, replace each row's metadata with probability `p` by what a row with every value missing
     encodes to (each column on its own if `per_column`)."""
@@ -278,7 +272,7 @@ class MetaDropout(Callback):
     def __init__(self, p=0.2, per_column=False): store_attr()
     def before_fit(self):
         enc = self.dls.meta.encoding
-        self.blank, self.col_of, self.n_cols = blank_row(enc), column_of_position(enc), len(enc.columns)
+        self.blank, self.col_of, self.n_cols = enc.blank_row(), enc.column_of_position(), len(enc.columns)
     def before_batch(self):
         if not self.training or not self.p: return
         x = self.xb[-1]

@@ -36,18 +36,24 @@ def data_root(root=None):
     fastai's `~/.fastai/data`."""
     return Path(root or os.environ.get('FASTAI_META_DATA') or Path.home()/'.fastai'/'data').expanduser()
 
-def data_path(name, root=None):
-    """The folder of public data set `name` (a key of `SOURCES`) under `data_root(root)`; if it is not there, an error
-    that says where to download it and how to lay it out."""
+def data_path(
+    name,          # the data set: a key of `SOURCES`
+    root=None,     # the folder that holds the data sets (default: `data_root()`)
+    folder=None,   # the data set's own folder, under `root` or absolute, if it is not named `name` (any name works)
+):
+    """The folder of public data set `name`, laid out as `SOURCES` says; if it is not there, an error that says where
+    to download it and how to lay it out."""
     if name not in SOURCES: raise ValueError(f"Unknown data set {name!r}: one of {list(SOURCES)}.")
-    s, path = SOURCES[name], data_root(root)/name
+    s, path = SOURCES[name], data_root(root)/(folder or name)
     if not (path/s['files']).exists():
         raise FileNotFoundError(
-            f"{name} not found: no {path/s['files']}. Download it from {s['where']}, unpack it as {path}/ holding {s['layout']}; "
-            f"or set FASTAI_META_DATA to the folder that holds {name}/. Cite: {s['cite']}.")
+            f"{name} not found: no {path/s['files']}. Download it from {s['where']}, unpack it as {path}/ holding "
+            f"{s['layout']}; or set FASTAI_META_DATA to the folder that holds it, and pass `folder=` if it has "
+            f"another name. Cite: {s['cite']}.")
     return path
 
 # %% ../nbs/00_sources.ipynb #158b1a5d
 def results_path(name=''):
-    "The benchmark result `name` (a file of `fastai_meta/results`, where the `bench/` scripts write), shipped with the package."
+    """The benchmark result `name` (a file of `fastai_meta/results`, where the `bench/` scripts write), shipped with
+    the package."""
     return Path(str(resources.files('fastai_meta')))/'results'/name

@@ -12,6 +12,9 @@ TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']
 
+WIDER_THAN_COLUMN = """els => els.filter(e => e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.innerText.split('\\n').reduce((a, b) => b.length > a.length ? b : a, ''))"""
+
 def _browser_or_skip():
     "Path of a Chromium and playwright's API, or skip (fail where FASTAI_META_REQUIRE_BROWSER is set, as in CI)."
     exe = shutil.which('chromium') or shutil.which('chromium-browser')
@@ -65,6 +68,8 @@ def test_pages_load_without_console_errors_and_links_resolve(site):
         assert bar is None, f'{p}: progress-bar text on the page: {text[max(0, bar.start()-60):bar.end()+60]!r}'
         run_together = re.search(r'\d\.\d{6}\d+:\d\d', text)     # an epoch row whose value overflowed its column, printed as text
         assert run_together is None, f'{p}: an epoch row printed as text: {run_together.group(0)}'
+        wide = page.eval_on_selector_all('article pre', WIDER_THAN_COLUMN)      # at playwright's 1280 x 720
+        assert not wide, f'{p}: code wider than the column, its end hidden: {wide[:3]}'
         nav = page.eval_on_selector_all('.sidebar-tree a', 'els => els.map(e => e.getAttribute("href"))')
         assert len(nav) >= len(pages) - 1, f'{p}: the sidebar lists {len(nav)} pages'
         for href in page.eval_on_selector_all('a[href]', 'els => els.map(e => e.href)'):
@@ -195,6 +200,28 @@ def test_shown_code_uses_the_public_api():
             bad += [f'{f.name}: {n}' for n in private if re.search(r'(?<![\w.])' + re.escape(n) + r'\b', src)]
     assert not bad, bad
 
+def test_shown_code_fits_the_column():
+    "A code line a reader sees is at most 120 characters, what the site's column shows whole (the browser test checks it)."
+    long = []
+    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
+        for c in json.loads(f.read_text())['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type'] != 'code' or re.search(r'^#\|\s*(hide|export|echo:\s*false)', src, re.M): continue
+            long += [f'{f.name}: {l[:60]}...' for l in src.split('\n') if len(l) > 120]
+    assert not long, long
+
+def test_printed_tables_end_before_the_text_after_them():
+    "In a cell that prints Markdown, a line after a table is a blank one: else Markdown reads the text as a table row."
+    bad = []
+    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
+        for c in json.loads(f.read_text())['cells']:
+            if c['cell_type'] != 'code' or 'output: asis' not in ''.join(c['source']): continue
+            for o in c.get('outputs', []):
+                lines = ''.join(o.get('text', '')).split('\n')
+                bad += [f'{f.name}: {b[:60]}' for a,b in zip(lines, lines[1:]) if a.startswith('|') and b.strip()
+                        and not b.startswith('|')]
+    assert not bad, bad
+
 def _page(nb_path):
     "The site page of notebook `nb_path`: its name without the number nbdev orders notebooks by."
     name = re.sub(r'^\d+[a-z0-9]*_', '', nb_path.stem)
@@ -229,3 +256,9 @@ def test_markdown_renders_and_no_table_is_lost(site):
         if html.count('<table') < _saved_tables(f): lost.append(f'{page.name}: {html.count("<table")} of {_saved_tables(f)} tables')
     assert not raw, f'markdown printed for the page shown raw: {raw}'
     assert not lost, f'tables saved but not shown: {lost}'
+
+def test_signatures_say_no_nonetype(site):
+    "A parameter that defaults to `None` reads `x=None`, not nbdev's `x:NoneType=None`."
+    out, *_ = site
+    bad = [m for m in MODULES if 'NoneType' in (out/f'{m}.html').read_text()]
+    assert not bad, bad
