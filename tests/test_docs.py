@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES = ['sources', 'columns', 'encoding', 'images', 'show', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner',
            'interpret', 'trackers', 'calibrate', 'crossfit', 'scores', 'context', 'stage_two', 'stack', 'explain', 'report',
            'compare', 'commands', 'cli', 'synth', 'description', 'deploy', 'hub', 'forms', 'app']
+NOTEBOOKS = sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb'))
 TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several_images', 'ugly_duckling']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
                  '--disable-sync', '--no-first-run', '--disable-quic']
@@ -171,7 +172,7 @@ def _epoch_losses(nb):
 def test_no_epoch_table_looks_broken():
     "No page shows a model whose validation loss jumps (up to over 3x the epoch before and above 1, or up past 5): an example must look as it learns."
     bad = []
-    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
+    for f in NOTEBOOKS:
         for v in _epoch_losses(json.loads(f.read_text())):
             if any(b > a and (b > 5 or (b > 1 and b > 3*a)) for a,b in zip(v, v[1:])): bad.append(f'{f.name}: {v}')
     assert not bad, '\n'.join(bad)
@@ -187,39 +188,37 @@ def test_one_heading_per_symbol_and_our_source_links(site):
         other = [u for u in re.findall(r'href="([^"]+)"[^>]*>\s*source\s*<', html) if 'github.com/fastai-meta/fastai_meta' not in u]
         assert not other, f"{m}.html: source links away from this library's code: {other}"
 
+def _code_cells(shown=True):
+    "(notebook, source, cell) of each code cell of the notebooks; with `shown`, only those whose code a reader sees."
+    for f in NOTEBOOKS:
+        for c in json.loads(f.read_text())['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type'] != 'code' or shown and re.search(r'^#\|\s*(hide|export|echo:\s*false)', src, re.M): continue
+            yield f, src, c
+
 def test_shown_code_uses_the_public_api():
     "No shown code cell (neither hidden nor the library's own exported source) calls one of the library's private functions or classes."
     private = set()
     for f in (ROOT/'fastai_meta').glob('*.py'):
         private |= {m.group(1) for m in re.finditer(r'^(?:def|class)\s+(_[A-Za-z]\w*)|^(_[A-Za-z]\w*)\s*=', f.read_text(), re.M) if m.group(1)}
-    bad = []
-    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
-        for c in json.loads(f.read_text())['cells']:
-            src = ''.join(c['source'])
-            if c['cell_type'] != 'code' or re.search(r'^#\|\s*(hide|export|echo:\s*false)', src, re.M): continue
-            bad += [f'{f.name}: {n}' for n in private if re.search(r'(?<![\w.])' + re.escape(n) + r'\b', src)]
+    bad = [f'{f.name}: {n}' for f, src, _ in _code_cells() for n in private
+           if re.search(r'(?<![\w.])' + re.escape(n) + r'\b', src)]
     assert not bad, bad
 
 def test_shown_code_fits_the_column():
     "A code line a reader sees is at most 120 characters, what the site's column shows whole (the browser test checks it)."
-    long = []
-    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
-        for c in json.loads(f.read_text())['cells']:
-            src = ''.join(c['source'])
-            if c['cell_type'] != 'code' or re.search(r'^#\|\s*(hide|export|echo:\s*false)', src, re.M): continue
-            long += [f'{f.name}: {l[:60]}...' for l in src.split('\n') if len(l) > 120]
+    long = [f'{f.name}: {l[:60]}...' for f, src, _ in _code_cells() for l in src.split('\n') if len(l) > 120]
     assert not long, long
 
 def test_printed_tables_end_before_the_text_after_them():
     "In a cell that prints Markdown, a line after a table is a blank one: else Markdown reads the text as a table row."
     bad = []
-    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
-        for c in json.loads(f.read_text())['cells']:
-            if c['cell_type'] != 'code' or 'output: asis' not in ''.join(c['source']): continue
-            for o in c.get('outputs', []):
-                lines = ''.join(o.get('text', '')).split('\n')
-                bad += [f'{f.name}: {b[:60]}' for a,b in zip(lines, lines[1:]) if a.startswith('|') and b.strip()
-                        and not b.startswith('|')]
+    for f, src, c in _code_cells(shown=False):
+        if 'output: asis' not in src: continue
+        for o in c.get('outputs', []):
+            lines = ''.join(o.get('text', '')).split('\n')
+            bad += [f'{f.name}: {b[:60]}' for a,b in zip(lines, lines[1:]) if a.startswith('|') and b.strip()
+                    and not b.startswith('|')]
     assert not bad, bad
 
 def _page(nb_path):
@@ -243,7 +242,7 @@ def test_markdown_renders_and_no_table_is_lost(site):
     "Markdown a cell prints for the page (`output: asis`) renders as markdown, not raw `|` text; every table a page saved is on it."
     out, base, browser = site
     raw, lost = [], []
-    for f in sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb')):
+    for f in NOTEBOOKS:
         page = out/_page(f)
         if not page.exists(): continue
         html = page.read_text()
