@@ -21,7 +21,7 @@ SITE_URL = 'https://fastai-meta.github.io/fastai_meta/'
 NAV = {'Tutorials': 'tutorials/', 'Reference': ''}   # sidebar sections, by folder of the page
 # The reference in the order a user meets it: the data, the learner, what it tells, comparing, the stack, deploying, serving
 READING_ORDER = ['data', 'columns', 'encoding', 'images', 'show', 'learner', 'model', 'fusion', 'body', 'losses', 'speed',
-                 'interpret', 'calibrate', 'explain', 'compare', 'report', 'crossfit', 'scores', 'context', 'stack',
+                 'predict', 'interpret', 'calibrate', 'explain', 'compare', 'report', 'crossfit', 'scores', 'context', 'stack',
                  'stage_two', 'deploy', 'description', 'hub', 'app', 'forms', 'cli', 'commands', 'trackers', 'synth', 'sources']
 _re_opt = re.compile(r'^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
 
@@ -42,6 +42,8 @@ def show_doc_markdown(md):
     md = md.replace('\n---\n', '\n', 1).lstrip('-\n')
     md = re.sub(r':\s*NoneType\s*=\s*None', '=None', md)    # nbdev names a default's type; `None`'s says nothing
     md = re.sub(r'\bNoneType\b', 'None', md)                   # and in a Union: `Union[Callable, None]`
+    md = re.sub(r'```python\n.*?```', lambda b: re.sub(r'#[^\n]*', lambda c: c.group(0).replace('`', ''), b.group(0)),
+                md, flags=re.S)                                 # a parameter's comment is code there: no Markdown quotes
     src = _re_source.search(md)
     if src: md = md[:src.start()] + md[src.end():]
     m = re.search(r'^#+\s+(\S+).*$', md, re.MULTILINE)

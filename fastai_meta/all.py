@@ -20,6 +20,7 @@ from .scores import better, paired_stats, class_scores
 from .context import patient_context, context_learner, ContextLearner, percentile_in_group, images_per_patient
 from .stage_two import ensemble_selection
 from .stack import stack_learner, StackLearner
+from .predict import needed_columns, images_at
 from .explain import MetaInterpretation, Faithfulness, Explanation, heatmap_grid
 from .report import Comparison, CompareResult, RegressionResult
 from .compare import meta_compare

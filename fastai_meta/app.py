@@ -35,20 +35,20 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
         try:
             with lock:
                 res = predict_form(learn, image, list(values))
-                pic = figure_image(explain_form(learn, image, list(values))) if kind == 'category' else None
+                pic = figure_image(explain_form(learn, image, list(values))) if kind == 'classification' else None
         except Exception as e: raise gr.Error(f'{type(e).__name__}: {e}') from e
         out = ({c: p for c, p in zip(res['classes'], res['with_meta'])}
-               if kind in ('category', 'multicategory') else drawn_points(res['image'], res['points'])
+               if kind in ('classification', 'multilabel') else drawn_points(res['image'], res['points'])
                if kind == 'points' else {f'output {j}': v for j, v in enumerate(res['with_meta'])})
-        return (out, decision_text(learn, res), effect_text(res)) + ((pic,) if kind == 'category' else ())
+        return (out, decision_text(learn, res), effect_text(res)) + ((pic,) if kind == 'classification' else ())
 
     outputs = lambda: [
         gr.Label(num_top_classes=len(learn.dls.vocab), label='probabilities', elem_id='probabilities')
-        if kind in ('category', 'multicategory') else gr.Image(label='points', elem_id='points')
+        if kind in ('classification', 'multilabel') else gr.Image(label='points', elem_id='points')
         if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'),
         gr.Markdown(elem_id='decision'),
         gr.Markdown(elem_id='effect')
-    ] + ([gr.Image(label='explanation', elem_id='explanation')] if kind == 'category' else [])
+    ] + ([gr.Image(label='explanation', elem_id='explanation')] if kind == 'classification' else [])
     return upload_app(gr, title=title, note=probability_note(learn), fields=fields, outputs=outputs, run=run)
 
 
@@ -67,7 +67,7 @@ def predict_stack_form(learn, image, values):
                     network=[float(res['prediction (network)'][0])])
     vocab = [str(v) for v in learn.vocab]
     p = lambda i, s='': [float(res[f'p_{v}{s}'][i]) for v in vocab]
-    return dict(kind='category', classes=vocab, with_meta=p(0), without_meta=p(1), network=p(0, ' (network)'),
+    return dict(kind='classification', classes=vocab, with_meta=p(0), without_meta=p(1), network=p(0, ' (network)'),
                 decision=str(res.prediction[0]))
 
 def _stack_note(learn):
@@ -90,9 +90,9 @@ def stack_app(learn, title='fastai_meta'):
             with lock: res = predict_stack_form(learn, image, list(values))
         except Exception as e: raise gr.Error(f'{type(e).__name__}: {e}') from e
         out = dict(zip(res['classes'],
-                       res['with_meta'])) if res['kind'] == 'category' else {'prediction': res['with_meta'][0]}
+                       res['with_meta'])) if res['kind'] == 'classification' else {'prediction': res['with_meta'][0]}
         net = dict(zip(res.get('classes', ['prediction']), res['network']))
-        return (out, f"Decision: **{res['decision']}**." if res['kind'] == 'category' else '', effect_text(res),
+        return (out, f"Decision: **{res['decision']}**." if res['kind'] == 'classification' else '', effect_text(res),
                 'The networks alone: ' + ', '.join(f'{k} {v:.3f}' for k,v in net.items()) + '.')
 
     outputs = lambda: [

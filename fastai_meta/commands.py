@@ -8,13 +8,13 @@ Docs: https://fastai-meta.github.io/fastai_meta/commands.html.md"""
 __all__ = ['CLIError', 'train_csv', 'load_exported', 'predict_csv', 'compare_csv']
 
 # %% ../nbs/04a_commands.ipynb #86a700ca
-import inspect, json, os, sys, warnings
+import sys, warnings
 from fastai.vision.all import *
-from .columns import is_missing
 from .data import MetaDataLoaders, target_task
 from .learner import meta_cnn_learner, fit_recipe
 from .context import context_learner, ContextLearner
 from .stack import stack_learner, StackLearner
+from .predict import check_table
 from .compare import meta_compare
 from .crossfit import runner_for
 from .deploy import load_safe, UnsafeFile
@@ -194,37 +194,6 @@ def _decide(learn, calibrate=False, operating_point=None):
             f"specificity {op['specificity']:.3f}; chosen on these rows, so optimistic: check it on others.")
 
 # %% ../nbs/04a_commands.ipynb #f1a2b3c1
-def _image_readers(learn):
-    """The `ColReader`s that read image file names in the exported `learn`, one per image input; a `CLIError` if one
-    reads them otherwise."""
-    try: return learn.dls.meta.readers
-    except ValueError as e: raise CLIError(f"the exported learner cannot be pointed at the images: {e}") from e
-
-def _point_images_at(learn, images, suff=None):
-    "Make the exported `learn` read image file names under the folder `images` (and with suffix `suff`)."
-    for r in _image_readers(learn):
-        r.pref = f'{Path(images)}{os.path.sep}'
-        if suff is not None: r.suff = suff
-
-def _needed_columns(learn):
-    "The columns the exported `learn` reads from a row: the image file name(s) and the metadata."
-    enc = learn.dls.meta.encoding
-    return list(dict.fromkeys(c for r in _image_readers(learn) for c in r.cols if not isinstance(c, int))) + enc.columns
-
-def _pred_rows(learn, rows, tta=False):
-    """Probabilities (or values) and decoded predictions of the rows of `rows`, and with `tta` (fastai's test-time
-    augmentation, decoded as `get_preds` decodes) whether the augmentations changed nothing."""
-    dl = learn.dls.test_dl(rows, num_workers=0)
-    if not tta: return (*learn.get_preds(dl=dl, with_decoded=True)[::2], None)
-    aug, plain = learn.tta(dl=dl, beta=None)[0]
-    probs = torch.lerp(aug, plain, 0.25)                      # fastai's own mix (`beta=0.25`)
-    return probs, getcallable(learn.loss_func, 'decodes')(probs), bool(torch.allclose(aug, plain))
-
-def _row_error(learn, row_df):
-    "Why the one row of `row_df` cannot be predicted (`None` if it can)."
-    try: _pred_rows(learn, row_df); return None
-    except Exception as e: return f'{type(e).__name__}: {e}'
-
 def load_exported(model):
     "The exported learner in the file `model`; a `CLIError` if it is missing or cannot be loaded."
     if not Path(model).is_file(): raise CLIError(f"model file not found: {model}")
@@ -238,106 +207,25 @@ def load_exported(model):
             return load_learner(model, cpu=not torch.cuda.is_available())
     except Exception as e: raise CLIError(f"could not load the model {model} ({type(e).__name__}: {e})") from e
 
-def _output_columns(learn, vocab):
-    "The prediction columns, the same whichever rows fail: the label and `p_<class>` for classes, else the value(s)."
-    if vocab is not None: return ['prediction'] + [f'p_{v}' for v in vocab]
-    n = getattr(learn, 'n_out', None) or get_c(learn.dls) or 1
-    return ['prediction'] if n == 1 else [f'prediction_{j}' for j in range(n)]
-
 def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, progress=True):
-    """Predict every row of `csv` (images under `images`) with the exported learner `model` (with `tta`, test-time
-    augmentation); one row out per row in, bad rows reported in `error`, not dropped; `progress`: rows done, on
-    stderr, for a table of several chunks."""
-    df = _read_table(csv, images)
-    learn = load_exported(model)
-    if isinstance(learn, (ContextLearner, StackLearner)):
-        if tta:
-            raise CLIError(
-                "--tta predicts with one model's augmentations; a two-stage model (patient context, stack) has no such option"
-            )
-        return _predict_two_stage(learn, df=df, csv=csv, images=images, out=out, suff=suff)
-    missing = [c for c in _needed_columns(learn) if c not in df.columns]
-    if missing:
-        raise CLIError(
-            f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
-    _point_images_at(learn, images, suff)
-    vocab = getattr(learn.dls, 'vocab', None)
-    vocab = vocab if vocab is not None and len(vocab) == getattr(learn, 'n_out', len(vocab)) else None
-    res, errors = [], {}
-    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        for s in range(0, len(df), chunk):
-            part = df.iloc[s:s+chunk]
-            try: res.append((part.index, *_pred_rows(learn, part, tta)))
-            except Exception:        # find the bad rows one by one; predict the others
-                bad = {i: e for i in part.index if (e := _row_error(learn, part.loc[[i]])) is not None}
-                errors.update(bad)
-                good = part.drop(index=list(bad))
-                if len(good): res.append((good.index, *_pred_rows(learn, good, tta)))
-            if progress and len(df) > chunk:
-                print(f"\rpredicted {min(s + chunk, len(df)):,} of {len(df):,} rows", end='', file=sys.stderr,
-                      flush=True)
-    if progress and len(df) > chunk: print(file=sys.stderr)
-    if tta and res and all(r[3] for r in res):
-        print(
-            "--tta: the model's augmentations changed no prediction: it has none to average over (a .safetensors export keeps only "
-            "what inference needs; train with augmentations and export .pkl to keep them)", file=sys.stderr)
-    cols = _output_columns(learn, vocab)
-    table = _empty_table(df.index, cols, labels=vocab is not None)
-    for idx, probs, dec, _ in res:
-        probs = probs.float().reshape(len(idx), -1).numpy()
-        if vocab is not None:       # classes: the label(s) and each class's probability
-            lab = [';'.join(str(v) for v, k in zip(vocab, d) if k)
-                   for d in dec] if dec.ndim == 2 else [str(vocab[int(d)]) for d in dec]
-            table.loc[idx, 'prediction'] = lab
-            table.loc[idx, cols[1:]] = probs
-        else: table.loc[idx, cols] = probs
-    table['error'] = pd.Series(errors, dtype=object).reindex(df.index)
+    """`learn.predict_table` on every row of `csv` (images under `images`) with the exported learner `model`, written to
+    `out`; the library's warnings on stderr, one line each."""
+    df, learn = _read_table(csv, images), load_exported(model)
+    two_stage = isinstance(learn, (ContextLearner, StackLearner))
+    if tta and two_stage:
+        raise CLIError("--tta predicts with one model's augmentations; a two-stage model (patient context, stack) has "
+                       "no such option")
+    try: check_table(learn, df)                               # before anything is predicted
+    except ValueError as e: raise CLIError(f"{csv}: {e}") from e
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter('ignore'); warnings.filterwarnings('always', module=r'fastai_meta\.')
+        table = learn.predict_table(df, images=images, suff=suff,
+                                    **({} if two_stage else dict(chunk=chunk, tta=tta, progress=progress)))
+    for w in said: print(f'warning: {w.message}', file=sys.stderr)
     if out is not None: table.to_csv(out, index=False)
     return table
-
-def _empty_table(index, cols, labels=True):
-    """The output table before any prediction: one row per input row (`row`), the prediction columns `cols` empty
-    (`prediction` holds labels if `labels`)."""
-    return pd.DataFrame(
-        {
-            'row': index, **{
-                c: pd.Series(np.nan, index=index, dtype=object if c == 'prediction' and labels else float) for c in cols
-            }
-        }, index=index)
 
 # %% ../nbs/04a_commands.ipynb #c0a1b2c1
-def _predict_two_stage(learn, df, csv, images, out=None, suff=None):
-    """`predict_csv` for a `ContextLearner` or a `StackLearner`: a patient's rows together wherever they are in the
-    table (its context); per row the learner's `output_columns`; a row (with context: a patient) that cannot be
-    predicted reported in `error` (on each of its rows)."""
-    missing = [c for c in learn.columns if c not in df.columns]
-    if missing:
-        raise CLIError(
-            f"the table {csv} lacks the column(s) {missing} that the model reads; it has {list(df.columns)}")
-    for l in learn.learners: _point_images_at(l, images, suff)
-    cols, key = learn.output_columns(), learn.context_col
-    table, errors = _empty_table(df.index, cols, labels=getattr(learn, 'task', 'classification') != 'regression'), {}
-    miss = pd.Series(is_missing(df[key].to_numpy(dtype=object)) if key else False, index=df.index)
-    for i in df.index[miss]: errors[i] = f"ValueError: context column {key!r} is missing: the row's patient is unknown"
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        try: parts = [df[~miss]] if (~miss).any() else []; done = [learn.predict(parts[0])] if parts else []
-            # find the patients (rows) that fail; predict the others
-        except Exception:
-            parts, done = [g for _, g in df[~miss].groupby(key or np.arange(int((~miss).sum())), sort=False)], None
-        for part in parts:
-            try: res = done[0] if done else learn.predict(part)
-            except Exception as e:
-                for i in part.index:
-                    errors[i] = f'{type(e).__name__}: {e}' + (f' (patient {part[key].iloc[0]!r}: all its rows)'
-                                                              if key else '')
-                continue
-            table.loc[part.index, cols] = res[cols].to_numpy()
-    table['error'] = pd.Series(errors, dtype=object).reindex(df.index)
-    if out is not None: table.to_csv(out, index=False)
-    return table
-
 def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, exclude=None, group_col=None, suff='',
                 fusions=('concat', ), arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32,
                 lr=None, folds=5, seeds=1, seed=0, out='compare', context_col=None, context_folds=3, metric=None,

@@ -206,10 +206,10 @@ def meta_encode(dls):
     return found[0][1]
 
 def target_kind(dls):
-    "The kind of target `dls` makes: 'category', 'multicategory', 'regression', 'points', or `None` for another."
+    "The kind of target `dls` makes, in `target_task`'s words ('classification', ...) or 'points'; `None` for another."
     tls = dls.valid_ds.tls
     fs = list(tls[dls.n_inp].tfms.fs) if len(tls) > dls.n_inp else []
-    kinds = {Categorize: 'category', MultiCategorize: 'multicategory', RegressionSetup: 'regression'}
+    kinds = {Categorize: 'classification', MultiCategorize: 'multilabel', RegressionSetup: 'regression'}
     points = any(getattr(f, 'name', '') == 'TensorPoint.create' for f in fs)
     return next((kinds[type(f)] for f in fs if type(f) in kinds), 'points' if points else None)
 

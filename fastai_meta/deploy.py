@@ -125,9 +125,10 @@ def _y_tfms(t):
     """The target's getter and type transforms (its getter reads `label_col`, or refuses to read labels if the file
     does not name one)."""
     kind, col = _get(t, 'kind', str, 'target'), t.get('label_col')
+    kind = {'category': 'classification', 'multicategory': 'multilabel'}.get(kind, kind)     # the words of older exports
     get = ColReader(col, label_delim=t.get('label_delim')) if col is not None else _NoLabels()
-    if kind == 'category': return [get, Categorize(_get(t, 'vocab', list, 'target'), sort=False)]
-    if kind == 'multicategory':
+    if kind == 'classification': return [get, Categorize(_get(t, 'vocab', list, 'target'), sort=False)]
+    if kind == 'multilabel':
         vocab = _get(t, 'vocab', list, 'target')
         return [get, MultiCategorize(vocab), OneHotEncode(len(vocab))]
     if kind == 'regression': return [get, RegressionSetup(_get(t, 'c', int, 'target'))]

@@ -152,7 +152,7 @@ def _target(dls):
             f"The target block ({fs}) is not a category, multi-category, regression or point block: use `learn.export()`."
         )
     res['kind'] = k
-    if k in ('category', 'multicategory'): res['vocab'] = as_plain(list(dls.vocab))
+    if k in ('classification', 'multilabel'): res['vocab'] = as_plain(list(dls.vocab))
     if k == 'regression': res['c'] = next(f.c for f in fs if isinstance(f, RegressionSetup))
     return res
 

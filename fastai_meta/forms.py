@@ -104,10 +104,10 @@ def predict_form(learn, image, values):
         probs, _, dec = learn.get_preds(dl=learn.dls.test_dl(df, num_workers=0), with_decoded=True)
     kind, probs = (learn.dls.meta.target or 'regression'), probs.float()
     res = dict(kind=kind, with_meta=probs[0].tolist(), without_meta=probs[1].tolist())
-    if kind in ('category', 'multicategory'):
+    if kind in ('classification', 'multilabel'):
         vocab = [str(v) for v in learn.dls.vocab]
         res['classes'] = vocab
-        res['decision'] = vocab[int(dec[0])] if kind == 'category' else [v for v,d in zip(vocab, dec[0]) if d]
+        res['decision'] = vocab[int(dec[0])] if kind == 'classification' else [v for v,d in zip(vocab, dec[0]) if d]
     # in the pixels of the image as the model saw it (resized): draw them on that
     elif kind == 'points':
         with files_as_given(learn), learn.no_bar(): (img, _), pts, *_ = learn.predict(df.iloc[0], with_input=True)
@@ -144,12 +144,12 @@ def drawn_points(img, points, r=3):
 def decision_text(learn, res):
     "What the model decides, and by which rule, in one line of Markdown."
     op = learn.loss_func if isinstance(learn.loss_func, OperatingPoint) else None
-    if res['kind'] == 'category':
+    if res['kind'] == 'classification':
         rule = (f"operating point: **{res['classes'][op.idx]}** whenever its probability reaches {op.threshold:.3f}" +
                 (f" (chosen for a sensitivity of {op.target['sensitivity']})" if op.target else '')
                 if op else 'the most probable class')
         return f"Decision: **{res['decision']}** ({rule})."
-    if res['kind'] == 'multicategory':
+    if res['kind'] == 'multilabel':
         return f"Decision: **{', '.join(res['decision']) or 'none'}** (each label above its threshold)."
     if res['kind'] == 'points':
         return 'Points (x, y, in pixels of the image): ' + '; '.join(f'({x:.1f}, {y:.1f})' for x, y in res['points'])
@@ -157,7 +157,7 @@ def decision_text(learn, res):
 
 def effect_text(res, top=None):
     "A Markdown table of the prediction with the metadata and with none (every class, or the `top` likeliest)."
-    if res['kind'] in ('category', 'multicategory'):
+    if res['kind'] in ('classification', 'multilabel'):
         rows = sorted(zip(res['classes'], res['with_meta'], res['without_meta']), key=lambda r: -r[1])[:top]
         body = [f'| {c} | {a:.3f} | {b:.3f} | {a - b:+.3f} |' for c,a,b in rows]
         return '\n'.join([

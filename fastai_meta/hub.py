@@ -31,8 +31,8 @@ LIMITS = (
 def _task(desc):
     "The task in words, and its classes or values."
     t = desc['target']
-    if t['kind'] in ('category', 'multicategory'):
-        what = 'classification' if t['kind'] == 'category' else 'multi-label classification'
+    if t['kind'] in ('classification', 'multilabel'):
+        what = 'classification' if t['kind'] == 'classification' else 'multi-label classification'
         return what, f"Classes ({len(t['vocab'])}): {', '.join(f'`{v}`' for v in t['vocab'])}."
     if t['kind'] == 'regression':
         return 'regression', f"Predicts `{t['label_col']}` ({t['c']} value(s)), in its own units."

@@ -140,22 +140,22 @@ class Comparison:
             rows.append(r)
         return pd.DataFrame(rows).set_index('model')
 
-    def plot(self, metrics=None):
-        """Each model's lift over image only with its 95 % interval (positive: better), one panel per metric (default:
-        those with values, the headline first)."""
+    def plot(self, metrics=None):  # the metrics drawn (default: those with values, the headline first)
+        "Each model's lift over image only (95 % interval; positive: better), a panel per metric, two to a row."
         metrics, x = ifnone(metrics, self._metrics()), (1 if self.task == 'regression' else 100)
         models = [m for m in self.models if m != IMAGE]
-        fig, axs = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 1 + 0.6 * len(models)), sharey=True,
+        ncols = min(2, len(metrics)); nrows = -(-len(metrics) // ncols)
+        fig, axs = plt.subplots(nrows, ncols, figsize=(4 * ncols, nrows * (1 + 0.6 * len(models))), sharey=True,
                                 squeeze=False)
-        for ax,t in zip(axs[0], metrics):
+        for ax in axs.flat[len(metrics):]: ax.set_visible(False)
+        for ax,t in zip(axs.flat, metrics):
             l = [self.lift[m][t] for m in models]
             mean = np.array([x*v['mean'] for v in l])
             err = np.array([[x*(v['mean'] - v['low']) for v in l], [x*(v['high'] - v['mean']) for v in l]])
             ax.errorbar(mean, range(len(models)), xerr=err, fmt='o', capsize=3)
             ax.axvline(0, color='k', lw=1, ls='--')
-            ax.set_title(
-                f"{t.replace('_', ' ')}: lift{' (points)' if x == 100 else ''}{' (headline)' if t == self.headline else ''}"
-            )
+            ax.set_title(f"{t.replace('_', ' ')}{' (headline)' if t == self.headline else ''}")
+            ax.set_xlabel(f"lift{' (points)' if x == 100 else ''}")
             ax.set_yticks(range(len(models)), models); ax.invert_yaxis()
         fig.tight_layout()
         return fig

@@ -1,12 +1,12 @@
 "The docs site: built from the notebooks by `make docs`'s script, then opened in headless Chromium."
-import functools, html as html_lib, http.server, importlib, json, os, re, shutil, subprocess, sys, threading
+import base64, functools, html as html_lib, http.server, importlib, json, os, re, shutil, subprocess, sys, threading
 from pathlib import Path
 from urllib.parse import urljoin, urlparse, unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ['sources', 'columns', 'encoding', 'images', 'show', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner',
-           'interpret', 'trackers', 'calibrate', 'crossfit', 'scores', 'context', 'stage_two', 'stack', 'explain', 'report',
+           'interpret', 'trackers', 'calibrate', 'crossfit', 'scores', 'context', 'stage_two', 'stack', 'predict', 'explain', 'report',
            'compare', 'commands', 'cli', 'synth', 'description', 'deploy', 'hub', 'forms', 'app']
 NOTEBOOKS = sorted((ROOT/'nbs').glob('*.ipynb')) + sorted((ROOT/'nbs'/'tutorials').glob('*.ipynb'))
 TUTORIALS = ['ham10000', 'keypoints', 'choosing_a_fusion', 'migrating', 'several_images', 'ugly_duckling']
@@ -221,6 +221,29 @@ def test_printed_tables_end_before_the_text_after_them():
                     and not b.startswith('|')]
     assert not bad, bad
 
+COLUMN_PX = 956     # the article column's width at playwright's 1280 x 720 (docs/_static/custom.css: .content 60em)
+
+def _png_width_dpi(png):
+    "Width in pixels and dots per inch (its pHYs chunk, 72 without one) of a PNG's bytes."
+    w, dpi, i = int.from_bytes(png[16:20], 'big'), 72, 8
+    while i < len(png):
+        n, kind = int.from_bytes(png[i:i+4], 'big'), png[i+4:i+8]
+        if kind == b'pHYs': dpi = round(int.from_bytes(png[i+8:i+12], 'big') * 0.0254)
+        i += 12 + n
+    return w, dpi
+
+def test_figures_keep_their_text_readable():
+    "A saved figure, shrunk to the column, shows matplotlib's 10-point text at least 10 px high (wide figures fail)."
+    small = []
+    for f, src, c in _code_cells(shown=False):
+        if re.search(r'^#\|\s*(hide|include:\s*false|output:\s*false)', src, re.M): continue
+        for o in c.get('outputs', []):
+            if 'image/png' not in o.get('data', {}): continue
+            w, dpi = _png_width_dpi(base64.b64decode(o['data']['image/png']))
+            px = 10 / 72 * dpi * min(1, COLUMN_PX / w)
+            if px < 10: small.append(f'{f.name} cell {c.get("id")}: {w} px at {dpi} dpi, 10-point text {px:.1f} px')
+    assert not small, small
+
 def _page(nb_path):
     "The site page of notebook `nb_path`: its name without the number nbdev orders notebooks by."
     name = re.sub(r'^\d+[a-z0-9]*_', '', nb_path.stem)
@@ -257,7 +280,11 @@ def test_markdown_renders_and_no_table_is_lost(site):
     assert not lost, f'tables saved but not shown: {lost}'
 
 def test_signatures_say_no_nonetype(site):
-    "A parameter that defaults to `None` reads `x=None`, not nbdev's `x:NoneType=None`."
+    "A parameter that defaults to `None` reads `x=None`, not nbdev's `x:NoneType=None`, and its comment shows no Markdown quotes."
     out, *_ = site
     bad = [m for m in MODULES if 'NoneType' in (out/f'{m}.html').read_text()]
     assert not bad, bad
+    pre = {m: re.findall(r'<pre>(.*?)</pre>', (out/f'{m}.html').read_text(), re.S) for m in MODULES}
+    quoted = [f'{m}: {html_lib.unescape(re.sub("<[^>]+>", "", p))[:80]}' for m, ps in pre.items() for p in ps
+              if re.search(r'^def |^class ', re.sub('<[^>]+>', '', p), re.M) and re.search(r'#[^\n]*`', re.sub('<[^>]+>', '', p))]
+    assert not quoted, quoted[:5]

@@ -7,7 +7,7 @@ PKG = Path(__file__).resolve().parents[1]/'fastai_meta'
 # The stages, bottom up (nbs/contributing.md draws them): a module may import only the modules listed before it (synth, the
 # synthetic data sets, imports none).
 STAGES = ['sources', 'synth', 'columns', 'encoding', 'images', 'show', 'data', 'model', 'fusion', 'body', 'losses', 'speed', 'learner', 'interpret', 'trackers', 'calibrate',
-          'crossfit', 'scores', 'context', 'stage_two', 'stack', 'explain', 'report', 'compare', 'description', 'deploy', 'hub', 'forms', 'app', 'commands', 'cli']
+          'crossfit', 'scores', 'context', 'stage_two', 'stack', 'predict', 'explain', 'report', 'compare', 'description', 'deploy', 'hub', 'forms', 'app', 'commands', 'cli']
 APART = {'all': set(STAGES), '__init__': set(), '_modidx': set()}   # `all` gathers the stages
 
 def _imports(tree):
