@@ -44,6 +44,9 @@ def show_doc_markdown(md):
     md = re.sub(r'\bNoneType\b', 'None', md)                   # and in a Union: `Union[Callable, None]`
     md = re.sub(r'```python\n.*?```', lambda b: re.sub(r'#[^\n]*', lambda c: c.group(0).replace('`', ''), b.group(0)),
                 md, flags=re.S)                                 # a parameter's comment is code there: no Markdown quotes
+    head, fence, doc = md.rpartition('```\n')                    # nbdev italicises a docstring's first line only
+    md = head + fence + re.sub(r'^\*([^\n]+)\*\n((?:[^\n]+(?:\n|$))+)',
+                               lambda d: f"*{d.group(1)} {' '.join(d.group(2).split())}*\n", doc, count=1, flags=re.M)
     src = _re_source.search(md)
     if src: md = md[:src.start()] + md[src.end():]
     m = re.search(r'^#+\s+(\S+).*$', md, re.MULTILINE)

@@ -126,7 +126,7 @@ def _predict_parts(learn, df, key, errors):
     return done
 
 @patch
-def predict_table(self:(ContextLearner, StackLearner),
+def predict_table(self:ContextLearner,
                   df:pd.DataFrame,  # the rows, with the columns the model reads (`needed_columns`)
                   images=None,      # the folder of the images, if not the one the model was trained on
                   suff=None):       # the image file names' suffix, if not the training one
@@ -143,3 +143,5 @@ def predict_table(self:(ContextLearner, StackLearner),
     for res in done: table.loc[res.index, cols] = res[cols].to_numpy()
     table['error'] = pd.Series(errors, dtype=object).reindex(df.index)
     return table
+
+StackLearner.predict_table = ContextLearner.predict_table      # the same rows in, the same table out

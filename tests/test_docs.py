@@ -279,6 +279,16 @@ def test_markdown_renders_and_no_table_is_lost(site):
     assert not raw, f'markdown printed for the page shown raw: {raw}'
     assert not lost, f'tables saved but not shown: {lost}'
 
+def test_docstrings_render_whole(site):
+    "A docstring of several lines is one italic paragraph (nbdev italicises its first line only)."
+    out, *_ = site
+    paras = {m: re.findall(r'<p>(.*?)</p>', (out/f'{m}.html').read_text(), re.S) for m in MODULES}
+    half = [f'{m}: {re.sub("<[^>]+>", "", p)[:80]}' for m, ps in paras.items() for p in ps      # cut mid-sentence
+            if p.startswith('<em>') and not p.rstrip().endswith('</em>')
+            and not re.sub('<[^>]+>', '', p.split('</em>')[0]).rstrip().endswith(('.', ':', '?', ')'))
+            and not p.split('</em>', 1)[1].startswith((':', ',', ';'))]
+    assert not half, half[:5]
+
 def test_signatures_say_no_nonetype(site):
     "A parameter that defaults to `None` reads `x=None`, not nbdev's `x:NoneType=None`, and its comment shows no Markdown quotes."
     out, *_ = site
