@@ -6,7 +6,7 @@ read from ../shared/data/ham10000 (CC BY-NC: never copied). `--per-class N` caps
 10,015); the CPU default fits about an hour on a 2-core CPU; on a GPU use `--per-class 0 --size 224`.
 
 Run: .venv/bin/python bench/lesions.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3] [--fusions concat metablock]
-Writes fastai_meta/results/compare-ham10000-<cpu|gpu>.{json,md,png} (and resumes from the json when stopped).
+[--name ham10000]. Writes fastai_meta/results/compare-<name>-<cpu|gpu>.{json,md,png} (and resumes from the json when stopped).
 """
 import argparse, shutil, warnings
 from pathlib import Path
@@ -59,4 +59,6 @@ def parser(**defaults):
     p.set_defaults(**defaults)
     return p
 
-if __name__ == '__main__': compare_ham(parser().parse_args())
+if __name__ == '__main__':
+    p = parser(); p.add_argument('--name', default='ham10000', help='results: compare-<name>-<cpu|gpu>.*')
+    a = p.parse_args(); compare_ham(a, a.name)

@@ -128,3 +128,14 @@ def test_cli_predicts_with_a_safe_file(exported, synth, tmp_path, capsys):
     _write(tmp_path/'bad.safetensors', dict(json.loads(json.dumps(exported[1])), arch=dict(source='timm', name='nope')), exported[2])
     assert main(['predict', str(tmp_path/'bad.safetensors'), str(tmp_path/'new.csv'), str(path/'images')]) == 2
     assert 'refused the model' in capsys.readouterr().err
+
+def test_every_build_argument_is_described_or_said_not_to_be():
+    "`described_args` reads the annotated arguments: a new one without a type would silently be left out of every export."
+    from fastai_meta.learner import described_args
+    elsewhere = {'dls', 'arch', 'fusion', 'pretrained', 'weights', 'weights_path', 'init',     # described on their own
+                 'normalize', 'loss_func', 'splitter', 'cbs', 'meta_dropout'}                  # or training only
+    params = {p for f in (create_meta_model, meta_cnn_learner)
+              for p in f.__code__.co_varnames[:f.__code__.co_argcount + f.__code__.co_kwonlyargcount]}
+    left_out = params - set(described_args()) - elsewhere
+    assert not left_out, f'arguments an export would drop: {sorted(left_out)} (annotate them, or add them above)'
+    assert elsewhere <= params, sorted(elsewhere - params)
