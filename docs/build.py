@@ -129,7 +129,8 @@ def clean_outputs(outs):
         if o.get('output_type') != 'stream': res.append(o); continue
         if o.get('name') == 'stderr': continue     # warnings from dependencies and download logs are not content
         for kind, part in split_epoch_tables(terminal_lines(_text(o.get('text')))):
-            if kind == 'text': res.append(dict(o, text='\n'.join(part) + '\n'))
+            if kind == 'text':
+                if any(l.strip() for l in part): res.append(dict(o, text='\n'.join(part).rstrip('\n') + '\n'))   # no blank box
             else: res.append(dict(output_type='display_data', metadata={}, data={'text/html': _html_table(part), 'text/plain': '\n'.join('  '.join(r) for r in part)}))
     return res
 

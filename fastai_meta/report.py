@@ -192,6 +192,7 @@ class Comparison:
             f"(variance × (1/n + {self.test_frac:.2f}/{1 - self.test_frac:.2f})).")
 
     def __repr__(self): return f"{type(self).__name__}: {self.verdict}"
+    def _repr_markdown_(self): return f"**{type(self).__name__}**: {self.verdict}"      # a notebook renders its code
 
 class CompareResult(Comparison):
     """The runs of `meta_compare` and what they say: `scores` per fold, paired `lift`s with intervals, `per_class`
@@ -309,8 +310,8 @@ class CompareResult(Comparison):
         drops = {v: r['mean'] for v,r in self.per_class[m].items() if np.isfinite(r['mean'])}
         worst = min(drops, key=drops.get) if drops else None
         if worst is not None and drops[worst] < -0.01:
-            line += f"; recall of `{worst}` drops by {-100*drops[worst]:.1f} points"
-        elif drops: line += "; no class loses more than 1 point of recall"
+            line += f"; with {m}, the recall of `{worst}` drops by {-100*drops[worst]:.1f} points"
+        elif drops: line += f"; {m} costs no class more than 1 point of recall"
         return line + f". (Headline: {name}, {self.why}.)"
 
     def recall_table(self):

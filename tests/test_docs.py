@@ -210,6 +210,19 @@ def test_shown_code_fits_the_column():
     long = [f'{f.name}: {l[:60]}...' for f, src, _ in _code_cells() for l in src.split('\n') if len(l) > 120]
     assert not long, long
 
+def test_cells_with_outputs_import_nothing():
+    "nbdev's page builder runs every cell with an import again: its page would show that run's outputs, not the saved ones."
+    rerun = [f'{f.name} cell {c.get("id")}' for f, src, c in _code_cells(shown=False)
+             if c.get('outputs') and not re.search(r'^#\|\s*export', src, re.M)
+             and re.search(r'^\s*(import |from \S+ import )', src, re.M)]
+    assert not rerun, rerun
+
+def test_no_blank_printed_output():
+    "A saved printed output holds text: a blank one shows as an empty box on the page."
+    blank = [f'{f.name} cell {c.get("id")}' for f, _, c in _code_cells(shown=False) for o in c.get('outputs', [])
+             if o.get('output_type') == 'stream' and not ''.join(o.get('text', '')).strip()]
+    assert not blank, blank
+
 def test_printed_tables_end_before_the_text_after_them():
     "In a cell that prints Markdown, a line after a table is a blank one: else Markdown reads the text as a table row."
     bad = []
