@@ -42,7 +42,7 @@ def show_doc_markdown(md):
     md = md.replace('\n---\n', '\n', 1).lstrip('-\n')
     md = re.sub(r':\s*NoneType\s*=\s*None', '=None', md)    # nbdev names a default's type; `None`'s says nothing
     md = re.sub(r'\bNoneType\b', 'None', md)                   # and in a Union: `Union[Callable, None]`
-    md = re.sub(r':\s*(?:function|type|[\w.]*Meta)\s*=', '=', md)   # a default's class (or metaclass) says nothing
+    md = re.sub(r':\s*(?:function|type|(?:\w+\.)+_?\w*Meta)\s*=', '=', md)   # a default's (meta)class says nothing
     md = re.sub(r'\b(?:collections\.abc|typing)\.', '', md)
     md = re.sub(r'```python\n.*?```', lambda b: re.sub(r'#[^\n]*', lambda c: c.group(0).replace('`', ''), b.group(0)),
                 md, flags=re.S)                                 # a parameter's comment is code there: no Markdown quotes

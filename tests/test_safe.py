@@ -5,6 +5,7 @@ import numpy as np, pandas as pd, pytest, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.description import digest
+from fastai_meta.learner import described_args
 from fastai_meta.cli import main
 from safetensors.torch import load_file, save_file
 from conftest import COLS, meta_dls, fit_quietly
@@ -131,7 +132,6 @@ def test_cli_predicts_with_a_safe_file(exported, synth, tmp_path, capsys):
 
 def test_every_build_argument_is_described_or_said_not_to_be():
     "`described_args` reads the annotated arguments: a new one without a type would silently be left out of every export."
-    from fastai_meta.learner import described_args
     elsewhere = {'dls', 'arch', 'fusion', 'pretrained', 'weights', 'weights_path', 'init',     # described on their own
                  'normalize', 'loss_func', 'splitter', 'cbs', 'meta_dropout'}                  # or training only
     params = {p for f in (create_meta_model, meta_cnn_learner)
