@@ -14,9 +14,8 @@ warnings.filterwarnings('ignore')
 import pandas as pd, torch
 from fastai_meta.all import *
 from fastai_meta.compare import TABLE
-from lesions import HAM, OUT, load_ham, parser, pretrained_compare
+from lesions import HAM, SIIM, OUT, load_ham, parser, pretrained_compare
 
-SIIM = HAM.parent/'siim-isic-2020-half'
 DATA = {'ham10000': dict(path=HAM, fn_col='image_id', label_col='age', group_col='lesion_id', cat_names=['sex', 'localization']),
         'siim': dict(path=SIIM, fn_col='image_name', label_col='age_approx', group_col='patient_id', cat_names=['sex', 'anatom_site_general_challenge'])}
 

@@ -22,9 +22,8 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 from fastai.vision.all import set_seed
 from fastai_meta.all import *
-from lesions import OUT, parser
+from lesions import OUT, SIIM, parser
 
-SIIM = Path(__file__).resolve().parents[2]/'shared'/'data'/'siim-isic-2020-half'
 COLS = ['image_name', 'patient_id', 'sex', 'age_approx', 'anatom_site_general_challenge', 'label']   # not `diagnosis` or `benign_malignant`: they are the label
 
 def load_siim():

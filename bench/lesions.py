@@ -1,12 +1,16 @@
-"""HAM10000: does age, sex and site help a pretrained image model? A thin caller of `meta_compare`, and the HAM10000 helpers of bench/.
+"""Does the metadata help a pretrained image model, per fusion? A thin caller of `meta_compare`, and the data helpers of bench/.
 
 Image only, each fusion, gradient boosting on the metadata alone and the product of experts, on the same lesion-grouped
-folds (stratified by diagnosis), with paired lifts and corrected intervals, per-class recall and subgroups. The images are
-read from ../shared/data/ham10000 (CC BY-NC: never copied). `--per-class N` caps each diagnosis at N images (0: all
-10,015); the CPU default fits about an hour on a 2-core CPU; on a GPU use `--per-class 0 --size 224`.
+folds (stratified by the label), with paired lifts and corrected intervals, per-class recall and subgroups.
+- `--data ham10000`: age, sex and site for 7 diagnoses, folds grouped by lesion; `--per-class N` caps each diagnosis at N
+  images (0: all 10,015); the CPU default fits about an hour on a 2-core CPU; on a GPU use `--per-class 0 --size 224`.
+- `--data siim`: age, sex and site for melanoma or not (SIIM-ISIC 2020 half), `--per-class` images of each at random
+  (melanomas are 1.7 % of the rows: the sample is balanced on purpose), folds grouped by patient; headline ROC AUC.
+The images are read from ../shared/data (CC BY-NC: never copied).
 
-Run: .venv/bin/python bench/lesions.py [--folds 5] [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3] [--fusions concat metablock]
-[--name ham10000]. Writes fastai_meta/results/compare-<name>-<cpu|gpu>.{json,md,png} (and resumes from the json when stopped).
+Run: .venv/bin/python bench/lesions.py [--data ham10000] [--folds 5] [--per-class 300] [--size 128] [--epochs 5] [--lr 3e-3]
+[--fusions concat metablock] [--name ham10000]. Writes fastai_meta/results/compare-<name>-<cpu|gpu>.{json,md,png} (and resumes
+from the json when stopped).
 """
 import argparse, shutil, warnings
 from pathlib import Path
@@ -18,6 +22,7 @@ from fastai_meta.sources import results_path
 
 OUT = results_path()
 HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
+SIIM = HAM.parent/'siim-isic-2020-half'
 
 def load_ham(per_class=0, seed=0):
     "HAM10000's table, `unknown` read as missing, at most `per_class` images per diagnosis (0: all)."
@@ -26,6 +31,20 @@ def load_ham(per_class=0, seed=0):
         df = df.sample(frac=1, random_state=seed)
         df = df[df.groupby('dx').cumcount() < per_class].sort_index()
     return df.reset_index(drop=True)
+
+def siim(per_class, seed):
+    "`per_class` melanomas and `per_class` other images of the SIIM-ISIC half, at random; the columns recorded with the label dropped."
+    df = pd.read_csv(SIIM/'train.csv').drop(columns=['diagnosis', 'benign_malignant'])
+    df = pd.concat([g.sample(min(per_class, len(g)), random_state=seed) for _,g in df.groupby('target')])
+    return df.assign(target=df.target.map({0: 'benign', 1: 'melanoma'})).reset_index(drop=True)
+
+def rows(a):
+    "The rows of `a.data` ('ham10000' or 'siim') and `meta_compare`'s arguments that describe them."
+    if a.data == 'siim':
+        return siim(a.per_class, a.seed), dict(path=SIIM, fn_col='image_name', label_col='target', group_col='patient_id', metric='roc_auc',
+                                              cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'])
+    return load_ham(a.per_class, a.seed), dict(path=HAM, fn_col='image_id', label_col='dx', group_col='lesion_id',
+                                               cat_names=['sex', 'localization'], cont_names=['age'])
 
 def interval(x):
     "Mean and 95 % t interval of per-fold values `x`, as [mean, low, high] (`paired_stats`, the benchmarks' summaries)."
@@ -38,12 +57,12 @@ def pretrained_compare(df, path, a, out, **kwargs):
                         epochs=a.epochs, lr=a.lr, size=a.size, bs=a.bs, n_folds=a.folds, seeds=list(range(a.seed, a.seed + getattr(a, 'seeds', 1))),
                         cache=ImageCache(a.size), batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), out=out, **kwargs)
 
-def compare_ham(a, name='ham10000'):
-    "Run `meta_compare` on HAM10000 with the options `a`; copy its json, md and png to fastai_meta/results/compare-<name>-<device>.*"
+def compare(a, name='ham10000'):
+    "Run `meta_compare` on `a.data` with the options `a`; copy its json, md and png to fastai_meta/results/compare-<name>-<device>.*"
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     run_dir = OUT/f'compare-{name}-{device}.run'
-    res = pretrained_compare(load_ham(a.per_class, a.seed), HAM, a, run_dir, fn_col='image_id', label_col='dx', group_col='lesion_id',
-                             cat_names=['sex', 'localization'], cont_names=['age'], fusions=a.fusions)
+    df, spec = rows(a)
+    res = pretrained_compare(df, spec.pop('path'), a, run_dir, fusions=a.fusions, **spec)
     for ext in ('json', 'md', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'compare-{name}-{device}.{ext}')
     print(res.to_markdown())
     return res
@@ -61,4 +80,5 @@ def parser(**defaults):
 
 if __name__ == '__main__':
     p = parser(); p.add_argument('--name', default='ham10000', help='results: compare-<name>-<cpu|gpu>.*')
-    a = p.parse_args(); compare_ham(a, a.name)
+    p.add_argument('--data', default='ham10000', choices=['ham10000', 'siim'])
+    a = p.parse_args(); compare(a, a.name)

@@ -18,9 +18,8 @@ from sklearn.metrics import roc_auc_score
 from fastai_meta.all import *
 from fastai_meta.context import fit_stage_two
 from fastai_meta.crossfit import IMAGE, fit_fold
-from lesions import OUT, interval as _ci, parser
+from lesions import OUT, SIIM, interval as _ci, parser
 
-SIIM = Path(__file__).resolve().parents[2]/'shared'/'data'/'siim-isic-2020-half'
 
 def stage_one(df, fold, a, kind):
     "Out-of-fold melanoma probabilities and embeddings of every image, from `kind` ('image' or 'concat') models cross-fitted over the patient folds (the library's `cross_fit`, `fold_learner`, `fit_recipe`)."

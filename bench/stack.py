@@ -19,15 +19,7 @@ import shutil, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai_meta.all import *
-from lesions import HAM, OUT, load_ham, parser, pretrained_compare
-
-SIIM = HAM.parent/'siim-isic-2020-half'
-
-def siim(per_class, seed):
-    "`per_class` melanomas and `per_class` other images of the SIIM-ISIC half, at random; the columns recorded with the label dropped."
-    df = pd.read_csv(SIIM/'train.csv').drop(columns=['diagnosis', 'benign_malignant'])
-    df = pd.concat([g.sample(min(per_class, len(g)), random_state=seed) for _,g in df.groupby('target')])
-    return df.assign(target=df.target.map({0: 'benign', 1: 'melanoma'})).reset_index(drop=True)
+from lesions import HAM, SIIM, OUT, load_ham, parser, pretrained_compare, rows
 
 def siim_patients(n, seed, cap=12):
     "All images (at most `cap` per patient, melanomas kept first) of `n` patients with a melanoma and `n` without, at random: patients whose other images give each one its context."
@@ -40,13 +32,10 @@ def siim_patients(n, seed, cap=12):
 
 def data(a):
     "The rows and `meta_compare`'s data arguments of `--data`."
-    if a.data == 'siim':
-        return (siim_patients if a.context else siim)(a.per_class, a.seed), dict(path=SIIM, fn_col='image_name', label_col='target', group_col='patient_id',
-                                                cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'], metric='roc_auc')
-    df = load_ham(a.per_class, a.seed)
-    if a.data == 'age': return (df.dropna(subset=['age']).drop(columns=['dx', 'dx_type']).reset_index(drop=True),
+    if a.data == 'age': return (load_ham(a.per_class, a.seed).dropna(subset=['age']).drop(columns=['dx', 'dx_type']).reset_index(drop=True),
                                 dict(path=HAM, fn_col='image_id', label_col='age', group_col='lesion_id', cat_names=['sex', 'localization'], cont_names=[], task='regression'))
-    return df, dict(path=HAM, fn_col='image_id', label_col='dx', group_col='lesion_id', cat_names=['sex', 'localization'], cont_names=['age'])
+    df, spec = rows(a)
+    return (siim_patients(a.per_class, a.seed) if a.data == 'siim' and a.context else df), spec
 
 def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'

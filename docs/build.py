@@ -53,6 +53,8 @@ def show_doc_markdown(md):
     if src: md = md[:src.start()] + md[src.end():]
     m = re.search(r'^#+\s+(\S+).*$', md, re.MULTILINE)
     if not m: return md
+    if inspect.isclass(documented(m.group(1))):                  # nbdev writes every signature as a `def`
+        md = md.replace(f"```python\ndef {m.group(1).split('.')[-1]}(", f"```python\nclass {m.group(1).split('.')[-1]}(", 1)
     link = f"\n\n{own_source(m.group(1), src.group(0).strip())}" if src else ''      # quarto floated it right, above the heading; here it follows the heading
     # The anchor and the index entry follow the heading: before it, they would end the previous section, and links would land there.
     # The index entry's target goes on the signature block below it: Sphinx's search shows that block's text as the hit's summary
@@ -60,14 +62,18 @@ def show_doc_markdown(md):
     return (md[:m.end()] + f'\n\n<a id="{m.group(1).lower()}"></a>' + link
             + f'\n\n```{{index}} single: {m.group(1)}\n```\n' + md[m.end():])
 
+@functools.lru_cache(None)
+def documented(name):
+    "The object `show_doc` documented as `name` (ours, or fastai's where this library patches it); `None` if not found."
+    import fastai.vision.all, fastai_meta.all
+    try: return functools.reduce(getattr, name.split('.'), fastai_meta.all if hasattr(fastai_meta.all, name.split('.')[0]) else fastai.vision.all)
+    except AttributeError: return None
+
 def own_source(name, link):
     "The source link of documented `name`, pointed at this library's code where nbdev pointed it at fastai's (a fastai method this library patches, as `DataBlock.datasets`)."
     if 'fastai_meta/' in link: return link
-    import fastai.vision.all, fastai_meta.all
-    try:
-        obj = functools.reduce(getattr, name.split('.'), fastai_meta.all if hasattr(fastai_meta.all, name.split('.')[0]) else fastai.vision.all)
-        obj = getattr(obj, '__func__', obj)                  # a patched fastai method (`DataBlock.datasets`) lives in this library
-        file, line = inspect.getsourcefile(obj), inspect.getsourcelines(obj)[1]
+    obj = getattr(documented(name), '__func__', documented(name))   # a patched fastai method (`DataBlock.datasets`) lives in this library
+    try: file, line = inspect.getsourcefile(obj), inspect.getsourcelines(obj)[1]
     except Exception: return link
     if not file or Path(file).parent.name != 'fastai_meta': return link
     return re.sub(r'\(https?://[^)]*\)', f'(https://github.com/fastai-meta/fastai_meta/blob/main/fastai_meta/{Path(file).name}#L{line})', link, count=1)

@@ -8,7 +8,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/commands.html.md"""
 __all__ = ['CLIError', 'train_csv', 'load_exported', 'predict_csv', 'compare_csv']
 
 # %% ../nbs/04a_commands.ipynb #86a700ca
-import sys, warnings
+import sys, textwrap, warnings
 from fastai.vision.all import *
 from .data import MetaDataLoaders, target_task
 from .learner import meta_cnn_learner, fit_recipe
@@ -230,8 +230,8 @@ def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, excl
                 fusions=('concat', ), arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32,
                 lr=None, folds=5, seeds=1, seed=0, out='compare', context_col=None, context_folds=3, metric=None,
                 task='auto', image_sep=None, runner=None):
-    """Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and table;
-    write them to `out`."""
+    """Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and the
+    headline's table as plain text; write every table to `out`."""
     df = _read_table(csv, images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, named=L(cat) + L(cont) + L(exclude))
@@ -242,5 +242,7 @@ def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, excl
                            seeds=tuple(range(seed, seed + seeds)), out=out, context_col=context_col,
                            context_folds=context_folds, metric=metric, task=task, image_sep=image_sep, runner=runner)
     except ValueError as e: raise CLIError(str(e)) from e
-    print(res.verdict, '', res.summary().to_markdown(), '', f'written to {Path(out).resolve()}', sep='\n')
+    verdict = textwrap.fill(re.sub(r'`([^`]*)`', r'\1', res.verdict), 110)           # a terminal shows no Markdown
+    print(verdict, '', res.summary([res.headline]).to_string(), '',
+          f'every metric, per class and per subgroup: {Path(out).resolve()/"compare.md"}', sep='\n')
     return res

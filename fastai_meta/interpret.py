@@ -117,14 +117,17 @@ def _images_per_row(dls, items):
     return {'images': (n.astype(str), [str(v) for v in sorted(set(n))])}
 
 def _plot_report(res, metric):
-    "Bars of `metric` per group, one panel per column, the overall value as a dashed line."
+    "Bars of `metric` per group, one panel per column, stacked, each as tall as its groups; the overall value dashed."
     sub = res[res.column != '(all)']
     cols = list(dict.fromkeys(sub.column))
-    fig, axs = plt.subplots(1, len(cols), figsize=(4*len(cols), 3), squeeze=False)
-    for ax, c in zip(axs[0], cols):
+    n = [int((sub.column == c).sum()) for c in cols]
+    fig, axs = plt.subplots(len(cols), 1, figsize=(6, sum(0.3 * k + 0.9 for k in n)), height_ratios=[k + 3 for k in n],
+                            sharex=True, squeeze=False)
+    for ax, c in zip(axs[:, 0], cols):
         d = sub[sub.column == c]
         ax.barh([f'{g} (n={n})' for g,n in zip(d.group, d['count'])], d[metric])
         ax.axvline(res[metric].iloc[0], color='k', ls='--', lw=1)
-        ax.set_title(c); ax.set_xlabel(metric); ax.invert_yaxis()
+        ax.set_title(c); ax.invert_yaxis()
+    axs[-1, 0].set_xlabel(metric)
     fig.tight_layout()
     return fig

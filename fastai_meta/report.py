@@ -127,10 +127,10 @@ class Comparison:
         "The metrics this comparison has values for, the headline first."
         return sorted([t for t in self.metrics if self.scores[t].notna().any()], key=lambda t: t != self.headline)
 
-    def summary(self):
+    def summary(self, metrics=None):  # the metrics shown (default: those with values, the headline first)
         """Mean and std over folds of each model's scores, and its paired lift over image only (points ×100 for
-        classes; positive: better), the headline first."""
-        metrics, rows, x = self._metrics(), [], (1 if self.task == 'regression' else 100)
+        classes; positive: better)."""
+        metrics, rows, x = ifnone(metrics, self._metrics()), [], (1 if self.task == 'regression' else 100)
         for m in self.models:
             d = self.scores[self.scores.model == m]
             r = {'model': m, **{t: f"{d[t].mean():.3f} ± {d[t].std():.3f}" for t in metrics}}

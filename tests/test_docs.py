@@ -210,6 +210,20 @@ def test_shown_code_fits_the_column():
     long = [f'{f.name}: {l[:60]}...' for f, src, _ in _code_cells() for l in src.split('\n') if len(l) > 120]
     assert not long, long
 
+def test_readme_quotes_the_demo_as_the_cli_page_shows_it():
+    "The README's demo output is the command-line page's saved one, not an older run's."
+    shown = [''.join(o.get('text', '')) for c in json.loads((ROOT/'nbs'/'04_cli.ipynb').read_text())['cells']
+             for o in c.get('outputs', []) if 'lift from metadata' in ''.join(o.get('text', ''))]
+    quoted = re.search(r'command-line page[^`]*```\n(.*?)```', (ROOT/'README.md').read_text(), re.S)
+    assert shown and quoted and quoted.group(1).strip() == shown[0].strip(), (quoted and quoted.group(1), shown)
+
+def test_examples_seed_before_their_dataloaders():
+    "fastai seeds a DataLoader's shuffling when it is made: `set_seed` after it leaves the example's numbers to chance."
+    made = r'\.(?:from_(?:df|csv|folder)|dataloaders)\('
+    late = [f'{f.name} cell {c.get("id")}' for f, src, c in _code_cells(shown=False)
+            if (d := re.search(made, src, re.M)) and (s := re.search(r'^\s*set_seed\(', src, re.M)) and s.start() > d.start()]
+    assert not late, late
+
 def test_cells_with_outputs_import_nothing():
     "nbdev's page builder runs every cell with an import again: its page would show that run's outputs, not the saved ones."
     rerun = [f'{f.name} cell {c.get("id")}' for f, src, c in _code_cells(shown=False)
@@ -302,8 +316,9 @@ def test_docstrings_render_whole(site):
             and not p.split('</em>', 1)[1].startswith((':', ',', ';'))]
     assert not half, half[:5]
 
-def test_signatures_say_no_nonetype(site):
-    "A parameter that defaults to `None` reads `x=None`, not nbdev's `x:NoneType=None`, and its comment shows no Markdown quotes."
+def test_signatures_read_plainly(site):
+    """A parameter that defaults to `None` reads `x=None`, not nbdev's `x:NoneType=None`; its comment shows no Markdown
+    quotes; a class reads `class`, not nbdev's `def`."""
     out, *_ = site
     bad = [(m, w) for m in MODULES for w in ('NoneType', 'BypassNewMeta', '_TensorMeta', ':function=', 'collections.abc.')
            if w in html_lib.unescape(re.sub('<[^>]+>', '', (out/f'{m}.html').read_text()))]
@@ -312,3 +327,6 @@ def test_signatures_say_no_nonetype(site):
     quoted = [f'{m}: {html_lib.unescape(re.sub("<[^>]+>", "", p))[:80]}' for m, ps in pre.items() for p in ps
               if re.search(r'^def |^class ', re.sub('<[^>]+>', '', p), re.M) and re.search(r'#[^\n]*`', re.sub('<[^>]+>', '', p))]
     assert not quoted, quoted[:5]
+    text = lambda m: html_lib.unescape(re.sub('<[^>]+>', '', (out/f'{m}.html').read_text()))
+    assert 'class MetaDataLoaders(' in text('data') and 'def MetaDataLoaders(' not in text('data')    # a class reads as one
+    assert 'def meta_cnn_learner(' in text('learner')
