@@ -19,7 +19,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 from torchmetrics.functional.classification import multiclass_calibration_error, binary_calibration_error
 from .losses import WrappedLoss
-from .data import class_index
+from .data import class_index, target_kind
 from .learner import MetaLearner
 
 # %% ../nbs/03b_calibrate.ipynb #1d179ec2
@@ -115,11 +115,11 @@ def _nll_probs(probs, targets):
     if targets.ndim == 2: return float(-(targets*p.log() + (1 - targets)*(1 - p).log()).mean())
     return float(-p.gather(1, targets.long()[:, None]).log().mean())
 
-def _is_multi(targets):
-    "Whether `targets` are independent labels (0/1 columns), rather than one class index per row; refuses values."
-    if targets.ndim == 1 and not targets.is_floating_point(): return False
-    if targets.ndim == 2 and bool(((targets == 0) | (targets == 1)).all()): return True
-    raise ValueError("Calibration applies to classifiers (one class, or several labels); this learner predicts values.")
+def _is_multi(dls):
+    "Whether `dls`' target is several independent labels, rather than one class per row (`target_kind`); refuses values."
+    kind = target_kind(dls)
+    if kind in ('classification', 'multilabel'): return kind == 'multilabel'
+    raise ValueError(f"Calibration applies to classifiers (one class, or several labels); this learner's target is {kind}.")
 
 @patch
 def calibrate(self:MetaLearner, dl=None, n_bins=15):
@@ -131,7 +131,7 @@ def calibrate(self:MetaLearner, dl=None, n_bins=15):
         raise ValueError("No rows to calibrate on: the validation set is empty; pass `dl=` with held-out rows.")
     with self.no_bar(), self.no_logging(): logits, targets = self.get_preds(dl=dl, act=noop)
     logits, targets = logits.float().as_subclass(Tensor), targets.as_subclass(Tensor)
-    multi = _is_multi(targets)
+    multi = _is_multi(self.dls)
     t = fit_temperature(logits, targets, multi)
     self.model.add_module('temp', Temperature(t).to(one_param(self.model).device))
     act = torch.sigmoid if multi else partial(torch.softmax, dim=1)
@@ -191,6 +191,6 @@ def set_operating_point(self:MetaLearner, cls, sensitivity=0.95, dl=None):
     with self.no_bar(), self.no_logging(): probs, targets = self.get_preds(dl=ifnone(dl, self.dls.valid))
     targets = targets.as_subclass(Tensor)
     res = operating_point(probs.as_subclass(Tensor), targets, idx, sensitivity)
-    self.loss_func = OperatingPoint(loss, idx, res['threshold'], multi=_is_multi(targets),
+    self.loss_func = OperatingPoint(loss, idx, res['threshold'], multi=_is_multi(self.dls),
                                     target=dict(cls=str(cls), sensitivity=sensitivity))
     return dict(cls=str(cls), target=sensitivity, **res)
