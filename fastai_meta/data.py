@@ -102,7 +102,7 @@ def _acts_on(t, x):
     f = getattr(t, 'encodes', None)
     if f is None: return False
     f, args = (f._f, (t, x)) if isinstance(f, MethodType) else (f, (x,))
-    try: f._resolve_method_with_cache(args); return True
+    try: f.resolve_method(args); return True        # plum's dispatch, as the transform would call it
     except NotFoundLookupError: return False
     except Exception: return True   # cannot tell: keep the element in the item
 
