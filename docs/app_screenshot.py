@@ -45,7 +45,7 @@ def shoot(model, case, out):
             except OSError: time.sleep(0.5)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=['--no-sandbox', '--disable-gpu'])
-            page = browser.new_page(viewport={'width': 1200, 'height': 1180})
+            page = browser.new_page(viewport={'width': 956, 'height': 900})     # the docs' column: the shot is shown at its own size
             page.goto(url, wait_until='networkidle')
             page.set_input_files('#image input[type=file]', str(HAM/'images'/f'{case.image_id}.jpg'))
             for col in ('sex', 'localization'):
@@ -58,7 +58,7 @@ def shoot(model, case, out):
             read = dict(decision=page.locator('#decision').inner_text(), effect=page.locator('#effect').inner_text())
             print(read['decision'], read['effect'], sep='\n')
             page.wait_for_timeout(2000)                       # let the probabilities finish their fade-in
-            page.screenshot(path=str(out), full_page=False)
+            page.screenshot(path=str(out), full_page=True)
             browser.close()
         return read
     finally: proc.terminate(); proc.wait(30)

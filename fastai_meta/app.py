@@ -48,8 +48,10 @@ def meta_app(learn, title='fastai_meta', rank_by=None):
         if kind == 'points' else gr.JSON(label='prediction', elem_id='prediction'),
         gr.Markdown(elem_id='decision'),
         gr.Markdown(elem_id='effect')
-    ] + ([gr.Image(label='explanation', elem_id='explanation')] if kind == 'classification' else [])
-    return upload_app(gr, title=title, note=probability_note(learn), fields=fields, outputs=outputs, run=run)
+    ]
+    below = (lambda: [gr.Image(label='explanation', elem_id='explanation')]) if kind == 'classification' else None
+    return upload_app(gr, title=title, note=probability_note(learn), fields=fields, outputs=outputs, run=run,
+                      below=below)
 
 
 # %% ../nbs/07_app.ipynb #2108ba35

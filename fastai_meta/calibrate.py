@@ -116,10 +116,11 @@ def _nll_probs(probs, targets):
     return float(-p.gather(1, targets.long()[:, None]).log().mean())
 
 def _is_multi(dls):
-    "Whether `dls`' target is several independent labels, rather than one class per row (`target_kind`); refuses values."
+    "Whether `dls`' target is several independent labels, not one class per row (`target_kind`); refuses values."
     kind = target_kind(dls)
     if kind in ('classification', 'multilabel'): return kind == 'multilabel'
-    raise ValueError(f"Calibration applies to classifiers (one class, or several labels); this learner's target is {kind}.")
+    raise ValueError(
+        f"Calibration applies to classifiers (one class, or several labels); this learner's target is {kind}.")
 
 @patch
 def calibrate(self:MetaLearner, dl=None, n_bins=15):

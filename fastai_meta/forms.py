@@ -203,9 +203,9 @@ def form_inputs(gr, fields):
         for c, k, ch, h in fields
     ]
 
-def upload_app(gr, title, note, fields, outputs, run):
+def upload_app(gr, title, note, fields, outputs, run, below=None):
     """The one-image app's page: `note`, an image and the form of `fields` on the left; on the right the components
-    `outputs()` makes, which `run` fills."""
+    `outputs()` makes, then across the page those `below()` makes (a figure to read at full width); `run` fills them."""
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f'## {title}\n{note}')
         with gr.Row():
@@ -214,5 +214,7 @@ def upload_app(gr, title, note, fields, outputs, run):
                 inputs = form_inputs(gr, fields)
                 go = gr.Button('Predict', variant='primary', elem_id='predict')
             with gr.Column(): shown = outputs()
+        if below is not None:
+            with gr.Row(): shown += below()
         go.click(run, [image, *inputs], shown, api_name='predict')
     return app
