@@ -217,6 +217,15 @@ def test_readme_quotes_the_demo_as_the_cli_page_shows_it():
     quoted = re.search(r'command-line page[^`]*```\n(.*?)```', (ROOT/'README.md').read_text(), re.S)
     assert shown and quoted and quoted.group(1).strip() == shown[0].strip(), (quoted and quoted.group(1), shown)
 
+def test_every_result_says_where_it_came_from():
+    "Each shipped results file has its row in PROVENANCE.md (the script, the commit, the command), and each row's files exist."
+    res = ROOT/'fastai_meta'/'results'
+    rows = [l.split('|')[1] for l in (res/'PROVENANCE.md').read_text().splitlines() if l.startswith('| `')]
+    named = {n for r in rows for n in re.findall(r'`([^`]+)`', r)}
+    files = {f.name for f in res.iterdir() if f.is_file() and f.name != 'PROVENANCE.md'}
+    assert not files - named, f'results without a provenance row: {sorted(files - named)}'
+    assert not named - files, f'provenance rows of missing files: {sorted(named - files)}'
+
 def test_examples_seed_before_their_dataloaders():
     "fastai seeds a DataLoader's shuffling when it is made: `set_seed` after it leaves the example's numbers to chance."
     made = r'\.(?:from_(?:df|csv|folder)|dataloaders)\('
