@@ -10,7 +10,7 @@ __all__ = ['IMAGE', 'NO_METADATA', 'fold_learner', 'fold_spec', 'learner_args', 
            'runner_options', 'run_jobs', 'cross_fit']
 
 # %% ../nbs/02b_crossfit.ipynb #1bea61de
-import contextlib, inspect, io, json, os, warnings
+import contextlib, inspect, io, json, math, os, warnings
 from fastai.vision.all import *
 from fastprogress.fastprogress import progress_bar
 from .data import group_folds, several_images, MetaDataLoaders
@@ -125,10 +125,17 @@ def fit_fold(build, df, valid, epochs=5, lr=None, embeddings=False, keep=False, 
     return run
 
 # %% ../nbs/02b_crossfit.ipynb #93e250c8
+def _finite_or_none(x):
+    "`x` with every NaN or infinite float (a score with no value) as `None`: JSON's `null`, which any reader accepts."
+    if isinstance(x, float): return x if math.isfinite(x) else None
+    if isinstance(x, dict): return {k: _finite_or_none(v) for k,v in x.items()}
+    if isinstance(x, (list, tuple)): return [_finite_or_none(v) for v in x]
+    return x
+
 def write_json(path, obj):
-    "Write `obj` to `path` as compact JSON, atomically (an interrupted run never leaves half a file)."
+    "Write `obj` to `path` as compact standard JSON (NaN as null), atomically (a stopped run never leaves half a file)."
     tmp = Path(f'{path}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(obj, separators=(',', ':'))); tmp.replace(path)
+    tmp.write_text(json.dumps(_finite_or_none(obj), separators=(',', ':'), allow_nan=False)); tmp.replace(path)
 
 class RunStore:
     """Runs kept in the JSON file `path` with the `settings` that made them, written as each run ends, so that a

@@ -117,9 +117,9 @@ class Comparison:
         return max(nets, key=lambda m: self.lift[m][self.headline]['mean'])
 
     def _lifts(self):
-        "`lift[model][metric]`: paired stats of the model's improvement over image only, per fold."
+        "`lift[model][metric]`: paired stats of the model's gain over image only per fold, for metrics with values."
         return {
-            m: {t: paired_stats(self._diffs(m, lambda r: r[t], t), self.test_frac) for t in self.metrics}
+            m: {t: paired_stats(self._diffs(m, lambda r: r[t], t), self.test_frac) for t in self._metrics()}
             for m in self.models if m != IMAGE
         }
 

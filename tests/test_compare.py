@@ -6,6 +6,7 @@ from scipy import stats
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.scores import product_of_experts
+from fastai_meta.crossfit import write_json
 import fastai_meta.compare as compare
 from fastai_meta.cli import main
 
@@ -218,3 +219,9 @@ def test_tta_is_a_setting_of_the_comparison(synth, monkeypatch):
     assert res.settings['tta'] and 'test-time augmentation' in res._how()
     calls.clear(); plain = _compare(path, df, n_folds=2, epochs=1, bs=16, batch_tfms=aug_transforms(size=16))
     assert not calls and 'tta' not in plain.settings
+
+def test_saved_results_are_standard_json(tmp_path):
+    "A score with no value (average precision of 7 classes, an interval of one fold) is saved as null, not as NaN."
+    write_json(tmp_path/'r.json', dict(a=float('nan'), b=[1.0, float('inf')], c={'d': np.float64('nan'), 'e': 'x'}))
+    def refuse(c): raise ValueError(c)
+    test_eq(json.loads((tmp_path/'r.json').read_text(), parse_constant=refuse), dict(a=None, b=[1.0, None], c={'d': None, 'e': 'x'}))

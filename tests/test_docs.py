@@ -226,6 +226,16 @@ def test_every_result_says_where_it_came_from():
     assert not files - named, f'results without a provenance row: {sorted(files - named)}'
     assert not named - files, f'provenance rows of missing files: {sorted(named - files)}'
 
+def _strict(c): raise ValueError(f'{c} is not JSON')
+
+def test_results_are_standard_json():
+    "A shipped JSON file reads in any JSON reader: no NaN or Infinity, which Python writes unless told not to."
+    bad = []
+    for f in sorted((ROOT/'fastai_meta'/'results').glob('*.json')):
+        try: json.loads(f.read_text(), parse_constant=_strict)
+        except ValueError as e: bad.append(f'{f.name}: {e}')
+    assert not bad, bad
+
 def test_examples_seed_before_their_dataloaders():
     "fastai seeds a DataLoader's shuffling when it is made: `set_seed` after it leaves the example's numbers to chance."
     made = r'\.(?:from_(?:df|csv|folder)|dataloaders)\('
