@@ -10,7 +10,7 @@ __all__ = ['EncodedRows', 'MetaDL', 'MetaBlock', 'ImageBlocks', 'several_images'
            'MetaDataLoaders']
 
 # %% ../nbs/00_data.ipynb #d30ad121
-import warnings
+import contextlib, warnings
 from types import MethodType
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import *
@@ -32,10 +32,9 @@ def datasets(self:DataBlock, source, verbose=False):
     splitter read (an uncalled `MetaBlock` has no other way to learn them, and must not use them as metadata)."""
     encs = [(i,t) for i,tt in enumerate(self.type_tfms) for t in tt if isinstance(t, MetaEncode)]
     if not encs: return _datasets(self, source, verbose=verbose)          # no MetaBlock: fastai's path, unchanged
-    for i,t in encs: t._context = (self, i)
-    try: return _datasets(self, source, verbose=verbose)
-    finally:
-        for _,t in encs: t._context = None
+    with contextlib.ExitStack() as told:
+        for i,t in encs: told.enter_context(t.reading(self, i))
+        return _datasets(self, source, verbose=verbose)
 DataBlock.datasets._fastai_datasets = _datasets
 
 # %% ../nbs/00_data.ipynb #71ea361d
@@ -170,8 +169,7 @@ def ImageBlocks(fn_cols, n_images=None, sep=';', pref='', suff='', cls=PILImage,
         slots = [(c, 0, None) for c in cols]
     blocks = []
     for c,j,s in slots:
-        read = ReadSlot(c, j, s, pref=pref, suff=suff, img_cls=cls, cache=cache)
-        read.siblings = cols
+        read = ReadSlot(c, j, s, pref=pref, suff=suff, img_cls=cls, cache=cache, siblings=cols)
         blocks.append(TransformBlock(type_tfms=read, batch_tfms=IntToFloatTensor))
     return (*blocks, TransformBlock(type_tfms=ImagesPresent(slots), dl_type=MetaDL))
 

@@ -163,8 +163,8 @@ def _dataloaders(desc, bs=64, device=None):
                        'image slot'), _get(s, 'slot', int,
                                            'image slot'), _get(s, 'sep', (str, type(None)), 'image slot'))
                  for s in _get(img, 'slots', list, 'image')]
-        reads = [ReadSlot(c, j, sep, pref=pref, suff=suff, img_cls=img_cls) for c,j,sep in slots]
-        for r in reads: r.siblings = list(dict.fromkeys(c for c,_,_ in slots))
+        cols = list(dict.fromkeys(c for c,_,_ in slots))
+        reads = [ReadSlot(c, j, sep, pref=pref, suff=suff, img_cls=img_cls, siblings=cols) for c,j,sep in slots]
         masks = [[ImagesPresent(slots)]] if _get(img, 'masked', bool, 'image') else []
     fields = {
         k: _get(m, k, (list, dict), 'metadata')

@@ -9,6 +9,7 @@ __all__ = ['TensorMeta', 'MetaEncoding', 'check_columns', 'MetaRow', 'MetaEncode
 
 # %% ../nbs/00_encoding.ipynb #0e0c0d03
 import warnings
+from contextlib import contextmanager
 import numpy as np, pandas as pd
 from fastai.vision.all import *
 from .columns import *
@@ -183,6 +184,13 @@ class MetaEncode(DisplayedTransform):
         self.cat_names, self.cont_names, self.encoding, self._layout = cat_names, cont_names, None, None
         self.infer, self.exclude, self.max_card, self.verbose, self._context = infer, list(
             L(exclude)), max_card, verbose, None
+
+    @contextmanager
+    def reading(self, dblock, i):
+        "While `dblock` (this transform in its block `i`) makes its datasets: `setups` learns what the others read."
+        self._context = (dblock, i)
+        try: yield self
+        finally: self._context = None
 
     @classmethod
     def fitted(cls, encoding):

@@ -180,9 +180,10 @@ def image_names(value, sep=';'):
 class ReadSlot(ReadImage):
     """Open image `slot` of column `fn_col` of a row (the `slot`-th name of a list or `sep`-separated cell); a blank
     image if the row has none there."""
-    def __init__(self, fn_col, slot=0, sep=None, pref='', suff='', img_cls=PILImage, cache=None):
+    def __init__(self, fn_col, slot=0, sep=None, pref='', suff='', img_cls=PILImage, cache=None,
+                 siblings=()):  # the row's image columns, whose first image sizes a blank
         super().__init__(fn_col, pref=pref, suff=suff, img_cls=img_cls, cache=cache)
-        self.slot, self.sep = slot, sep
+        self.slot, self.sep, self.siblings = slot, sep, list(siblings)
     def _cell(self, value):
         "The file of this slot in a cell's `value`, or `NO_IMAGE`."
         names, r = image_names(value, self.sep), self.reader
@@ -197,7 +198,7 @@ class ReadSlot(ReadImage):
     def _blank(self, row):
         "A black image the size of the row's other images (masked by the model: it is never learned from)."
         if self.cache is not None and NO_IMAGE in self.cache.index: return self.cache.get(NO_IMAGE)
-        cols = [self.reader.cols[0]] + [c for c in getattr(self, 'siblings', []) if c != self.reader.cols[0]]
+        cols = [self.reader.cols[0]] + [c for c in self.siblings if c != self.reader.cols[0]]
         first = next((f for f in (self._first(_cells(row, c)) for c in cols) if f is not None), None)
         if first is None:
             raise ValueError(f"Row {_name(row.name)!r} has no image in {cols}: every row needs one image at least.")
