@@ -8,6 +8,7 @@ Docs: https://fastai-meta.github.io/fastai_meta/speed.html.md"""
 __all__ = ['cpu_bf16_supported', 'has_depthwise', 'amp_rule', 'FastTraining']
 
 # %% ../nbs/02a_speed.ipynb #ea3fa4cf
+import warnings
 from fastai.vision.all import *
 from fastai.callback.fp16 import MixedPrecision
 from torch.amp import GradScaler, autocast
@@ -74,6 +75,16 @@ class FastTraining(MixedPrecision):
 
     def after_loss(self):
         if getattr(self, 'entered', False): self.autocast.__exit__(None, None, None); self.entered = False
+
+    def before_step(self):
+        "A bfloat16 step whose gradients are not finite is skipped, and the learner trains in float32 from then on."
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.chosen == torch.bfloat16 and grads and not torch.stack([g.norm() for g in grads]).isfinite().all():
+            warnings.warn(f"bfloat16 autocast gave non-finite gradients (epoch {self.epoch}, batch {self.iter}): that "
+                          "step is skipped and this learner trains in float32 from here on (`to_fast()` tries again).")
+            self.chosen, self.amp = None, False
+            raise CancelStepException()
+        super().before_step()
 
     def after_batch(self): self.after_loss()
     def after_fit(self): self.after_loss(); self.autocast, self.learn.scaler, self.scales = None, None, None
