@@ -19,7 +19,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_curve
 from torchmetrics.functional.classification import multiclass_calibration_error, binary_calibration_error
 from .losses import WrappedLoss
-from .data import class_index, target_kind
+from .data import class_index
 from .learner import MetaLearner
 
 # %% ../nbs/03b_calibrate.ipynb #1d179ec2
@@ -116,8 +116,8 @@ def _nll_probs(probs, targets):
     return float(-p.gather(1, targets.long()[:, None]).log().mean())
 
 def _is_multi(dls):
-    "Whether `dls`' target is several independent labels, not one class per row (`target_kind`); refuses values."
-    kind = target_kind(dls)
+    "Whether `dls`' target is several independent labels, not one class per row (`dls.meta`); refuses values."
+    kind = dls.meta.target
     if kind in ('classification', 'multilabel'): return kind == 'multilabel'
     raise ValueError(
         f"Calibration applies to classifiers (one class, or several labels); this learner's target is {kind}.")

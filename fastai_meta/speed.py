@@ -78,8 +78,8 @@ class FastTraining(MixedPrecision):
 
     def before_step(self):
         "A bfloat16 step whose gradients are not finite is skipped, and the learner trains in float32 from then on."
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if self.chosen == torch.bfloat16 and grads and not torch.stack([g.norm() for g in grads]).isfinite().all():
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None] if self.chosen == torch.bfloat16 else []
+        if grads and not nn.utils.get_total_norm(grads).isfinite():      # torch's one foreach pass
             warnings.warn(f"bfloat16 autocast gave non-finite gradients (epoch {self.epoch}, batch {self.iter}): that "
                           "step is skipped and this learner trains in float32 from here on (`to_fast()` tries again).")
             self.chosen, self.amp = None, False
