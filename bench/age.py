@@ -14,22 +14,22 @@ warnings.filterwarnings('ignore')
 import pandas as pd, torch
 from fastai_meta.all import *
 from fastai_meta.compare import TABLE
-from lesions import HAM, SIIM, OUT, load_ham, parser, pretrained_compare
+from lesions import HAM_COLS, SIIM_COLS, OUT, load_ham, parser, pretrained_compare
 
-DATA = {'ham10000': dict(path=HAM, fn_col='image_id', label_col='age', group_col='lesion_id', cat_names=['sex', 'localization']),
-        'siim': dict(path=SIIM, fn_col='image_name', label_col='age_approx', group_col='patient_id', cat_names=['sex', 'anatom_site_general_challenge'])}
+DATA = {'ham10000': dict(HAM_COLS, label_col='age', group_col='lesion_id', cont_names=[]),
+        'siim': dict(SIIM_COLS, label_col='age_approx', group_col='patient_id', cont_names=[])}
 
 def table(name, n, seed):
     "The rows of data set `name` with an age, `n` of them at random (0: all)."
-    df = load_ham() if name == 'ham10000' else pd.read_csv(SIIM/'train.csv')
+    df = load_ham() if name == 'ham10000' else pd.read_csv(SIIM_COLS['path']/'train.csv')
     df = df.dropna(subset=[DATA[name]['label_col']])
     return (df.sample(n, random_state=seed) if n else df).reset_index(drop=True)
 
 def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
-    name, spec = a.data, dict(DATA[a.data])
+    name = a.data
     run_dir = OUT/f'age-{name}-{device}.run'
-    res = pretrained_compare(table(name, a.n, a.seed), spec.pop('path'), a, run_dir, task='regression', cont_names=[], fusions=a.fusions, **spec)
+    res = pretrained_compare(table(name, a.n, a.seed), a, run_dir, task='regression', fusions=a.fusions, **DATA[name])
     vs = [(f, res.versus(f, TABLE)) for f in a.fusions]        # the question of this benchmark: is a fused model at least as good as the table alone?
     extra = '\n'.join(['**Each fusion against the table alone** (MAE of the table minus the fusion\'s, paired by fold; positive: the fusion is better):', ''] +
                        [f"- {f}: {v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] years, better on {v['wins']} of {v['n']} folds" for f,v in vs])

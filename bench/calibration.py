@@ -18,19 +18,17 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
-from fastai.vision.all import aug_transforms, set_seed
+from fastai.vision.all import set_seed
 from fastai_meta.all import *
 from fastai_meta.speed import cpu_bf16_supported
-from lesions import HAM, OUT, load_ham, interval as _ci, parser
+from lesions import HAM_COLS, OUT, load_ham, interval as _ci, parser, recipe
 
 def _fold(df, fold, k, a, keep=None):
     "Train on the folds other than `k` and `k+1`, calibrate on `k+1`, test on `k`; the fold's measurements."
     cal, test = fold == (k + 1) % a.folds, fold == k
     train, rows = df[~cal & ~test], df[~test]
     set_seed(a.seed + k, reproducible=True)
-    learn = fold_learner(rows, cal[~test], 'concat', HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx', cat_names=['sex', 'localization'],
-                         cont_names=['age'], arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs,
-                         cache=ImageCache(a.size), batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
+    learn = fold_learner(rows, cal[~test], 'concat', **HAM_COLS, **recipe(a))
     t0 = time.time()
     with learn.no_bar(), learn.no_logging(): fit_recipe(learn, a.epochs, a.lr)()
     tdl = learn.dls.test_dl(df[test], with_labels=True)

@@ -22,13 +22,13 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 from fastai.vision.all import set_seed
 from fastai_meta.all import *
-from lesions import OUT, SIIM, parser
+from lesions import OUT, SIIM_COLS, parser, recipe
 
 COLS = ['image_name', 'patient_id', 'sex', 'age_approx', 'anatom_site_general_challenge', 'label']   # not `diagnosis` or `benign_malignant`: they are the label
 
 def load_siim():
     "The shared SIIM-ISIC half: one row per image, the label 'mel' or 'other', without the columns recorded with the diagnosis."
-    df = pd.read_csv(SIIM/'train.csv')
+    df = pd.read_csv(SIIM_COLS['path']/'train.csv')
     df['label'] = np.where(df.target == 1, 'mel', 'other')
     return df[COLS]
 
@@ -54,9 +54,8 @@ def main(a):
     train, test = df[fold != 0].reset_index(drop=True), df[fold == 0].reset_index(drop=True)
     t0 = time.time()
     set_seed(a.seed, reproducible=True)
-    learn = context_learner(train, SIIM, context_col='patient_id', fusion='concat', epochs=a.epochs, lr=a.lr, n_folds=a.inner, seed=a.seed, folder='images',
-                            fn_col='image_name', suff='.jpg', label_col='label', cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'],
-                            arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs, cache=ImageCache(a.size))
+    learn = context_learner(train, context_col='patient_id', fusion='concat', epochs=a.epochs, lr=a.lr, n_folds=a.inner, seed=a.seed,
+                            **dict(SIIM_COLS, label_col='label'), **recipe(a, aug=False))
     minutes = (time.time() - t0)/60
     mel = list(map(str, learn.vocab)).index('mel')
     before, y, img = (t.numpy() for t in learn.get_preds(learn.test_dl(test, with_labels=True), with_image=True))

@@ -13,13 +13,13 @@ import argparse, json, time, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, torch
 from fastai_meta.all import *
-from lesions import HAM, OUT, load_ham
+from lesions import HAM_COLS, OUT, load_ham
 
 def main(a):
     df = load_ham(per_class=20, seed=0).reset_index(drop=True)
     valid = np.arange(len(df)) % 5 == 0
-    learn = fold_learner(df, valid, 'concat', HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx', cat_names=['sex', 'localization'],
-                         cont_names=['age'], arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=16)
+    learn = fold_learner(df, valid, 'concat', **HAM_COLS, arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'),
+                         size=a.size, bs=16)
     rows = df.iloc[:a.rows + 2]
     times = {'explain': [], "explain(method='gradcam')": [], 'predict': []}
     for i, (_, r) in enumerate(rows.iterrows()):

@@ -23,6 +23,12 @@ from fastai_meta.sources import results_path
 OUT = results_path()
 HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
 SIIM = HAM.parent/'siim-isic-2020-half'
+# each data set once: where its images are and the columns that describe its rows (the label: a benchmark may override)
+HAM_COLS = dict(path=HAM, folder='images', suff='.jpg', fn_col='image_id', label_col='dx', cat_names=['sex', 'localization'],
+                cont_names=['age'])
+SIIM_COLS = dict(path=SIIM, folder='images', suff='.jpg', fn_col='image_name', label_col='target',
+                 cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'])
+LEAKS = ['diagnosis', 'benign_malignant']      # SIIM-ISIC's columns recorded with the label
 
 def load_ham(per_class=0, seed=0):
     "HAM10000's table, `unknown` read as missing, at most `per_class` images per diagnosis (0: all)."
@@ -32,37 +38,43 @@ def load_ham(per_class=0, seed=0):
         df = df[df.groupby('dx').cumcount() < per_class].sort_index()
     return df.reset_index(drop=True)
 
+def load_siim():
+    "SIIM-ISIC's table, without the columns recorded with the label."
+    return pd.read_csv(SIIM/'train.csv').drop(columns=LEAKS)
+
 def siim(per_class, seed):
-    "`per_class` melanomas and `per_class` other images of the SIIM-ISIC half, at random; the columns recorded with the label dropped."
-    df = pd.read_csv(SIIM/'train.csv').drop(columns=['diagnosis', 'benign_malignant'])
+    "`per_class` melanomas and `per_class` other images of the SIIM-ISIC half, at random, labelled 'melanoma' or 'benign'."
+    df = load_siim()
     df = pd.concat([g.sample(min(per_class, len(g)), random_state=seed) for _,g in df.groupby('target')])
     return df.assign(target=df.target.map({0: 'benign', 1: 'melanoma'})).reset_index(drop=True)
 
 def rows(a):
     "The rows of `a.data` ('ham10000' or 'siim') and `meta_compare`'s arguments that describe them."
-    if a.data == 'siim':
-        return siim(a.per_class, a.seed), dict(path=SIIM, fn_col='image_name', label_col='target', group_col='patient_id', metric='roc_auc',
-                                              cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'])
-    return load_ham(a.per_class, a.seed), dict(path=HAM, fn_col='image_id', label_col='dx', group_col='lesion_id',
-                                               cat_names=['sex', 'localization'], cont_names=['age'])
+    if a.data == 'siim': return siim(a.per_class, a.seed), dict(SIIM_COLS, group_col='patient_id', metric='roc_auc')
+    return load_ham(a.per_class, a.seed), dict(HAM_COLS, group_col='lesion_id')
+
+def recipe(a, aug=True, cache=True):
+    "The benchmarks' pretrained recipe at `a.size` and `a.bs`: EfficientNet-Lite0's offline weights, cached images, flips and rotations."
+    return dict(arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs,
+                cache=ImageCache(a.size) if cache else None,
+                **(dict(batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0)) if aug else {}))
 
 def interval(x):
     "Mean and 95 % t interval of per-fold values `x`, as [mean, low, high] (`paired_stats`, the benchmarks' summaries)."
     s = paired_stats(x)
     return [s['mean'], s['low'], s['high']]
 
-def pretrained_compare(df, path, a, out, **kwargs):
-    "`meta_compare` of the rows `df` (images in `path/images`, '.jpg') with the benchmarks' pretrained recipe: EfficientNet-Lite0's offline weights, cached images, flips and rotations; `a`: the folds, size and budget."
-    return meta_compare(df, path, folder='images', suff='.jpg', arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'),
-                        epochs=a.epochs, lr=a.lr, size=a.size, bs=a.bs, n_folds=a.folds, seeds=list(range(a.seed, a.seed + getattr(a, 'seeds', 1))),
-                        cache=ImageCache(a.size), batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), out=out, **kwargs)
+def pretrained_compare(df, a, out, **kwargs):
+    "`meta_compare` of the rows `df` with the benchmarks' pretrained `recipe`; `a`: the folds, size and budget; `kwargs`: the data's columns."
+    return meta_compare(df, **recipe(a), epochs=a.epochs, lr=a.lr, n_folds=a.folds, seeds=list(range(a.seed, a.seed + getattr(a, 'seeds', 1))),
+                        out=out, **kwargs)
 
 def compare(a, name='ham10000'):
     "Run `meta_compare` on `a.data` with the options `a`; copy its json, md and png to fastai_meta/results/compare-<name>-<device>.*"
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     run_dir = OUT/f'compare-{name}-{device}.run'
     df, spec = rows(a)
-    res = pretrained_compare(df, spec.pop('path'), a, run_dir, fusions=a.fusions, **spec)
+    res = pretrained_compare(df, a, run_dir, fusions=a.fusions, **spec)
     for ext in ('json', 'md', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'compare-{name}-{device}.{ext}')
     print(res.to_markdown())
     return res

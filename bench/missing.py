@@ -16,10 +16,9 @@ import numpy as np, pandas as pd
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.crossfit import IMAGE
-from lesions import HAM, OUT, load_ham, parser
+from lesions import HAM_COLS, OUT, load_ham, parser, recipe
 
-META = dict(cat_names=['sex', 'localization'], cont_names=['age'])
-COLS = META['cat_names'] + META['cont_names']
+COLS = HAM_COLS['cat_names'] + HAM_COLS['cont_names']
 RATES = [0, 25, 50, 75, 100]
 CONDITIONS = [f'{r}% of rows' for r in RATES] + ['age only', 'site only']
 
@@ -36,9 +35,7 @@ def removed(rows, cond, seed):
 
 def train(name, df, a):
     "A learner for model `name`, trained by the library's recipe (`fit_recipe`) on the rows of `df` not marked `is_valid`."
-    learn = fold_learner(df, df.is_valid.to_numpy(), IMAGE if name == 'image only' else 'concat', HAM, folder='images', fn_col='image_id', suff='.jpg',
-                         label_col='dx', arch=a.arch, weights_path=a.weights, size=a.size, cache=ImageCache(a.size) if name != 'image only' else None,
-                         batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0), **META,
+    learn = fold_learner(df, df.is_valid.to_numpy(), IMAGE if name == 'image only' else 'concat', **HAM_COLS, **recipe(a, cache=name != 'image only'),
                          **({} if name == 'image only' else dict(meta_dropout=a.p if 'rows' in name else 0., cbs=[MetaDropout(a.p, per_column=True)] if 'per column' in name else [])))
     with learn.no_bar(), learn.no_logging(): fit_recipe(learn, a.epochs, a.lr)()
     return learn
@@ -57,7 +54,6 @@ def main():
     p.add_argument('--p', type=float, default=0.25)
     a = p.parse_args()
     a.device = 'gpu' if torch.cuda.is_available() else 'cpu'
-    a.arch = 'tf_efficientnet_lite0'; a.weights = offline_weights(a.arch)
     models = ['image only', 'concat', f'concat, meta_dropout={a.p:g} (rows)', f'concat, meta_dropout={a.p:g} (per column)']
     df = load_ham(a.per_class, a.seed)
     fold = row_folds(df, a.folds, a.seed, group_col='lesion_id', stratify='dx')
@@ -67,7 +63,7 @@ def main():
         return dict(seconds=time.time() - start, scores=evaluate(learn, name, fdf, a.seed + int(fold[valid][0])))
     rows = [dict(fold=k, model=name, condition=c, seconds=r['seconds'], **s) for name in models
             for k,r in cross_fit(df, fold, partial(fit, name), seed=a.seed).items() for c,s in r['scores'].items()]
-    res = dict({k:v for k,v in vars(a).items() if k not in ('arch', 'weights')}, arch_name=a.arch, n_images=len(df), rows=rows,
+    res = dict(vars(a), arch_name=recipe(a)['arch'], n_images=len(df), rows=rows,
                threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     OUT.mkdir(exist_ok=True)
     (OUT/f'missing-{a.device}.json').write_text(json.dumps(res, indent=2))

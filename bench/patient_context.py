@@ -18,14 +18,13 @@ from sklearn.metrics import roc_auc_score
 from fastai_meta.all import *
 from fastai_meta.context import fit_stage_two
 from fastai_meta.crossfit import IMAGE, fit_fold
-from lesions import OUT, SIIM, interval as _ci, parser
+from lesions import OUT, SIIM_COLS, interval as _ci, parser, recipe
 
 
 def stage_one(df, fold, a, kind):
     "Out-of-fold melanoma probabilities and embeddings of every image, from `kind` ('image' or 'concat') models cross-fitted over the patient folds (the library's `cross_fit`, `fold_learner`, `fit_recipe`)."
-    build = partial(fold_learner, model=IMAGE if kind == 'image' else 'concat', path=SIIM, folder='images', fn_col='image_name', suff='.jpg',
-                    cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'], arch='tf_efficientnet_lite0',
-                    weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs, cache=ImageCache(a.size) if kind == 'concat' else None)
+    build = partial(fold_learner, model=IMAGE if kind == 'image' else 'concat', **dict(SIIM_COLS, label_col='label'),
+                    **recipe(a, aug=False, cache=kind == 'concat'))
     t0 = time.time()
     runs = cross_fit(df, fold, partial(fit_fold, build, epochs=a.epochs, lr=a.lr, embeddings=True), seed=a.seed)
     mel = runs[0]['vocab'].index('mel')
@@ -135,7 +134,7 @@ def to_markdown(res):
 
 def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
-    df = pd.read_csv(SIIM/'train.csv')
+    df = pd.read_csv(SIIM_COLS['path']/'train.csv')
     if a.max_patients: df = df[df.patient_id.isin(df.patient_id.drop_duplicates().sample(a.max_patients, random_state=a.seed))].reset_index(drop=True)
     df['label'] = np.where(df.target == 1, 'mel', 'other')
     fold = group_folds(df, 'patient_id', a.folds, a.seed, stratify='target')

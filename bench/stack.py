@@ -19,11 +19,11 @@ import shutil, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai_meta.all import *
-from lesions import HAM, SIIM, OUT, load_ham, parser, pretrained_compare, rows
+from lesions import HAM_COLS, OUT, load_ham, load_siim, parser, pretrained_compare, rows
 
 def siim_patients(n, seed, cap=12):
     "All images (at most `cap` per patient, melanomas kept first) of `n` patients with a melanoma and `n` without, at random: patients whose other images give each one its context."
-    df = pd.read_csv(SIIM/'train.csv').drop(columns=['diagnosis', 'benign_malignant'])
+    df = load_siim()
     has = df.groupby('patient_id').target.max()
     pick = pd.concat([has[has == v].sample(min(n, int((has == v).sum())), random_state=seed) for v in (0, 1)]).index
     df = df[df.patient_id.isin(pick)].sample(frac=1, random_state=seed).sort_values('target', ascending=False, kind='stable')
@@ -33,7 +33,7 @@ def siim_patients(n, seed, cap=12):
 def data(a):
     "The rows and `meta_compare`'s data arguments of `--data`."
     if a.data == 'age': return (load_ham(a.per_class, a.seed).dropna(subset=['age']).drop(columns=['dx', 'dx_type']).reset_index(drop=True),
-                                dict(path=HAM, fn_col='image_id', label_col='age', group_col='lesion_id', cat_names=['sex', 'localization'], cont_names=[], task='regression'))
+                                dict(HAM_COLS, label_col='age', group_col='lesion_id', cont_names=[], task='regression'))
     df, spec = rows(a)
     return (siim_patients(a.per_class, a.seed) if a.data == 'siim' and a.context else df), spec
 
@@ -43,7 +43,7 @@ def main(a):
     name = f"stack-{a.data}{'-context' if a.context else ''}-{device}"
     run_dir = OUT/f'{name}.run'
     extra = dict(context_col='patient_id', fusions=['concat', 'context', 'stack']) if a.context else dict(fusions=['concat', 'stack'])
-    res = pretrained_compare(df, spec.pop('path'), a, run_dir, context_folds=a.inner, **extra, **spec)
+    res = pretrained_compare(df, a, run_dir, context_folds=a.inner, **extra, **spec)
     weights = pd.DataFrame([r['weights'] for k,r in res.runs.items() if k.endswith('/stack')]).fillna(0).mean()
     said = f"Stage two's mean weights over the outer folds: {', '.join(f'{n} {w:.2f}' for n,w in weights.items())}."
     for ext in ('json', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'{name}.{ext}')

@@ -20,7 +20,7 @@ from fastai.vision.all import *
 from sklearn.metrics import balanced_accuracy_score
 from fastai_meta.all import *
 from fastai_meta.crossfit import fit_fold
-from lesions import HAM, OUT, load_ham
+from lesions import HAM_COLS, OUT, load_ham, recipe
 
 SETTINGS = {'old': dict(wide=False), 'wide': dict(wide=True), 'wide + image_p': dict(wide=True, image_p=0.5)}
 SYNTH = dict(meta=(['site'], ['age']), xor=(['flag'], []))
@@ -46,9 +46,7 @@ def main(a):
         df = load_ham(a.ham, 0)
         folds = row_folds(df, 3, 0, 'lesion_id', stratify='dx')
         for name, kw in SETTINGS.items():
-            sc = fold_scores(df, folds, 0, 3, path=HAM, folder='images', suff='.jpg', fn_col='image_id', label_col='dx', cat_names=['sex', 'localization'],
-                             cont_names=['age'], exclude=['lesion_id'], arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'),
-                             size=64, cache=ImageCache(64), batch_tfms=aug_transforms(size=64, flip_vert=True, max_warp=0), **kw)
+            sc = fold_scores(df, folds, 0, 3, **HAM_COLS, exclude=['lesion_id'], **recipe(SimpleNamespace(size=64, bs=32)), **kw)
             rows += [dict(data='ham10000', setting=name, seed=0, fold=k, balanced_accuracy=v) for k,v in enumerate(sc)]
             print('ham10000', name, np.round(sc, 3), flush=True)
     res = dict(rows=rows, seeds=a.seeds, ham=a.ham, threads=torch.get_num_threads(), torch=torch.__version__)

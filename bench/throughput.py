@@ -18,17 +18,15 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.sources import results_path
 from fastai_meta.fusion import fusions
 
-OUT = results_path()
-HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
+from lesions import HAM_COLS, OUT, load_ham
 
-def images(n, size, seed=0):
+def images(n, seed=0):
     "(df, common from_df kwargs, metadata kwargs, name): `n` HAM10000 images (0: all)."
-    df = pd.read_csv(HAM/'metadata.csv').replace('unknown', np.nan)
+    df, meta = load_ham(), ('cat_names', 'cont_names')
     if n: df = df.sample(n, random_state=seed).reset_index(drop=True)
-    return df, dict(path=HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx'), dict(cat_names=['sex', 'localization'], cont_names=['age']), 'HAM10000'
+    return df, {k: v for k,v in HAM_COLS.items() if k not in meta}, {k: HAM_COLS[k] for k in meta}, 'HAM10000'
 
 class TrainTimer(Callback):
     "Seconds and items of each training phase (validation left out)."
@@ -98,7 +96,7 @@ def main():
     a.gpu = torch.cuda.is_available()
     device = 'gpu' if a.gpu else 'cpu'
     arch = getattr(__import__('torchvision.models', fromlist=[a.arch]), a.arch)
-    df, common, meta_kw, source = images(a.n, a.size)
+    df, common, meta_kw, source = images(a.n)
     common.update(bs=a.bs, num_workers=a.workers, valid_pct=0.1, seed=0, batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
     res = dict(device=torch.cuda.get_device_name() if a.gpu else f'CPU ({platform.machine()}, {torch.get_num_threads()} threads)', speed_cpu=cpu_name(),
                torch=torch.__version__, data=source, n_images=len(df), size=a.size, bs=a.bs, workers=a.workers, arch=a.arch,

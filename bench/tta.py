@@ -11,18 +11,16 @@ Writes fastai_meta/results/tta-ham10000-<cpu|gpu>.{json,md}.
 import json, time, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
-from fastai.vision.all import aug_transforms, partial, set_seed
+from fastai.vision.all import partial, set_seed
 from fastai_meta.all import *
 from fastai_meta.crossfit import fit_fold, fold_outputs
-from lesions import HAM, OUT, load_ham, parser
+from lesions import HAM_COLS, OUT, load_ham, parser, recipe
 
 def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     df = load_ham(a.per_class, a.seed)
     folds = row_folds(df, a.folds, a.seed, 'lesion_id', stratify='dx')
-    build = partial(fold_learner, model='concat', path=HAM, folder='images', fn_col='image_id', suff='.jpg', label_col='dx',
-                    cat_names=['sex', 'localization'], cont_names=['age'], arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'),
-                    size=a.size, bs=a.bs, cache=ImageCache(a.size), batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0))
+    build = partial(fold_learner, model='concat', **HAM_COLS, **recipe(a))
     rows = []
     for k in range(a.folds):
         set_seed(a.seed + k, reproducible=True)

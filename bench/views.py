@@ -14,11 +14,11 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai_meta.all import *
 from fastai_meta.crossfit import IMAGE
-from lesions import HAM, OUT, parser, pretrained_compare
+from lesions import HAM_COLS, OUT, load_ham, parser, pretrained_compare
 
 def load_lesions(per_class, seed):
     "One row per lesion: its images (a list, in image_id order), diagnosis, and the metadata of its first image."
-    df = pd.read_csv(HAM/'metadata.csv').replace('unknown', np.nan).sort_values('image_id')
+    df = load_ham().sort_values('image_id')
     les = df.groupby('lesion_id', sort=False).agg(images=('image_id', list), dx=('dx', 'first'), age=('age', 'first'),
                                                   sex=('sex', 'first'), localization=('localization', 'first')).reset_index()
     les = les.sample(frac=1, random_state=seed)
@@ -28,8 +28,8 @@ def load_lesions(per_class, seed):
 def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     les, run = load_lesions(a.per_class, a.seed), OUT/f'views-ham10000-{device}.run'
-    res = {fn: pretrained_compare(les, HAM, a, run/fn, fn_col=fn, label_col='dx', group_col='lesion_id', cat_names=['sex', 'localization'],
-                                  cont_names=['age'], fusions=['concat']) for fn in ('first', 'images')}
+    res = {fn: pretrained_compare(les, a, run/fn, **dict(HAM_COLS, fn_col=fn), group_col='lesion_id', fusions=['concat'])
+           for fn in ('first', 'images')}
     one, every = (r.scores.set_index(['seed', 'fold', 'model']) for r in res.values())
     lines = [f"# Every image of a lesion against its first, on HAM10000 ({device})", '',
              f"{len(les):,} lesions ({a.per_class} per diagnosis at most; {int((les.images.map(len) > 1).sum()):,} with 2 to {les.images.map(len).max()} images), "

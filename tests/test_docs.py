@@ -279,15 +279,17 @@ def _png_width_dpi(png):
     return w, dpi
 
 def test_figures_keep_their_text_readable():
-    "A saved figure, shrunk to the column, shows matplotlib's 10-point text at least 10 px high (wide figures fail)."
+    """A saved figure, shrunk to the column, shows its smallest text at least 10 px high: matplotlib's 10 points, or
+    the smallest `fontsize=` its cell sets (wide figures and small fonts fail)."""
     small = []
     for f, src, c in _code_cells(shown=False):
         if re.search(r'^#\|\s*(hide|include:\s*false|output:\s*false)', src, re.M): continue
+        pt = min([10, *(float(x) for x in re.findall(r'fontsize\s*=\s*(\d+(?:\.\d+)?)', src))])
         for o in c.get('outputs', []):
             if 'image/png' not in o.get('data', {}): continue
             w, dpi = _png_width_dpi(base64.b64decode(o['data']['image/png']))
-            px = 10 / 72 * dpi * min(1, COLUMN_PX / w)
-            if px < 10: small.append(f'{f.name} cell {c.get("id")}: {w} px at {dpi} dpi, 10-point text {px:.1f} px')
+            px = pt / 72 * dpi * min(1, COLUMN_PX / w)
+            if px < 10: small.append(f'{f.name} cell {c.get("id")}: {w} px at {dpi} dpi, {pt:g}-point text {px:.1f} px')
     assert not small, small
 
 def _page(nb_path):
