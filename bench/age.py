@@ -14,7 +14,7 @@ warnings.filterwarnings('ignore')
 import pandas as pd, torch
 from fastai_meta.all import *
 from fastai_meta.compare import TABLE
-from lesions import HAM_COLS, SIIM_COLS, OUT, load_ham, parser, pretrained_compare
+from lesions import HAM_COLS, SIIM_COLS, OUT, load_ham, parser, pretrained_compare, save
 
 DATA = {'ham10000': dict(HAM_COLS, label_col='age', group_col='lesion_id', cont_names=[]),
         'siim': dict(SIIM_COLS, label_col='age_approx', group_col='patient_id', cont_names=[])}
@@ -34,8 +34,7 @@ def main(a):
     extra = '\n'.join(['**Each fusion against the table alone** (MAE of the table minus the fusion\'s, paired by fold; positive: the fusion is better):', ''] +
                        [f"- {f}: {v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] years, better on {v['wins']} of {v['n']} folds" for f,v in vs])
     for ext in ('json', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'age-{name}-{device}.{ext}')
-    (OUT/f'age-{name}-{device}.md').write_text(res.to_markdown() + '\n' + extra + '\n')
-    print(res.to_markdown(), extra, sep='\n')
+    save(f'age-{name}-{device}', md=res.to_markdown() + '\n' + extra + '\n')
 
 if __name__ == '__main__':
     p = parser(folds=3, size=96, epochs=4, fusions=['concat', 'film'])

@@ -21,11 +21,9 @@ from PIL import Image
 from gradio_client import Client, handle_file
 from fastai.vision.all import accuracy, resnet18, set_seed
 from fastai_meta.all import *
-from fastai_meta.sources import results_path
 from fastai_meta.app import rank_patient
 from fastai_meta.synth import make_synthetic
-
-OUT = results_path()
+from lesions import save
 
 def one_image_model(d):
     "A calibrated one-image model of the 'meta' task (site and age decide; the images are noise), exported: (file, images, cases)."
@@ -167,9 +165,7 @@ def main(a):
     try: results.append(summarise(*load(url, proc.pid, a.clients, a.requests, send_patient, check_patient, bad), "a patient's images (context_app)"))
     finally: proc.terminate(); proc.wait(30)
     res = dict(device='cpu', settings=vars(a), cpu_count=os.cpu_count(), results=results)
-    (OUT/'app-load-cpu.json').write_text(json.dumps(res, indent=1))
-    (OUT/'app-load-cpu.md').write_text(to_markdown(res))
-    print(to_markdown(res))
+    save('app-load-cpu', res, to_markdown(res))
 
 def to_markdown(res):
     a = res['settings']

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from fastai.vision.all import set_seed
 from fastai_meta.all import *
 from fastai_meta.speed import cpu_bf16_supported
-from lesions import HAM_COLS, OUT, load_ham, interval as _ci, parser, recipe
+from lesions import HAM_COLS, OUT, load_ham, interval as _ci, parser, recipe, save
 
 def _fold(df, fold, k, a, keep=None):
     "Train on the folds other than `k` and `k+1`, calibrate on `k+1`, test on `k`; the fold's measurements."
@@ -109,10 +109,8 @@ def main(a):
                cpu_bf16=bool(cpu_bf16_supported()), threads=torch.get_num_threads(),
                fold0={k: np.round(v, 6).tolist() for k,v in keep.items()})      # the diagram's data, to draw it again without training
     name = OUT/f'calibration-ham10000-{device}'
-    name.with_suffix('.json').write_text(json.dumps(res, indent=1))
-    name.with_suffix('.md').write_text(to_markdown(res))
+    save(name.name, res, to_markdown(res))
     draw(res, name.with_suffix('.png'))
-    print(to_markdown(res))
 
 def draw(res, fname):
     "The reliability diagram of fold 0's test lesions (`Calibration.plot`), from the predictions kept in `res`."

@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 from fastai.vision.all import set_seed
 from fastai_meta.all import *
-from lesions import OUT, SIIM_COLS, parser, recipe
+from lesions import OUT, SIIM_COLS, parser, recipe, save
 
 COLS = ['image_name', 'patient_id', 'sex', 'age_approx', 'anatom_site_general_challenge', 'label']   # not `diagnosis` or `benign_malignant`: they are the label
 
@@ -83,9 +83,7 @@ def main(a):
                              threshold=op['threshold'], sensitivity=op['sensitivity'], specificity=op['specificity']),
                test={k: [v, *ci[k]] for k,v in point.items()}, sens_op_exact=dict(hit=hit, n=int(pos.sum()), ci=[float(b.low), float(b.high)]), export=export)
     name = f"context-calibration-siim-{res['device']}" + (f'-{a.max_patients}' if a.max_patients else '')
-    (OUT/f'{name}.json').write_text(json.dumps(res, indent=1))
-    (OUT/f'{name}.md').write_text(to_markdown(res))
-    print(to_markdown(res))
+    save(name, res, to_markdown(res))
 
 def to_markdown(res):
     t, h, a = res['test'], res['held_out'], res['settings']

@@ -21,9 +21,8 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import accuracy, set_seed
 from fastai_meta.all import *
-from fastai_meta.sources import results_path
+from lesions import OUT, save
 
-OUT = results_path()
 SIZE, SIDE = 32, 8                   # the image's side and the region's (set by --size)
 FIRST = dict(resnet18='layer1', lite0='blocks.1')
 METHODS = dict(occlusion=dict(), gradcam=dict(method='gradcam'), gradcam_first=None)
@@ -87,7 +86,7 @@ def main(a):
         for s in range(a.seeds):
             res.append(run(task, body, s, n, epochs) | dict(n=n, epochs=epochs)); print(res[-1], flush=True)
             out = dict(device='gpu' if torch.cuda.is_available() else 'cpu', threads=torch.get_num_threads(), settings=vars(a), runs=res, seconds=time.time() - t0)
-            (OUT/f"explain-sanity-{out['device']}.json").write_text(json.dumps(out, indent=1))
+            save(f"explain-sanity-{out['device']}", out)
     render(out)
 
 def render(out):
@@ -113,8 +112,7 @@ def render(out):
                     '| task | body | heatmap | mass | runs > 0.5 | pointing | passes |', '|---|---|---|---|---|---|---|', *rows, '',
                     f"The default's maps of models with re-initialised weights passed the check in {tab.randomised_passes.sum()} of "
                     f"{tab.rows.sum()} rows.", ''])
-    (OUT/f"explain-sanity-{out['device']}.md").write_text(md)
-    print(md)
+    save(f"explain-sanity-{out['device']}", md=md)
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()

@@ -13,7 +13,7 @@ import argparse, json, time, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, torch
 from fastai_meta.all import *
-from lesions import HAM_COLS, OUT, load_ham
+from lesions import HAM_COLS, load_ham, save
 
 def main(a):
     df = load_ham(per_class=20, seed=0).reset_index(drop=True)
@@ -31,7 +31,7 @@ def main(a):
     q = {k: [float(np.percentile(v, p)) for p in (25, 50, 75)] for k,v in times.items()}
     res = dict(device='gpu' if torch.cuda.is_available() else 'cpu', threads=torch.get_num_threads(), settings=vars(a), seconds=q,
                ratio=float(np.median(np.array(times['explain']) / np.array(times['predict']))), raw=times)
-    (OUT/f"explain-time-{res['device']}.json").write_text(json.dumps(res, indent=1))
+    save(f"explain-time-{res['device']}", res)
     md = '\n'.join([f"# The time of one explanation ({res['device']}, {res['threads']} threads)", '',
                     f"`learn.explain(row)` on a HAM10000 row: a concat `meta_cnn_learner`, pretrained EfficientNet-Lite0 at {a.size} px, "
                     f"three metadata columns (sex, site, age): the default (an occlusion heatmap, a window a quarter of the image wide moved by "
@@ -40,8 +40,7 @@ def main(a):
                     '| call | seconds per row |', '|---|---|',
                     *[f"| `learn.{k.replace('(', '(row, ') if '(' in k else k + '(row)'}` | {v[1]:.3f} [{v[0]:.3f}, {v[2]:.3f}] |" for k,v in q.items()], '',
                     f"An explanation takes {res['ratio']:.1f} times as long as a prediction of the same row (median of the per-row ratios).", ''])
-    (OUT/f"explain-time-{res['device']}.md").write_text(md)
-    print(md)
+    save(f"explain-time-{res['device']}", md=md)
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()

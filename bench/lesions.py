@@ -18,6 +18,7 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import aug_transforms
 from fastai_meta.all import *
+from fastai_meta.crossfit import write_json
 from fastai_meta.sources import results_path
 
 OUT = results_path()
@@ -58,6 +59,11 @@ def recipe(a, aug=True, cache=True):
     return dict(arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs,
                 cache=ImageCache(a.size) if cache else None,
                 **(dict(batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0)) if aug else {}))
+
+def save(name, res=None, md=None):
+    "Write fastai_meta/results/`name`.json (`res`, standard JSON: NaN as null) and .md (`md`, also printed)."
+    if res is not None: write_json(OUT/f'{name}.json', res, indent=1)
+    if md is not None: (OUT/f'{name}.md').write_text(md); print(md)
 
 def interval(x):
     "Mean and 95 % t interval of per-fold values `x`, as [mean, low, high] (`paired_stats`, the benchmarks' summaries)."

@@ -14,11 +14,11 @@ warnings.filterwarnings('ignore')
 import numpy as np, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.sources import results_path
+from lesions import save
 from fastai_meta.model import pooling
 from fastai_meta.synth import small_cnn
 
-OUT, TASKS = results_path(), ('ordered', 'views', 'selects')
+TASKS = ('ordered', 'views', 'selects')
 
 def views_dls(path, df, seed=0):
     "DataLoaders of two named image columns (cached at 16 px), then `flag`."
@@ -39,13 +39,12 @@ def main(a):
                 rows.append(dict(task=task, image_pool=pool, seed=seed, accuracy=float(learn.validate()[1])))
                 print(rows[-1], flush=True)
     res = dict(rows=rows, seeds=a.seeds, threads=torch.get_num_threads(), torch=torch.__version__)
-    (OUT/'named-images-cpu.json').write_text(json.dumps(res, indent=1))
+    save('named-images-cpu', res)
     acc = lambda t, p: [r['accuracy'] for r in rows if r['task'] == t and r['image_pool'] == p]
     md = [f"Two named image columns, 400 rows at 16 px, a two-layer CNN, `fit_one_cycle(10, 3e-2)`, {a.seeds} seeds, CPU ({res['threads']} threads): "
           "validation accuracy (chance 0.5), mean and each seed.", '', '| image_pool | ' + ' | '.join(TASKS) + ' |', '|---' * (len(TASKS) + 1) + '|']
     md += [f"| `{p}` | " + ' | '.join(f"{np.mean(acc(t, p)):.3f} ({', '.join(f'{v:.2f}' for v in acc(t, p))})" for t in TASKS) + ' |' for p in a.pools]
-    (OUT/'named-images-cpu.md').write_text('\n'.join(md) + '\n')
-    print('\n'.join(md))
+    save('named-images-cpu', md='\n'.join(md) + '\n')
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()

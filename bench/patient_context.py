@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from fastai_meta.all import *
 from fastai_meta.context import fit_stage_two
 from fastai_meta.crossfit import IMAGE, fit_fold
-from lesions import OUT, SIIM_COLS, interval as _ci, parser, recipe
+from lesions import SIIM_COLS, interval as _ci, parser, recipe, save
 
 
 def stage_one(df, fold, a, kind):
@@ -154,10 +154,7 @@ def main(a):
                minutes={k: v[2] for k,v in tabs.items() if v is not None}, stage_two=rows, lifts=res_lifts, over_fusion=over_fusion,
                examples=examples(tabs['concat'][0], shipped) if tabs['concat'] is not None else [],
                by_images=by_images(tab, tab.p.to_numpy(), shipped) if tabs['concat'] is not None else [])
-    name = OUT/f'patient-context-{device}'
-    name.with_suffix('.json').write_text(json.dumps(res, indent=1))
-    name.with_suffix('.md').write_text(to_markdown(res))
-    print(to_markdown(res))
+    save(f'patient-context-{device}', res, to_markdown(res))
 
 if __name__ == '__main__':
     p = parser(size=64, epochs=4, lr=2e-3, bs=64)

@@ -14,10 +14,9 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, ray, torch
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.sources import results_path
+from lesions import save
 from fastai_meta.crossfit import Job, run_jobs, RayRunner
 
-OUT = results_path()
 COLS = ['accuracy', 'balanced_accuracy', 'roc_auc']
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])        # `_nothing` travels by value
 
@@ -52,15 +51,14 @@ def main(a):
     _, t = timed(lambda: run_jobs(table, jobs, runner=runner))
     res = dict(cpu=os.cpu_count(), torch_threads=torch.get_num_threads(), ray=ray.__version__, workers=workers, ray_start_s=round(start, 1), workers_warm_s=round(warm, 1),
                overhead_per_job_s=round(t / len(jobs), 3), compares=rows)
-    (OUT/'ray-runner-cpu.json').write_text(json.dumps(res, indent=1))
+    save('ray-runner-cpu', res)
     md = [f"# Ray runner against serial, on a {res['cpu']}-core CPU", '',
           f"`meta_compare` (image only and concat, 3 folds, {a.n} rows, ResNet-18 from scratch, 3 epochs): serial with "
           f"{res['torch_threads']} threads (and with 1), Ray with {workers} workers of one thread. Ray started in {res['ray_start_s']} s and its workers imported the library in "
           f"{res['workers_warm_s']} s, once per session (neither counted); "
           f"a job that trains nothing costs {res['overhead_per_job_s']} s on warm workers.", '',
           pd.DataFrame(rows).to_markdown(index=False)]
-    (OUT/'ray-runner-cpu.md').write_text('\n'.join(md) + '\n')
-    print('\n'.join(md))
+    save('ray-runner-cpu', md='\n'.join(md) + '\n')
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()

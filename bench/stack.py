@@ -19,7 +19,7 @@ import shutil, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai_meta.all import *
-from lesions import HAM_COLS, OUT, load_ham, load_siim, parser, pretrained_compare, rows
+from lesions import HAM_COLS, OUT, load_ham, load_siim, parser, pretrained_compare, rows, save
 
 def siim_patients(n, seed, cap=12):
     "All images (at most `cap` per patient, melanomas kept first) of `n` patients with a melanoma and `n` without, at random: patients whose other images give each one its context."
@@ -47,8 +47,7 @@ def main(a):
     weights = pd.DataFrame([r['weights'] for k,r in res.runs.items() if k.endswith('/stack')]).fillna(0).mean()
     said = f"Stage two's mean weights over the outer folds: {', '.join(f'{n} {w:.2f}' for n,w in weights.items())}."
     for ext in ('json', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'{name}.{ext}')
-    (OUT/f'{name}.md').write_text(res.to_markdown() + '\n' + said + '\n')
-    print(res.to_markdown(), said, sep='\n')
+    save(name, md=res.to_markdown() + '\n' + said + '\n')
 
 if __name__ == '__main__':
     p = parser(folds=3, per_class=90, size=64, epochs=3)

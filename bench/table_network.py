@@ -20,7 +20,7 @@ from fastai.vision.all import *
 from sklearn.metrics import balanced_accuracy_score
 from fastai_meta.all import *
 from fastai_meta.crossfit import fit_fold
-from lesions import HAM_COLS, OUT, load_ham, recipe
+from lesions import HAM_COLS, load_ham, recipe, save
 
 SETTINGS = {'old': dict(wide=False), 'wide': dict(wide=True), 'wide + image_p': dict(wide=True, image_p=0.5)}
 SYNTH = dict(meta=(['site'], ['age']), xor=(['flag'], []))
@@ -50,9 +50,7 @@ def main(a):
             rows += [dict(data='ham10000', setting=name, seed=0, fold=k, balanced_accuracy=v) for k,v in enumerate(sc)]
             print('ham10000', name, np.round(sc, 3), flush=True)
     res = dict(rows=rows, seeds=a.seeds, ham=a.ham, threads=torch.get_num_threads(), torch=torch.__version__)
-    (OUT/'table-network-cpu.json').write_text(json.dumps(res, indent=1))
-    (OUT/'table-network-cpu.md').write_text(to_markdown(res))
-    print(to_markdown(res))
+    save('table-network-cpu', res, to_markdown(res))
 
 def to_markdown(res):
     "The table: per data set and setting, mean balanced accuracy, the lowest fold, and the paired difference from `old`."

@@ -20,7 +20,7 @@ from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.fusion import fusions
 
-from lesions import HAM_COLS, OUT, load_ham
+from lesions import HAM_COLS, OUT, load_ham, save
 
 def images(n, seed=0):
     "(df, common from_df kwargs, metadata kwargs, name): `n` HAM10000 images (0: all)."
@@ -122,7 +122,7 @@ def main():
     del learners
     say('build_1m_rows_s', build_million())
     OUT.mkdir(exist_ok=True)
-    (OUT/f'throughput-{device}.json').write_text(json.dumps(res, indent=2))
+    save(f'throughput-{device}', res)
     write_md(res, device)
 
 def cpu_name():
@@ -151,7 +151,6 @@ def write_md(res, device=None):
            *([f"Autocast each learner's `to_fast` chose: " + ', '.join(f"{k} {v}" for k,v in res['amp'].items()) + '.'] if 'amp' in res else []),
            f"The cache took {res['cache_build_s']:.1f} s to fill ({res['cache_mib']:.0f} MiB of uint8 images). "
            f"DataLoaders for 1,000,000 rows of metadata (no images, label vocabulary given): built in {res['build_1m_rows_s']:.1f} s."]
-    (OUT/f'throughput-{device}.md').write_text('\n'.join(md) + '\n')
-    print('\n'.join(md))
+    save(f'throughput-{device}', md='\n'.join(md) + '\n')
 
 if __name__ == '__main__': main()

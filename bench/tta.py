@@ -14,7 +14,7 @@ import numpy as np, pandas as pd, torch
 from fastai.vision.all import partial, set_seed
 from fastai_meta.all import *
 from fastai_meta.crossfit import fit_fold, fold_outputs
-from lesions import HAM_COLS, OUT, load_ham, parser, recipe
+from lesions import HAM_COLS, load_ham, parser, recipe, save
 
 def main(a):
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
@@ -37,10 +37,7 @@ def main(a):
     frac = float(np.mean(d.n_valid / len(df)))           # the held-out share, for the correction
     summary = {m: paired_stats(d[f'tta_{m}'] - d[f'plain_{m}'], frac) for m in ('roc_auc', 'balanced_accuracy')}
     res = dict(device=device, n_images=len(df), settings=vars(a), rows=rows, summary=summary, test_frac=frac, threads=torch.get_num_threads())
-    name = OUT/f'tta-ham10000-{device}'
-    name.with_suffix('.json').write_text(json.dumps(res, indent=1))
-    name.with_suffix('.md').write_text(to_markdown(res))
-    print(to_markdown(res))
+    save(f'tta-ham10000-{device}', res, to_markdown(res))
 
 def to_markdown(res):
     s, a, d = res['summary'], res['settings'], pd.DataFrame(res['rows'])

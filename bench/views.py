@@ -14,7 +14,7 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai_meta.all import *
 from fastai_meta.crossfit import IMAGE
-from lesions import HAM_COLS, OUT, load_ham, parser, pretrained_compare
+from lesions import HAM_COLS, OUT, load_ham, parser, pretrained_compare, save
 
 def load_lesions(per_class, seed):
     "One row per lesion: its images (a list, in image_id order), diagnosis, and the metadata of its first image."
@@ -44,7 +44,6 @@ def main(a):
                       f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], {d['wins']} of {d['n']}"]
         lines.append(f"| {m} | " + ' | '.join(cells) + ' |')
     lines += ['', f"Verdicts: first image: {res['first'].verdict} Every image: {res['images'].verdict}"]
-    (OUT/f'views-ham10000-{device}.md').write_text('\n'.join(lines) + '\n')
-    print('\n'.join(lines))
+    save(f'views-ham10000-{device}', md='\n'.join(lines) + '\n')
 
 if __name__ == '__main__': main(parser(per_class=200, size=96, epochs=4).parse_args())

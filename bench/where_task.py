@@ -11,10 +11,9 @@ from pathlib import Path
 warnings.filterwarnings('ignore')
 from fastai.vision.all import *
 from fastai_meta.all import *
-from fastai_meta.sources import results_path
+from lesions import save
 from fastai_meta.crossfit import IMAGE, fit_fold
 
-OUT = results_path()
 
 def main():
     p = argparse.ArgumentParser()
@@ -23,7 +22,6 @@ def main():
     a = p.parse_args()
     path = Path(tempfile.mkdtemp())
     df = make_synthetic(path, n=a.n, task='where', size=a.size, seed=a.seed)
-    OUT.mkdir(exist_ok=True)
     valid, rows = np.random.default_rng(a.seed).random(len(df)) < 0.2, []
     for name in [IMAGE, *fusions]:                      # the library's learners and recipe (`fold_learner`, `fit_fold`)
         set_seed(a.seed, reproducible=True)
@@ -33,7 +31,7 @@ def main():
         rows.append(dict(model=name, accuracy=float((np.array(run['vocab'])[run['probs'].argmax(1)] == df.label[valid]).mean()), seconds=time.time() - start))
         print(rows[-1], flush=True)
     res = dict(vars(a), rows=rows)
-    (OUT/'where_task.json').write_text(json.dumps(res, indent=2))
+    save('where_task', res)
     write_md(res)
 
 def write_md(res):
@@ -43,7 +41,6 @@ def write_md(res):
           f"the image alone at best guesses the majority colour (0.69).", '',
           '| model | validation accuracy | training time |', '|---|---:|---:|']
     md += [f"| {r['model']} | {r['accuracy']:.3f} | {r['seconds']:.0f} s |" for r in res['rows']]
-    (OUT/'where_task.md').write_text('\n'.join(md) + '\n')
-    print('\n'.join(md))
+    save('where_task', md='\n'.join(md) + '\n')
 
 if __name__ == '__main__': main()

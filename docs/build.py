@@ -63,11 +63,21 @@ def show_doc_markdown(md):
             + f'\n\n```{{index}} single: {m.group(1)}\n```\n' + md[m.end():])
 
 @functools.lru_cache(None)
+@functools.cache
+def _homes():
+    "The library's modules (`fastai_meta.all` first), where a documented name may live, then fastai's."
+    import importlib, fastai.vision.all, fastai_meta.all
+    mods = [fastai_meta.all]
+    for f in sorted((ROOT/'fastai_meta').glob('[a-z]*.py')):
+        try: mods.append(importlib.import_module(f'fastai_meta.{f.stem}'))
+        except ImportError: pass                                         # an optional dependency missing here
+    return mods + [fastai.vision.all]
+
 def documented(name):
     "The object `show_doc` documented as `name` (ours, or fastai's where this library patches it); `None` if not found."
-    import fastai.vision.all, fastai_meta.all
-    try: return functools.reduce(getattr, name.split('.'), fastai_meta.all if hasattr(fastai_meta.all, name.split('.')[0]) else fastai.vision.all)
-    except AttributeError: return None
+    home = next((m for m in _homes() if hasattr(m, name.split('.')[0])), None)
+    try: return functools.reduce(getattr, name.split('.'), home)
+    except (AttributeError, TypeError): return None
 
 def own_source(name, link):
     "The source link of documented `name`, pointed at this library's code where nbdev pointed it at fastai's (a fastai method this library patches, as `DataBlock.datasets`)."

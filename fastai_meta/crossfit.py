@@ -132,10 +132,11 @@ def _finite_or_none(x):
     if isinstance(x, (list, tuple)): return [_finite_or_none(v) for v in x]
     return x
 
-def write_json(path, obj):
-    "Write `obj` to `path` as compact standard JSON (NaN as null), atomically (a stopped run never leaves half a file)."
+def write_json(path, obj, indent=None):
+    "Write `obj` to `path` as standard JSON (NaN as null; compact unless `indent`), atomically: never half a file."
     tmp = Path(f'{path}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(_finite_or_none(obj), separators=(',', ':'), allow_nan=False)); tmp.replace(path)
+    sep = None if indent else (',', ':')
+    tmp.write_text(json.dumps(_finite_or_none(obj), indent=indent, separators=sep, allow_nan=False)); tmp.replace(path)
 
 class RunStore:
     """Runs kept in the JSON file `path` with the `settings` that made them, written as each run ends, so that a
@@ -235,7 +236,7 @@ class RayRunner:
     ('auto': the one `ray start` made); each job takes `cpus_per_job` CPUs and `gpus_per_job` GPUs (0.5: two jobs
     share a card); a worker lost mid-job is retried up to `max_retries` times; a job that raises stops the run,
     named."""
-    def __init__(self, workers=2, address=None, gpus_per_job=0, cpus_per_job=1, max_retries=3): store_attr()
+    def __init__(self, workers=2, address=None, gpus_per_job=0., cpus_per_job=1, max_retries=3): store_attr()
 
     def __repr__(self):
         return f'RayRunner(workers={self.workers}, address={self.address!r}, gpus_per_job={self.gpus_per_job})'
@@ -273,7 +274,7 @@ class RayRunner:
             # stopped or failed: the other jobs stop now, not after their training
             for r in todo: ray.cancel(r, force=True)
 
-def runner_for(workers=None, ray_address=None, gpus_per_job=0):
+def runner_for(workers=None, ray_address=None, gpus_per_job=0.):
     """The runner the command line's `--workers`, `--ray-address` and `--gpus-per-job` name: `Serial()` for one worker
     and no address, else a `RayRunner`."""
     if not ray_address and (workers or 1) <= 1 and not gpus_per_job: return Serial()
