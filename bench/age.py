@@ -14,7 +14,7 @@ warnings.filterwarnings('ignore')
 import pandas as pd, torch
 from fastai_meta.all import *
 from fastai_meta.compare import TABLE
-from lesions import HAM_COLS, SIIM_COLS, OUT, load_ham, parser, pretrained_compare, save
+from lesions import DEVICE, HAM_COLS, SIIM_COLS, OUT, load_ham, parser, pretrained_compare, save
 
 DATA = {'ham10000': dict(HAM_COLS, label_col='age', group_col='lesion_id', cont_names=[]),
         'siim': dict(SIIM_COLS, label_col='age_approx', group_col='patient_id', cont_names=[])}
@@ -26,15 +26,14 @@ def table(name, n, seed):
     return (df.sample(n, random_state=seed) if n else df).reset_index(drop=True)
 
 def main(a):
-    device = 'gpu' if torch.cuda.is_available() else 'cpu'
     name = a.data
-    run_dir = OUT/f'age-{name}-{device}.run'
+    run_dir = OUT/f'age-{name}-{DEVICE}.run'
     res = pretrained_compare(table(name, a.n, a.seed), a, run_dir, task='regression', fusions=a.fusions, **DATA[name])
     vs = [(f, res.versus(f, TABLE)) for f in a.fusions]        # the question of this benchmark: is a fused model at least as good as the table alone?
     extra = '\n'.join(['**Each fusion against the table alone** (MAE of the table minus the fusion\'s, paired by fold; positive: the fusion is better):', ''] +
                        [f"- {f}: {v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}] years, better on {v['wins']} of {v['n']} folds" for f,v in vs])
-    for ext in ('json', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'age-{name}-{device}.{ext}')
-    save(f'age-{name}-{device}', md=res.to_markdown() + '\n' + extra + '\n')
+    for ext in ('json', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'age-{name}-{DEVICE}.{ext}')
+    save(f'age-{name}-{DEVICE}', md=res.to_markdown() + '\n' + extra + '\n')
 
 if __name__ == '__main__':
     p = parser(folds=3, size=96, epochs=4, fusions=['concat', 'film'])

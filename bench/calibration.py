@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from fastai.vision.all import set_seed
 from fastai_meta.all import *
 from fastai_meta.speed import cpu_bf16_supported
-from lesions import HAM_COLS, OUT, load_ham, interval as _ci, parser, recipe, save
+from lesions import DEVICE, HAM_COLS, OUT, load_ham, interval as _ci, parser, recipe, save
 
 def _fold(df, fold, k, a, keep=None):
     "Train on the folds other than `k` and `k+1`, calibrate on `k+1`, test on `k`; the fold's measurements."
@@ -98,17 +98,16 @@ def to_markdown(res):
     return '\n'.join(lines) + '\n'
 
 def main(a):
-    device = 'gpu' if torch.cuda.is_available() else 'cpu'
     df = load_ham(a.per_class, a.seed)
     fold = group_folds(df, 'lesion_id', a.folds, a.seed, stratify='dx')
     keep, rows = {}, []
     for k in range(a.folds):
         rows.append(_fold(df, fold, k, a, keep if k == 0 else None))
         print(json.dumps(rows[-1]), flush=True)
-    res = dict(device=device, n_images=len(df), settings=vars(a), rows=rows, summary=summarise(rows, a),
+    res = dict(device=DEVICE, n_images=len(df), settings=vars(a), rows=rows, summary=summarise(rows, a),
                cpu_bf16=bool(cpu_bf16_supported()), threads=torch.get_num_threads(),
                fold0={k: np.round(v, 6).tolist() for k,v in keep.items()})      # the diagram's data, to draw it again without training
-    name = OUT/f'calibration-ham10000-{device}'
+    name = OUT/f'calibration-ham10000-{DEVICE}'
     save(name.name, res, to_markdown(res))
     draw(res, name.with_suffix('.png'))
 
@@ -125,6 +124,6 @@ if __name__ == '__main__':
     p.add_argument('--replot', action='store_true', help="draw the diagram again from the saved JSON, training nothing")
     a = p.parse_args()
     if a.replot:
-        name = OUT/f"calibration-ham10000-{'gpu' if torch.cuda.is_available() else 'cpu'}"
+        name = OUT/f"calibration-ham10000-{DEVICE}"
         draw(json.loads(name.with_suffix('.json').read_text()), name.with_suffix('.png'))
     else: main(a)

@@ -22,7 +22,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 from fastai.vision.all import set_seed
 from fastai_meta.all import *
-from lesions import OUT, SIIM_COLS, parser, recipe, save
+from lesions import DEVICE, OUT, SIIM_COLS, parser, recipe, save
 
 COLS = ['image_name', 'patient_id', 'sex', 'age_approx', 'anatom_site_general_challenge', 'label']   # not `diagnosis` or `benign_malignant`: they are the label
 
@@ -76,7 +76,7 @@ def main(a):
         p2 = loaded.get_preds(loaded.test_dl(test))[0].numpy()
         export = dict(max_abs_diff=float(np.abs(p2 - after).max()), same_decisions=bool((loaded.decide(p2) == dec_op).all()),
                       temperature=loaded.temperature, threshold=loaded.decision['threshold'])
-    res = dict(device='gpu' if torch.cuda.is_available() else 'cpu', settings=vars(a), minutes=minutes,
+    res = dict(device=DEVICE, settings=vars(a), minutes=minutes,
                n_train=len(train), n_test=len(test), patients_train=int(train.patient_id.nunique()), patients_test=int(test.patient_id.nunique()),
                mel_train=int((train.label == 'mel').sum()), mel_test=int(pos.sum()), temperature=cal.temperature,
                held_out=dict(n=cal.n, ece_before=cal.ece_before, ece_after=cal.ece_after, nll_before=cal.nll_before, nll_after=cal.nll_after,
@@ -122,6 +122,6 @@ if __name__ == '__main__':
     p.add_argument('--render', action='store_true', help='rewrite the Markdown from the saved JSON, without training')
     a = p.parse_args()
     if a.render:
-        f = OUT/f"context-calibration-siim-{'gpu' if torch.cuda.is_available() else 'cpu'}"
+        f = OUT/f"context-calibration-siim-{DEVICE}"
         f.with_suffix('.md').write_text(to_markdown(json.loads(f.with_suffix('.json').read_text())))
     else: main(a)

@@ -21,7 +21,7 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import accuracy, set_seed
 from fastai_meta.all import *
-from lesions import OUT, save
+from lesions import DEVICE, OUT, save
 
 SIZE, SIDE = 32, 8                   # the image's side and the region's (set by --size)
 FIRST = dict(resnet18='layer1', lite0='blocks.1')
@@ -85,7 +85,7 @@ def main(a):
         n, epochs = (int(v) for v in more) if more else (a.n, a.epochs if body != 'lite0' else a.epochs // 2)
         for s in range(a.seeds):
             res.append(run(task, body, s, n, epochs) | dict(n=n, epochs=epochs)); print(res[-1], flush=True)
-            out = dict(device='gpu' if torch.cuda.is_available() else 'cpu', threads=torch.get_num_threads(), settings=vars(a), runs=res, seconds=time.time() - t0)
+            out = dict(device=DEVICE, threads=torch.get_num_threads(), settings=vars(a), runs=res, seconds=time.time() - t0)
             save(f"explain-sanity-{out['device']}", out)
     render(out)
 
@@ -121,5 +121,5 @@ if __name__ == '__main__':
     p.add_argument('--settings', nargs='+', default=['patch:resnet18', 'where:resnet18:1000:10', 'patch:lite0', 'spot:resnet18'])
     p.add_argument('--render', action='store_true', help='only rewrite the .md from the saved .json')
     a = p.parse_args()
-    if a.render: render(json.loads((OUT/f"explain-sanity-{'gpu' if torch.cuda.is_available() else 'cpu'}.json").read_text()))
+    if a.render: render(json.loads((OUT/f"explain-sanity-{DEVICE}.json").read_text()))
     else: main(a)

@@ -13,7 +13,7 @@ import argparse, json, time, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, torch
 from fastai_meta.all import *
-from lesions import HAM_COLS, load_ham, save
+from lesions import DEVICE, HAM_COLS, load_ham, save
 
 def main(a):
     df = load_ham(per_class=20, seed=0).reset_index(drop=True)
@@ -29,7 +29,7 @@ def main(a):
         if i >= 2:
             for k,v in zip(times, (t1 - t0, t2 - t1, t3 - t2)): times[k].append(v)
     q = {k: [float(np.percentile(v, p)) for p in (25, 50, 75)] for k,v in times.items()}
-    res = dict(device='gpu' if torch.cuda.is_available() else 'cpu', threads=torch.get_num_threads(), settings=vars(a), seconds=q,
+    res = dict(device=DEVICE, threads=torch.get_num_threads(), settings=vars(a), seconds=q,
                ratio=float(np.median(np.array(times['explain']) / np.array(times['predict']))), raw=times)
     save(f"explain-time-{res['device']}", res)
     md = '\n'.join([f"# The time of one explanation ({res['device']}, {res['threads']} threads)", '',

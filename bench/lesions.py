@@ -22,6 +22,7 @@ from fastai_meta.crossfit import write_json
 from fastai_meta.sources import results_path
 
 OUT = results_path()
+DEVICE = 'gpu' if torch.cuda.is_available() else 'cpu'     # the results' suffix
 HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
 SIIM = HAM.parent/'siim-isic-2020-half'
 # each data set once: where its images are and the columns that describe its rows (the label: a benchmark may override)
@@ -77,11 +78,10 @@ def pretrained_compare(df, a, out, **kwargs):
 
 def compare(a, name='ham10000'):
     "Run `meta_compare` on `a.data` with the options `a`; copy its json, md and png to fastai_meta/results/compare-<name>-<device>.*"
-    device = 'gpu' if torch.cuda.is_available() else 'cpu'
-    run_dir = OUT/f'compare-{name}-{device}.run'
+    run_dir = OUT/f'compare-{name}-{DEVICE}.run'
     df, spec = rows(a)
     res = pretrained_compare(df, a, run_dir, fusions=a.fusions, **spec)
-    for ext in ('json', 'md', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'compare-{name}-{device}.{ext}')
+    for ext in ('json', 'md', 'png'): shutil.copy(run_dir/f'compare.{ext}', OUT/f'compare-{name}-{DEVICE}.{ext}')
     print(res.to_markdown())
     return res
 

@@ -16,7 +16,7 @@ import numpy as np, pandas as pd
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.crossfit import IMAGE
-from lesions import HAM_COLS, OUT, load_ham, parser, recipe, save
+from lesions import DEVICE, HAM_COLS, OUT, load_ham, parser, recipe, save
 
 COLS = HAM_COLS['cat_names'] + HAM_COLS['cont_names']
 RATES = [0, 25, 50, 75, 100]
@@ -53,7 +53,7 @@ def main():
     p = parser(folds=3, per_class=200, size=96, epochs=5)
     p.add_argument('--p', type=float, default=0.25)
     a = p.parse_args()
-    a.device = 'gpu' if torch.cuda.is_available() else 'cpu'
+    a.device = DEVICE
     models = ['image only', 'concat', f'concat, meta_dropout={a.p:g} (rows)', f'concat, meta_dropout={a.p:g} (per column)']
     df = load_ham(a.per_class, a.seed)
     fold = row_folds(df, a.folds, a.seed, group_col='lesion_id', stratify='dx')

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from fastai_meta.all import *
 from fastai_meta.context import fit_stage_two
 from fastai_meta.crossfit import IMAGE, fit_fold
-from lesions import SIIM_COLS, interval as _ci, parser, recipe, save
+from lesions import DEVICE, SIIM_COLS, interval as _ci, parser, recipe, save
 
 
 def stage_one(df, fold, a, kind):
@@ -133,7 +133,6 @@ def to_markdown(res):
     return '\n'.join(lines) + '\n'
 
 def main(a):
-    device = 'gpu' if torch.cuda.is_available() else 'cpu'
     df = pd.read_csv(SIIM_COLS['path']/'train.csv')
     if a.max_patients: df = df[df.patient_id.isin(df.patient_id.drop_duplicates().sample(a.max_patients, random_state=a.seed))].reset_index(drop=True)
     df['label'] = np.where(df.target == 1, 'mel', 'other')
@@ -150,11 +149,11 @@ def main(a):
         res_lifts[str(s)] = {n: lifts(d, n) for n in DESIGNS if n != BASE and n in set(d.design)}
         if FUSION in set(d.design): over_fusion[str(s)] = lifts(d, SHIPPED, base=FUSION)
     tab = tabs['image'][0]
-    res = dict(device=device, n_images=len(tab), n_patients=int(tab.patient_id.nunique()), n_pos=int(tab.target.sum()), settings=vars(a), seeds=seeds,
+    res = dict(device=DEVICE, n_images=len(tab), n_patients=int(tab.patient_id.nunique()), n_pos=int(tab.target.sum()), settings=vars(a), seeds=seeds,
                minutes={k: v[2] for k,v in tabs.items() if v is not None}, stage_two=rows, lifts=res_lifts, over_fusion=over_fusion,
                examples=examples(tabs['concat'][0], shipped) if tabs['concat'] is not None else [],
                by_images=by_images(tab, tab.p.to_numpy(), shipped) if tabs['concat'] is not None else [])
-    save(f'patient-context-{device}', res, to_markdown(res))
+    save(f'patient-context-{DEVICE}', res, to_markdown(res))
 
 if __name__ == '__main__':
     p = parser(size=64, epochs=4, lr=2e-3, bs=64)

@@ -19,7 +19,7 @@ import shutil, warnings
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai_meta.all import *
-from lesions import HAM_COLS, OUT, load_ham, load_siim, parser, pretrained_compare, rows, save
+from lesions import DEVICE, HAM_COLS, OUT, load_ham, load_siim, parser, pretrained_compare, rows, save
 
 def siim_patients(n, seed, cap=12):
     "All images (at most `cap` per patient, melanomas kept first) of `n` patients with a melanoma and `n` without, at random: patients whose other images give each one its context."
@@ -38,9 +38,8 @@ def data(a):
     return (siim_patients(a.per_class, a.seed) if a.data == 'siim' and a.context else df), spec
 
 def main(a):
-    device = 'gpu' if torch.cuda.is_available() else 'cpu'
     df, spec = data(a)
-    name = f"stack-{a.data}{'-context' if a.context else ''}-{device}"
+    name = f"stack-{a.data}{'-context' if a.context else ''}-{DEVICE}"
     run_dir = OUT/f'{name}.run'
     extra = dict(context_col='patient_id', fusions=['concat', 'context', 'stack']) if a.context else dict(fusions=['concat', 'stack'])
     res = pretrained_compare(df, a, run_dir, context_folds=a.inner, **extra, **spec)

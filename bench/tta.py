@@ -14,10 +14,9 @@ import numpy as np, pandas as pd, torch
 from fastai.vision.all import partial, set_seed
 from fastai_meta.all import *
 from fastai_meta.crossfit import fit_fold, fold_outputs
-from lesions import HAM_COLS, load_ham, parser, recipe, save
+from lesions import DEVICE, HAM_COLS, load_ham, parser, recipe, save
 
 def main(a):
-    device = 'gpu' if torch.cuda.is_available() else 'cpu'
     df = load_ham(a.per_class, a.seed)
     folds = row_folds(df, a.folds, a.seed, 'lesion_id', stratify='dx')
     build = partial(fold_learner, model='concat', **HAM_COLS, **recipe(a))
@@ -36,8 +35,8 @@ def main(a):
     d = pd.DataFrame(rows)
     frac = float(np.mean(d.n_valid / len(df)))           # the held-out share, for the correction
     summary = {m: paired_stats(d[f'tta_{m}'] - d[f'plain_{m}'], frac) for m in ('roc_auc', 'balanced_accuracy')}
-    res = dict(device=device, n_images=len(df), settings=vars(a), rows=rows, summary=summary, test_frac=frac, threads=torch.get_num_threads())
-    save(f'tta-ham10000-{device}', res, to_markdown(res))
+    res = dict(device=DEVICE, n_images=len(df), settings=vars(a), rows=rows, summary=summary, test_frac=frac, threads=torch.get_num_threads())
+    save(f'tta-ham10000-{DEVICE}', res, to_markdown(res))
 
 def to_markdown(res):
     s, a, d = res['summary'], res['settings'], pd.DataFrame(res['rows'])

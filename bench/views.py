@@ -14,7 +14,7 @@ warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai_meta.all import *
 from fastai_meta.crossfit import IMAGE
-from lesions import HAM_COLS, OUT, load_ham, parser, pretrained_compare, save
+from lesions import DEVICE, HAM_COLS, OUT, load_ham, parser, pretrained_compare, save
 
 def load_lesions(per_class, seed):
     "One row per lesion: its images (a list, in image_id order), diagnosis, and the metadata of its first image."
@@ -26,12 +26,11 @@ def load_lesions(per_class, seed):
     return les.assign(first=les.images.str[0])
 
 def main(a):
-    device = 'gpu' if torch.cuda.is_available() else 'cpu'
-    les, run = load_lesions(a.per_class, a.seed), OUT/f'views-ham10000-{device}.run'
+    les, run = load_lesions(a.per_class, a.seed), OUT/f'views-ham10000-{DEVICE}.run'
     res = {fn: pretrained_compare(les, a, run/fn, **dict(HAM_COLS, fn_col=fn), group_col='lesion_id', fusions=['concat'])
            for fn in ('first', 'images')}
     one, every = (r.scores.set_index(['seed', 'fold', 'model']) for r in res.values())
-    lines = [f"# Every image of a lesion against its first, on HAM10000 ({device})", '',
+    lines = [f"# Every image of a lesion against its first, on HAM10000 ({DEVICE})", '',
              f"{len(les):,} lesions ({a.per_class} per diagnosis at most; {int((les.images.map(len) > 1).sum()):,} with 2 to {les.images.map(len).max()} images), "
              f"{a.folds} lesion-grouped folds; pretrained EfficientNet-Lite0 at {a.size} px, {a.epochs} epochs (`meta_compare`'s recipe). "
              "Paired, fold by fold: the score with every image minus the score with the first image, mean [95 % interval, corrected], folds up.", '',
@@ -44,6 +43,6 @@ def main(a):
                       f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], {d['wins']} of {d['n']}"]
         lines.append(f"| {m} | " + ' | '.join(cells) + ' |')
     lines += ['', f"Verdicts: first image: {res['first'].verdict} Every image: {res['images'].verdict}"]
-    save(f'views-ham10000-{device}', md='\n'.join(lines) + '\n')
+    save(f'views-ham10000-{DEVICE}', md='\n'.join(lines) + '\n')
 
 if __name__ == '__main__': main(parser(per_class=200, size=96, epochs=4).parse_args())

@@ -55,10 +55,13 @@ def test_mixed_precision_matches_fp32_and_predicts_in_fp32(synth, tmp_path):
     with torch.no_grad(): test_close(traced(x.as_subclass(Tensor), m.as_subclass(Tensor)), learn.model.eval()(x, m), eps=1e-4)
 
 class SpoilGrads(Callback):
-    "Non-finite gradients on the first training batch: what a bfloat16 kernel gave here once."
+    """Non-finite gradients on one training batch in bfloat16 (after the first): what a bfloat16 kernel gave here once.
+    None if the fit already went to float32 (that kernel did it again): float32 steps are not guarded, as in fastai."""
     order = 5
+    def before_fit(self): self.done = False
     def after_backward(self):
-        if self.train_iter == 1: next(self.model.parameters()).grad[0] = float('nan')
+        if self.done or self.train_iter < 1 or self.learn.fast_training.amp_dtype != torch.bfloat16: return
+        next(self.model.parameters()).grad[0] = float('nan'); self.done = True
 
 def test_non_finite_bf16_step_is_skipped_and_the_fit_goes_on_in_fp32(synth):
     "A bfloat16 step whose gradients are not finite is skipped with a warning; the learner goes on in float32, its weights finite."
