@@ -72,17 +72,28 @@ def _settings(df, spec, a):
                 **(dict(stack_context=a.stack_context) if STACK in a.fusions else {}))
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'], keep=True)
-def meta_compare(df, path='.', group_col=None, fusions=('concat', ), epochs=5, lr=None, n_folds=5, seeds=(0, ),
-                 out=None, bins=4, context_col=None, context_folds=3, exclude=None, metric=None, task='auto',
-                 cbs=None, tta=False, runner=None, **kwargs):
-    """Does the metadata help? Image only, each fusion in `fusions` (and `'context'`: `context_learner` by
-    `context_col`, default `group_col`, over `context_folds` folds; `'stack'`: `stack_learner` over `context_folds`
-    folds of the training rows, with the patient context if `context_col` is named), gradient boosting on the
-    metadata and the product of experts, trained and scored on the same `n_folds` grouped folds (per seed in
-    `seeds`); a `CompareResult` (or, for a regression, a `RegressionResult`) whose verdict leads with `metric`;
-    `cbs` join every training run; `tta`: image only and the fusions predict with test-time augmentation
-    (`learn.tta`); `runner`: how the trainings run (`Serial()`, one after another, or a `RayRunner`: in parallel,
-    the same runs); `kwargs`: the data, the body and the learner (`fold_spec`)."""
+def meta_compare(
+    df,                  # the rows: image file names, metadata and label
+    path='.',            # the folder the file names are relative to
+    group_col=None,      # keep each value of this column (patient, lesion) in one fold; never a feature
+    fusions=('concat', ),# the fusions to train; also 'context' (`context_learner`) and 'stack' (`stack_learner`)
+    epochs=5,            # each network's training epochs (`fit_recipe`)
+    lr=None,             # learning rate (`None`: the recipe's for the body)
+    n_folds=5,           # grouped folds; every model is trained and scored on the same ones
+    seeds=(0, ),         # the cross-validation is repeated with each seed's folds
+    out=None,            # a folder for the runs (resumed when stopped) and the tables, figure and JSON
+    bins=4,              # quantile bins of a continuous column in the subgroup tables
+    context_col=None,    # the patient column of 'context' and of the stack's patient terms (default: `group_col`)
+    context_folds=3,     # the inner folds of 'context' and 'stack', within each outer fold's training rows
+    exclude=None,        # columns never used as metadata (an id, a column recorded after the diagnosis)
+    metric=None,         # the verdict's headline metric (default: `headline_metric`'s choice; MAE for a regression)
+    task='auto',         # 'classification', 'regression' or 'auto' (from the label)
+    cbs=None,            # fastai callbacks for every training run
+    tta=False,           # image only and the fusions predict with test-time augmentation (`learn.tta`)
+    runner=None,         # how the trainings run: `Serial()`, one after another, or a `RayRunner`, in parallel
+    **kwargs,            # the data, the body and the learner (`fold_spec`)
+):
+    """Does the metadata help? Image only, each fusion, the table alone and the product of experts on the same folds."""
     spec = fold_spec(path=path, exclude=list(L(exclude)) + ([group_col] if group_col else []), **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col] + ([group_col] if group_col else []))

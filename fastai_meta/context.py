@@ -162,8 +162,8 @@ class ContextLearner:
         return np.mean([self.stage_two_probs(X) for _,X in runs], 0), np.mean([p for p,_ in runs], 0)
 
     def get_preds(self, dl=None, with_image=False):
-        """Class probabilities of `dl`'s rows (a `test_dl`) and their targets (with labels), as tensors; `with_image`:
-        also the image models' own."""
+        """Class probabilities of `dl`'s rows (a `test_dl`, or a DataFrame) and their targets (with labels), as
+        tensors; `with_image`: also the image models' own."""
         if dl is None:
             raise ValueError(
                 "Pass `dl=learn.test_dl(df)`: a ContextLearner's training rows were all used by stage two.")
@@ -231,8 +231,20 @@ def fit_stage_two(oof, y, C=1.0, seed=0):
     return scaler, LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(scaler.transform(X), y)
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics'])
-def context_learner(df, path='.', context_col='patient_id', fusion='concat', epochs=5, lr=None, n_folds=5, seed=0,
-                    C=1.0, cbs=None, runner=None, **kwargs):
+def context_learner(
+    df,                       # one row per image: file name, metadata, label and the patient (`context_col`)
+    path='.',                 # the folder the file names are relative to
+    context_col='patient_id', # the column whose rows are judged together (a patient): folds never split it
+    fusion='concat',          # the image + metadata networks' fusion
+    epochs=5,                 # each network's training epochs (`fit_recipe`)
+    lr=None,                  # learning rate (`None`: the recipe's for the body)
+    n_folds=5,                # networks cross-fitted over this many patient-grouped folds
+    seed=0,                   # random seed of the folds and the training
+    C=1.0,                    # the stage-two logistic regression's inverse regularisation strength
+    cbs=None,                 # fastai callbacks for every network's training
+    runner=None,              # how the networks train: `Serial()` (default), or a `RayRunner`
+    **kwargs,                 # the data and the body (`fold_learner`)
+):
     """Patient context in one call: `n_folds` image + metadata learners (`meta_cnn_learner`, `fusion`) cross-fitted
     over folds grouped by `context_col`, then a logistic regression on each image's out-of-fold probabilities and
     its place among its patient's images; a `ContextLearner`. `runner`: how the networks train (`Serial()`, or a

@@ -23,10 +23,32 @@ IMAGE = 'image only'      # the name of the image-only baseline among the models
 # the constant column of an image-only model built as a `MetaModel` (several images, or a regression)
 NO_METADATA = 'no metadata'
 
-def fold_learner(df, valid, model='concat', path='.', fn_col='fname', label_col='label', cat_names=None,
-                 cont_names=None, exclude=None, arch='resnet18', pretrained=True, weights_path=None, size=128, bs=32,
-                 folder=None, suff='', item_tfms=None, batch_tfms=None, cache=None, num_workers=0, image_sep=None,
-                 task='classification', metrics=None, **kwargs):
+def fold_learner(
+    df,                    # the rows: image file names, metadata and label
+    valid,                 # one boolean per row: held out for validation
+    model='concat',        # a fusion's name, or `IMAGE` (image only)
+    path='.',              # the folder the file names are relative to (with `folder`)
+    fn_col='fname',        # the column of image file names; several columns: several images per row
+    label_col='label',     # the label column
+    cat_names=None,        # categorical metadata columns (`None`: inferred, and said)
+    cont_names=None,       # continuous metadata columns (`None`: inferred, and said)
+    exclude=None,          # columns never used as metadata (an id, a column recorded after the diagnosis)
+    arch='resnet18',       # the body: a torchvision or fastai arch, or a timm model's name
+    pretrained=True,       # start from pretrained weights
+    weights_path=None,     # a local file of pretrained weights for the body (`offline_weights`)
+    size=128,              # images are resized to this many pixels
+    bs=32,                 # batch size
+    folder=None,           # the subfolder of `path` that holds the images
+    suff='',               # appended to each file name (e.g. '.jpg')
+    item_tfms=None,        # fastai's item transforms (default: `Resize(size)`)
+    batch_tfms=None,       # fastai's batch transforms (e.g. `aug_transforms(size=size)`)
+    cache=None,            # an `ImageCache`: each image decoded once
+    num_workers=0,         # DataLoader workers
+    image_sep=None,        # the separator of several file names in one cell
+    task='classification', # 'classification' or 'regression'
+    metrics=None,          # fastai metrics (default: accuracy for a classification)
+    **kwargs,              # to `meta_cnn_learner` (the head's `ps`, `meta_ps`, ...)
+):
     """A learner on the rows of `df`, the `valid` rows held out: image only (`model=IMAGE`) or `meta_cnn_learner` with
     fusion `model`; images in `path/folder` named by `fn_col` (several columns, or `image_sep`: several per row),
     resized to `size` (or by `item_tfms`, or kept in an `ImageCache`); `task`: 'classification' or 'regression';

@@ -161,7 +161,8 @@ def effect_text(res, top=None):
         rows = sorted(zip(res['classes'], res['with_meta'], res['without_meta']), key=lambda r: -r[1])[:top]
         body = [f'| {c} | {a:.3f} | {b:.3f} | {a - b:+.3f} |' for c,a,b in rows]
         return '\n'.join([
-            'What the metadata did to this case:', '', '| class | with the metadata | with none | change |',
+            'What the metadata did to this case (probabilities with the metadata, and with none):', '',
+            '| class | with | none | change |',
             '|---|---|---|---|', *body
         ])
     body = [
@@ -169,7 +170,8 @@ def effect_text(res, top=None):
         for j, (a, b) in enumerate(zip(res['with_meta'], res['without_meta']))
     ]
     return '\n'.join([
-        'What the metadata did to this case:', '', '| output | with the metadata | with none | change |',
+        'What the metadata did to this case (outputs with the metadata, and with none):', '',
+        '| output | with | none | change |',
         '|---|---|---|---|', *body
     ])
 

@@ -197,8 +197,22 @@ def _table_columns(runs, df, spec, left_out):
     return cats, conts
 
 @delegates(fold_learner, but=['valid', 'model', 'metrics', 'task'])
-def stack_learner(df, path='.', group_col=None, context_col=None, fusion='concat', candidates=CANDIDATES, epochs=5,
-                  lr=None, n_folds=5, seed=0, task='auto', cbs=None, runner=None, **kwargs):
+def stack_learner(
+    df,                      # the rows: image file names, metadata and label
+    path='.',                # the folder the file names are relative to
+    group_col=None,          # keep each value of this column (patient, lesion) in one fold
+    context_col=None,        # judge each image among its patient's (this column's) images too
+    fusion='concat',         # the networks' fusion, or `IMAGE` (image only)
+    candidates=CANDIDATES,   # stage two's candidate models (`CANDIDATES`)
+    epochs=5,                # each network's training epochs (`fit_recipe`)
+    lr=None,                 # learning rate (`None`: the recipe's for the body)
+    n_folds=5,               # networks cross-fitted over this many folds
+    seed=0,                  # random seed of the folds, the training and stage two
+    task='auto',             # 'classification', 'regression' or 'auto' (from the label)
+    cbs=None,                # fastai callbacks for every network's training
+    runner=None,             # how the networks train: `Serial()` (default), or a `RayRunner`
+    **kwargs,                # the data and the body (`fold_learner`)
+):
     """The best of an image model and its table, in one call: `n_folds` networks (`fusion`, or `IMAGE`) cross-fitted
     over folds grouped by `group_col` (else `context_col`), then stage two on their out-of-fold outputs and the
     table (and, with `context_col`, each image's patient context): the `candidates` cross-fitted over the same folds
