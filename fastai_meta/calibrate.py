@@ -35,7 +35,12 @@ def _nll(logits, targets, multi):
     return F.binary_cross_entropy_with_logits(logits, targets.float()) if multi else F.cross_entropy(
         logits, targets.long())
 
-def fit_temperature(logits, targets, multi=False, bounds=(0.05, 20.)):
+def fit_temperature(
+    logits,             # the model's raw outputs, rows × classes
+    targets,            # class indices (a one-hot or 0/1 matrix with `multi`)
+    multi=False,        # a multi-label target: sigmoid per class, not softmax
+    bounds=(0.05, 20.), # the range searched
+):
     """The temperature in `bounds` that minimises the negative log-likelihood of `targets` given `logits / t` (scipy's
     bounded search over log t)."""
     logits = torch.as_tensor(logits).float()
@@ -59,7 +64,10 @@ def calibration_error(probs, targets, n_bins=15):
     return float(
         multiclass_calibration_error(probs, targets.long(), num_classes=probs.shape[1], n_bins=n_bins, norm='l1'))
 
-def ExpectedCalibrationError(n_bins=15, multi=False):
+def ExpectedCalibrationError(
+    n_bins=15,   # equal-width bins of confidence
+    multi=False, # a multi-label target: sigmoid per class, not softmax
+):
     """A fastai metric of the expected calibration error, e.g. per subgroup with
     `meta_report(metrics=[ExpectedCalibrationError()])`."""
     act = ActivationType.Sigmoid if multi else ActivationType.Softmax

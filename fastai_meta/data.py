@@ -329,14 +329,31 @@ class MetaDataLoaders(DataLoaders):
     "`DataLoaders` of images with metadata, built from a DataFrame."
     @classmethod
     @delegates(DataLoaders.from_dblock)
-    def from_df(cls, df, path='.', fn_col=0, label_col=1, cat_names=None, cont_names=None, valid_pct=0.2, seed=None,
-                folder=None, suff='', label_delim=None, y_block=None, valid_col=None, group_col=None, splitter=None,
-                item_tfms=None, batch_tfms=None, img_cls=PILImage, cache=None, exclude=None, n_images=None,
-                image_sep=None, **kwargs):
-        """Create from `df`: images in `path/folder` named by `fn_col` (several columns, or a column of lists or
-        `image_sep`-separated names: see `ImageBlocks`), metadata `cat_names`/`cont_names` (default: inferred,
-        leaving out `exclude`), labels in `label_col`; `group_col`: split by group (stratified by a single label);
-        `cache`: an `ImageCache`."""
+    def from_df(cls,
+                df,               # the rows: image file names, metadata and label
+                path='.',         # the folder the file names are relative to (with `folder`)
+                fn_col=0,         # the image file names: several columns, lists or `image_sep`: several per row
+                label_col=1,      # the label column (several: a multi-label target)
+                cat_names=None,   # categorical metadata columns (`None`: inferred, leaving out `exclude`, and said)
+                cont_names=None,  # continuous metadata columns (`None`: inferred, leaving out `exclude`, and said)
+                valid_pct=0.2,    # the share of rows (of groups, with `group_col`) held out at random
+                seed=None,        # random seed of the split
+                folder=None,      # the subfolder of `path` that holds the images
+                suff='',          # appended to each file name (e.g. '.jpg')
+                label_delim=None, # the separator of several labels in one cell: a multi-label target
+                y_block=None,     # the target's block (default: categories; `RegressionBlock`, `PointBlock`, ...)
+                valid_col=None,   # a boolean column marking the validation rows
+                group_col=None,   # keep each value of this column (patient, lesion) on one side, stratified by label
+                splitter=None,    # a fastai splitter, instead of `valid_pct`, `valid_col` or `group_col`
+                item_tfms=None,   # fastai's item transforms (e.g. `Resize(224)`)
+                batch_tfms=None,  # fastai's batch transforms (e.g. `aug_transforms()`)
+                img_cls=PILImage, # how an image file is opened
+                cache=None,       # an `ImageCache`: each image decoded once
+                exclude=None,     # columns never used as metadata (an id, a column recorded after the diagnosis)
+                n_images=None,    # image slots per row, for lists or separated names (default: the most any row has)
+                image_sep=None,   # the separator of several file names in one cell
+                **kwargs):        # to `DataLoaders.from_dblock` (`bs`, `num_workers`, ...)
+        "Create from `df`: images with their metadata and label, split into training and validation rows."
         if not len(df): raise ValueError("The table is empty: there are no rows to train on.")
         # positions, as in fastai's from_df
         fn_col, label_col = (df.columns[c] if isinstance(c, int) else c for c in (fn_col, label_col))

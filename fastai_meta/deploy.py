@@ -207,9 +207,14 @@ def _dataloaders(desc, bs=64, device=None):
     dls.described_target = (kind, torch.zeros(n), torch.ones(n)) if kind else (None, None, None)
     return dls
 
-def load_safe(fname, cpu=True, sha256=None, images=None, bs=64):
-    """Rebuild the `Learner` that `export_safe` wrote to `fname` (or the `ContextLearner` or `StackLearner`), from its
-    description and weights only: no unpickling, no `torch.load`; `images`: the folder to read file names from."""
+def load_safe(
+    fname,          # the file `export_safe` wrote
+    cpu=True,       # load onto the CPU (else the default device)
+    sha256=None,    # the file's expected SHA-256: refused if it differs
+    images=None,    # the folder to read image file names from (default: the training's)
+    bs=64,          # batch size of the DataLoaders it rebuilds (`test_dl`, `get_preds`)
+):
+    "Rebuild the learner `export_safe` wrote, from its description and weights only: no unpickling, no `torch.load`."
     desc, tensors = _read(fname, sha256)
     if desc.get('kind') in ('context', 'stack'):
         return _load_two_stage(desc, tensors, partial(_rebuild, cpu=cpu, images=images, bs=bs))

@@ -195,7 +195,17 @@ def _occlusions(attr, model, act, xb, k, masked, t):
         res.append(a[0].sum(0).clamp_min(0).detach().cpu().numpy())
     return res
 
-def deletion_check(model, act, xb, k, heatmaps, t, frac=0.1, n_random=8, seed=0):
+def deletion_check(
+    model,       # the fused model
+    act,         # the activation from outputs to probabilities (softmax, sigmoid)
+    xb,          # one row's inputs: its `k` images, then the metadata
+    k,           # how many of `xb`'s inputs are images
+    heatmaps,    # one heatmap per image, on its pixel grid
+    t,           # the class explained
+    frac=0.1,    # the share of each image's pixels removed
+    n_random=8,  # random places the same pixels are moved to, for the baseline
+    seed=0,      # random seed of those places
+):
     """Deletion check of `heatmaps` (one per image of the row `xb`): the fall in class `t`'s probability when each
     image's hottest `frac` of pixels are set to its mean colour, against the mean for the same pixels shifted to
     `n_random` random places (wrapping round); a `Faithfulness`."""

@@ -155,7 +155,14 @@ def push_to_hub(self: MetaLearner | ContextLearner | StackLearner, repo_id, priv
         return upload_folder(repo_id=repo_id, folder_path=d, token=token, revision=revision,
                              commit_message=commit_message)
 
-def from_pretrained(name, revision=None, token=None, cpu=True, images=None, bs=64):
+def from_pretrained(
+    name,           # a local folder, or a Hub repo's id
+    revision=None,  # the repo's branch, tag or commit
+    token=None,     # a Hub token, for a private repo
+    cpu=True,       # load onto the CPU (else the default device)
+    images=None,    # the folder to read image file names from
+    bs=64,          # batch size of the DataLoaders it rebuilds
+):
     """The learner in the folder `name`, or in the Hub repo `name` at `revision` (`snapshot_download`: the hub's cache
     and `HF_HUB_OFFLINE` respected), rebuilt by `load_safe`: nothing unpickled."""
     folder = Path(name)

@@ -20,7 +20,11 @@ NO_IMAGE = '<no image>'   # the name of a row's missing image (several images pe
 class ImageCache:
     """Images decoded once, resized to `size` as fastai's `Resize` does for validation, kept as uint8: in memory, or
     memory-mapped under `path` (kept across runs)."""
-    def __init__(self, size, path=None, method=ResizeMethod.Crop, n_workers=None):
+    def __init__(self,
+                 size,                      # images are resized to this many pixels (an int, or (height, width))
+                 path=None,                 # a folder: memory-mapped files, kept across runs (None: in memory)
+                 method=ResizeMethod.Crop,  # fastai's resize method (`Crop`, `Pad` or `Squish`)
+                 n_workers=None):           # threads that decode the images (default: fastai's `defaults.cpus`)
         store_attr('size,path,method'); self.n_workers = ifnone(n_workers, defaults.cpus)
         self.resize, self.index, self.chunks, self.files = Resize(size, method=method), {}, [], []
         if path is not None: self._open()
