@@ -54,7 +54,8 @@ def main(a):
     train, test = df[fold != 0].reset_index(drop=True), df[fold == 0].reset_index(drop=True)
     t0 = time.time()
     set_seed(a.seed, reproducible=True)
-    learn = context_learner(train, context_col='patient_id', fusion='concat', epochs=a.epochs, lr=a.lr, n_folds=a.inner, seed=a.seed,
+    learn = context_learner(train, context_col='patient_id', fusion='concat', epochs=a.epochs, lr=a.lr, n_folds=a.inner,
+                            seed=a.seed,
                             **dict(SIIM_COLS, label_col='label'), **recipe(a, aug=False))
     minutes = (time.time() - t0)/60
     mel = list(map(str, learn.vocab)).index('mel')

@@ -85,7 +85,8 @@ def main(a):
         n, epochs = (int(v) for v in more) if more else (a.n, a.epochs if body != 'lite0' else a.epochs // 2)
         for s in range(a.seeds):
             res.append(run(task, body, s, n, epochs) | dict(n=n, epochs=epochs)); print(res[-1], flush=True)
-            out = dict(device=DEVICE, threads=torch.get_num_threads(), settings=vars(a), runs=res, seconds=time.time() - t0)
+            out = dict(device=DEVICE, threads=torch.get_num_threads(), settings=vars(a), runs=res,
+                       seconds=time.time() - t0)
             save(f"explain-sanity-{out['device']}", out)
     render(out)
 

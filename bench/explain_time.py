@@ -18,8 +18,8 @@ from lesions import DEVICE, HAM_COLS, load_ham, save
 def main(a):
     df = load_ham(per_class=20, seed=0).reset_index(drop=True)
     valid = np.arange(len(df)) % 5 == 0
-    learn = fold_learner(df, valid, 'concat', **HAM_COLS, arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'),
-                         size=a.size, bs=16)
+    learn = fold_learner(df, valid, 'concat', **HAM_COLS, arch='tf_efficientnet_lite0',
+                         weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=16)
     rows = df.iloc[:a.rows + 2]
     times = {'explain': [], "explain(method='gradcam')": [], 'predict': []}
     for i, (_, r) in enumerate(rows.iterrows()):

@@ -26,8 +26,8 @@ DEVICE = 'gpu' if torch.cuda.is_available() else 'cpu'     # the results' suffix
 HAM = Path(__file__).resolve().parents[2]/'shared'/'data'/'ham10000'
 SIIM = HAM.parent/'siim-isic-2020-half'
 # each data set once: where its images are and the columns that describe its rows (the label: a benchmark may override)
-HAM_COLS = dict(path=HAM, folder='images', suff='.jpg', fn_col='image_id', label_col='dx', cat_names=['sex', 'localization'],
-                cont_names=['age'])
+HAM_COLS = dict(path=HAM, folder='images', suff='.jpg', fn_col='image_id', label_col='dx',
+                cat_names=['sex', 'localization'], cont_names=['age'])
 SIIM_COLS = dict(path=SIIM, folder='images', suff='.jpg', fn_col='image_name', label_col='target',
                  cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'])
 LEAKS = ['diagnosis', 'benign_malignant']      # SIIM-ISIC's columns recorded with the label
@@ -45,7 +45,7 @@ def load_siim():
     return pd.read_csv(SIIM/'train.csv').drop(columns=LEAKS)
 
 def siim(per_class, seed):
-    "`per_class` melanomas and `per_class` other images of the SIIM-ISIC half, at random, labelled 'melanoma' or 'benign'."
+    "`per_class` melanomas and as many other images of the SIIM-ISIC half, at random: 'melanoma' or 'benign'."
     df = load_siim()
     df = pd.concat([g.sample(min(per_class, len(g)), random_state=seed) for _,g in df.groupby('target')])
     return df.assign(target=df.target.map({0: 'benign', 1: 'melanoma'})).reset_index(drop=True)
@@ -56,8 +56,9 @@ def rows(a):
     return load_ham(a.per_class, a.seed), dict(HAM_COLS, group_col='lesion_id')
 
 def recipe(a, aug=True, cache=True):
-    "The benchmarks' pretrained recipe at `a.size` and `a.bs`: EfficientNet-Lite0's offline weights, cached images, flips and rotations."
-    return dict(arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size, bs=a.bs,
+    "The benchmarks' recipe at `a.size`, `a.bs`: EfficientNet-Lite0's offline weights, cache, flips, rotations."
+    return dict(arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size,
+                bs=a.bs,
                 cache=ImageCache(a.size) if cache else None,
                 **(dict(batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0)) if aug else {}))
 
@@ -72,9 +73,9 @@ def interval(x):
     return [s['mean'], s['low'], s['high']]
 
 def pretrained_compare(df, a, out, **kwargs):
-    "`meta_compare` of the rows `df` with the benchmarks' pretrained `recipe`; `a`: the folds, size and budget; `kwargs`: the data's columns."
-    return meta_compare(df, **recipe(a), epochs=a.epochs, lr=a.lr, n_folds=a.folds, seeds=list(range(a.seed, a.seed + getattr(a, 'seeds', 1))),
-                        out=out, **kwargs)
+    "`meta_compare` of the rows `df` by the pretrained `recipe`; `a`: folds, size and budget; `kwargs`: the columns."
+    seeds = list(range(a.seed, a.seed + getattr(a, 'seeds', 1)))
+    return meta_compare(df, **recipe(a), epochs=a.epochs, lr=a.lr, n_folds=a.folds, seeds=seeds, out=out, **kwargs)
 
 def compare(a, name='ham10000'):
     "Run `meta_compare` on `a.data` with the options `a`; copy its json, md and png to fastai_meta/results/compare-<name>-<device>.*"

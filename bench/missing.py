@@ -6,7 +6,8 @@ per_column=True)`. Each metadata model is scored on its held-out fold with 0, 25
 removed (rows at random, seeded), and with one column removed from every row. Balanced accuracy and macro ROC AUC, mean ±
 std over folds. Targets: with dropout, at 100 % missing within 1 point of image only; at 0 % within 1 point of no dropout.
 
-Run: .venv/bin/python bench/missing.py [--per-class 200] [--size 96] [--epochs 5] [--p 0.25] (--render: draw again from the JSON)
+Run: .venv/bin/python bench/missing.py [--per-class 200] [--size 96] [--epochs 5] [--p 0.25]
+(--render: draw the figure again from the JSON, training nothing)
 Writes fastai_meta/results/missing-<cpu|gpu>.json, .md and .png.
 """
 import json, sys, time, warnings
@@ -35,7 +36,8 @@ def removed(rows, cond, seed):
 
 def train(name, df, a):
     "A learner for model `name`, trained by the library's recipe (`fit_recipe`) on the rows of `df` not marked `is_valid`."
-    learn = fold_learner(df, df.is_valid.to_numpy(), IMAGE if name == 'image only' else 'concat', **HAM_COLS, **recipe(a, cache=name != 'image only'),
+    learn = fold_learner(df, df.is_valid.to_numpy(), IMAGE if name == 'image only' else 'concat', **HAM_COLS,
+                         **recipe(a, cache=name != 'image only'),
                          **({} if name == 'image only' else dict(meta_dropout=a.p if 'rows' in name else 0., cbs=[MetaDropout(a.p, per_column=True)] if 'per column' in name else [])))
     with learn.no_bar(), learn.no_logging(): fit_recipe(learn, a.epochs, a.lr)()
     return learn

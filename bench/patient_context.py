@@ -149,7 +149,8 @@ def main(a):
         res_lifts[str(s)] = {n: lifts(d, n) for n in DESIGNS if n != BASE and n in set(d.design)}
         if FUSION in set(d.design): over_fusion[str(s)] = lifts(d, SHIPPED, base=FUSION)
     tab = tabs['image'][0]
-    res = dict(device=DEVICE, n_images=len(tab), n_patients=int(tab.patient_id.nunique()), n_pos=int(tab.target.sum()), settings=vars(a), seeds=seeds,
+    res = dict(device=DEVICE, n_images=len(tab), n_patients=int(tab.patient_id.nunique()), n_pos=int(tab.target.sum()),
+               settings=vars(a), seeds=seeds,
                minutes={k: v[2] for k,v in tabs.items() if v is not None}, stage_two=rows, lifts=res_lifts, over_fusion=over_fusion,
                examples=examples(tabs['concat'][0], shipped) if tabs['concat'] is not None else [],
                by_images=by_images(tab, tab.p.to_numpy(), shipped) if tabs['concat'] is not None else [])

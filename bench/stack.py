@@ -33,7 +33,8 @@ def siim_patients(n, seed, cap=12):
 def data(a):
     "The rows and `meta_compare`'s data arguments of `--data`."
     if a.data == 'age': return (load_ham(a.per_class, a.seed).dropna(subset=['age']).drop(columns=['dx', 'dx_type']).reset_index(drop=True),
-                                dict(HAM_COLS, label_col='age', group_col='lesion_id', cont_names=[], task='regression'))
+                                dict(HAM_COLS, label_col='age', group_col='lesion_id', cont_names=[],
+                                     task='regression'))
     df, spec = rows(a)
     return (siim_patients(a.per_class, a.seed) if a.data == 'siim' and a.context else df), spec
 

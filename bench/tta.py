@@ -35,7 +35,8 @@ def main(a):
     d = pd.DataFrame(rows)
     frac = float(np.mean(d.n_valid / len(df)))           # the held-out share, for the correction
     summary = {m: paired_stats(d[f'tta_{m}'] - d[f'plain_{m}'], frac) for m in ('roc_auc', 'balanced_accuracy')}
-    res = dict(device=DEVICE, n_images=len(df), settings=vars(a), rows=rows, summary=summary, test_frac=frac, threads=torch.get_num_threads())
+    res = dict(device=DEVICE, n_images=len(df), settings=vars(a), rows=rows, summary=summary, test_frac=frac,
+               threads=torch.get_num_threads())
     save(f'tta-ham10000-{DEVICE}', res, to_markdown(res))
 
 def to_markdown(res):

@@ -27,8 +27,8 @@ def load_lesions(per_class, seed):
 
 def main(a):
     les, run = load_lesions(a.per_class, a.seed), OUT/f'views-ham10000-{DEVICE}.run'
-    res = {fn: pretrained_compare(les, a, run/fn, **dict(HAM_COLS, fn_col=fn), group_col='lesion_id', fusions=['concat'])
-           for fn in ('first', 'images')}
+    res = {fn: pretrained_compare(les, a, run/fn, **dict(HAM_COLS, fn_col=fn), group_col='lesion_id',
+                                  fusions=['concat']) for fn in ('first', 'images')}
     one, every = (r.scores.set_index(['seed', 'fold', 'model']) for r in res.values())
     lines = [f"# Every image of a lesion against its first, on HAM10000 ({DEVICE})", '',
              f"{len(les):,} lesions ({a.per_class} per diagnosis at most; {int((les.images.map(len) > 1).sum()):,} with 2 to {les.images.map(len).max()} images), "

@@ -351,5 +351,6 @@ def test_signatures_read_plainly(site):
     text = lambda m: html_lib.unescape(re.sub('<[^>]+>', '', (out/f'{m}.html').read_text()))
     assert 'class MetaDataLoaders(' in text('data') and 'def MetaDataLoaders(' not in text('data')    # a class reads as one
     # classes that `fastai_meta.all` does not export read as classes too
-    assert all(f'class {c}(' in text(m) and f'def {c}(' not in text(m) for m,c in (('learner', 'ScaledLoss'), ('speed', 'FastTraining')))
+    assert all(f'class {c}(' in text(m) and f'def {c}(' not in text(m)
+               for m,c in (('learner', 'ScaledLoss'), ('speed', 'FastTraining')))
     assert 'def meta_cnn_learner(' in text('learner')
