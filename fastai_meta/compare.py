@@ -93,7 +93,8 @@ def meta_compare(
     runner=None,         # how the trainings run: `Serial()`, one after another, or a `RayRunner`, in parallel
     **kwargs,            # the data, the body and the learner (`fold_spec`)
 ):
-    """Does the metadata help? Image only, each fusion, the table alone and the product of experts on the same folds."""
+    """Does the metadata help? Image only, each fusion, the table alone and the product of experts on the same folds;
+    `kwargs`: the data, the body and the learner (`fold_spec`; `fold_learner` documents them)."""
     spec = fold_spec(path=path, exclude=list(L(exclude)) + ([group_col] if group_col else []), **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col] + ([group_col] if group_col else []))
