@@ -36,7 +36,9 @@ def test_mixed_precision_matches_fp32_and_predicts_in_fp32(synth, tmp_path):
     print(f'{amp} + channels_last: accuracy {acc:.3f}')
     # training autocast (float32 too where a step's gradients were not finite: that fit goes on in float32, saying so)
     assert learn.dtypes.seen[True] in ({amp}, {amp, torch.float32}) and learn.dtypes.seen[False] == {torch.float32}
-    assert torch.isfinite(torch.stack(learn.train_losses.losses)).all()
+    # every loss finite, but for the one batch whose step the guard skipped if bfloat16 failed here (then float32 on)
+    bad = int((~torch.isfinite(torch.stack(learn.train_losses.losses))).sum())
+    assert bad == 0 or (bad == 1 and learn.fast_training.amp_dtype is None), bad
     assert all(p.dtype == torch.float32 for p in learn.model.parameters())       # master weights stay float32
     assert learn.model[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     assert acc >= 0.9                     # chance 0.5; in float32 this task reaches 0.99 (interpret page)
