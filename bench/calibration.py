@@ -28,7 +28,7 @@ def _fold(df, fold, k, a, keep=None):
     cal, test = fold == (k + 1) % a.folds, fold == k
     train, rows = df[~cal & ~test], df[~test]
     set_seed(a.seed + k, reproducible=True)
-    learn = fold_learner(rows, cal[~test], 'concat', **HAM_COLS, **recipe(a))
+    learn = fold_learner(rows, cal[~test], 'concat', **HAM_COLS, **recipe(a.size, a.bs))
     t0 = time.time()
     with learn.no_bar(), learn.no_logging(): fit_recipe(learn, a.epochs, a.lr)()
     tdl = learn.dls.test_dl(df[test], with_labels=True)

@@ -56,7 +56,7 @@ def main(a):
     set_seed(a.seed, reproducible=True)
     learn = context_learner(train, context_col='patient_id', fusion='concat', epochs=a.epochs, lr=a.lr, n_folds=a.inner,
                             seed=a.seed,
-                            **dict(SIIM_COLS, label_col='label'), **recipe(a, aug=False))
+                            **dict(SIIM_COLS, label_col='label'), **recipe(a.size, a.bs, aug=False))
     minutes = (time.time() - t0)/60
     mel = list(map(str, learn.vocab)).index('mel')
     before, y, img = (t.numpy() for t in learn.get_preds(learn.test_dl(test, with_labels=True), with_image=True))

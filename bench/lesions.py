@@ -30,6 +30,7 @@ HAM_COLS = dict(path=HAM, folder='images', suff='.jpg', fn_col='image_id', label
                 cat_names=['sex', 'localization'], cont_names=['age'])
 SIIM_COLS = dict(path=SIIM, folder='images', suff='.jpg', fn_col='image_name', label_col='target',
                  cat_names=['sex', 'anatom_site_general_challenge'], cont_names=['age_approx'])
+ARCH = 'tf_efficientnet_lite0'                 # the benchmarks' pretrained body
 LEAKS = ['diagnosis', 'benign_malignant']      # SIIM-ISIC's columns recorded with the label
 
 def load_ham(per_class=0, seed=0):
@@ -55,12 +56,11 @@ def rows(a):
     if a.data == 'siim': return siim(a.per_class, a.seed), dict(SIIM_COLS, group_col='patient_id', metric='roc_auc')
     return load_ham(a.per_class, a.seed), dict(HAM_COLS, group_col='lesion_id')
 
-def recipe(a, aug=True, cache=True):
-    "The benchmarks' recipe at `a.size`, `a.bs`: EfficientNet-Lite0's offline weights, cache, flips, rotations."
-    return dict(arch='tf_efficientnet_lite0', weights_path=offline_weights('tf_efficientnet_lite0'), size=a.size,
-                bs=a.bs,
-                cache=ImageCache(a.size) if cache else None,
-                **(dict(batch_tfms=aug_transforms(size=a.size, flip_vert=True, max_warp=0)) if aug else {}))
+def recipe(size, bs, aug=True, cache=True):
+    "The benchmarks' recipe: EfficientNet-Lite0's offline weights at `size` px, batch `bs`, a cache, flips, rotations."
+    return dict(arch=ARCH, weights_path=offline_weights(ARCH), size=size, bs=bs,
+                cache=ImageCache(size) if cache else None,
+                **(dict(batch_tfms=aug_transforms(size=size, flip_vert=True, max_warp=0)) if aug else {}))
 
 def save(name, res=None, md=None):
     "Write fastai_meta/results/`name`.json (`res`, standard JSON: NaN as null) and .md (`md`, also printed)."
@@ -75,7 +75,8 @@ def interval(x):
 def pretrained_compare(df, a, out, **kwargs):
     "`meta_compare` of the rows `df` by the pretrained `recipe`; `a`: folds, size and budget; `kwargs`: the columns."
     seeds = list(range(a.seed, a.seed + getattr(a, 'seeds', 1)))
-    return meta_compare(df, **recipe(a), epochs=a.epochs, lr=a.lr, n_folds=a.folds, seeds=seeds, out=out, **kwargs)
+    return meta_compare(df, **recipe(a.size, a.bs), epochs=a.epochs, lr=a.lr, n_folds=a.folds, seeds=seeds, out=out,
+                        **kwargs)
 
 def compare(a, name='ham10000'):
     "Run `meta_compare` on `a.data` with the options `a`; copy its json, md and png to fastai_meta/results/compare-<name>-<device>.*"

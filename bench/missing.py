@@ -17,7 +17,7 @@ import numpy as np, pandas as pd
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.crossfit import IMAGE
-from lesions import DEVICE, HAM_COLS, OUT, load_ham, parser, recipe, save
+from lesions import ARCH, DEVICE, HAM_COLS, OUT, load_ham, parser, recipe, save
 
 COLS = HAM_COLS['cat_names'] + HAM_COLS['cont_names']
 RATES = [0, 25, 50, 75, 100]
@@ -37,7 +37,7 @@ def removed(rows, cond, seed):
 def train(name, df, a):
     "A learner for model `name`, trained by the library's recipe (`fit_recipe`) on the rows of `df` not marked `is_valid`."
     learn = fold_learner(df, df.is_valid.to_numpy(), IMAGE if name == 'image only' else 'concat', **HAM_COLS,
-                         **recipe(a, cache=name != 'image only'),
+                         **recipe(a.size, a.bs, cache=name != 'image only'),
                          **({} if name == 'image only' else dict(meta_dropout=a.p if 'rows' in name else 0., cbs=[MetaDropout(a.p, per_column=True)] if 'per column' in name else [])))
     with learn.no_bar(), learn.no_logging(): fit_recipe(learn, a.epochs, a.lr)()
     return learn
@@ -65,17 +65,14 @@ def main():
         return dict(seconds=time.time() - start, scores=evaluate(learn, name, fdf, a.seed + int(fold[valid][0])))
     rows = [dict(fold=k, model=name, condition=c, seconds=r['seconds'], **s) for name in models
             for k,r in cross_fit(df, fold, partial(fit, name), seed=a.seed).items() for c,s in r['scores'].items()]
-    res = dict(vars(a), arch_name=recipe(a)['arch'], n_images=len(df), rows=rows,
+    res = dict(vars(a), arch_name=ARCH, n_images=len(df), rows=rows,
                threads=torch.get_num_threads(), torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device == 'gpu' else None)
     save(f'missing-{a.device}', res)
     write(res)
 
 def write(res):
     "The table (markdown) and the plot (png) of `res`."
-    d = pd.DataFrame(res['rows'])
-    models = list(dict.fromkeys(d.model))
-    mean = d.pivot_table(index='model', columns='condition', values='balanced_accuracy', aggfunc='mean')
-    std = d.pivot_table(index='model', columns='condition', values='balanced_accuracy', aggfunc='std')
+    models, mean, std = scores(res)
     conds = [c for c in CONDITIONS if c in mean.columns]
     where = res['gpu'] or f"CPU ({res['threads']} threads), torch {res['torch']}"
     md = [f"HAM10000, {res['n_images']} images (at most {res['per_class']} per diagnosis), {res['folds']} lesion-grouped folds, "
@@ -94,6 +91,18 @@ def write(res):
                   f"(the model without dropout: {100*(nod['100% of rows'] - base):+.1f}); at 0 % missing "
                   f"{100*(mean.loc[m, '0% of rows'] - nod['0% of rows']):+.1f} points against the model without dropout.")
     save(f"missing-{res['device']}", md='\n'.join(md) + '\n')
+    draw(res)
+
+def scores(res):
+    "The models in order, and the mean and std over folds of their balanced accuracy per condition."
+    d = pd.DataFrame(res['rows'])
+    pivot = lambda f: d.pivot_table(index='model', columns='condition', values='balanced_accuracy', aggfunc=f)
+    return list(dict.fromkeys(d.model)), pivot('mean'), pivot('std')
+
+def draw(res):
+    "Balanced accuracy against the share of rows with their metadata removed, per model (png)."
+    models, mean, std = scores(res)
+    base = mean.loc['image only', '0% of rows']
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for m in models[1:]:
         ax.errorbar(RATES, [mean.loc[m, f'{r}% of rows'] for r in RATES], yerr=[std.loc[m, f'{r}% of rows'] for r in RATES],
@@ -104,5 +113,5 @@ def write(res):
     fig.savefig(OUT/f"missing-{res['device']}.png", dpi=110, bbox_inches='tight')
 
 if __name__ == '__main__':
-    if '--render' in sys.argv: write(json.loads((OUT/'missing-cpu.json').read_text()))     # training nothing
+    if '--render' in sys.argv: draw(json.loads((OUT/'missing-cpu.json').read_text()))      # the figure, training nothing
     else: main()

@@ -24,7 +24,7 @@ from lesions import DEVICE, SIIM_COLS, interval as _ci, parser, recipe, save
 def stage_one(df, fold, a, kind):
     "Out-of-fold melanoma probabilities and embeddings of every image, from `kind` ('image' or 'concat') models cross-fitted over the patient folds (the library's `cross_fit`, `fold_learner`, `fit_recipe`)."
     build = partial(fold_learner, model=IMAGE if kind == 'image' else 'concat', **dict(SIIM_COLS, label_col='label'),
-                    **recipe(a, aug=False, cache=kind == 'concat'))
+                    **recipe(a.size, a.bs, aug=False, cache=kind == 'concat'))
     t0 = time.time()
     runs = cross_fit(df, fold, partial(fit_fold, build, epochs=a.epochs, lr=a.lr, embeddings=True), seed=a.seed)
     mel = runs[0]['vocab'].index('mel')

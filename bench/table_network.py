@@ -47,7 +47,7 @@ def main(a):
         folds = row_folds(df, 3, 0, 'lesion_id', stratify='dx')
         for name, kw in SETTINGS.items():
             sc = fold_scores(df, folds, 0, 3, **HAM_COLS, exclude=['lesion_id'],
-                             **recipe(SimpleNamespace(size=64, bs=32)), **kw)
+                             **recipe(64, 32), **kw)
             rows += [dict(data='ham10000', setting=name, seed=0, fold=k, balanced_accuracy=v) for k,v in enumerate(sc)]
             print('ham10000', name, np.round(sc, 3), flush=True)
     res = dict(rows=rows, seeds=a.seeds, ham=a.ham, threads=torch.get_num_threads(), torch=torch.__version__)

@@ -19,7 +19,7 @@ from lesions import DEVICE, HAM_COLS, load_ham, parser, recipe, save
 def main(a):
     df = load_ham(a.per_class, a.seed)
     folds = row_folds(df, a.folds, a.seed, 'lesion_id', stratify='dx')
-    build = partial(fold_learner, model='concat', **HAM_COLS, **recipe(a))
+    build = partial(fold_learner, model='concat', **HAM_COLS, **recipe(a.size, a.bs))
     rows = []
     for k in range(a.folds):
         set_seed(a.seed + k, reproducible=True)

@@ -77,7 +77,7 @@ def documented(name):
     "The object `show_doc` documented as `name` (ours, or fastai's where this library patches it); `None` if not found."
     home = next((m for m in _homes() if hasattr(m, name.split('.')[0])), None)
     try: return functools.reduce(getattr, name.split('.'), home)
-    except (AttributeError, TypeError): return None
+    except AttributeError: return None
 
 def own_source(name, link):
     "The source link of documented `name`, pointed at this library's code where nbdev pointed it at fastai's (a fastai method this library patches, as `DataBlock.datasets`)."

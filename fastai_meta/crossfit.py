@@ -303,12 +303,13 @@ def runner_for(workers=None, ray_address=None, gpus_per_job=0.):
     return RayRunner(workers or 1, ray_address, gpus_per_job)
 
 def runner_options(p):
-    "Add the command-line options that choose the runner (`runner_for`) to the argparse parser `p`."
-    p.add_argument('--workers', type=int, default=1,
-                   help='trainings at once, as Ray tasks on this machine (1: one after another, no Ray)')
-    p.add_argument('--ray-address',
+    "Add the command-line options that choose the runner (`runner_for`, whose defaults they take) to the parser `p`."
+    d = {k: v.default for k,v in inspect.signature(runner_for).parameters.items()}
+    p.add_argument('--workers', type=int, default=d['workers'],
+                   help='trainings at once, as Ray tasks on this machine (default and 1: one after another, no Ray)')
+    p.add_argument('--ray-address', default=d['ray_address'],
                    help="run the trainings on this Ray cluster ('auto': the one `ray start --head` made)")
-    p.add_argument('--gpus-per-job', type=float, default=0,
+    p.add_argument('--gpus-per-job', type=float, default=d['gpus_per_job'],
                    help='GPUs each training takes on Ray (0.5: two share a card)')
     return p
 

@@ -157,23 +157,13 @@ def decision_text(learn, res):
 
 def effect_text(res, top=None):
     "A Markdown table of the prediction with the metadata and with none (every class, or the `top` likeliest)."
-    if res['kind'] in ('classification', 'multilabel'):
-        rows = sorted(zip(res['classes'], res['with_meta'], res['without_meta']), key=lambda r: -r[1])[:top]
-        body = [f'| {c} | {a:.3f} | {b:.3f} | {a - b:+.3f} |' for c,a,b in rows]
-        return '\n'.join([
-            'What the metadata did to this case (probabilities with the metadata, and with none):', '',
-            '| class | with | none | change |',
-            '|---|---|---|---|', *body
-        ])
-    body = [
-        f'| {j} | {a:.4g} | {b:.4g} | {a - b:+.4g} |'
-        for j, (a, b) in enumerate(zip(res['with_meta'], res['without_meta']))
-    ]
+    classes = res['kind'] in ('classification', 'multilabel')
+    rows = zip(res['classes'] if classes else range(len(res['with_meta'])), res['with_meta'], res['without_meta'])
+    rows, f = (sorted(rows, key=lambda r: -r[1])[:top], '.3f') if classes else (list(rows), '.4g')
     return '\n'.join([
-        'What the metadata did to this case (outputs with the metadata, and with none):', '',
-        '| output | with | none | change |',
-        '|---|---|---|---|', *body
-    ])
+        f"What the metadata did to this case ({'probabilities' if classes else 'outputs'} with the metadata, and "
+        'with none):', '', f"| {'class' if classes else 'output'} | with | none | change |", '|---|---|---|---|',
+        *[f'| {c} | {a:{f}} | {b:{f}} | {a - b:+{f}} |' for c,a,b in rows]])
 
 # %% ../nbs/06b_forms.ipynb #5ab15767
 def probability_note(learn):
