@@ -43,6 +43,7 @@ def show_doc_markdown(md):
     md = re.sub(r':\s*NoneType\s*=\s*None', '=None', md)    # nbdev names a default's type; `None`'s says nothing
     md = re.sub(r'\bNoneType\b', 'None', md)                   # and in a Union: `Union[Callable, None]`
     md = re.sub(r':\s*(?:function|type|(?:\w+\.)+_?\w*Meta)\s*=', '=', md)   # a default's (meta)class says nothing
+    md = re.sub(r'\b(\w+):(?:int|float|str|bool|tuple|list|dict)=', r'\1=', md)   # nbdev's type of a default: `fn_col:int=0` for a column name
     md = re.sub(r'\b(?:collections\.abc|typing)\.', '', md)
     md = re.sub(r'```python\n.*?```', lambda b: re.sub(r'#[^\n]*', lambda c: c.group(0).replace('`', ''), b.group(0)),
                 md, flags=re.S)                                 # a parameter's comment is code there: no Markdown quotes
@@ -53,8 +54,7 @@ def show_doc_markdown(md):
     if src: md = md[:src.start()] + md[src.end():]
     m = re.search(r'^#+\s+(\S+).*$', md, re.MULTILINE)
     if not m: return md
-    if inspect.isclass(documented(m.group(1))):                  # nbdev writes every signature as a `def`
-        md = md.replace(f"```python\ndef {m.group(1).split('.')[-1]}(", f"```python\nclass {m.group(1).split('.')[-1]}(", 1)
+    if inspect.isclass(documented(m.group(1))): md = class_signature(md, documented(m.group(1)))
     link = f"\n\n{own_source(m.group(1), src.group(0).strip())}" if src else ''      # quarto floated it right, above the heading; here it follows the heading
     # The anchor and the index entry follow the heading: before it, they would end the previous section, and links would land there.
     # The index entry's target goes on the signature block below it: Sphinx's search shows that block's text as the hit's summary
@@ -62,7 +62,18 @@ def show_doc_markdown(md):
     return (md[:m.end()] + f'\n\n<a id="{m.group(1).lower()}"></a>' + link
             + f'\n\n```{{index}} single: {m.group(1)}\n```\n' + md[m.end():])
 
-@functools.lru_cache(None)
+def class_signature(md, cls):
+    """A class's signature written as a `class`, not the `def` nbdev writes; where nbdev shows only `(*args, **kwargs)`,
+    Python's own signature of the class (a `NamedTuple`'s fields) or, where that says nothing either, its bases."""
+    name = cls.__name__
+    md = md.replace(f"```python\ndef {name}(", f"```python\nclass {name}(", 1)
+    vague = f"```python\nclass {name}(\n    *args, **kwargs\n):\n```"
+    if vague not in md: return md
+    try: sig = str(inspect.signature(cls))
+    except ValueError: sig = '(*args, **kwargs)'                 # a builtin's subclass (an exception, a dict)
+    if sig in ('(*args, **kwargs)', '()'): sig = f"({', '.join(b.__name__ for b in cls.__bases__ if b is not object)})"
+    return md.replace(vague, f"```python\nclass {name}{sig}\n```", 1)
+
 @functools.cache
 def _homes():
     "The library's modules (`fastai_meta.all` first), where a documented name may live, then fastai's."

@@ -157,11 +157,11 @@ def check_columns(columns, needed):
 
 # %% ../nbs/00_encoding.ipynb #cf482056
 class MetaRow(dict):
-    "Decoded metadata of one sample; `show` writes it on a matplotlib axis."
+    "Decoded metadata of one sample; `show` writes it on a matplotlib axis, above any keypoint marker."
     def __str__(self): return '\n'.join(f'{k}: {v}' for k,v in self.items())
     def show(self, ctx=None, fontsize=7, **kwargs):
         if ctx is None: ctx = plt.subplots()[1]; ctx.axis('off')
-        ctx.text(0.02, 0.02, str(self), transform=ctx.transAxes, fontsize=fontsize, va='bottom', ha='left',
+        ctx.text(0.02, 0.02, str(self), transform=ctx.transAxes, fontsize=fontsize, va='bottom', ha='left', zorder=7,
                  bbox=dict(facecolor='white', alpha=0.75, edgecolor='none', pad=1.5))
         return ctx
 

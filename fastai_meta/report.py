@@ -24,6 +24,13 @@ def stack_fusion(fusions):
     "The network a compare's stack is built on: the first fusion named, else concat."
     return next((f for f in fusions if f not in (CONTEXT, STACK)), 'concat')
 
+def _figures(*xs, sign=True):
+    """`xs` written alike: three significant figures of the largest, the same decimals for all, never in e-notation
+    (a regression's error may be 1523 or 0.0152)."""
+    top = max((abs(x) for x in xs if np.isfinite(x) and x), default=1)
+    d = max(0, 2 - int(np.floor(np.log10(top))))
+    return [f"{x:{'+' if sign else ''},.{d}f}" for x in xs]
+
 # %% ../nbs/03a1_report.ipynb #cmp022
 class Comparison:
     """What every `meta_compare` result shares: per-fold `scores` of its `models`, paired `lift`s over image only
@@ -51,9 +58,14 @@ class Comparison:
         f = max(nets, key=lambda f: self.lift[f][self.headline]['mean'])
         v = self.versus(table, f)
         if not v['low'] > 0: return ''
-        x = 100 if self.task != 'regression' else 1
-        return (f"; {table} beats the best fusion, {f}, by {x*v['mean']:+.3g} [{x*v['low']:+.3g}, {x*v['high']:+.3g}]: "
-                "the network does not use what the table holds")
+        return f"; {table} beats the best fusion, {f}, by {self.amount(v)}: the network does not use what the table holds"
+
+    def amount(self, s):
+        """A paired difference `s` (mean, low, high) as the verdict writes it: in points (×100, one decimal) for
+        classes, to three significant figures for a regression."""
+        if self.task != 'regression': return f"{100*s['mean']:+.1f} [{100*s['low']:+.1f}, {100*s['high']:+.1f}]"
+        m, lo, hi = _figures(s['mean'], s['low'], s['high'])
+        return f"{m} [{lo}, {hi}]"
 
     def _effects(self, table, both, phrase):
         """The verdict's first clauses: whether the table carries signal on its own (`table`, or `both` with the image,
@@ -297,9 +309,7 @@ class CompareResult(Comparison):
         h, name = self.headline, self.headline.replace('_', ' ')
         mean = self.scores.groupby('model')[h].mean()
         m = self._best_net()
-        line = self._effects(
-            GBM, POE, lambda l:
-            f"{100*l['mean']:+.1f} [{100*l['low']:+.1f}, {100*l['high']:+.1f}] {name} points over image only")
+        line = self._effects(GBM, POE, lambda l: f"{self.amount(l)} {name} points over image only")
         best = mean[self.models].idxmax()
         line += f"; best {name}: {best} ({mean[best]:.3f}; train it with {self.how_to_train(best)})"
         line += self._table_wins(GBM) or self._table_wins(POE)
@@ -388,11 +398,9 @@ class RegressionResult(Comparison):
         the best model of all; whether the table beats the network."""
         h = self.headline
         mean = self.scores.groupby('model')[h].mean()
-        line = self._effects(
-            TABLE, AVERAGE,
-            lambda l: f"{l['mean']:+.3g} [{l['low']:+.3g}, {l['high']:+.3g}] better {h} than image only")
+        line = self._effects(TABLE, AVERAGE, lambda l: f"{self.amount(l)} better {h} than image only")
         best = (mean[self.models].idxmin() if h in LOWER_IS_BETTER else mean[self.models].idxmax())
-        line += f"; best {h}: {best} ({mean[best]:.3g}; train it with {self.how_to_train(best)})"
+        line += f"; best {h}: {best} ({_figures(mean[best], sign=False)[0]}; train it with {self.how_to_train(best)})"
         line += self._table_wins(TABLE) or self._table_wins(AVERAGE)
         return line + f". (Headline: {h}, {self.why}.)"
 

@@ -26,12 +26,18 @@ def show_batch(x: tuple[TensorImage, TensorMeta], y, samples, ctxs=None, max_n=1
 # %% ../nbs/00c_show.ipynb #77a59cb0
 def show_point(p, ctx, pred=False):
     """Draw keypoint target `p` (a red dot ringed in white) or prediction (`pred`: a lime cross edged in black) on
-    `ctx`, large enough to see on any image; anything else is left alone."""
+    `ctx`, large enough to see on any image, and move the metadata to the top where it would hide the point; anything
+    else is left alone."""
     if not isinstance(p, TensorPoint): return ctx
-    return p.show(
+    ctx = p.show(
         ctx=ctx,
         **(dict(marker='X', c='lime', s=140, edgecolors='black', linewidths=1, zorder=6) if pred else dict(
             marker='o', c='red', s=90, edgecolors='white', linewidths=1.5, zorder=5)))
+    xy, r = ctx.transData.transform(p.view(-1, 2).numpy()), ctx.figure.canvas.get_renderer()
+    for t in ctx.texts:
+        box = t.get_window_extent(r).expanded(1.3, 1.3)         # the text's box with a marker's margin
+        if any(box.contains(x, y) for x,y in xy): t.set(y=0.98, va='top')
+    return ctx
 
 def show_prediction(out, targ, ctx, **kwargs):
     "Draw a decoded prediction `out` on `ctx`, marked against the target `targ`."

@@ -164,6 +164,7 @@ def test_a_regression_is_compared_on_its_errors(synth):
     assert signal['low'] > 0 and res.verdict.startswith(f'the table carries signal on its own: {compare.TABLE} ')
     assert ('; the network uses the metadata: concat ' if l['low'] > 0 else '; no clear use of the metadata by the network: concat ') in res.verdict
     assert 'Headline: mae' in res.verdict and 'mae, image only' in res.to_markdown()
+    assert not re.search(r'\de[+-]\d', res.verdict), res.verdict      # errors in the thousands read as numbers, not 1.52e+03
     v = res.versus(compare.TABLE, 'concat')                              # the table is what this task needs; the verdict says so where the interval shows it
     assert v['mean'] > 0 and (v['low'] > 0) == ('beats the best fusion, concat' in res.verdict)
     best = res.scores.groupby('model').mae.mean().idxmin()

@@ -4,6 +4,7 @@ import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.encoding import MetaRow
+from fastai_meta.show import show_point
 from conftest import meta_dls
 
 def _encode(dls, rows):
@@ -111,7 +112,19 @@ def test_show_batch_draws_metadata(synth, task):
     dls.show_batch(max_n=4)
     texts = [t.get_text() for ax in plt.gcf().axes for t in ax.texts]
     assert len(texts) == 4 and all(('site:' if task == 'meta' else 'quadrant:') in t for t in texts)
+    # the metadata stays readable: drawn above any keypoint marker
+    assert all(t.get_zorder() > c.get_zorder() for ax in plt.gcf().axes for t in ax.texts for c in ax.collections)
+    if task == 'points': assert all(ax.collections for ax in plt.gcf().axes[:4])
     plt.close('all')
+
+def test_metadata_moves_off_a_point():
+    "A keypoint under the metadata's corner moves the metadata to the top of the image; one elsewhere leaves it."
+    for (x, y), top in (((3, 45), True), ((40, 5), False)):                   # pixels of a 48-pixel image; y grows down
+        ax = PILImage.create(np.zeros((48, 48, 3), dtype=np.uint8)).show()
+        MetaRow(site='head', age=40, sex='female').show(ctx=ax)
+        show_point(TensorPoint(tensor([[x, y]]).float(), img_size=(48, 48)), ax)
+        assert (ax.texts[0].get_position()[1] > 0.5) == top and (ax.texts[0].get_va() == 'top') == top
+        plt.close('all')
 
 def test_multilabel_show_batch(synth):
     path, df = synth('meta', n=64)

@@ -354,3 +354,8 @@ def test_signatures_read_plainly(site):
     assert all(f'class {c}(' in text(m) and f'def {c}(' not in text(m)
                for m,c in (('learner', 'ScaledLoss'), ('speed', 'FastTraining')))
     assert 'def meta_cnn_learner(' in text('learner')
+    # a class nbdev can only write as `(*args, **kwargs)` reads its fields, or else its bases
+    vague = [m for m in MODULES if re.search(r'class \w+\(\s*\*args, \*\*kwargs\s*\)', text(m))]
+    assert not vague, vague
+    assert 'class Faithfulness(hot: float, random: float, frac: float = 0.1)' in text('explain')
+    assert 'class CLIError(Exception)' in text('commands')
