@@ -15,6 +15,7 @@ from fastai.vision.all import *
 from . import __version__
 from .learner import run_demo
 from .crossfit import runner_for, runner_options
+from .scores import METRICS, REGRESSION_METRICS
 from .app import meta_app
 from .commands import *
 
@@ -28,36 +29,25 @@ class _ShowDefaults(argparse.HelpFormatter):
             return h
         return h + ' (default: %(default)s)'
 
-def _data_options(t):
-    "The options `train` and `compare` share: the table, the images, the columns, the body and the budget."
-    t.add_argument('csv', help='a table with one row per image: its file name, metadata columns and label')
-    t.add_argument('images', help='folder the file names are relative to')
-    t.add_argument('--label', required=True, help='the label column')
-    t.add_argument(
-        '--fname-col', '--image-cols', dest='fname_col', nargs='+', default=['fname'],
-        help='the column of image file names; several columns: several images per row (a close-up, an overview)')
-    t.add_argument('--image-sep',
-                   help="separator of several file names in one cell (e.g. ';'): all of a row's images are used")
-    t.add_argument('--suff', help="appended to each file name (e.g. '.jpg')")
-    t.add_argument('--cat', nargs='*', help='categorical columns (default: inferred, and printed)')
-    t.add_argument('--cont', nargs='*', help='continuous columns (default: inferred, and printed)')
-    t.add_argument('--exclude', nargs='*',
-                   help='columns never to use as metadata (an id, a column recorded after the diagnosis)')
-    t.add_argument('--group-col', help='keep each value of this column (patient, lesion) on one side of the split')
-    t.add_argument('--seed', type=int, help='random seed (split, training)')
-    t.add_argument('--arch', help='a torchvision/fastai arch name, or a timm model name')
-    t.add_argument('--epochs', type=int, help='epochs (of fine_tune when pretrained, else of fit_one_cycle)')
-    t.add_argument('--size', type=int, help='images are resized to this many pixels')
-    t.add_argument('--bs', type=int, help='batch size')
-    t.add_argument(
-        '--lr', type=float,
-        help='learning rate (default: 3e-3 for a pretrained timm body, 2e-3 for a torchvision one, 1e-2 from scratch)'
-    )
-    t.add_argument('--pretrained', action='store_true',
-                   help='start from pretrained weights (needs them cached or online)')
-    t.add_argument('--weights', help='a local file of pretrained weights for the body (e.g. from offline_weights)')
-    return t
+def _documented(p, f, *more):
+    """An `add_argument` for parser `p` whose help, where none is given, is the comment of the parameter of `f` (then
+    of `more`) of the option's name, with a backticked parameter written as its option."""
+    docs = merge(*[{k: v for k,v in docments(g).items() if v} for g in reversed((f, *more))])
+    as_option = lambda m: f"--{m[1].replace('_', '-')}" if m[1] in docs else m[1]
+    def add(*flags, **kwargs):
+        a = p.add_argument(*flags, **kwargs)
+        if a.help is None and a.dest in docs: a.help = re.sub(r'`(\w+)`', as_option, docs[a.dest]).replace('%', '%%')
+        return a
+    return add
 
+def _data_options(add):
+    "The options `train` and `compare` share (`add`: a `_documented` `add_argument`): the table, the columns, the body."
+    add('csv'); add('images'); add('--label', required=True)
+    add('--fname-col', '--image-cols', dest='fname_col', nargs='+', default=['fname'])
+    for o in ('--image-sep', '--suff', '--group-col', '--arch', '--weights'): add(o)
+    for o in ('--cat', '--cont', '--exclude'): add(o, nargs='*')
+    for o in ('--seed', '--epochs', '--size', '--bs'): add(o, type=int)
+    add('--lr', type=float); add('--pretrained', action='store_true')
 
 def _defaults_from(f, p):
     """The parser `p` with its options' defaults read from the signature of `f`, the function its command calls: one
@@ -67,75 +57,32 @@ def _defaults_from(f, p):
     return p
 
 def _parser():
-    "The `fastai-meta` command's arguments (defaults shown in `--help`)."
+    "The `fastai-meta` command's arguments (defaults and help from the signatures of the functions they call)."
     p = argparse.ArgumentParser(prog='fastai-meta', description=__doc__ or 'Images with metadata in fastai.')
     p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='cmd', required=True)
     add = partial(sub.add_parser, formatter_class=_ShowDefaults)
     d = _defaults_from(
         run_demo, add('demo', help='train image-only and image+metadata models on synthetic data; print both scores'))
-    d.add_argument('--n', type=int, help='synthetic images to make')
-    d.add_argument('--epochs', type=int, help='training epochs of each model')
-    d.add_argument('--arch', help='a torchvision/fastai arch name, or a timm model name')
-    d.add_argument('--seed', type=int, help='random seed (data, split, training)')
-    d.add_argument('--json', help='also write the scores to this file')
-    t = _defaults_from(
-        train_csv,
-        runner_options(
-            _data_options(add('train', help='train on a CSV of file names and metadata; export the learner'))))
-    t.add_argument(
-        '--task', choices=['auto', 'classification', 'multilabel', 'regression'], help=
-        'auto: multilabel with --label-delim, regression for a float (or many-valued integer) label, else classification'
-    )
-    t.add_argument('--label-delim', help='separator of several labels in one cell (multi-label)')
-    t.add_argument('--valid-col', help='boolean column marking validation rows')
-    t.add_argument('--valid-pct', type=float, help='share of rows held out')
-    t.add_argument('--fusion', help='concat, film, metanet, metablock or csf')
-    t.add_argument('--calibrate', action='store_true',
-                   help='fit temperature scaling on the validation rows (calibrated probabilities)')
-    t.add_argument(
-        '--operating-point', metavar='CLASS=SENSITIVITY', help=
-        'decide CLASS whenever its probability reaches the threshold that gives this sensitivity on the validation rows (e.g. mel=0.95)'
-    )
-    t.add_argument('--out',
-                   help='where to export the trained learner: .safetensors (no pickle) or .pkl (fastai\'s export)')
-    t.add_argument(
-        '--context-col', help=
-        "patient context (the 'ugly duckling'): each image judged against the other images of its value of this column (the patient)"
-    )
-    t.add_argument('--context-folds', '--folds', dest='context_folds', type=int,
-                   help='with --context-col or --stack: networks cross-fitted over this many folds (of patients)')
-    t.add_argument(
-        '--stack', action='store_true', help=
-        'a stack: networks cross-fitted over the folds, then a table model, a linear model and a boosted model on their out-of-fold outputs, weighted by their out-of-fold loss (stack_learner)'
-    )
-    c = _defaults_from(
-        compare_csv,
-        runner_options(
-            _data_options(
-                add('compare',
-                    help='does the metadata help? image only against fusions, on the same grouped folds'))))
-    c.add_argument(
-        '--fusions', nargs='+', help=
-        "fusions to compare with image only (concat, film, metanet, metablock, csf), 'context': patient context, and 'stack': stack_learner (with --context-col: with the patient context)"
-    )
-    c.add_argument(
-        '--context-col',
-        help="the patient column of the 'context' model (default: --group-col), and of the stack's context")
-    c.add_argument('--context-folds', type=int,
-                   help="the 'context' model's and the stack's networks: this many per fold")
-    c.add_argument('--folds', type=int, help='cross-validation folds (grouped by --group-col)')
-    c.add_argument('--task', choices=['auto', 'classification', 'regression'],
-                   help='auto: regression for a float (or many-valued integer) label, else classification')
-    c.add_argument(
-        '--metric',
-        choices=['accuracy', 'balanced_accuracy', 'roc_auc', 'average_precision', 'mae', 'rmse', 'mape', 'r2'], help=
-        'the score the verdict leads with (default: ROC AUC for two classes of which one is under 20 %%, else balanced accuracy; MAE for a regression)'
-    )
-    c.add_argument('--seeds', type=int, help='repeat the cross-validation with this many seeds (other folds each time)')
-    c.add_argument(
-        '--out',
-        help='folder for compare.json, compare.md and compare.png (a run there with the same options resumes)')
+    o = _documented(d, run_demo)
+    for k in ('--n', '--epochs', '--seed'): o(k, type=int)
+    o('--arch'); o('--json', help='also write the scores to this file')
+    t = add('train', help='train on a CSV of file names and metadata; export the learner')
+    _data_options(o := _documented(t, train_csv))
+    runner_options(t)
+    o('--task', choices=['auto', 'classification', 'multilabel', 'regression'])
+    for k in ('--label-delim', '--valid-col', '--fusion', '--out', '--context-col'): o(k)
+    o('--valid-pct', type=float); o('--operating-point', metavar='CLASS=SENSITIVITY')
+    o('--calibrate', action='store_true'); o('--stack', action='store_true')
+    o('--context-folds', '--folds', dest='context_folds', type=int)
+    c = add('compare', help='does the metadata help? image only against fusions, on the same grouped folds')
+    _data_options(o := _documented(c, compare_csv, train_csv))
+    runner_options(c)
+    o('--fusions', nargs='+'); o('--context-col'); o('--out')
+    for k in ('--context-folds', '--folds', '--seeds'): o(k, type=int)
+    o('--task', choices=['auto', 'classification', 'regression'])
+    o('--metric', choices=[*METRICS, *REGRESSION_METRICS])
+    _defaults_from(train_csv, t); _defaults_from(compare_csv, c)
     q = add('predict', help='predict every row of a CSV with an exported learner; one row out per row in')
     q.add_argument(
         'model',

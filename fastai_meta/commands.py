@@ -71,10 +71,37 @@ def _check_images(df, images, fname_col, suff='', image_sep=None):
             f"{len(missing)} image file(s) not found under {images}, e.g. {missing[0][1] + suff!r} (row {missing[0][0]!r}); "
             "fix the file names, --suff or the folder")
 
-def train_csv(csv, images, label, fname_col='fname', cat=None, cont=None, arch='resnet34', epochs=5, size=224, bs=32,
-              pretrained=False, weights=None, fusion='concat', valid_pct=0.2, valid_col=None, group_col=None, suff='',
-              label_delim=None, task='auto', seed=0, lr=None, out='model.safetensors', exclude=None, calibrate=False,
-              operating_point=None, image_sep=None, context_col=None, context_folds=5, stack=False, runner=None):
+def train_csv(
+    csv,                 # a table with one row per image: its file name, metadata columns and label
+    images,              # the folder the file names are relative to
+    label,               # the label column
+    fname_col='fname',   # the column of image file names (several: several images per row, a close-up, an overview)
+    cat=None,            # categorical columns (default: inferred, and printed)
+    cont=None,           # continuous columns (default: inferred, and printed)
+    arch='resnet34',     # a torchvision/fastai arch name, or a timm model name
+    epochs=5,            # epochs (of `fine_tune` when pretrained, else of `fit_one_cycle`)
+    size=224,            # images are resized to this many pixels
+    bs=32,               # batch size
+    pretrained=False,    # start from pretrained weights (needs them cached or online)
+    weights=None,        # a local file of pretrained weights for the body (e.g. from `offline_weights`)
+    fusion='concat',     # concat, film, metanet, metablock or csf
+    valid_pct=0.2,       # the share of rows held out
+    valid_col=None,      # a boolean column marking the validation rows
+    group_col=None,      # keep each value of this column (patient, lesion) on one side of the split
+    suff='',             # appended to each file name (e.g. '.jpg')
+    label_delim=None,    # the separator of several labels in one cell (multi-label)
+    task='auto',  # auto: multilabel with `label_delim`, regression for a float or many-valued int label, else classes
+    seed=0,              # random seed (split, training)
+    lr=None,             # learning rate (default: 3e-3 pretrained timm, 2e-3 pretrained torchvision, 1e-2 from scratch)
+    out='model.safetensors',  # where to export the trained learner: .safetensors (no pickle) or .pkl (fastai's export)
+    exclude=None,        # columns never to use as metadata (an id, a column recorded after the diagnosis)
+    calibrate=False,     # fit temperature scaling on the validation rows (calibrated probabilities)
+    operating_point=None,  # e.g. 'mel=0.95': decide mel where it has the sensitivity 0.95 on the validation rows
+    image_sep=None,      # the separator of several file names in one cell (e.g. ';'): all of a row's images are used
+    context_col=None,    # patient context (the 'ugly duckling'): each image judged against its patient's other images
+    context_folds=5,     # with `context_col` or `stack`: networks cross-fitted over this many folds (of patients)
+    stack=False,         # a stack (`stack_learner`): cross-fitted networks, then table, linear and boosted models
+    runner=None):        # how the folds' trainings run (`runner_for`; default: one after another)
     """Train `meta_cnn_learner` on `csv` (file names in `fname_col`, or several columns, or `image_sep`-separated
     names: several images per row; images under `images`); say the columns, split and recipe; calibrate and set an
     `operating_point` ('class=sensitivity') if asked; export it to `out` (.safetensors: no pickle; .pkl: fastai's)."""
@@ -226,12 +253,21 @@ def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, p
     return table
 
 # %% ../nbs/04a_commands.ipynb #c0a1b2c1
-def compare_csv(csv, images, label, fname_col='fname', cat=None, cont=None, exclude=None, group_col=None, suff='',
-                fusions=('concat', ), arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32,
-                lr=None, folds=5, seeds=1, seed=0, out='compare', context_col=None, context_folds=3, metric=None,
-                task='auto', image_sep=None, runner=None):
+def compare_csv(
+    csv, images, label, fname_col='fname', cat=None, cont=None, exclude=None, group_col=None, suff='',
+    fusions=('concat', ),  # against image only: concat, film, metanet, metablock, csf, 'context', 'stack'
+    arch='resnet18', pretrained=False, weights=None, epochs=5, size=128, bs=32, lr=None,
+    folds=5,             # cross-validation folds (grouped by `group_col`)
+    seeds=1,             # repeat the cross-validation with this many seeds (other folds each time)
+    seed=0,
+    out='compare',       # folder for compare.json, .md and .png (a run there with the same options resumes)
+    context_col=None,    # the patient column of the 'context' model (default: `group_col`), and of the stack's context
+    context_folds=3,     # the 'context' model's and the stack's networks: this many per fold
+    metric=None,  # the headline (default: MAE for a regression; ROC AUC, 2 classes, one under 20 %; balanced accuracy)
+    task='auto',         # auto: regression for a float or many-valued int label, else classification
+    image_sep=None, runner=None):
     """Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and the
-    headline's table as plain text; write every table to `out`."""
+    headline's table as plain text; write every table to `out`. The other options are `train_csv`'s."""
     df = _read_table(csv, images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, named=L(cat) + L(cont) + L(exclude))

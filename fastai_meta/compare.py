@@ -71,7 +71,7 @@ def _settings(df, spec, a):
                 **(dict(context_folds=a.context_folds) if CONTEXT in a.fusions or STACK in a.fusions else {}),
                 **(dict(stack_context=a.stack_context) if STACK in a.fusions else {}))
 
-@delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'], keep=True)
+@delegates(fold_learner, but=['valid', 'model', 'metrics', 'exclude'])
 def meta_compare(
     df,                  # the rows: image file names, metadata and label
     path='.',            # the folder the file names are relative to
@@ -91,10 +91,10 @@ def meta_compare(
     cbs=None,            # fastai callbacks for every training run
     tta=False,           # image only and the fusions predict with test-time augmentation (`learn.tta`)
     runner=None,         # how the trainings run: `Serial()`, one after another, or a `RayRunner`, in parallel
-    **kwargs,            # the data, the body and the learner (`fold_spec`)
+    **kwargs,            # the data and the body (below, `fold_learner`'s), and `meta_cnn_learner`'s (`LEARNER_ARGS`)
 ):
     """Does the metadata help? Image only, each fusion, the table alone and the product of experts on the same folds;
-    `kwargs`: the data, the body and the learner (`fold_spec`; `fold_learner` documents them)."""
+    other keyword arguments (the head's `ps`, `meta_ps`, `wd`, ...) go to `meta_cnn_learner`."""
     spec = fold_spec(path=path, exclude=list(L(exclude)) + ([group_col] if group_col else []), **kwargs)
     fn_col, label_col = spec['fn_col'], spec['label_col']
     check_columns(df.columns, [*L(fn_col), label_col] + ([group_col] if group_col else []))

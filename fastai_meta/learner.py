@@ -325,7 +325,14 @@ LEARNER_ARGS = (set(inspect.signature(meta_cnn_learner).parameters) | set(_MODEL
                 }
 
 # %% ../nbs/02_learner.ipynb #832d95e7
-def run_demo(n=400, size=32, epochs=8, arch='resnet18', seed=0, path=None, verbose=True):
+def run_demo(
+    n=400,             # synthetic images to make
+    size=32,           # their size in pixels
+    epochs=8,          # training epochs of each model
+    arch='resnet18',   # a torchvision/fastai arch name, or a timm model name
+    seed=0,            # random seed (data, split, training)
+    path=None,         # where the images go (default: a new temporary folder)
+    verbose=True):     # print each model's accuracy and time
     "Train image-only and image+metadata models on the synthetic `'xor'` task; return both validation accuracies."
     path = Path(path or tempfile.mkdtemp())
     df = make_synthetic(path, n=n, task='xor', size=size, seed=seed)

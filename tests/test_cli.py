@@ -4,6 +4,7 @@ import numpy as np, pandas as pd, pytest
 from fastai.vision.all import *
 from fastai_meta.all import *
 from fastai_meta.cli import main, predict_csv, train_csv, compare_csv, _parser
+from fastai_meta.learner import run_demo
 from conftest import meta_dls
 
 @pytest.fixture(scope='module')
@@ -79,6 +80,20 @@ def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit): main(['train', '--help'])
     h = capsys.readouterr().out
     assert '(default: resnet34)' in h and '(default: 0.2)' in h and '--exclude' in h and '(default: 0)' in h
+
+def test_help_is_each_parameters_comment(capsys):
+    """Every option of `train`, `compare` and `demo` is helped by the comment on its parameter (one text for the API and
+    the CLI; compare's shared options are train's), a backticked parameter written as its option."""
+    own = lambda f: {k: v for k,v in docments(f).items() if v}
+    helps = {}
+    for cmd, f, docs in (('train', train_csv, own(train_csv)), ('compare', compare_csv, {**own(train_csv), **own(compare_csv)}),
+                         ('demo', run_demo, own(run_demo))):
+        with pytest.raises(SystemExit): main([cmd, '--help'])
+        helps[cmd] = h = ' '.join(capsys.readouterr().out.split())
+        params = [k for k in inspect.signature(f).parameters if k not in ('runner', 'size', 'path', 'verbose')]
+        missing = [k for k in params if k not in docs or ' '.join(docs[k].split('`')[0].split())[:25] not in h]
+        assert not missing, (cmd, missing)
+    assert 'auto: multilabel with --label-delim,' in helps['train'] and 'grouped by --group-col' in helps['compare']
 
 def test_train_input_errors_are_one_line_with_exit_2(exported, capsys):
     "A number column holding text, an image file that is not there, a weights file that is not weights: one line naming it, exit 2, no traceback."
