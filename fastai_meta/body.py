@@ -13,7 +13,6 @@ import importlib, os, re
 import timm
 from timm.models import group_parameters
 from fastai.vision.all import *
-from fastai.vision.learner import _add_norm, _timm_norm, _default_meta   # fastai's own helpers of `vision_learner`
 
 # %% ../nbs/01b_body.ipynb #090a9329
 def _no_weights(arch, e):
@@ -38,7 +37,7 @@ def _timm_body(arch, pretrained, weights_path, n_in):
 
 def _torchvision_body(arch, pretrained, weights, weights_path, n_in, cut):
     "A torchvision/fastai arch cut to its body as `vision_learner` does, and its feature count."
-    meta = model_meta.get(arch, _default_meta)
+    meta = {'cut': None, **model_meta.get(arch, {})}
     if weights_path is not None:
         model = arch(weights=None)
         model.load_state_dict(torch.load(weights_path, map_location='cpu'))
@@ -64,13 +63,15 @@ def body_splitter(arch, body):
     `arch`."""
     if isinstance(arch, str):
         return timm_split if hasattr(getattr(body, 'model', body), 'group_matcher') else default_split
-    return model_meta.get(arch, _default_meta)['split']
+    return model_meta.get(arch, {}).get('split', default_split)
 
 def add_image_norm(dls, arch, body, pretrained, n_in=3):
     """Add the body's image normalisation to `dls`, as `vision_learner` does (ImageNet statistics for a pretrained
     torchvision arch, the timm model's own for a timm one)."""
-    if isinstance(arch, str): _timm_norm(dls, body.model.default_cfg, pretrained, n_in)
-    else: _add_norm(dls, model_meta.get(arch, _default_meta), pretrained, n_in)
+    cfg = body.model.default_cfg if isinstance(arch, str) else {}
+    stats = (cfg['mean'], cfg['std']) if cfg else model_meta.get(arch, {}).get('stats')
+    if not pretrained or stats is None or len(stats[0]) != n_in: return
+    if not dls.after_batch.fs.filter(risinstance(Normalize)): dls.add_tfms([Normalize.from_stats(*stats)], 'after_batch')
 
 def load_body_weights(body, weights_path):
     "Load a torchvision model's weights file into its fastai body (the file's first tensors, in order)."

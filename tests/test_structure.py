@@ -41,6 +41,13 @@ def test_no_private_name_is_borrowed_from_another_module():
                 for n in names if n.startswith('_') and n != '__version__']
     assert not borrowed, '\n'.join(borrowed)
 
+def test_no_private_name_is_imported_from_a_dependency():
+    "fastai's, timm's or any library's private helpers are not imported: they change without notice."
+    taken = [f'{name}.py:{n.lineno} takes {a.name} from {n.module}' for name, tree in _modules().items() for n in ast.walk(tree)
+             if isinstance(n, ast.ImportFrom) and n.level == 0 and not (n.module or '').startswith('fastai_meta')
+             for a in n.names if a.name.startswith('_')]
+    assert not taken, '\n'.join(taken)
+
 def test_modules_stay_small():
     long = {f.name: n for f in PKG.glob('*.py') if f.stem != '_modidx' and (n := len(f.read_text().splitlines())) > 420}
     assert not long, f'modules over ~400 lines: {long}'
