@@ -37,6 +37,21 @@ def _text(x): return ''.join(x) if isinstance(x, list) else (x or '')
 
 _re_source = re.compile(r'^\[source\]\([^)]*\)(\{[^}]*\})?[ \t]*\n', re.MULTILINE)
 
+def _comment_own_line(line):
+    """A signature line where nbdev put undocumented parameters before a documented one (`lr=None, folds=5, # folds`),
+    split so that the comment sits on its parameter's line alone."""
+    code, sep, comment = line.partition(' # ')
+    if not sep or not code.startswith('    '): return line
+    depth, quote, cut = 0, None, None
+    for i,ch in enumerate(code.rstrip().rstrip(',')):              # the last comma outside brackets and quotes
+        if quote: quote = None if ch == quote else quote
+        elif ch in '\'"': quote = ch
+        elif ch in '([{': depth += 1
+        elif ch in ')]}': depth -= 1
+        elif ch == ',' and depth == 0: cut = i
+    if cut is None: return line
+    return f"{code[:cut + 1]}\n    {code[cut + 1:].strip()}{sep}{comment}"
+
 def show_doc_markdown(md):
     "`show_doc`'s markdown with an index entry, an HTML anchor named as nbdev's index names it (`metaencoding.fit`), and its source link under its heading."
     md = md.replace('\n---\n', '\n', 1).lstrip('-\n')
@@ -45,6 +60,8 @@ def show_doc_markdown(md):
     md = re.sub(r':\s*(?:function|type|(?:\w+\.)+_?\w*Meta)\s*=', '=', md)   # a default's (meta)class says nothing
     md = re.sub(r'\b(\w+):(?:int|float|str|bool|tuple|list|dict)=', r'\1=', md)   # nbdev's type of a default: `fn_col:int=0` for a column name
     md = re.sub(r'\b(?:collections\.abc|typing)\.', '', md)
+    md = re.sub(r'\b(?:fastai|fastcore|pandas|torch)(?:\.\w+)*\.([A-Z]\w*)', r'\1', md)   # `DataFrame`, not `pandas.DataFrame`
+    md = re.sub(r'```python\n.*?```', lambda b: '\n'.join(map(_comment_own_line, b.group(0).split('\n'))), md, flags=re.S)
     md = re.sub(r'```python\n.*?```', lambda b: re.sub(r'#[^\n]*', lambda c: c.group(0).replace('`', ''), b.group(0)),
                 md, flags=re.S)                                 # a parameter's comment is code there: no Markdown quotes
     head, fence, doc = md.rpartition('```\n')                    # nbdev italicises a docstring's first line only

@@ -84,12 +84,8 @@ def _parser():
     o('--metric', choices=[*METRICS, *REGRESSION_METRICS])
     _defaults_from(train_csv, t); _defaults_from(compare_csv, c)
     q = add('predict', help='predict every row of a CSV with an exported learner; one row out per row in')
-    q.add_argument(
-        'model',
-        help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)'
-    )
-    q.add_argument('csv', help='a table with the columns used in training (the label may be absent)')
-    q.add_argument('images', help='folder the file names are relative to')
+    o = _documented(q, predict_csv)
+    o('model'); o('csv'); o('images')
     q.add_argument('--suff', help="appended to each file name (default: as in training)")
     q.add_argument('--out', default='predictions.csv', help='where to write one row per input row')
     q.add_argument(
@@ -99,10 +95,7 @@ def _parser():
         'app', help=
         "serve a local web app for an exported learner: an image (a patient-context model: the patient's images), a form generated from its metadata, the prediction"
     )
-    w.add_argument(
-        'model',
-        help='the exported learner: .safetensors (loaded without unpickling), or .pkl (only load .pkl files you trust)'
-    )
+    _documented(w, predict_csv)('model')
     w.add_argument('--host', default='127.0.0.1',
                    help='address to serve on (127.0.0.1: this machine only; 0.0.0.0: the network)')
     w.add_argument('--port', type=int, default=7860, help='port to serve on')

@@ -83,14 +83,14 @@ def train_csv(
     size=224,            # images are resized to this many pixels
     bs=32,               # batch size
     pretrained=False,    # start from pretrained weights (needs them cached or online)
-    weights=None,        # a local file of pretrained weights for the body (e.g. from `offline_weights`)
+    weights=None,        # a local weights file for the body (`weights_path` in Python), e.g. from `offline_weights`
     fusion='concat',     # concat, film, metanet, metablock or csf
     valid_pct=0.2,       # the share of rows held out
     valid_col=None,      # a boolean column marking the validation rows
     group_col=None,      # keep each value of this column (patient, lesion) on one side of the split
     suff='',             # appended to each file name (e.g. '.jpg')
     label_delim=None,    # the separator of several labels in one cell (multi-label)
-    task='auto',  # auto: multilabel with `label_delim`, regression for a float or many-valued int label, else classes
+    task='auto',  # classification, multilabel, regression or auto (multilabel with `label_delim`, a float: regression)
     seed=0,              # random seed (split, training)
     lr=None,             # learning rate (default: 3e-3 pretrained timm, 2e-3 pretrained torchvision, 1e-2 from scratch)
     out='model.safetensors',  # where to export the trained learner: .safetensors (no pickle) or .pkl (fastai's export)
@@ -234,9 +234,14 @@ def load_exported(model):
             return load_learner(model, cpu=not torch.cuda.is_available())
     except Exception as e: raise CLIError(f"could not load the model {model} ({type(e).__name__}: {e})") from e
 
-def predict_csv(model, csv, images, out=None, suff=None, chunk=256, tta=False, progress=True):
+def predict_csv(
+    model,      # the exported learner: .safetensors (loaded without unpickling), or .pkl (load only .pkl files you trust)
+    csv,        # a table with the columns used in training (the label may be absent)
+    images,     # the folder the file names are relative to
+    out=None,   # where to write one row per input row (`None`: the table is only returned)
+    suff=None, chunk=256, tta=False, progress=True):
     """`learn.predict_table` on every row of `csv` (images under `images`) with the exported learner `model`, written to
-    `out`; the library's warnings on stderr, one line each."""
+    `out`; the library's warnings on stderr, one line each. `suff`, `chunk`, `tta` and `progress`: as `predict_table`'s."""
     df, learn = _read_table(csv, images), load_exported(model)
     two_stage = isinstance(learn, (ContextLearner, StackLearner))
     if tta and two_stage:
@@ -262,12 +267,13 @@ def compare_csv(
     seed=0,
     out='compare',       # folder for compare.json, .md and .png (a run there with the same options resumes)
     context_col=None,    # the patient column of the 'context' model (default: `group_col`), and of the stack's context
-    context_folds=3,     # the 'context' model's and the stack's networks: this many per fold
-    metric=None,  # the headline (default: MAE for a regression; ROC AUC, 2 classes, one under 20 %; balanced accuracy)
+    context_folds=3,     # inner folds of 'context' and 'stack', within each outer fold's training rows
+    metric=None,  # default: MAE for a regression; ROC AUC if one of 2 classes is under 20 %; else balanced accuracy
     task='auto',         # auto: regression for a float or many-valued int label, else classification
     image_sep=None, runner=None):
     """Run `meta_compare` on `csv` (file names in `fname_col`, images under `images`); print its verdict and the
-    headline's table as plain text; write every table to `out`. The other options are `train_csv`'s."""
+    headline's table as plain text; write every table to `out`. The other options are described at `train_csv` (their
+    defaults here as shown)."""
     df = _read_table(csv, images)
     for c in L(fname_col): _check_named(df, csv, file_name=c)
     _check_named(df, csv, label=label, group_col=group_col, named=L(cat) + L(cont) + L(exclude))

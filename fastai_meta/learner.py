@@ -117,7 +117,7 @@ def create_meta_model(
     wide:bool|None=None,
     # share of rows whose image features are dropped in training (modality dropout)
     image_p:float|int=0.,
-    # how a row's images pool: 'mean', 'slots', 'concat', 'attention' (default: by layout)
+    # how a row's images pool: 'mean', 'slots', 'max', 'attention', 'concat' (default: by layout)
     image_pool:str|None=None,
     shared_body:bool=True,                # one body for every image of a row
 ):
@@ -162,8 +162,8 @@ def create_meta_model(
                      image_drop=StochasticDepth(image_p, 'row') if image_p else None)
 
 # %% ../nbs/02_learner.ipynb #1be66949
-@delegates(Learner.__init__)
-@delegates(create_meta_model, keep=True)
+@delegates(create_meta_model)
+@delegates(Learner.__init__, keep=True)
 def meta_cnn_learner(
     dls,                                  # `(image(s), metadata)` DataLoaders (`MetaBlock`, `MetaDataLoaders`)
     arch,                                 # the image body: a torchvision model function or a timm model name
@@ -177,10 +177,10 @@ def meta_cnn_learner(
     # probability that a training row's metadata is replaced by all-missing (`MetaDropout`)
     meta_dropout=0.,
     fast:bool|str='channels_last',        # `to_fast`: True, False, or 'channels_last' (memory format only)
-    **kwargs                              # `create_meta_model`'s arguments, then `Learner`'s
+    **kwargs                              # `Learner`'s arguments, then `create_meta_model`'s
 ):
-    """Build a `MetaLearner` for `(image, metadata)` inputs (or several images, see `ImageBlocks`) from `dls` and
-    `arch`, like `vision_learner`; the network is `create_meta_model`'s."""
+    """Build a `MetaLearner` for `(image, metadata)` inputs (or several images: `ImageBlocks`) from `dls` and `arch`,
+    like `vision_learner`; the network is `create_meta_model`'s; `opt_func`, `lr`, `metrics`, ... are `Learner`'s."""
     if fast not in (True, False, 'channels_last'):
         raise ValueError(f"`fast` is True, False or 'channels_last', not {fast!r}.")
     build = inspect.signature(create_meta_model).bind(dls, arch,

@@ -58,7 +58,7 @@ class Comparison:
         f = max(nets, key=lambda f: self.lift[f][self.headline]['mean'])
         v = self.versus(table, f)
         if not v['low'] > 0: return ''
-        return f"; {table} beats the best fusion, {f}, by {self.amount(v)}: the network does not use what the table holds"
+        return f"; {table} beats the best fusion, {f}, by {self.amount(v)}: the network does not use all that the table holds"
 
     def amount(self, s):
         """A paired difference `s` (mean, low, high) as the verdict writes it: in points (×100, one decimal) for
@@ -167,7 +167,7 @@ class Comparison:
             ax.errorbar(mean, range(len(models)), xerr=err, fmt='o', capsize=3)
             ax.axvline(0, color='k', lw=1, ls='--')
             ax.set_title(f"{t.replace('_', ' ')}{' (headline)' if t == self.headline else ''}")
-            ax.set_xlabel(f"lift{' (points)' if x == 100 else ''}")
+            ax.set_xlabel(f"lift{' (points)' if x == 100 else ''}"); ax.locator_params(axis='x', nbins=4)   # labels apart
             ax.set_yticks(range(len(models)), models); ax.invert_yaxis()
         fig.tight_layout()
         return fig

@@ -93,7 +93,7 @@ def test_help_is_each_parameters_comment(capsys):
         params = [k for k in inspect.signature(f).parameters if k not in ('runner', 'size', 'path', 'verbose')]
         missing = [k for k in params if k not in docs or ' '.join(docs[k].split('`')[0].split())[:25] not in h]
         assert not missing, (cmd, missing)
-    assert 'auto: multilabel with --label-delim,' in helps['train'] and 'grouped by --group-col' in helps['compare']
+    assert '(multilabel with --label-delim,' in helps['train'] and 'grouped by --group-col' in helps['compare']
 
 def test_train_input_errors_are_one_line_with_exit_2(exported, capsys):
     "A number column holding text, an image file that is not there, a weights file that is not weights: one line naming it, exit 2, no traceback."

@@ -71,6 +71,8 @@ def test_pages_load_without_console_errors_and_links_resolve(site):
         assert run_together is None, f'{p}: an epoch row printed as text: {run_together.group(0)}'
         wide = page.eval_on_selector_all('article pre', WIDER_THAN_COLUMN)      # at playwright's 1280 x 720
         assert not wide, f'{p}: code wider than the column, its end hidden: {wide[:3]}'
+        page_wide = page.evaluate('document.documentElement.scrollWidth - window.innerWidth')
+        assert page_wide <= 0, f'{p}: the page is {page_wide} px wider than the window: it scrolls sideways'
         nav = page.eval_on_selector_all('.sidebar-tree a', 'els => els.map(e => e.getAttribute("href"))')
         assert len(nav) >= len(pages) - 1, f'{p}: the sidebar lists {len(nav)} pages'
         for href in page.eval_on_selector_all('a[href]', 'els => els.map(e => e.href)'):
