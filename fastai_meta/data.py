@@ -353,7 +353,8 @@ class MetaDataLoaders(DataLoaders):
                 n_images=None,    # image slots per row, for lists or separated names (default: the most any row has)
                 image_sep=None,   # the separator of several file names in one cell
                 **kwargs):        # to `DataLoaders.from_dblock` (`bs`, `num_workers`, ...)
-        "Create from `df`: images with their metadata and label, split into training and validation rows."
+        """Create from `df`: images with their metadata and label, split into training and validation rows; `bs`,
+        `num_workers` and the rest of fastai's `DataLoader` arguments pass on."""
         if not len(df): raise ValueError("The table is empty: there are no rows to train on.")
         # positions, as in fastai's from_df
         fn_col, label_col = (df.columns[c] if isinstance(c, int) else c for c in (fn_col, label_col))

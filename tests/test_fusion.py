@@ -35,24 +35,24 @@ def test_fusion_builds_backprops_and_freezes(synth, fusion, arch, size, tmp_path
 
 @pytest.mark.parametrize('fusion', FUSIONS)
 def test_fusion_learns_label_from_metadata(synth, fusion):
-    "torchvision resnet18, 32 px: the label depends only on the metadata."
+    "timm resnet10t (a third of resnet18's time here), 32 px: the label depends only on the metadata."
     path, df = synth('meta')
     set_seed(0, reproducible=True)
-    acc = fit_quietly(meta_cnn_learner(meta_dls(path, df, 'meta'), resnet18, fusion=fusion, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy), 6)[1]
+    acc = fit_quietly(meta_cnn_learner(meta_dls(path, df, 'meta'), 'resnet10t', fusion=fusion, pretrained=False, ps=0.1, meta_ps=0.1, metrics=accuracy), 6)[1]
     print(f'{fusion}: accuracy {acc:.3f}')
-    assert acc >= 0.7                  # seen 0.80-0.975 over fusions at 1 and 2 threads, two hash seeds; chance: 0.50 ± 0.06 on 80 rows
+    assert acc >= 0.7                  # seen 0.84-0.96 over fusions at 1 and 2 threads; chance: 0.50 ± 0.06 on 80 rows
 
 @pytest.mark.parametrize('fusion', ['csf'])     # the staged fusion; concat: test_learner's augmented keypoint test; every fusion learns labels above
 def test_fusion_learns_keypoints_from_metadata(synth, fusion):
-    "timm resnet10t (half resnet18's time here), 48 px: the keypoint's place is in the metadata."
-    path, df = synth('points', size=48)
+    "timm resnet10t (half resnet18's time here), 32 px: the keypoint's place is in the metadata."
+    path, df = synth('points', size=32)
     set_seed(0, reproducible=True)
-    dls = _points_dls(path, df, 48)
+    dls = _points_dls(path, df, 32)
     mse = fit_quietly(meta_cnn_learner(dls, 'resnet10t', fusion=fusion, pretrained=False, ps=0.1, meta_ps=0.1, y_range=(-1, 1)), 10)[0]
     y = torch.cat([b[2] for b in dls.valid]).view(-1, 2)
     baseline = ((y - y.mean(0))**2).mean().item()                                # predicting the mean point
     print(f'{fusion}: keypoint MSE {mse:.4f}, baseline {baseline:.4f}')
-    assert mse < 0.5 * baseline                  # seen 0.07 x baseline at 1 thread
+    assert mse < 0.5 * baseline                  # seen 0.06-0.08 x baseline at 1 and 2 threads
 
 def test_fusion_options_and_custom_fusion(synth):
     path, df = synth('meta', n=64)
