@@ -14,7 +14,7 @@ are compared with the original's.
 Run: .venv/bin/python bench/context_calibration.py [--inner 3] [--size 64] [--epochs 4] [--lr 2e-3] [--render]
 Writes fastai_meta/results/context-calibration-siim-<cpu|gpu>.{json,md}.
 """
-import json, tempfile, time, warnings
+import json, os, tempfile, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
@@ -77,7 +77,7 @@ def main(a):
         p2 = loaded.get_preds(loaded.test_dl(test))[0].numpy()
         export = dict(max_abs_diff=float(np.abs(p2 - after).max()), same_decisions=bool((loaded.decide(p2) == dec_op).all()),
                       temperature=loaded.temperature, threshold=loaded.decision['threshold'])
-    res = dict(device=DEVICE, settings=vars(a), minutes=minutes,
+    res = dict(device=DEVICE, cpus=os.cpu_count(), settings=vars(a), minutes=minutes,
                n_train=len(train), n_test=len(test), patients_train=int(train.patient_id.nunique()), patients_test=int(test.patient_id.nunique()),
                mel_train=int((train.label == 'mel').sum()), mel_test=int(pos.sum()), temperature=cal.temperature,
                held_out=dict(n=cal.n, ece_before=cal.ece_before, ece_after=cal.ece_after, nll_before=cal.nll_before, nll_after=cal.nll_after,
@@ -96,7 +96,7 @@ def to_markdown(res):
         f"Training: {res['n_train']:,} images of {res['patients_train']:,} patients ({res['mel_train']} melanomas); test: {res['n_test']:,} images of "
         f"{res['patients_test']} other patients ({res['mel_test']} melanomas), seen only at the end. `context_learner`: {a['inner']} concat image models "
         f"(pretrained EfficientNet-Lite0, {a['size']} px, {a['epochs']} epochs at {a['lr']:g}) cross-fitted over patient folds, then the stage two; "
-        f"{res['minutes']:.0f} minutes on this machine. `calibrate()` and `set_operating_point('mel', {a['sensitivity']})` were fitted on "
+        f"{res['minutes']:.0f} minutes on a CPU of {res.get('cpus', 2)} cores. `calibrate()` and `set_operating_point('mel', {a['sensitivity']})` were fitted on "
         f"{h['n']:,} training rows that neither stage trained on (the stage two cross-fitted over the image models' patient folds). "
         "Intervals: 95 % over 2,000 bootstrap resamples of the test patients.", '',
         f"Fitted: temperature {res['temperature']:.3f}; melanoma threshold {h['threshold']:.4f} (sensitivity {h['sensitivity']:.3f}, specificity "
