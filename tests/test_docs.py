@@ -198,6 +198,12 @@ def _code_cells(shown=True):
             if c['cell_type'] != 'code' or shown and re.search(r'^#\|\s*(hide|export|echo:\s*false)', src, re.M): continue
             yield f, src, c
 
+def test_saved_outputs_hold_no_progress_bars():
+    "Saved outputs are as `docs/build.py --clean-outputs` leaves them: no fastprogress bar frames (█, `12.00% [3/25`)."
+    bars = [f'{f.name}: {c.get("id")}' for f, _, c in _code_cells(shown=False) for o in c.get('outputs', [])
+            if re.search(r'█|\d+\.\d+% \[\d+/\d+', ''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/plain', '')))]
+    assert not bars, bars
+
 def test_shown_code_uses_the_public_api():
     "No shown code cell (neither hidden nor the library's own exported source) calls one of the library's private functions or classes."
     private = set()
