@@ -30,8 +30,11 @@ class _ShowDefaults(argparse.HelpFormatter):
         return h + ' (default: %(default)s)'
 
 def _documented(p, f, *more):
-    """An `add_argument` for parser `p` whose help, where none is given, is the comment of the parameter of `f` (then
-    of `more`) of the option's name, with a backticked parameter written as its option."""
+    """Parser `p` given the defaults of `f`'s signature, and an `add_argument` for it whose help, where none is given, is
+    the comment of the parameter of `f` (then of `more`) of the option's name, a backticked parameter written as its
+    option: the function a command calls is the one place of both."""
+    params = inspect.signature(f).parameters.items()
+    p.set_defaults(**{k: v.default for k,v in params if v.default is not inspect.Parameter.empty and k != 'runner'})
     docs = merge(*[{k: v for k,v in docments(g).items() if v} for g in reversed((f, *more))])
     as_option = lambda m: f"--{m[1].replace('_', '-')}" if m[1] in docs else m[1]
     def add(*flags, **kwargs):
@@ -43,18 +46,11 @@ def _documented(p, f, *more):
 def _data_options(add):
     "The options `train` and `compare` share (`add`: a `_documented` `add_argument`): the table, the columns, the body."
     add('csv'); add('images'); add('--label', required=True)
-    add('--fname-col', '--image-cols', dest='fname_col', nargs='+', default=['fname'])
+    add('--fname-col', '--image-cols', dest='fname_col', nargs='+')
     for o in ('--image-sep', '--suff', '--group-col', '--arch', '--weights'): add(o)
     for o in ('--cat', '--cont', '--exclude'): add(o, nargs='*')
     for o in ('--seed', '--epochs', '--size', '--bs'): add(o, type=int)
     add('--lr', type=float); add('--pretrained', action='store_true')
-
-def _defaults_from(f, p):
-    """The parser `p` with its options' defaults read from the signature of `f`, the function its command calls: one
-    place for each."""
-    params = inspect.signature(f).parameters.items()
-    p.set_defaults(**{k: v.default for k,v in params if v.default is not inspect.Parameter.empty and k != 'runner'})
-    return p
 
 def _parser():
     "The `fastai-meta` command's arguments (defaults and help from the signatures of the functions they call)."
@@ -62,9 +58,8 @@ def _parser():
     p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='cmd', required=True)
     add = partial(sub.add_parser, formatter_class=_ShowDefaults)
-    d = _defaults_from(
-        run_demo, add('demo', help='train image-only and image+metadata models on synthetic data; print both scores'))
-    o = _documented(d, run_demo)
+    o = _documented(add('demo', help='train image-only and image+metadata models on synthetic data; print both scores'),
+                    run_demo)
     for k in ('--n', '--epochs', '--seed'): o(k, type=int)
     o('--arch'); o('--json', help='also write the scores to this file')
     t = add('train', help='train on a CSV of file names and metadata; export the learner')
@@ -82,7 +77,6 @@ def _parser():
     for k in ('--context-folds', '--folds', '--seeds'): o(k, type=int)
     o('--task', choices=['auto', 'classification', 'regression'])
     o('--metric', choices=[*METRICS, *REGRESSION_METRICS])
-    _defaults_from(train_csv, t); _defaults_from(compare_csv, c)
     q = add('predict', help='predict every row of a CSV with an exported learner; one row out per row in')
     o = _documented(q, predict_csv)
     o('model'); o('csv'); o('images')
